@@ -1,0 +1,3 @@
+"""batchd: a self-hosted, Anthropic-compatible Message Batches server."""
+
+__version__ = "0.1.0"

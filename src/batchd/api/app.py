@@ -1,0 +1,111 @@
+"""Building the ASGI app: services in the lifespan, the engine beside the API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from batchd import __version__
+from batchd.api.deps import Services
+from batchd.api.errors import install_error_handlers
+from batchd.api.middleware import RequestIdMiddleware
+from batchd.api.responses import JSON
+from batchd.api.routes import batches, messages, models
+from batchd.backends.retry import RetryPolicy
+from batchd.backends.router import Router, backend_configs, build_backends
+from batchd.batches import BatchLimits, BatchService
+from batchd.config import Settings
+from batchd.engine import Engine, EngineSettings
+from batchd.keys import Authenticator, is_loopback
+from batchd.messages import MessageService
+from batchd.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        settings.max_retries, settings.retry_base_seconds, settings.retry_max_seconds
+    )
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings(
+        lease_seconds=settings.lease_seconds,
+        poll_interval=settings.poll_interval_seconds,
+        sweep_interval=settings.sweep_interval_seconds,
+        claim_chunk=settings.claim_chunk,
+        retry=retry_policy(settings),
+    )
+
+
+def _stop_process_when_engine_dies(task: asyncio.Task[None]) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("the engine died; stopping the server", exc_info=task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            store = await open_store(settings.db)
+            stack.push_async_callback(store.close)
+            backends = build_backends(settings)
+            for backend in backends.values():
+                await backend.start()
+                stack.push_async_callback(backend.close)
+            router = Router(backend_configs(settings))
+            engine = None
+            if settings.engine:
+                engine = Engine(store, backends, engine_settings(settings), time.time)
+            limits = BatchLimits(
+                max_requests=settings.max_requests_per_batch,
+                ttl_seconds=settings.batch_ttl_seconds,
+                retention_seconds=settings.results_retention_seconds,
+            )
+            services = Services(
+                settings=settings,
+                batches=BatchService(
+                    store, router, limits, time.time, engine.wake if engine else lambda: None
+                ),
+                messages=MessageService(router, backends, retry_policy(settings)),
+                auth=Authenticator(store, allow_open=is_loopback(settings.host)),
+                router=router,
+            )
+            if engine is not None:
+                task = asyncio.create_task(engine.run(), name="engine")
+                task.add_done_callback(_stop_process_when_engine_dies)
+                stack.push_async_callback(_stop_engine, engine, task)
+            yield {"services": services}
+
+    app = FastAPI(
+        title="batchd",
+        version=__version__,
+        summary="An Anthropic-compatible Message Batches server",
+        lifespan=lifespan,
+        default_response_class=JSON,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(batches.router)
+    app.include_router(messages.router)
+    app.include_router(models.router)
+    return app
+
+
+async def _stop_engine(engine: Engine, task: asyncio.Task[None]) -> None:
+    engine.stop()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=30)
+    except TimeoutError:
+        task.cancel()

@@ -1,0 +1,55 @@
+"""What routes receive: the services from the lifespan state, the caller's workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from batchd.backends.router import Router
+from batchd.batches import BatchService
+from batchd.config import Settings
+from batchd.keys import Authenticator
+from batchd.messages import MessageService
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    batches: BatchService
+    messages: MessageService
+    auth: Authenticator
+    router: Router
+
+
+def get_services(request: Request) -> Services:
+    services = request.state.services
+    assert isinstance(services, Services)
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def get_workspace(request: Request, services: ServicesDep) -> str:
+    return await services.auth.workspace(presented_key(request))
+
+
+WorkspaceDep = Annotated[str, Depends(get_workspace)]
+
+
+def origin(request: Request, settings: Settings) -> str:
+    """The public origin for URLs we hand out: configured, else the request's own."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")

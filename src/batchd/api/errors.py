@@ -1,0 +1,73 @@
+"""The one place that renders the API's error envelope.
+
+``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": "req_..."}``
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from batchd.api.responses import JSON
+from batchd.errors import ERROR_TYPE_BY_STATUS, BatchdError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def error_response(request: Request, status: int, error_type: str, message: str) -> JSON:
+    request_id = request.scope.get("state", {}).get("request_id")
+    headers = {"request-id": request_id} if request_id else {}
+    if status == 503:
+        headers["retry-after"] = "1"
+    if status in (408, 409, 429) or status >= 500:
+        headers["x-should-retry"] = "true" if status in (429, 503, 529) else "false"
+    return JSON(
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": request_id,
+        },
+        status_code=status,
+        headers=headers,
+    )
+
+
+async def _batchd_error(request: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, BatchdError)
+    if isinstance(exc, StoreUnavailable):
+        log.warning("store unavailable: %s", exc.message)
+    return error_response(request, exc.status, exc.error_type, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    error_type = ERROR_TYPE_BY_STATUS.get(status, "invalid_request_error")
+    message = str(exc.detail)
+    if status == 404:
+        message = f"{request.method} {request.url.path} is not a known route"
+    elif status == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return error_response(request, status, error_type, message)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"][1:]) or str(first["loc"][0])
+    return error_response(request, 400, "invalid_request_error", f"{where}: {first['msg']}")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSON:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, 500, "api_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BatchdError, _batchd_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

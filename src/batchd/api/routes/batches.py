@@ -1,0 +1,104 @@
+"""/v1/messages/batches: create, list, retrieve, cancel, delete, results."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import StreamingResponse
+
+from batchd.api.deps import ServicesDep, WorkspaceDep, origin
+from batchd.api.responses import JSON
+from batchd.api.routes.body import read_body
+from batchd.domain import Batch
+from batchd.schemas.batches import batch_to_wire, deleted_to_wire, page_to_wire
+
+router = APIRouter(prefix="/v1/messages/batches", tags=["message batches"])
+
+_CREATE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["requests"],
+                "properties": {
+                    "requests": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 100_000,
+                        "items": {
+                            "type": "object",
+                            "required": ["custom_id", "params"],
+                            "properties": {
+                                "custom_id": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                                "params": {"type": "object"},
+                            },
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+
+
+def _wire(request: Request, services: ServicesDep, batch: Batch) -> dict[str, object]:
+    settings = services.settings
+    return batch_to_wire(
+        batch,
+        origin=origin(request, settings),
+        retention=settings.results_retention_seconds,
+        now=time.time(),
+    )
+
+
+@router.post("", openapi_extra={"requestBody": _CREATE_BODY})
+async def create_batch(request: Request, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    body = await read_body(request, services.settings.max_body_bytes)
+    batch = await services.batches.create(workspace, body)
+    return JSON(_wire(request, services, batch))
+
+
+@router.get("")
+async def list_batches(
+    request: Request,
+    services: ServicesDep,
+    workspace: WorkspaceDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    after_id: str | None = None,
+    before_id: str | None = None,
+) -> JSON:
+    batches, has_more = await services.batches.list(workspace, limit, after_id, before_id)
+    return JSON(page_to_wire([_wire(request, services, b) for b in batches], has_more))
+
+
+@router.get("/{batch_id}")
+async def retrieve_batch(
+    batch_id: str, request: Request, services: ServicesDep, workspace: WorkspaceDep
+) -> JSON:
+    batch = await services.batches.get(workspace, batch_id)
+    return JSON(_wire(request, services, batch))
+
+
+@router.post("/{batch_id}/cancel")
+async def cancel_batch(
+    batch_id: str, request: Request, services: ServicesDep, workspace: WorkspaceDep
+) -> JSON:
+    batch = await services.batches.cancel(workspace, batch_id)
+    return JSON(_wire(request, services, batch))
+
+
+@router.delete("/{batch_id}")
+async def delete_batch(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    await services.batches.delete(workspace, batch_id)
+    return JSON(deleted_to_wire(batch_id))
+
+
+@router.get("/{batch_id}/results")
+async def batch_results(
+    batch_id: str, services: ServicesDep, workspace: WorkspaceDep
+) -> StreamingResponse:
+    chunks = await services.batches.results(workspace, batch_id)
+    return StreamingResponse(chunks, media_type="application/x-jsonl")

@@ -1,0 +1,21 @@
+"""The Backend protocol: one call, params in, Message out, UpstreamError on failure."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from batchd.validation import Params
+
+
+class Backend(Protocol):
+    name: str
+    max_concurrency: int
+    max_retries: int | None
+
+    async def start(self) -> None: ...
+
+    async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:
+        """Run one Messages request; ``raw`` is the params exactly as the client sent them."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,93 @@
+"""The built-in mock backend: no network, deterministic answers derived from the input."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from batchd.config import BackendConfig
+from batchd.validation import Params
+
+
+def _text_of(content: str | list[dict[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(b["text"] for b in content if b.get("type") == "text" and "text" in b)
+
+
+def _tokens(text: str) -> int:
+    """A plausible token count: about four characters a token."""
+    return max(1, (len(text) + 3) // 4)
+
+
+class MockBackend:
+    def __init__(self, config: BackendConfig) -> None:
+        self.name = config.name
+        self.max_concurrency = config.max_concurrency
+        self.max_retries: int | None = None
+        self._latency = config.latency_ms / 1000
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        return mock_message(params, raw)
+
+
+def mock_message(params: Params, raw: bytes) -> dict[str, Any]:
+    """The mock's answer: it echoes the last user turn, cut to ``max_tokens`` words."""
+    prompt = _text_of(params.messages[-1].content) if params.messages else ""
+    system = _text_of(params.system) if params.system else ""
+    input_text = system + " ".join(_text_of(m.content) for m in params.messages)
+    digest = hashlib.sha256(raw).hexdigest()
+    content: list[dict[str, Any]]
+    stop_sequence = None
+    choice = (params.tool_choice or {}).get("type")
+    if params.tools and choice in ("any", "tool"):
+        name = params.tool_choice["name"] if choice == "tool" and params.tool_choice else None
+        content = [
+            {
+                "type": "tool_use",
+                "id": "toolu_" + digest[:24],
+                "name": name or params.tools[0]["name"],
+                "input": {},
+            }
+        ]
+        stop_reason, output_tokens = "tool_use", 8
+    else:
+        words = ("Mock reply: " + " ".join(prompt.split())).split(" ")
+        stop_reason = "end_turn"
+        if len(words) > params.max_tokens:
+            words, stop_reason = words[: params.max_tokens], "max_tokens"
+        text = " ".join(words)
+        for sequence in params.stop_sequences or ():
+            if sequence and sequence in text:
+                text, stop_reason, stop_sequence = (
+                    text.split(sequence, 1)[0],
+                    "stop_sequence",
+                    sequence,
+                )
+                break
+        content = [{"type": "text", "text": text}]
+        output_tokens = len(text.split()) if text else 0
+    return {
+        "id": "msg_" + digest[:24],
+        "type": "message",
+        "role": "assistant",
+        "model": params.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {
+            "input_tokens": _tokens(input_text),
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }

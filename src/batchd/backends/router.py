@@ -1,0 +1,50 @@
+"""Routing a request's ``model`` to a backend by the configured glob patterns."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+from batchd.backends.anthropic import AnthropicBackend
+from batchd.backends.base import Backend
+from batchd.backends.mock import MockBackend
+from batchd.config import MOCK_MODEL, BackendConfig, Settings
+
+BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
+
+
+def backend_configs(settings: Settings) -> list[BackendConfig]:
+    """The configured backends, then the built-in mock unless a backend is named ``mock``."""
+    configs = list(settings.backends)
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"backend names must be unique, got {names}")
+    if "mock" not in names:
+        configs.append(BUILTIN_MOCK)
+    return configs
+
+
+def build_backends(settings: Settings) -> dict[str, Backend]:
+    backends: dict[str, Backend] = {}
+    for config in backend_configs(settings):
+        kind = MockBackend if config.kind == "mock" else AnthropicBackend
+        backends[config.name] = kind(config)
+    return backends
+
+
+class Router:
+    """First configured backend whose pattern matches the model wins."""
+
+    def __init__(self, configs: list[BackendConfig]) -> None:
+        self._routes = [(pattern, c.name) for c in configs for pattern in c.models]
+        self._cache: dict[str, str | None] = {}
+
+    def route(self, model: str) -> str | None:
+        if model not in self._cache:
+            self._cache[model] = next(
+                (name for pattern, name in self._routes if fnmatchcase(model, pattern)), None
+            )
+        return self._cache[model]
+
+    def model_names(self) -> list[str]:
+        """Patterns that name one model exactly (no glob characters)."""
+        return [p for p, _ in self._routes if not any(ch in p for ch in "*?[")]

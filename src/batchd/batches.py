@@ -1,0 +1,143 @@
+"""Batch use cases: create, get, list, cancel, delete, results. No HTTP, no SQL."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from batchd.backends.router import Router
+from batchd.domain import Batch, ProcessingStatus, RequestState
+from batchd.errors import InvalidRequest, NotFound
+from batchd.ids import new_batch_id
+from batchd.schemas.results import canceled_line, errored_line, expired_line
+from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, ResultRow, Store
+from batchd.validation import BatchItem, check_params, parse_create_body
+
+RESULTS_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_requests: int
+    ttl_seconds: float
+    retention_seconds: float
+
+
+def _not_found(batch_id: str) -> NotFound:
+    return NotFound(f"message batch {batch_id!r} not found")
+
+
+class BatchService:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        limits: BatchLimits,
+        clock: Callable[[], float],
+        on_created: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._router = router
+        self._limits = limits
+        self._clock = clock
+        self._on_created = on_created
+
+    async def create(self, workspace: str, body: bytes | bytearray) -> Batch:
+        items = parse_create_body(body, max_requests=self._limits.max_requests)
+        rows = self._prepare(items)
+        now = self._clock()
+        batch = await self._store.create_batch(
+            new_batch_id(), workspace, now, now + self._limits.ttl_seconds, rows
+        )
+        self._on_created()
+        return batch
+
+    def _prepare(self, items: list[BatchItem]) -> list[NewRequest]:
+        """Check each request's params now; a bad one is stored already errored."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return [self._prepare_one(item) for item in items]
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _prepare_one(self, item: BatchItem) -> NewRequest:
+        try:
+            params = check_params(item.params)
+        except InvalidRequest as exc:
+            return _errored(item, "invalid_request_error", exc.message)
+        backend = self._router.route(params.model)
+        if backend is None:
+            return _errored(item, "not_found_error", f"model: {params.model!r} is not served here")
+        return NewRequest(item.custom_id, backend, item.params, RequestState.QUEUED)
+
+    async def get(self, workspace: str, batch_id: str) -> Batch:
+        batch = await self._store.get_batch(workspace, batch_id)
+        if batch is None:
+            raise _not_found(batch_id)
+        return batch
+
+    async def list(
+        self, workspace: str, limit: int, after_id: str | None, before_id: str | None
+    ) -> tuple[list[Batch], bool]:
+        if after_id and before_id:
+            raise InvalidRequest("after_id and before_id cannot be used together")
+        page = await self._store.list_batches(workspace, limit, after_id, before_id)
+        if page is None:
+            raise _not_found(before_id or after_id or "")
+        return page
+
+    async def cancel(self, workspace: str, batch_id: str) -> Batch:
+        found = await self._store.cancel_batch(workspace, batch_id, self._clock())
+        if found is None:
+            raise _not_found(batch_id)
+        batch, outcome = found
+        if outcome is CancelOutcome.ALREADY_ENDED:
+            raise InvalidRequest(
+                f"message batch {batch_id!r} has already ended and cannot be canceled"
+            )
+        return batch
+
+    async def delete(self, workspace: str, batch_id: str) -> None:
+        outcome = await self._store.delete_batch(workspace, batch_id)
+        if outcome is DeleteOutcome.NOT_FOUND:
+            raise _not_found(batch_id)
+        if outcome is DeleteOutcome.NOT_ENDED:
+            raise InvalidRequest(
+                f"message batch {batch_id!r} is still being processed; cancel it and wait "
+                "until it has ended before deleting it"
+            )
+
+    async def results(self, workspace: str, batch_id: str) -> AsyncIterator[bytes]:
+        """Check the batch can be read now, then return its JSONL, one chunk per page."""
+        batch = await self.get(workspace, batch_id)
+        if batch.processing_status is not ProcessingStatus.ENDED:
+            raise InvalidRequest(
+                f"message batch {batch_id!r} has not ended yet; results are available once "
+                "its processing_status is 'ended'"
+            )
+        if batch.archived_at(self._limits.retention_seconds, self._clock()) is not None:
+            raise InvalidRequest(f"the results of message batch {batch_id!r} have been archived")
+        return self._jsonl(batch.seq)
+
+    async def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
+        async for page in self._store.iter_results(seq, RESULTS_PAGE):
+            yield b"".join([_line(row) + b"\n" for row in page])
+
+
+def _errored(item: BatchItem, error_type: str, message: str) -> NewRequest:
+    line = errored_line(item.custom_id, error_type, message)
+    return NewRequest(item.custom_id, None, item.params, RequestState.ERRORED, line)
+
+
+def _line(row: ResultRow) -> bytes:
+    if row.result is not None:
+        return row.result
+    if row.state is RequestState.CANCELED:
+        return canceled_line(row.custom_id)
+    if row.state is RequestState.EXPIRED:
+        return expired_line(row.custom_id)
+    # An ended batch has no unfinished rows; say so plainly rather than drop a line.
+    return errored_line(row.custom_id, "api_error", f"request left in state {row.state}")

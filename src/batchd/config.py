@@ -1,0 +1,100 @@
+"""Settings: the one place that reads the environment and the TOML file.
+
+Precedence, highest first: command-line flags, ``BATCHD_*`` environment variables, the
+TOML file named by ``--config`` / ``BATCHD_CONFIG``, the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.sources import InitSettingsSource
+
+MOCK_MODEL = "mock"
+
+
+class BackendConfig(BaseModel):
+    """One ``[[backends]]`` table of the TOML file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Literal["anthropic", "mock"]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    models: list[str] = Field(default_factory=list)
+    max_concurrency: int = Field(default=64, ge=1, le=100_000)
+    timeout_seconds: float = Field(default=600.0, gt=0)
+    max_retries: int | None = Field(default=None, ge=0)
+    latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCHD_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    db: str = "sqlite:///batchd.db"
+    config: Path | None = None
+    public_url: str | None = None  # origin used in results_url; else the request's own
+    engine: bool = True  # run the engine inside `serve`
+
+    batch_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    results_retention_seconds: float = Field(default=29 * 24 * 3600.0, gt=0)
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_requests_per_batch: int = Field(default=100_000, ge=1)
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    claim_chunk: int = Field(default=64, ge=1)
+    max_retries: int = Field(default=6, ge=0)
+    retry_base_seconds: float = Field(default=0.5, ge=0)
+    retry_max_seconds: float = Field(default=60.0, ge=0)
+
+    backends: list[BackendConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003  (no .env files)
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003  (no secret dirs)
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file(init_settings)
+        if config_file is not None:
+            if not Path(config_file).is_file():
+                raise ValueError(f"config file not found: {config_file}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file(init_settings: PydanticBaseSettingsSource) -> Any:
+    if isinstance(init_settings, InitSettingsSource) and init_settings.init_kwargs.get("config"):
+        return init_settings.init_kwargs["config"]
+    return os.environ.get("BATCHD_CONFIG") or None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the Settings from flags (``None`` means: not given)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

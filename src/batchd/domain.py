@@ -1,0 +1,125 @@
+"""Domain objects and the pure rules of a batch's life.
+
+A batch holds N requests. Each request moves ``queued -> running -> succeeded | errored``
+(``running -> queued`` again when its lease is lost), or ``queued -> canceled | expired``.
+The batch's counts are kept beside the rows in the same transactions, so the five
+numbers always sum to N; ``processing`` is what is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RequestState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    ERRORED = "errored"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+
+FINAL_STATES = frozenset(
+    {RequestState.SUCCEEDED, RequestState.ERRORED, RequestState.CANCELED, RequestState.EXPIRED}
+)
+
+
+class ProcessingStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    CANCELING = "canceling"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounts:
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+    @classmethod
+    def from_totals(
+        cls, total: int, succeeded: int, errored: int, canceled: int, expired: int
+    ) -> RequestCounts:
+        done = succeeded + errored + canceled + expired
+        return cls(total - done, succeeded, errored, canceled, expired)
+
+    @property
+    def total(self) -> int:
+        return self.processing + self.succeeded + self.errored + self.canceled + self.expired
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch as the use cases see it; times are UNIX seconds."""
+
+    id: str
+    seq: int
+    workspace: str
+    processing_status: ProcessingStatus
+    counts: RequestCounts
+    created_at: float
+    expires_at: float
+    ended_at: float | None
+    cancel_initiated_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Batch:
+        return cls(
+            id=row["id"],
+            seq=row["seq"],
+            workspace=row["workspace"],
+            processing_status=ProcessingStatus(row["processing_status"]),
+            counts=RequestCounts.from_totals(
+                row["total"], row["succeeded"], row["errored"], row["canceled"], row["expired"]
+            ),
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            ended_at=row["ended_at"],
+            cancel_initiated_at=row["cancel_initiated_at"],
+        )
+
+    def archived_at(self, retention: float, now: float) -> float | None:
+        """Results are kept ``retention`` seconds after creation, then archived."""
+        archived = self.created_at + retention
+        return archived if now >= archived else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRequest:
+    """A request handed to one worker; ``attempt`` fences its result write."""
+
+    id: int
+    batch_seq: int
+    custom_id: str
+    params: bytes
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final state of one claimed request and its JSONL result line."""
+
+    request: ClaimedRequest
+    state: RequestState
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    workspace: str
+    created_at: float
+    revoked_at: float | None
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,264 @@
+"""The worker loop: claim -> run -> record, with a heartbeat and a sweeper beside it.
+
+One dispatcher per backend keeps up to ``max_concurrency`` requests in flight, claiming
+from the unfinished batches in turn (round-robin), so that a small batch submitted
+after a huge one is served at once. Results go through one writer that commits them in
+groups, fenced by (owner, attempt): a worker that lost its lease cannot overwrite a
+result. The heartbeat renews this worker's leases; the sweeper returns lost leases to
+the queue, expires batches past their deadline and ends finished batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from batchd.backends.base import Backend
+from batchd.backends.retry import RetryPolicy, call_with_retries
+from batchd.domain import ClaimedRequest, Outcome, RequestState
+from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
+from batchd.ids import new_worker_id
+from batchd.schemas.results import errored_line, succeeded_line
+from batchd.store import Store
+from batchd.validation import check_params
+
+log = logging.getLogger(__name__)
+
+WRITE_GROUP = 256
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    lease_seconds: float
+    poll_interval: float
+    sweep_interval: float
+    claim_chunk: int
+    retry: RetryPolicy
+    shutdown_grace: float = 5.0
+
+
+class _Lane:
+    """The state of one backend's dispatcher."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.in_flight = 0
+        self.changed = asyncio.Event()  # a slot freed or new work arrived
+        self.has_work = True  # False once a claim round found nothing
+        self.exhausted: set[int] = set()  # batches with nothing queued for this backend
+        self.last_seq = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        backends: dict[str, Backend],
+        settings: EngineSettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self.owner = new_worker_id()
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._lanes = [_Lane(b) for b in backends.values()]
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._stop = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    def wake(self) -> None:
+        """New work may be queued: every dispatcher looks again."""
+        for lane in self._lanes:
+            lane.exhausted.clear()
+            lane.has_work = True
+            lane.changed.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for lane in self._lanes:
+            lane.changed.set()
+
+    async def run(self) -> None:
+        log.info(
+            "engine %s started with backends %s",
+            self.owner,
+            [lane.backend.name for lane in self._lanes],
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                for lane in self._lanes:
+                    group.create_task(self._dispatch(lane), name=f"dispatch-{lane.backend.name}")
+                writer = group.create_task(self._write_outcomes(), name="writer")
+                side = [
+                    group.create_task(
+                        self._every(self._settings.lease_seconds / 3, self._heartbeat)
+                    ),
+                    group.create_task(self._every(self._settings.sweep_interval, self._sweep)),
+                ]
+                await self._stop.wait()
+                await self._finish_in_flight()
+                self._drained.set()
+                await writer
+                for task in side:
+                    task.cancel()
+        finally:
+            with contextlib.suppress(StoreUnavailable):
+                released = await self._store.release_leases(self.owner)
+                if released:
+                    log.info(
+                        "engine %s returned %d unfinished requests to the queue",
+                        self.owner,
+                        released,
+                    )
+        log.info("engine %s stopped", self.owner)
+
+    async def _finish_in_flight(self) -> None:
+        tasks = [t for lane in self._lanes for t in lane.tasks]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self._settings.shutdown_grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- claiming ------------------------------------------------------------------------
+
+    async def _dispatch(self, lane: _Lane) -> None:
+        capacity = lane.backend.max_concurrency
+        while not self._stop.is_set():
+            lane.changed.clear()
+            free = capacity - lane.in_flight
+            claimed = 0
+            if free > 0 and lane.has_work:
+                try:
+                    claimed = await self._claim_round(lane, free)
+                except StoreUnavailable as exc:
+                    log.warning("claim failed on backend %s: %s", lane.backend.name, exc)
+                lane.has_work = claimed > 0
+            if claimed and lane.in_flight < capacity:
+                continue  # there may be more to claim at once
+            try:
+                async with asyncio.timeout(self._settings.poll_interval):
+                    await lane.changed.wait()
+            except TimeoutError:  # look again now and then: other processes add work too
+                lane.exhausted.clear()
+                lane.has_work = True
+
+    async def _claim_round(self, lane: _Lane, free: int) -> int:
+        """Claim up to ``free`` requests, a fair share from each batch in turn."""
+        now = self._clock()
+        seqs = [s for s in await self._store.claimable_batches(now) if s not in lane.exhausted]
+        if not seqs:
+            return 0
+        # Start after the batch served last, so that every batch gets its turn.
+        start = next((i for i, s in enumerate(seqs) if s > lane.last_seq), 0)
+        order = seqs[start:] + seqs[:start]
+        share = max(1, min(self._settings.claim_chunk, math.ceil(free / len(order))))
+        claimed = 0
+        lease_until = now + self._settings.lease_seconds
+        for seq in order:
+            if claimed >= free:
+                break
+            rows = await self._store.claim(
+                lane.backend.name, seq, self.owner, min(share, free - claimed), lease_until
+            )
+            if not rows:
+                lane.exhausted.add(seq)
+                continue
+            lane.last_seq = seq
+            claimed += len(rows)
+            for request in rows:
+                self._start(lane, request)
+        return claimed
+
+    def _start(self, lane: _Lane, request: ClaimedRequest) -> None:
+        lane.in_flight += 1
+        task = asyncio.create_task(self._run_one(lane, request))
+        lane.tasks.add(task)
+        task.add_done_callback(lane.tasks.discard)
+
+    # -- running -------------------------------------------------------------------------
+
+    async def _run_one(self, lane: _Lane, request: ClaimedRequest) -> None:
+        try:
+            outcome = await self._execute(lane.backend, request)
+        finally:
+            lane.in_flight -= 1
+            lane.changed.set()
+        self._outcomes.put_nowait(outcome)
+
+    async def _execute(self, backend: Backend, request: ClaimedRequest) -> Outcome:
+        custom_id = request.custom_id
+        try:
+            params = check_params(request.params)
+            policy = self._settings.retry
+            if backend.max_retries is not None:
+                policy = RetryPolicy(backend.max_retries, policy.base_seconds, policy.max_seconds)
+            message = await call_with_retries(
+                lambda: backend.create_message(params, request.params), policy
+            )
+        except (InvalidRequest, UpstreamError) as exc:
+            line = errored_line(custom_id, exc.error_type, exc.message)
+            return Outcome(request, RequestState.ERRORED, line)
+        except Exception:  # one broken request must not take the engine down
+            log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
+            line = errored_line(custom_id, "api_error", "internal error while running the request")
+            return Outcome(request, RequestState.ERRORED, line)
+        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message))
+
+    # -- recording -----------------------------------------------------------------------
+
+    async def _write_outcomes(self) -> None:
+        while not (self._drained.is_set() and self._outcomes.empty()):
+            group = await self._next_group()
+            while group:
+                try:
+                    applied = await self._store.record(self.owner, group, self._clock())
+                except StoreUnavailable as exc:
+                    log.warning("recording %d results failed, will retry: %s", len(group), exc)
+                    await asyncio.sleep(self._settings.poll_interval)
+                    continue
+                if applied < len(group):
+                    log.warning("%d results were fenced off (lease lost)", len(group) - applied)
+                group = []
+
+    async def _next_group(self) -> list[Outcome]:
+        if self._outcomes.empty():
+            getter = asyncio.ensure_future(self._outcomes.get())
+            drained = asyncio.ensure_future(self._drained.wait())
+            await asyncio.wait({getter, drained}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+            if not getter.done():
+                getter.cancel()
+                return []
+            group = [getter.result()]
+        else:
+            group = [self._outcomes.get_nowait()]
+        while len(group) < WRITE_GROUP and not self._outcomes.empty():
+            group.append(self._outcomes.get_nowait())
+        return group
+
+    # -- side tasks ----------------------------------------------------------------------
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await step()
+            except StoreUnavailable as exc:
+                log.warning("%s failed: %s", step.__name__, exc)
+
+    async def _heartbeat(self) -> None:
+        await self._store.renew_leases(self.owner, self._clock() + self._settings.lease_seconds)
+
+    async def _sweep(self) -> None:
+        now = self._clock()
+        if await self._store.requeue_lost_leases(now):
+            self.wake()
+        await self._store.expire_batches(now)
+        await self._store.finalize_batches(now)

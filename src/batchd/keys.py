@@ -1,0 +1,78 @@
+"""API keys and workspaces: minting keys, storing only their hashes, checking callers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+
+from batchd.domain import ApiKey
+from batchd.errors import AuthenticationFailed
+from batchd.ids import new_api_key, new_key_id
+from batchd.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKSPACE = "default"
+_KEY_COUNT_TTL = 2.0  # seconds a cached "how many keys exist" stays fresh
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def create_key(store: Store, name: str, workspace: str) -> tuple[ApiKey, str]:
+    """Store a new key's hash; return the key itself, which is shown once and never again."""
+    secret = new_api_key()
+    key = ApiKey(new_key_id(), name, workspace, time.time(), None)
+    await store.create_key(key, hash_key(secret))
+    return key, secret
+
+
+class Authenticator:
+    """Maps a presented key to its workspace.
+
+    With no active keys, a server on a loopback address is open: any key (or none)
+    maps to the default workspace. Anywhere else, no keys means no access.
+    """
+
+    def __init__(
+        self, store: Store, *, allow_open: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._allow_open = allow_open
+        self._clock = clock
+        self._key_count: tuple[float, int] | None = None
+
+    async def _active_keys(self) -> int:
+        now = self._clock()
+        if self._key_count is None or now - self._key_count[0] > _KEY_COUNT_TTL:
+            self._key_count = (now, await self._store.count_active_keys())
+        return self._key_count[1]
+
+    async def workspace(self, presented: str | None) -> str:
+        if await self._active_keys() == 0:
+            if self._allow_open:
+                return DEFAULT_WORKSPACE
+            raise AuthenticationFailed("no API keys exist; create one with `batchd keys create`")
+        if not presented:
+            raise AuthenticationFailed(
+                "missing API key: send it as `x-api-key` or `Authorization: Bearer`"
+            )
+        digest = hash_key(presented)
+        found = await self._store.find_key(digest)
+        if found is None or not hmac.compare_digest(found[1], digest):
+            raise AuthenticationFailed("invalid API key")
+        return found[0].workspace

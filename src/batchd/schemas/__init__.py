@@ -1,0 +1,1 @@
+"""Wire shapes: what batchd sends, encoded exactly as the API does."""

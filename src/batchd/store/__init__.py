@@ -1,0 +1,27 @@
+"""Storage: the Store protocol and its dialects. SQL lives here and nowhere else."""
+
+from batchd.store.base import (
+    CancelOutcome,
+    DeleteOutcome,
+    NewRequest,
+    ResultRow,
+    SchemaMismatch,
+    Store,
+)
+
+__all__ = [
+    "CancelOutcome",
+    "DeleteOutcome",
+    "NewRequest",
+    "ResultRow",
+    "SchemaMismatch",
+    "Store",
+    "open_store",
+]
+
+
+async def open_store(url: str) -> Store:
+    """Open the store a database URL names, applying pending migrations."""
+    from batchd.store.sqlite import SQLiteStore
+
+    return await SQLiteStore.open(url, migrate=True)

@@ -1,0 +1,107 @@
+"""The Store protocol: everything the use cases and the engine ask of a database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from batchd.domain import ApiKey, Batch, ClaimedRequest, Outcome, RequestState
+from batchd.errors import BatchdError
+
+
+class SchemaMismatch(BatchdError):
+    """The database schema is not the version this code expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request to insert; ``result`` is set when it is already final (bad params)."""
+
+    custom_id: str
+    backend: str | None
+    params: bytes
+    state: RequestState
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    custom_id: str
+    state: RequestState
+    result: bytes | None
+
+
+class CancelOutcome(Enum):
+    CANCELED = "canceled"  # this call started cancellation
+    ALREADY_CANCELING = "already_canceling"
+    ALREADY_ENDED = "already_ended"
+
+
+class DeleteOutcome(Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    NOT_ENDED = "not_ended"
+
+
+class Store(Protocol):
+    # batches, as the API sees them
+    async def create_batch(
+        self,
+        batch_id: str,
+        workspace: str,
+        created_at: float,
+        expires_at: float,
+        requests: Sequence[NewRequest],
+    ) -> Batch: ...
+
+    async def get_batch(self, workspace: str, batch_id: str) -> Batch | None: ...
+
+    async def list_batches(
+        self, workspace: str, limit: int, after_id: str | None, before_id: str | None
+    ) -> tuple[list[Batch], bool] | None:
+        """Newest first; None when a cursor id is unknown in this workspace."""
+        ...
+
+    async def cancel_batch(
+        self, workspace: str, batch_id: str, now: float
+    ) -> tuple[Batch, CancelOutcome] | None: ...
+
+    async def delete_batch(self, workspace: str, batch_id: str) -> DeleteOutcome: ...
+
+    def iter_results(self, batch_seq: int, page_size: int) -> AsyncIterator[list[ResultRow]]: ...
+
+    # the engine
+    async def claimable_batches(self, now: float) -> list[int]: ...
+
+    async def claim(
+        self, backend: str, batch_seq: int, owner: str, limit: int, lease_until: float
+    ) -> list[ClaimedRequest]: ...
+
+    async def renew_leases(self, owner: str, lease_until: float) -> int: ...
+
+    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> int:
+        """Write final results fenced by (owner, attempt); returns how many applied."""
+        ...
+
+    async def requeue_lost_leases(self, now: float) -> int: ...
+
+    async def release_leases(self, owner: str) -> int: ...
+
+    async def expire_batches(self, now: float) -> int: ...
+
+    async def finalize_batches(self, now: float) -> int: ...
+
+    # API keys
+    async def create_key(self, key: ApiKey, key_hash: str) -> None: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str, now: float) -> bool: ...
+
+    async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None: ...
+
+    async def count_active_keys(self) -> int: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,168 @@
+"""Pure checks of what clients send.
+
+``parse_create_body`` checks a create-batch envelope (the requests list, each
+``custom_id`` and its uniqueness, counts) and keeps each request's ``params`` as the
+exact bytes received, so nothing the client sent is lost or re-encoded.
+``check_params`` checks one request's Messages params; a failure there becomes that
+request's ``errored`` result, never a failed create.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from batchd.errors import InvalidRequest
+
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+class _RequestItem(msgspec.Struct, forbid_unknown_fields=True):
+    custom_id: Any
+    params: msgspec.Raw
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    requests: list[_RequestItem]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    custom_id: str
+    params: bytes
+
+
+class _Message(msgspec.Struct):
+    role: Literal["user", "assistant", "system"]
+    content: str | list[dict[str, Any]]
+
+
+class Params(msgspec.Struct):
+    """The Messages params fields batchd checks; unknown keys are allowed and kept."""
+
+    model: str
+    max_tokens: Annotated[int, msgspec.Meta(ge=0)]
+    messages: list[_Message]
+    system: str | list[dict[str, Any]] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    stream: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_params_decoder = msgspec.json.Decoder(Params)
+_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _field_error(error: msgspec.MsgspecError, prefix: str = "") -> str:
+    """Turn msgspec's "X - at `$.a[0].b`" into "a.0.b: X"."""
+    match = _PATH.match(str(error))
+    assert match is not None
+    message, path = match["msg"], match["path"] or ""
+    path = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+    missing = re.match(r"Object missing required field `(.+)`", message)
+    if missing:
+        path = f"{path}.{missing[1]}".lstrip(".")
+        message = "Field required"
+    elif message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        path = f"{path}.{field}".lstrip(".")
+        message = "Extra inputs are not permitted"
+    path = ".".join(p for p in (prefix, path) if p)
+    return f"{path}: {message}" if path else message
+
+
+def parse_create_body(body: bytes | bytearray, *, max_requests: int) -> list[BatchItem]:
+    """Decode and check a create-batch body; raise InvalidRequest with the first fault."""
+    if not body.strip():
+        raise InvalidRequest("request body is empty: expected a JSON object with `requests`")
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of small objects: the collector would dominate the parse
+    try:
+        try:
+            envelope = _envelope_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(_field_error(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        return _check_items(envelope.requests, max_requests)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _check_items(requests: list[_RequestItem], max_requests: int) -> list[BatchItem]:
+    if not requests:
+        raise InvalidRequest("requests: List should have at least 1 item after validation, not 0")
+    if len(requests) > max_requests:
+        raise InvalidRequest(
+            f"requests: List should have at most {max_requests} items after validation, "
+            f"not {len(requests)}"
+        )
+    items = []
+    seen: set[str] = set()
+    for i, item in enumerate(requests):
+        custom_id = item.custom_id
+        if not isinstance(custom_id, str):
+            raise InvalidRequest(f"requests.{i}.custom_id: Input should be a valid string")
+        if not CUSTOM_ID.fullmatch(custom_id):
+            raise InvalidRequest(f"requests.{i}.custom_id: {_custom_id_problem(custom_id)}")
+        if custom_id in seen:
+            raise InvalidRequest(
+                f"requests.{i}.custom_id: duplicate custom_id {custom_id!r}; "
+                "each request in a batch needs a unique custom_id"
+            )
+        seen.add(custom_id)
+        params = bytes(item.params)
+        if not params.startswith(b"{"):
+            raise InvalidRequest(f"requests.{i}.params: Input should be a valid dictionary")
+        items.append(BatchItem(custom_id, params))
+    return items
+
+
+def _custom_id_problem(custom_id: str) -> str:
+    if not custom_id:
+        return "String should have at least 1 character"
+    if len(custom_id) > 64:
+        return "String should have at most 64 characters"
+    return "String should match pattern '^[a-zA-Z0-9_-]{1,64}$'"
+
+
+def check_params(raw: bytes, *, in_batch: bool = True) -> Params:
+    """Check one request's Messages params; raise InvalidRequest naming the field."""
+    try:
+        params = _params_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(_field_error(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"params are not valid JSON: {exc}") from None
+    if params.stream and in_batch:
+        raise InvalidRequest("stream: streaming is not supported for batch requests")
+    if not params.messages:
+        raise InvalidRequest("messages: List should have at least 1 item after validation, not 0")
+    for i, message in enumerate(params.messages):
+        if isinstance(message.content, list):
+            _check_blocks(message.content, f"messages.{i}.content")
+    if isinstance(params.system, list):
+        _check_blocks(params.system, "system")
+    for i, tool in enumerate(params.tools or ()):
+        if not isinstance(tool.get("name"), str):
+            raise InvalidRequest(f"tools.{i}.name: Field required")
+    return params
+
+
+def _check_blocks(blocks: list[dict[str, Any]], where: str) -> None:
+    for j, block in enumerate(blocks):
+        if not isinstance(block.get("type"), str):
+            raise InvalidRequest(f"{where}.{j}.type: Field required")
+        if block["type"] == "text" and not isinstance(block.get("text"), str):
+            raise InvalidRequest(f"{where}.{j}.text: Field required")

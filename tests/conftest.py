@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from tests.support.server import RunningServer, serve_batchd, test_settings
+
+StartServer = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Start batchd on a private SQLite file; keyword arguments override Settings."""
+    with ExitStack() as stack:
+
+        def start(**overrides: Any) -> RunningServer:
+            db = overrides.pop("db_path", tmp_path / "batchd.db")
+            settings = test_settings(str(db), **overrides)
+            return stack.enter_context(serve_batchd(settings))
+
+        yield start
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> RunningServer:
+    return start_server()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=server.url, api_key="sk-test") as c:
+        yield c
+
+
+def wait_ended(
+    client: anthropic.Anthropic, batch_id: str, timeout: float = 60
+) -> anthropic.types.messages.MessageBatch:
+    """Poll a batch until it has ended, as a user would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.messages.batches.retrieve(batch_id)
+        if batch.processing_status == "ended":
+            return batch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {batch_id} still {batch.processing_status}")
+        time.sleep(0.05)
+
+
+def mock_request(custom_id: str, text: str = "hello", **params: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "mock",
+        "max_tokens": 32,
+        "messages": [{"role": "user", "content": text}],
+    }
+    body.update(params)
+    return {"custom_id": custom_id, "params": body}

@@ -1,0 +1,1 @@
+"""Test support: a real uvicorn server on loopback, and fake upstreams."""
