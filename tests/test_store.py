@@ -1,0 +1,160 @@
+"""The SQLite store's promises: counts agree with rows, results are fenced, leases come back."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from batchd.domain import ClaimedRequest, Outcome, ProcessingStatus, RequestState
+from batchd.schemas.results import succeeded_line
+from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, SchemaMismatch
+from batchd.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = await SQLiteStore.open(f"sqlite:///{tmp_path}/s.db", migrate=True)
+    yield s
+    await s.close()
+
+
+def _queued(n: int, backend: str = "b") -> list[NewRequest]:
+    return [NewRequest(f"r{i}", backend, b"{}", RequestState.QUEUED) for i in range(n)]
+
+
+def _ok(request: ClaimedRequest) -> Outcome:
+    return Outcome(request, RequestState.SUCCEEDED, succeeded_line(request.custom_id, {}))
+
+
+async def test_counts_follow_results_and_batch_ends(store: SQLiteStore) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
+    claimed = await store.claim("b", batch.seq, "w1", 10, T0 + 30)
+    assert await store.record("w1", [_ok(c) for c in claimed[:2]], T0 + 1) == 2
+    mid = await store.get_batch("ws", "msgbatch_a")
+    assert mid is not None
+    assert (mid.counts.processing, mid.counts.succeeded) == (1, 2)
+    await store.record("w1", [_ok(claimed[2])], T0 + 2)
+    done = await store.get_batch("ws", "msgbatch_a")
+    assert done is not None
+    assert (done.processing_status, done.ended_at) == (ProcessingStatus.ENDED, T0 + 2)
+
+
+async def test_a_worker_that_lost_its_lease_cannot_write(store: SQLiteStore) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
+    [first] = await store.claim("b", batch.seq, "w1", 1, T0 + 5)
+    assert await store.requeue_lost_leases(T0 + 6) == 1
+    [second] = await store.claim("b", batch.seq, "w2", 1, T0 + 20)
+    assert await store.record("w1", [_ok(first)], T0 + 7) == 0  # fenced off
+    assert await store.record("w2", [_ok(second)], T0 + 8) == 1
+    assert await store.record("w2", [_ok(second)], T0 + 9) == 0  # recorded once only
+    after = await store.get_batch("ws", "msgbatch_a")
+    assert after is not None
+    assert after.counts.succeeded == 1
+    assert second.attempt == 2
+
+
+async def test_renewed_leases_are_not_requeued(store: SQLiteStore) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(2))
+    await store.claim("b", batch.seq, "w1", 2, T0 + 5)
+    assert await store.renew_leases("w1", T0 + 50) == 2
+    assert await store.requeue_lost_leases(T0 + 6) == 0
+
+
+async def test_claims_take_only_their_backend(store: SQLiteStore) -> None:
+    rows = [*_queued(2, "b"), NewRequest("x", "other", b"{}", RequestState.QUEUED)]
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
+    claimed = await store.claim("other", batch.seq, "w1", 10, T0 + 5)
+    assert [c.custom_id for c in claimed] == ["x"]
+
+
+async def test_cancel_settles_queued_requests_and_keeps_running_ones(store: SQLiteStore) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(5))
+    [running] = await store.claim("b", batch.seq, "w1", 1, T0 + 30)
+    result = await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
+    assert result is not None
+    canceled, outcome = result
+    assert outcome is CancelOutcome.CANCELED
+    assert (canceled.processing_status, canceled.counts.canceled) == ("canceling", 4)
+    await store.record("w1", [_ok(running)], T0 + 2)
+    ended = await store.get_batch("ws", "msgbatch_a")
+    assert ended is not None
+    assert ended.processing_status is ProcessingStatus.ENDED
+
+
+async def test_lost_lease_in_a_canceling_batch_is_canceled(store: SQLiteStore) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
+    await store.claim("b", batch.seq, "w1", 1, T0 + 5)
+    await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
+    await store.requeue_lost_leases(T0 + 6)
+    assert await store.finalize_batches(T0 + 7) == 1
+    after = await store.get_batch("ws", "msgbatch_a")
+    assert after is not None
+    assert after.counts.canceled == 1
+
+
+async def test_expiry_settles_queued_requests(store: SQLiteStore) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 10, _queued(3))
+    await store.claim("b", batch.seq, "w1", 1, T0 + 30)
+    assert await store.claimable_batches(T0 + 10) == []
+    assert await store.expire_batches(T0 + 10) == 1
+    after = await store.get_batch("ws", "msgbatch_a")
+    assert after is not None
+    assert (after.counts.expired, after.counts.processing) == (2, 1)
+
+
+async def test_delete_only_when_ended_and_only_in_its_workspace(store: SQLiteStore) -> None:
+    await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
+    assert await store.delete_batch("ws", "msgbatch_a") is DeleteOutcome.NOT_ENDED
+    await store.cancel_batch("ws", "msgbatch_a", T0)
+    await store.finalize_batches(T0)
+    assert await store.delete_batch("other", "msgbatch_a") is DeleteOutcome.NOT_FOUND
+    assert await store.delete_batch("ws", "msgbatch_a") is DeleteOutcome.DELETED
+    assert await store.get_batch("ws", "msgbatch_a") is None
+
+
+async def test_results_come_in_pages_with_every_row(store: SQLiteStore) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(25))
+    pages = [page async for page in store.iter_results(batch.seq, 10)]
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [r.custom_id for p in pages for r in p] == [f"r{i}" for i in range(25)]
+
+
+async def test_list_pages_both_ways(store: SQLiteStore) -> None:
+    for i in range(5):
+        await store.create_batch(f"msgbatch_{i}", "ws", T0 + i, T0 + 60, _queued(1))
+    await store.create_batch("msgbatch_x", "other", T0, T0 + 60, _queued(1))
+    first = await store.list_batches("ws", 2, None, None)
+    assert first is not None
+    assert ([b.id for b in first[0]], first[1]) == (
+        ["msgbatch_4", "msgbatch_3"],
+        True,
+    )
+    older = await store.list_batches("ws", 2, "msgbatch_1", None)
+    assert older is not None
+    assert ([b.id for b in older[0]], older[1]) == (["msgbatch_0"], False)
+    newer = await store.list_batches("ws", 2, None, "msgbatch_1")
+    assert newer is not None
+    assert ([b.id for b in newer[0]], newer[1]) == (
+        ["msgbatch_3", "msgbatch_2"],
+        True,
+    )
+    assert await store.list_batches("ws", 2, "msgbatch_x", None) is None  # foreign cursor
+
+
+async def test_migrations_apply_once_and_refuse_a_newer_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/m.db"
+    for _ in range(2):  # the second open finds nothing to do
+        await (await SQLiteStore.open(url, migrate=True)).close()
+    with closing(sqlite3.connect(tmp_path / "m.db")) as db, db:
+        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == (
+            SCHEMA_VERSION
+        )
+        db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaMismatch, match="newer than this batchd"):
+        await SQLiteStore.open(url, migrate=True)
