@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.support.server import RunningServer, serve_batchd, test_settings
+from tests.support.server import RunningServer, serve_batchd, make_settings
 
 StartServer = Callable[..., RunningServer]
 
@@ -21,7 +21,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 
         def start(**overrides: Any) -> RunningServer:
             db = overrides.pop("db_path", tmp_path / "batchd.db")
-            settings = test_settings(str(db), **overrides)
+            settings = make_settings(str(db), **overrides)
             return stack.enter_context(serve_batchd(settings))
 
         yield start

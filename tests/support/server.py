@@ -51,7 +51,7 @@ def serve_batchd(settings: Settings) -> Iterator[RunningServer]:
         yield RunningServer(url=running.url, port=running.port, settings=settings)
 
 
-def test_settings(db_path: str, **overrides: Any) -> Settings:
+def make_settings(db_path: str, **overrides: Any) -> Settings:
     """Settings for tests: a private database, quick polling and sweeping."""
     values: dict[str, Any] = {
         "db": f"sqlite:///{db_path}",
