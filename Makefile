@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The 0.x SDK, kept apart from the venv's own, for the wire-compatibility tests.
+OLD_SDK := $(VENV)/sdk-0.75
 ARGS ?=
 
 .PHONY: install serve test check bench clean
@@ -13,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --target $(OLD_SDK) 'anthropic==0.75.0'
 	touch $(STAMP)
 
 serve: install
