@@ -6,13 +6,14 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batchd.domain import ClaimedRequest, Outcome, ProcessingStatus, RequestState
 from batchd.schemas.results import succeeded_line
 from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, SchemaMismatch
-from batchd.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from batchd.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
 
 T0 = 1_800_000_000.0
 
@@ -158,3 +159,42 @@ async def test_migrations_apply_once_and_refuse_a_newer_schema(tmp_path: Path) -
         db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
     with pytest.raises(SchemaMismatch, match="newer than this batchd"):
         await SQLiteStore.open(url, migrate=True)
+
+
+PARAMS = [
+    "now",
+    "seq",
+    "owner",
+    "until",
+    "limit",
+    "backend",
+    "after",
+    "id",
+    "workspace",
+    "key_hash",
+]
+HOT_QUERIES = [
+    "get_batch",
+    "list_newest",
+    "list_older",
+    "list_newer",
+    "results_page",
+    "claimable_batches",
+    "claim",
+    "renew_leases",
+    "record_result",
+    "requeue_lost",
+    "expiring_batches",
+    "finalize_all",
+    "find_key",
+]
+
+
+@pytest.mark.parametrize("name", HOT_QUERIES)
+async def test_hot_queries_use_an_index(store: SQLiteStore, name: str, tmp_path: Path) -> None:
+    sql = Q[name]
+    params: Any = (1,) * sql.count("?") if "?" in sql else dict.fromkeys(PARAMS, 1)
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db:
+        plan = [row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    full_scans = [step for step in plan if step.startswith("SCAN") and " USING " not in step]
+    assert full_scans == [], plan

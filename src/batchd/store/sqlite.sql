@@ -49,8 +49,10 @@ SELECT id, custom_id, state, result FROM requests
 WHERE batch_seq = :seq AND id > :after ORDER BY id LIMIT :limit;
 
 -- name: claimable_batches
+-- (the != 'ended' term lets SQLite use the partial index batches_unfinished)
 SELECT seq FROM batches
-WHERE processing_status = 'in_progress' AND expires_at > :now ORDER BY seq;
+WHERE processing_status != 'ended' AND processing_status = 'in_progress' AND expires_at > :now
+ORDER BY seq;
 
 -- name: claim
 UPDATE requests
@@ -102,7 +104,8 @@ RETURNING batch_seq;
 SELECT seq FROM batches WHERE seq = :seq AND processing_status = 'canceling';
 
 -- name: expiring_batches
-SELECT seq FROM batches WHERE processing_status = 'in_progress' AND expires_at <= :now;
+SELECT seq FROM batches
+WHERE processing_status != 'ended' AND processing_status = 'in_progress' AND expires_at <= :now;
 
 -- name: insert_key
 INSERT INTO api_keys (id, name, workspace, key_hash, created_at)
