@@ -28,9 +28,7 @@ class MessageService:
         raw = body
         if params.stream:  # the upstream call is never streamed; the API layer streams
             raw = _without_stream(body)
-        policy = self._retry
-        if backend.max_retries is not None:
-            policy = RetryPolicy(backend.max_retries, policy.base_seconds, policy.max_seconds)
+        policy = self._retry.for_backend(backend.max_retries)
         message = await call_with_retries(lambda: backend.create_message(params, raw), policy)
         return params, message
 

@@ -92,7 +92,7 @@ def parse_create_body(body: bytes | bytearray, *, max_requests: int) -> list[Bat
             envelope = _envelope_decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(_field_error(exc)) from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter
             raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
         return _check_items(envelope.requests, max_requests)
     finally:
@@ -143,7 +143,7 @@ def check_params(raw: bytes, *, in_batch: bool = True) -> Params:
         params = _params_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(_field_error(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter
         raise InvalidRequest(f"params are not valid JSON: {exc}") from None
     if params.stream and in_batch:
         raise InvalidRequest("stream: streaming is not supported for batch requests")

@@ -20,6 +20,12 @@ class RetryPolicy:
     base_seconds: float
     max_seconds: float
 
+    def for_backend(self, max_retries: int | None) -> RetryPolicy:
+        """This policy with a backend's own retry limit, where it sets one."""
+        if max_retries is None:
+            return self
+        return RetryPolicy(max_retries, self.base_seconds, self.max_seconds)
+
     def delay(self, failures: int, retry_after: float | None, jitter: float) -> float | None:
         """Seconds to wait after the ``failures``-th failure, or None to give up.
 

@@ -196,9 +196,7 @@ class Engine:
         custom_id = request.custom_id
         try:
             params = check_params(request.params)
-            policy = self._settings.retry
-            if backend.max_retries is not None:
-                policy = RetryPolicy(backend.max_retries, policy.base_seconds, policy.max_seconds)
+            policy = self._settings.retry.for_backend(backend.max_retries)
             message = await call_with_retries(
                 lambda: backend.create_message(params, request.params), policy
             )
