@@ -1,0 +1,225 @@
+"""A fake Anthropic-compatible upstream: a real Starlette app on loopback, with faults on demand.
+
+``POST /v1/messages`` answers a valid Message that echoes the last user text, and records
+every call under that text (its *key*), so a test can count how often each request reached
+the upstream and when. What to do instead of answering is decided per call by a *fault
+rule*, a function of ``(key, attempt)`` (attempt 1 is the first call with that key):
+
+    always(invalid_request("bad"))                    every call is a 400
+    first_attempt_of(0.3, overloaded(), seed=7)       the first call of ~30% of the keys is a 529
+    first_attempts(2, rate_limited(retry_after_ms=300))
+
+Faults: an HTTP error in the API's envelope (``status``), a connection dropped in the
+middle of the body (``RESET``), a 200 whose body is not JSON (``MALFORMED``), and an
+answer slower than the caller's timeout (``slow(seconds)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from tests.support.server import serve_app
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the upstream does instead of answering one call."""
+
+    kind: Literal["status", "reset", "malformed", "slow"]
+    status: int = 500
+    error_type: str = "api_error"
+    message: str = "injected failure"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    seconds: float = 0.0  # slow only: how long before the (too late) answer
+
+
+FaultRule = Callable[[str, int], Fault | None]
+
+RESET = Fault("reset")
+MALFORMED = Fault("malformed")
+
+
+def slow(seconds: float) -> Fault:
+    return Fault("slow", seconds=seconds)
+
+
+def overloaded(message: str = "Overloaded") -> Fault:
+    return Fault("status", 529, "overloaded_error", message)
+
+
+def server_error(message: str = "Internal server error") -> Fault:
+    return Fault("status", 500, "api_error", message)
+
+
+def rate_limited(retry_after_ms: int | None = None, message: str = "Rate limited") -> Fault:
+    headers = {"retry-after-ms": str(retry_after_ms)} if retry_after_ms is not None else {}
+    return Fault("status", 429, "rate_limit_error", message, headers)
+
+
+def invalid_request(message: str = "messages: bad request") -> Fault:
+    return Fault("status", 400, "invalid_request_error", message)
+
+
+def unauthorized(message: str = "invalid x-api-key") -> Fault:
+    return Fault("status", 401, "authentication_error", message)
+
+
+def always(fault: Fault) -> FaultRule:
+    return lambda _key, _attempt: fault
+
+
+def first_attempts(n: int, fault: Fault) -> FaultRule:
+    """The first ``n`` calls of every key fail; later ones succeed."""
+    return lambda _key, attempt: fault if attempt <= n else None
+
+
+def is_picked(key: str, fraction: float, seed: int = 0) -> bool:
+    """A deterministic choice of ``fraction`` of all keys, stable across runs."""
+    digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+    return random.Random(digest).random() < fraction
+
+
+def first_attempt_of(fraction: float, *faults: Fault, seed: int = 0) -> FaultRule:
+    """The first call of a seeded ``fraction`` of the keys fails, cycling through ``faults``."""
+
+    def rule(key: str, attempt: int) -> Fault | None:
+        if attempt != 1 or not is_picked(key, fraction, seed):
+            return None
+        return faults[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(faults)]
+
+    return rule
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(b.get("text", "") for b in content if b.get("type") == "text")
+
+
+def request_key(params: Mapping[str, Any]) -> str:
+    """The text of the last user message: how the fake upstream tells requests apart."""
+    users = [m for m in params.get("messages", []) if m.get("role") == "user"]
+    return _text_of(users[-1]["content"]) if users else ""
+
+
+def message_for(params: Mapping[str, Any], key: str) -> dict[str, Any]:
+    return {
+        "id": "msg_" + hashlib.sha256(key.encode()).hexdigest()[:24],
+        "type": "message",
+        "role": "assistant",
+        "model": params.get("model", "unknown"),
+        "content": [{"type": "text", "text": key}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": max(1, len(key) // 4), "output_tokens": len(key.split())},
+    }
+
+
+class _DroppedConnection(Response):
+    """Start a response, send part of the body, then fail: the server drops the connection."""
+
+    async def __call__(self, _scope: Scope, _receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"512")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"id": "msg_', "more_body": True})
+        raise ConnectionResetError("fake upstream dropped the connection")
+
+
+class FakeUpstream:
+    """The app and its record of calls; safe to read from the test thread while it serves."""
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        faults: FaultRule | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.latency = latency
+        self.faults = faults
+        self.api_key = api_key
+        self.url = ""
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+        self._times: defaultdict[str, list[float]] = defaultdict(list)
+        self._keys_sent: list[str | None] = []
+        self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
+
+    # -- what the tests read -------------------------------------------------------------
+
+    def calls(self, key: str) -> int:
+        with self._lock:
+            return self._calls[key]
+
+    def all_calls(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self._calls)
+
+    def times(self, key: str) -> list[float]:
+        """``time.monotonic()`` at the arrival of each call with this key."""
+        with self._lock:
+            return list(self._times[key])
+
+    def api_keys_sent(self) -> list[str | None]:
+        with self._lock:
+            return list(self._keys_sent)
+
+    # -- the endpoint --------------------------------------------------------------------
+
+    async def _messages(self, request: Request) -> Response:
+        params = json.loads(await request.body())
+        key = request_key(params)
+        sent_key = request.headers.get("x-api-key")
+        with self._lock:
+            self._calls[key] += 1
+            attempt = self._calls[key]
+            self._times[key].append(time.monotonic())
+            self._keys_sent.append(sent_key)
+        if self.api_key is not None and sent_key != self.api_key:
+            return _error(unauthorized())
+        fault = self.faults(key, attempt) if self.faults else None
+        if fault is None or fault.kind == "slow":
+            await asyncio.sleep(fault.seconds if fault else self.latency)
+            return JSONResponse(message_for(params, key))
+        if fault.kind == "reset":
+            return _DroppedConnection()
+        if fault.kind == "malformed":
+            return Response(b'{"id": "msg_01", "content": [', media_type="application/json")
+        return _error(fault)
+
+
+def _error(fault: Fault) -> JSONResponse:
+    body = {"type": "error", "error": {"type": fault.error_type, "message": fault.message}}
+    return JSONResponse(body, status_code=fault.status, headers=dict(fault.headers))
+
+
+@contextmanager
+def serve_upstream(
+    *, latency: float = 0.0, faults: FaultRule | None = None, api_key: str | None = None
+) -> Iterator[FakeUpstream]:
+    """A FakeUpstream served on a loopback port until the block exits; ``.url`` is set."""
+    upstream = FakeUpstream(latency=latency, faults=faults, api_key=api_key)
+    with serve_app(upstream.app) as running:
+        upstream.url = running.url
+        yield upstream
