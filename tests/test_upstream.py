@@ -277,3 +277,27 @@ def test_messages_create_passes_an_upstream_400_to_the_sdk(connect: Connect) -> 
         "message": "max_tokens: 10000000 > 8192",
     }
     assert upstream.all_calls() == {"too long": 1}
+
+
+def test_messages_create_blames_batchd_when_the_upstream_refuses_its_key(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, "sk-stale")
+    client, _ = connect(api_key="sk-upstream-secret", backend={"api_key_env": UPSTREAM_KEY_ENV})
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        client.with_options(max_retries=0).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raised.value.status_code == 502
+    assert raised.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert "refused batchd's upstream credentials" in raised.value.body["error"]["message"]  # type: ignore[index]
+
+
+def test_messages_create_retries_less_than_batches(connect: Connect) -> None:
+    client, upstream = connect(faults=always(overloaded()), backend={"max_retries": 6})
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        client.with_options(max_retries=0).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "busy"}]
+        )
+    assert raised.value.status_code == 529
+    assert upstream.all_calls() == {"busy": 3}  # the first call and two retries
