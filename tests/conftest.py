@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.support.server import RunningServer, serve_batchd, make_settings
+from tests.support.server import RunningServer, make_settings, serve_batchd
 
 StartServer = Callable[..., RunningServer]
 

@@ -12,7 +12,7 @@ import pytest
 
 from batchd.domain import ClaimedRequest, Outcome, ProcessingStatus, RequestState
 from batchd.schemas.results import succeeded_line
-from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, SchemaMismatch
+from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, SchemaMismatch, Sweep
 from batchd.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
 
 T0 = 1_800_000_000.0
@@ -35,7 +35,7 @@ def _ok(request: ClaimedRequest) -> Outcome:
 
 async def test_counts_follow_results_and_batch_ends(store: SQLiteStore) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
-    claimed = await store.claim("b", batch.seq, "w1", 10, T0 + 30)
+    claimed = (await store.claim("b", [batch.seq], "w1", 10, T0 + 30)).requests
     assert await store.record("w1", [_ok(c) for c in claimed[:2]], T0 + 1) == 2
     mid = await store.get_batch("ws", "msgbatch_a")
     assert mid is not None
@@ -48,9 +48,9 @@ async def test_counts_follow_results_and_batch_ends(store: SQLiteStore) -> None:
 
 async def test_a_worker_that_lost_its_lease_cannot_write(store: SQLiteStore) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
-    [first] = await store.claim("b", batch.seq, "w1", 1, T0 + 5)
-    assert await store.requeue_lost_leases(T0 + 6) == 1
-    [second] = await store.claim("b", batch.seq, "w2", 1, T0 + 20)
+    [first] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 5)).requests
+    assert (await store.sweep(T0 + 6)).requeued == 1
+    [second] = (await store.claim("b", [batch.seq], "w2", 1, T0 + 20)).requests
     assert await store.record("w1", [_ok(first)], T0 + 7) == 0  # fenced off
     assert await store.record("w2", [_ok(second)], T0 + 8) == 1
     assert await store.record("w2", [_ok(second)], T0 + 9) == 0  # recorded once only
@@ -62,21 +62,21 @@ async def test_a_worker_that_lost_its_lease_cannot_write(store: SQLiteStore) -> 
 
 async def test_renewed_leases_are_not_requeued(store: SQLiteStore) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(2))
-    await store.claim("b", batch.seq, "w1", 2, T0 + 5)
+    await store.claim("b", [batch.seq], "w1", 2, T0 + 5)
     assert await store.renew_leases("w1", T0 + 50) == 2
-    assert await store.requeue_lost_leases(T0 + 6) == 0
+    assert (await store.sweep(T0 + 6)).requeued == 0
 
 
 async def test_claims_take_only_their_backend(store: SQLiteStore) -> None:
     rows = [*_queued(2, "b"), NewRequest("x", "other", b"{}", RequestState.QUEUED)]
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
-    claimed = await store.claim("other", batch.seq, "w1", 10, T0 + 5)
+    claimed = (await store.claim("other", [batch.seq], "w1", 10, T0 + 5)).requests
     assert [c.custom_id for c in claimed] == ["x"]
 
 
 async def test_cancel_settles_queued_requests_and_keeps_running_ones(store: SQLiteStore) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(5))
-    [running] = await store.claim("b", batch.seq, "w1", 1, T0 + 30)
+    [running] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 30)).requests
     result = await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
     assert result is not None
     canceled, outcome = result
@@ -90,10 +90,9 @@ async def test_cancel_settles_queued_requests_and_keeps_running_ones(store: SQLi
 
 async def test_lost_lease_in_a_canceling_batch_is_canceled(store: SQLiteStore) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
-    await store.claim("b", batch.seq, "w1", 1, T0 + 5)
+    await store.claim("b", [batch.seq], "w1", 1, T0 + 5)
     await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
-    await store.requeue_lost_leases(T0 + 6)
-    assert await store.finalize_batches(T0 + 7) == 1
+    assert await store.sweep(T0 + 6) == Sweep(requeued=1, expired=0, ended=1)
     after = await store.get_batch("ws", "msgbatch_a")
     assert after is not None
     assert after.counts.canceled == 1
@@ -101,9 +100,9 @@ async def test_lost_lease_in_a_canceling_batch_is_canceled(store: SQLiteStore) -
 
 async def test_expiry_settles_queued_requests(store: SQLiteStore) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 10, _queued(3))
-    await store.claim("b", batch.seq, "w1", 1, T0 + 30)
+    await store.claim("b", [batch.seq], "w1", 1, T0 + 30)
     assert await store.claimable_batches(T0 + 10) == []
-    assert await store.expire_batches(T0 + 10) == 1
+    assert await store.sweep(T0 + 10) == Sweep(requeued=0, expired=1, ended=0)
     after = await store.get_batch("ws", "msgbatch_a")
     assert after is not None
     assert (after.counts.expired, after.counts.processing) == (2, 1)
@@ -113,7 +112,7 @@ async def test_delete_only_when_ended_and_only_in_its_workspace(store: SQLiteSto
     await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
     assert await store.delete_batch("ws", "msgbatch_a") is DeleteOutcome.NOT_ENDED
     await store.cancel_batch("ws", "msgbatch_a", T0)
-    await store.finalize_batches(T0)
+    await store.sweep(T0)
     assert await store.delete_batch("other", "msgbatch_a") is DeleteOutcome.NOT_FOUND
     assert await store.delete_batch("ws", "msgbatch_a") is DeleteOutcome.DELETED
     assert await store.get_batch("ws", "msgbatch_a") is None
@@ -198,3 +197,13 @@ async def test_hot_queries_use_an_index(store: SQLiteStore, name: str, tmp_path:
         plan = [row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
     full_scans = [step for step in plan if step.startswith("SCAN") and " USING " not in step]
     assert full_scans == [], plan
+
+
+async def test_one_claim_takes_a_share_from_each_batch_in_order(store: SQLiteStore) -> None:
+    seqs = [
+        (await store.create_batch(f"msgbatch_{i}", "ws", T0, T0 + 60, _queued(n))).seq
+        for i, n in enumerate([5, 1, 5])
+    ]
+    claim = await store.claim("b", [seqs[2], seqs[0], seqs[1]], "w1", 6, T0 + 30, share=2)
+    assert [c.batch_seq for c in claim.requests] == [seqs[2]] * 2 + [seqs[0]] * 2 + [seqs[1]]
+    assert claim.exhausted == [seqs[1]]  # asked for two, it had one

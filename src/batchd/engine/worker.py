@@ -159,22 +159,20 @@ class Engine:
         start = next((i for i, s in enumerate(seqs) if s > lane.last_seq), 0)
         order = seqs[start:] + seqs[:start]
         share = max(1, min(self._settings.claim_chunk, math.ceil(free / len(order))))
-        claimed = 0
-        lease_until = now + self._settings.lease_seconds
-        for seq in order:
-            if claimed >= free:
-                break
-            rows = await self._store.claim(
-                lane.backend.name, seq, self.owner, min(share, free - claimed), lease_until
-            )
-            if not rows:
-                lane.exhausted.add(seq)
-                continue
-            lane.last_seq = seq
-            claimed += len(rows)
-            for request in rows:
-                self._start(lane, request)
-        return claimed
+        claim = await self._store.claim(
+            lane.backend.name,
+            order,
+            self.owner,
+            free,
+            now + self._settings.lease_seconds,
+            share=share,
+        )
+        lane.exhausted.update(claim.exhausted)
+        for request in claim.requests:
+            self._start(lane, request)
+        if claim.requests:
+            lane.last_seq = claim.requests[-1].batch_seq
+        return len(claim.requests)
 
     def _start(self, lane: _Lane, request: ClaimedRequest) -> None:
         lane.in_flight += 1
@@ -255,8 +253,7 @@ class Engine:
         await self._store.renew_leases(self.owner, self._clock() + self._settings.lease_seconds)
 
     async def _sweep(self) -> None:
-        now = self._clock()
-        if await self._store.requeue_lost_leases(now):
+        sweep = await self._store.sweep(self._clock())
+        if sweep.requeued:
+            log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()
-        await self._store.expire_batches(now)
-        await self._store.finalize_batches(now)

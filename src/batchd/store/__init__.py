@@ -2,20 +2,24 @@
 
 from batchd.store.base import (
     CancelOutcome,
+    Claim,
     DeleteOutcome,
     NewRequest,
     ResultRow,
     SchemaMismatch,
     Store,
+    Sweep,
 )
 
 __all__ = [
     "CancelOutcome",
+    "Claim",
     "DeleteOutcome",
     "NewRequest",
     "ResultRow",
     "SchemaMismatch",
     "Store",
+    "Sweep",
     "open_store",
 ]
 

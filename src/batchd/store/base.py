@@ -33,6 +33,19 @@ class ResultRow:
     result: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    requests: list[ClaimedRequest]
+    exhausted: list[int]  # batches that had fewer queued requests than asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    requeued: int  # running requests whose lease had expired, back in the queue
+    expired: int  # batches past their deadline whose queued requests became expired
+    ended: int  # batches that had nothing left to do and are now ended
+
+
 class CancelOutcome(Enum):
     CANCELED = "canceled"  # this call started cancellation
     ALREADY_CANCELING = "already_canceling"
@@ -76,8 +89,18 @@ class Store(Protocol):
     async def claimable_batches(self, now: float) -> list[int]: ...
 
     async def claim(
-        self, backend: str, batch_seq: int, owner: str, limit: int, lease_until: float
-    ) -> list[ClaimedRequest]: ...
+        self,
+        backend: str,
+        batch_seqs: Sequence[int],
+        owner: str,
+        limit: int,
+        lease_until: float,
+        *,
+        share: int | None = None,
+    ) -> Claim:
+        """In one transaction, lease up to ``limit`` queued requests for ``backend``,
+        at most ``share`` from each batch, taking the batches in the order given."""
+        ...
 
     async def renew_leases(self, owner: str, lease_until: float) -> int: ...
 
@@ -85,13 +108,13 @@ class Store(Protocol):
         """Write final results fenced by (owner, attempt); returns how many applied."""
         ...
 
-    async def requeue_lost_leases(self, now: float) -> int: ...
+    async def sweep(self, now: float) -> Sweep:
+        """In one transaction: requeue lost leases, expire overdue batches, end finished ones."""
+        ...
 
-    async def release_leases(self, owner: str) -> int: ...
-
-    async def expire_batches(self, now: float) -> int: ...
-
-    async def finalize_batches(self, now: float) -> int: ...
+    async def release_leases(self, owner: str) -> int:
+        """Return this owner's running requests to the queue (a graceful stop)."""
+        ...
 
     # API keys
     async def create_key(self, key: ApiKey, key_hash: str) -> None: ...

@@ -21,7 +21,15 @@ import aiosqlite
 
 from batchd.domain import ApiKey, Batch, ClaimedRequest, Outcome, RequestState
 from batchd.errors import StoreUnavailable
-from batchd.store.base import CancelOutcome, DeleteOutcome, NewRequest, ResultRow, SchemaMismatch
+from batchd.store.base import (
+    CancelOutcome,
+    Claim,
+    DeleteOutcome,
+    NewRequest,
+    ResultRow,
+    SchemaMismatch,
+    Sweep,
+)
 from batchd.store.queries import load_migrations, load_queries
 
 Q = load_queries("sqlite.sql")
@@ -223,21 +231,33 @@ class SQLiteStore:
         return [r[0] for r in await self._read(Q["claimable_batches"], {"now": now})]
 
     async def claim(
-        self, backend: str, batch_seq: int, owner: str, limit: int, lease_until: float
-    ) -> list[ClaimedRequest]:
-        params = {
-            "backend": backend,
-            "seq": batch_seq,
-            "owner": owner,
-            "limit": limit,
-            "until": lease_until,
-        }
-        async with self._write() as db, db.execute(Q["claim"], params) as cursor:
-            rows = await cursor.fetchall()
-        return [
-            ClaimedRequest(r["id"], r["batch_seq"], r["custom_id"], r["params"], r["attempts"])
-            for r in rows
-        ]
+        self,
+        backend: str,
+        batch_seqs: Sequence[int],
+        owner: str,
+        limit: int,
+        lease_until: float,
+        *,
+        share: int | None = None,
+    ) -> Claim:
+        claimed: list[ClaimedRequest] = []
+        exhausted: list[int] = []
+        params: dict[str, Any] = {"backend": backend, "owner": owner, "until": lease_until}
+        async with self._write() as db:
+            for seq in batch_seqs:
+                want = min(share or limit, limit - len(claimed))
+                if want <= 0:
+                    break
+                params.update(seq=seq, limit=want)
+                async with db.execute(Q["claim"], params) as cursor:
+                    rows = list(await cursor.fetchall())
+                if len(rows) < want:
+                    exhausted.append(seq)
+                claimed.extend(
+                    ClaimedRequest(r["id"], seq, r["custom_id"], r["params"], r["attempts"])
+                    for r in rows
+                )
+        return Claim(claimed, exhausted)
 
     async def renew_leases(self, owner: str, lease_until: float) -> int:
         async with self._write() as db:
@@ -269,35 +289,29 @@ class SQLiteStore:
                 await db.execute(Q["finalize_batch"], {"seq": seq, "now": now})
         return applied
 
-    async def requeue_lost_leases(self, now: float) -> int:
-        return await self._requeue(Q["requeue_lost"], {"now": now})
+    async def sweep(self, now: float) -> Sweep:
+        async with self._write() as db:
+            requeued = await self._requeue(db, Q["requeue_lost"], {"now": now})
+            async with db.execute(Q["expiring_batches"], {"now": now}) as cursor:
+                expiring = [r[0] for r in await cursor.fetchall()]
+            for seq in expiring:
+                await self._settle_queued(db, seq, RequestState.EXPIRED)
+            cursor = await db.execute(Q["finalize_all"], {"now": now})
+            return Sweep(requeued=requeued, expired=len(expiring), ended=cursor.rowcount)
 
     async def release_leases(self, owner: str) -> int:
-        return await self._requeue(Q["release_leases"], {"owner": owner})
+        async with self._write() as db:
+            return await self._requeue(db, Q["release_leases"], {"owner": owner})
 
-    async def _requeue(self, sql: str, params: dict[str, Any]) -> int:
+    async def _requeue(self, db: aiosqlite.Connection, sql: str, params: dict[str, Any]) -> int:
         """Return running requests to the queue; a canceling batch's are canceled."""
-        async with self._write() as db:
-            async with db.execute(sql, params) as cursor:
-                seqs = Counter(r[0] for r in await cursor.fetchall())
-            for seq in seqs:
-                async with db.execute(Q["canceling_batch"], {"seq": seq}) as cursor:
-                    if await cursor.fetchone() is not None:
-                        await self._settle_queued(db, seq, RequestState.CANCELED)
+        async with db.execute(sql, params) as cursor:
+            seqs = Counter(r[0] for r in await cursor.fetchall())
+        for seq in seqs:
+            async with db.execute(Q["canceling_batch"], {"seq": seq}) as cursor:
+                if await cursor.fetchone() is not None:
+                    await self._settle_queued(db, seq, RequestState.CANCELED)
         return seqs.total()
-
-    async def expire_batches(self, now: float) -> int:
-        async with self._write() as db:
-            async with db.execute(Q["expiring_batches"], {"now": now}) as cursor:
-                seqs = [r[0] for r in await cursor.fetchall()]
-            for seq in seqs:
-                await self._settle_queued(db, seq, RequestState.EXPIRED)
-        return len(seqs)
-
-    async def finalize_batches(self, now: float) -> int:
-        async with self._write() as db:
-            cursor = await db.execute(Q["finalize_all"], {"now": now})
-            return cursor.rowcount
 
     # -- API keys ------------------------------------------------------------------------
 
