@@ -9,6 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 
+from tests.support.invariants import count_mismatches
 from tests.support.server import RunningServer, make_settings, serve_batchd
 
 StartServer = Callable[..., RunningServer]
@@ -16,15 +17,22 @@ StartServer = Callable[..., RunningServer]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start batchd on a private SQLite file; keyword arguments override Settings."""
+    """Start batchd on a private SQLite file; keyword arguments override Settings.
+
+    When the test is over, every database it used must have counts that agree with its rows.
+    """
+    databases: set[Path] = set()
     with ExitStack() as stack:
 
         def start(**overrides: Any) -> RunningServer:
-            db = overrides.pop("db_path", tmp_path / "batchd.db")
+            db = Path(overrides.pop("db_path", tmp_path / "batchd.db"))
+            databases.add(db)
             settings = make_settings(str(db), **overrides)
             return stack.enter_context(serve_batchd(settings))
 
         yield start
+    for db in sorted(databases):
+        assert count_mismatches(db) == [], db
 
 
 @pytest.fixture

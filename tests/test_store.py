@@ -14,6 +14,7 @@ from batchd.domain import ClaimedRequest, Outcome, ProcessingStatus, RequestStat
 from batchd.schemas.results import succeeded_line
 from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, SchemaMismatch, Sweep
 from batchd.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
+from tests.support.invariants import count_mismatches
 
 T0 = 1_800_000_000.0
 
@@ -23,6 +24,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     s = await SQLiteStore.open(f"sqlite:///{tmp_path}/s.db", migrate=True)
     yield s
     await s.close()
+    assert count_mismatches(tmp_path / "s.db") == []
 
 
 def _queued(n: int, backend: str = "b") -> list[NewRequest]:

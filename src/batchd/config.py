@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,12 @@ class BackendConfig(BaseModel):
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
 
+    @model_validator(mode="after")
+    def _upstream_has_url(self) -> BackendConfig:
+        if self.kind != "mock" and not self.base_url:
+            raise ValueError(f"backend {self.name!r}: kind {self.kind!r} needs base_url")
+        return self
+
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
@@ -70,6 +76,14 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=60.0, ge=0)
 
     backends: list[BackendConfig] = Field(default_factory=list)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_names(cls, backends: list[BackendConfig]) -> list[BackendConfig]:
+        names = [b.name for b in backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique, got {names}")
+        return backends
 
     @classmethod
     def settings_customise_sources(

@@ -80,8 +80,7 @@ def message_from_body(body: bytes) -> dict[str, Any]:
 
 class AnthropicBackend:
     def __init__(self, config: BackendConfig) -> None:
-        if not config.base_url:
-            raise ValueError(f"backend {config.name!r}: kind 'anthropic' needs base_url")
+        assert config.base_url, "checked by BackendConfig"
         self.name = config.name
         self.max_concurrency = config.max_concurrency
         self.max_retries = config.max_retries

@@ -15,10 +15,7 @@ BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_
 def backend_configs(settings: Settings) -> list[BackendConfig]:
     """The configured backends, then the built-in mock unless a backend is named ``mock``."""
     configs = list(settings.backends)
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"backend names must be unique, got {names}")
-    if "mock" not in names:
+    if "mock" not in {c.name for c in configs}:
         configs.append(BUILTIN_MOCK)
     return configs
 
