@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ import anthropic
 import pytest
 
 from tests.conftest import wait_ended
+from tests.support.invariants import count_mismatches
 from tests.support.upstream import FakeUpstream, serve_upstream
 
 MODEL = "claude-crash"
@@ -52,7 +54,8 @@ class BatchdProcess:
             "max_retries = 2\n"
             "timeout_seconds = 10\n"
         )
-        self.db = f"sqlite:///{tmp_path / 'b.db'}"
+        self.db_path = tmp_path / "b.db"
+        self.db = f"sqlite:///{self.db_path}"
         self.log = tmp_path / "batchd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -101,6 +104,7 @@ def batchd(tmp_path: Path, upstream: FakeUpstream) -> Iterator[BatchdProcess]:
         yield process
     finally:
         process.kill()
+    assert count_mismatches(process.db_path) == []
 
 
 @pytest.fixture
@@ -168,3 +172,27 @@ def test_batch_created_just_before_sigkill_survives(
     assert ended.request_counts.succeeded == 20
     results = {r.custom_id: r.result.type for r in client.messages.batches.results(batch.id)}
     assert results == {f"req-{i}": "succeeded" for i in range(20)}
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+def test_sigkill_during_create_stores_all_or_nothing(
+    batchd: BatchdProcess, client: anthropic.Anthropic, delay: float
+) -> None:
+    batchd.start()
+    big = requests(30_000)
+    killer = threading.Timer(delay, batchd.kill)
+    killer.start()
+    try:
+        created = client.messages.batches.create(requests=big)
+    except anthropic.APIConnectionError:
+        created = None  # the kill came first; the SDK never heard back
+    killer.join()
+    batchd.kill()
+
+    batchd.start()
+    stored = list(client.messages.batches.list())
+    if created is not None:
+        assert [b.id for b in stored] == [created.id]
+    assert len(stored) <= 1
+    for batch in stored:  # whatever was stored is whole
+        assert sum(batch.request_counts.model_dump().values()) == 30_000
