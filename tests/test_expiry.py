@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 
 import anthropic
 import pytest
@@ -56,3 +58,19 @@ def test_a_batch_that_finished_in_time_has_nothing_expired(start_server: StartSe
     assert ended.request_counts.expired == 0
     assert ended.ended_at is not None
     assert ended.ended_at < ended.expires_at
+
+
+def test_results_are_archived_after_the_retention_period(start_server: StartServer) -> None:
+    server = start_server(results_retention_seconds=1.0)
+    with anthropic.Anthropic(base_url=server.url, api_key="sk-test", max_retries=0) as client:
+        batch = client.messages.batches.create(requests=[mock_request("a")])
+        ended = wait_ended(client, batch.id)
+        assert ended.archived_at is None
+        assert len(list(client.messages.batches.results(batch.id))) == 1
+        time.sleep(1.1 - (time.time() - ended.created_at.timestamp()))
+        archived = client.messages.batches.retrieve(batch.id)
+        assert archived.archived_at is not None
+        retention = archived.archived_at - archived.created_at
+        assert abs(retention - timedelta(seconds=1)) < timedelta(milliseconds=1)
+        with pytest.raises(anthropic.BadRequestError, match="archived"):
+            list(client.messages.batches.results(batch.id))
