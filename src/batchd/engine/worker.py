@@ -28,7 +28,8 @@ from batchd.validation import check_params
 
 log = logging.getLogger(__name__)
 
-WRITE_GROUP = 256
+WRITE_GROUP = 256  # results committed in one transaction at most
+MAX_UNWRITTEN = 4096  # no more claims while this many results wait to be written
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ class Engine:
             lane.changed.clear()
             free = capacity - lane.in_flight
             claimed = 0
-            if free > 0 and lane.has_work:
+            if free > 0 and lane.has_work and self._outcomes.qsize() < MAX_UNWRITTEN:
                 try:
                     claimed = await self._claim_round(lane, free)
                 except StoreUnavailable as exc:
@@ -210,20 +211,22 @@ class Engine:
     # -- recording -----------------------------------------------------------------------
 
     async def _write_outcomes(self) -> None:
-        while not (self._drained.is_set() and self._outcomes.empty()):
-            group = await self._next_group()
-            while group:
+        while group := await self._next_group():
+            while True:
                 try:
                     applied = await self._store.record(self.owner, group, self._clock())
+                    break
                 except StoreUnavailable as exc:
                     log.warning("recording %d results failed, will retry: %s", len(group), exc)
                     await asyncio.sleep(self._settings.poll_interval)
-                    continue
-                if applied < len(group):
-                    log.warning("%d results were fenced off (lease lost)", len(group) - applied)
-                group = []
+            if applied < len(group):
+                log.warning("%d results were fenced off (lease lost)", len(group) - applied)
+            if self._outcomes.qsize() < MAX_UNWRITTEN:
+                for lane in self._lanes:
+                    lane.changed.set()
 
     async def _next_group(self) -> list[Outcome]:
+        """Up to WRITE_GROUP outcomes; none once the engine is drained and all are written."""
         if self._outcomes.empty():
             getter = asyncio.ensure_future(self._outcomes.get())
             drained = asyncio.ensure_future(self._drained.wait())
