@@ -28,11 +28,19 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    kind: Literal["anthropic", "mock"]
+    kind: Literal["anthropic", "openai", "mock"]
     base_url: str | None = None
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
+    upstream_model: str | None = None  # openai: the model name sent upstream, if different
     max_concurrency: int = Field(default=64, ge=1, le=100_000)
+    # Adaptive concurrency: start at initial_concurrency (default max_concurrency), halve on
+    # 429/529/timeouts, grow by one per window of successes, within [min, max].
+    min_concurrency: int = Field(default=1, ge=1)
+    initial_concurrency: int | None = Field(default=None, ge=1)
+    adaptive_concurrency: bool = True
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
     timeout_seconds: float = Field(default=600.0, gt=0)
     max_retries: int | None = Field(default=None, ge=0)
     latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
@@ -43,9 +51,18 @@ class BackendConfig(BaseModel):
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
-    def _upstream_has_url(self) -> BackendConfig:
+    def _consistent(self) -> BackendConfig:
         if self.kind != "mock" and not self.base_url:
             raise ValueError(f"backend {self.name!r}: kind {self.kind!r} needs base_url")
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError(f"backend {self.name!r}: min_concurrency > max_concurrency")
+        if self.initial_concurrency is not None and not (
+            self.min_concurrency <= self.initial_concurrency <= self.max_concurrency
+        ):
+            raise ValueError(
+                f"backend {self.name!r}: initial_concurrency must lie in "
+                "[min_concurrency, max_concurrency]"
+            )
         return self
 
     def api_key(self) -> str | None:

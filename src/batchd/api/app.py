@@ -26,6 +26,7 @@ from batchd.config import Settings
 from batchd.engine import Engine, EngineSettings
 from batchd.keys import Authenticator, is_loopback
 from batchd.messages import MessageService
+from batchd.metrics import Metrics
 from batchd.store import open_store
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await backend.start()
                 stack.push_async_callback(backend.close)
             router = Router(backend_configs(settings))
+            metrics = Metrics()
             engine = None
             if settings.engine:
                 engine = Engine(store, backends, engine_settings(settings), time.time)
@@ -81,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
                 messages=MessageService(router, backends, retry_policy(settings)),
                 auth=Authenticator(store, allow_open=is_loopback(settings.host)),
                 router=router,
+                metrics=metrics,
             )
             if engine is not None:
                 task = asyncio.create_task(engine.run(), name="engine")

@@ -12,6 +12,7 @@ from batchd.batches import BatchService
 from batchd.config import Settings
 from batchd.keys import Authenticator
 from batchd.messages import MessageService
+from batchd.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class Services:
     messages: MessageService
     auth: Authenticator
     router: Router
+    metrics: Metrics
 
 
 def get_services(request: Request) -> Services:

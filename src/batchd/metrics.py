@@ -1,0 +1,62 @@
+"""Prometheus metrics: one registry per app, handed to whoever records into it.
+
+The engine and the backends record what happens as it happens (in flight, limits,
+latency, retries, errors, tokens, batches created and ended); figures that live in the
+database (requests by state, queue depth) are read by a collector when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.in_flight = Gauge(
+            "batchd_backend_in_flight", "Requests in flight to a backend", ["backend"], registry=r
+        )
+        self.concurrency_limit = Gauge(
+            "batchd_backend_concurrency_limit",
+            "Current concurrency limit of a backend (adaptive)",
+            ["backend"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "batchd_upstream_latency_seconds",
+            "Time of one upstream call, failed or not",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "batchd_upstream_retries",
+            "Upstream calls retried, by the error that caused the retry",
+            ["backend", "error_type"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "batchd_upstream_errors",
+            "Failed upstream calls, by error type",
+            ["backend", "error_type"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "batchd_tokens",
+            "Tokens reported by upstreams",
+            ["backend", "direction"],
+            registry=r,
+        )
+        self.requests_finished = Counter(
+            "batchd_requests_finished",
+            "Batch requests that reached a final state in the engine",
+            ["backend", "state"],
+            registry=r,
+        )
+        self.batches_created = Counter("batchd_batches_created", "Batches accepted", registry=r)
+        self.batches_ended = Counter(
+            "batchd_batches_ended", "Batches that reached processing_status ended", registry=r
+        )
