@@ -51,10 +51,10 @@ async def _run(outcomes: list[Any], policy: RetryPolicy = POLICY) -> tuple[Any, 
             raise outcome
         return dict(outcome)
 
-    async def sleep(seconds: float) -> None:
+    async def wait(_: UpstreamError, seconds: float) -> None:
         slept.append(seconds)
 
-    return await call_with_retries(call, policy, sleep=sleep, jitter=lambda: 0.0), slept
+    return await call_with_retries(call, policy, wait=wait, jitter=lambda: 0.0), slept
 
 
 async def test_transient_failures_are_retried_until_success() -> None:

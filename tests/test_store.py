@@ -12,7 +12,14 @@ import pytest
 
 from batchd.domain import ClaimedRequest, Outcome, ProcessingStatus, RequestState
 from batchd.schemas.results import succeeded_line
-from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, SchemaMismatch, Sweep
+from batchd.store import (
+    CancelOutcome,
+    DeleteOutcome,
+    NewRequest,
+    Recorded,
+    SchemaMismatch,
+    Sweep,
+)
 from batchd.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
 from tests.support.invariants import count_mismatches
 
@@ -38,11 +45,11 @@ def _ok(request: ClaimedRequest) -> Outcome:
 async def test_counts_follow_results_and_batch_ends(store: SQLiteStore) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
     claimed = (await store.claim("b", [batch.seq], "w1", 10, T0 + 30)).requests
-    assert await store.record("w1", [_ok(c) for c in claimed[:2]], T0 + 1) == 2
+    assert await store.record("w1", [_ok(c) for c in claimed[:2]], T0 + 1) == Recorded(2, 0)
     mid = await store.get_batch("ws", "msgbatch_a")
     assert mid is not None
     assert (mid.counts.processing, mid.counts.succeeded) == (1, 2)
-    await store.record("w1", [_ok(claimed[2])], T0 + 2)
+    assert await store.record("w1", [_ok(claimed[2])], T0 + 2) == Recorded(1, 1)
     done = await store.get_batch("ws", "msgbatch_a")
     assert done is not None
     assert (done.processing_status, done.ended_at) == (ProcessingStatus.ENDED, T0 + 2)
@@ -53,9 +60,9 @@ async def test_a_worker_that_lost_its_lease_cannot_write(store: SQLiteStore) -> 
     [first] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 5)).requests
     assert (await store.sweep(T0 + 6)).requeued == 1
     [second] = (await store.claim("b", [batch.seq], "w2", 1, T0 + 20)).requests
-    assert await store.record("w1", [_ok(first)], T0 + 7) == 0  # fenced off
-    assert await store.record("w2", [_ok(second)], T0 + 8) == 1
-    assert await store.record("w2", [_ok(second)], T0 + 9) == 0  # recorded once only
+    assert (await store.record("w1", [_ok(first)], T0 + 7)).applied == 0  # fenced off
+    assert (await store.record("w2", [_ok(second)], T0 + 8)).applied == 1
+    assert (await store.record("w2", [_ok(second)], T0 + 9)).applied == 0  # recorded once only
     after = await store.get_batch("ws", "msgbatch_a")
     assert after is not None
     assert after.counts.succeeded == 1
@@ -188,6 +195,9 @@ HOT_QUERIES = [
     "expiring_batches",
     "finalize_all",
     "find_key",
+    "errored_page",
+    "queued_by_backend",
+    "running_count",
 ]
 
 
@@ -209,3 +219,29 @@ async def test_one_claim_takes_a_share_from_each_batch_in_order(store: SQLiteSto
     claim = await store.claim("b", [seqs[2], seqs[0], seqs[1]], "w1", 6, T0 + 30, share=2)
     assert [c.batch_seq for c in claim.requests] == [seqs[2]] * 2 + [seqs[0]] * 2 + [seqs[1]]
     assert claim.exhausted == [seqs[1]]  # asked for two, it had one
+
+
+async def test_errored_results_are_the_first_errored_rows_in_order(store: SQLiteStore) -> None:
+    rows = [
+        NewRequest(f"r{i}", None, b"{}", RequestState.ERRORED, b"e%d" % i)
+        if i % 2
+        else NewRequest(f"r{i}", "b", b"{}", RequestState.QUEUED)
+        for i in range(7)
+    ]
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
+    errored = await store.errored_results(batch.seq, 2)
+    assert [(r.custom_id, r.result) for r in errored] == [("r1", b"e1"), ("r3", b"e3")]
+
+
+async def test_request_figures_count_states_and_queues_per_backend(store: SQLiteStore) -> None:
+    a = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3, "b"))
+    await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, _queued(2, "c"))
+    [claimed, _] = (await store.claim("b", [a.seq], "w1", 2, T0 + 30)).requests
+    await store.record("w1", [_ok(claimed)], T0 + 1)
+    figures = await store.request_figures()
+    assert figures.queued_by_backend == {"b": 1, "c": 2}
+    assert {state.value: n for state, n in figures.by_state.items() if n} == {
+        "queued": 3,
+        "running": 1,
+        "succeeded": 1,
+    }

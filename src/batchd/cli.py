@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,11 @@ import click
 import uvicorn
 from pydantic import ValidationError
 
+from batchd.client import commands
+from batchd.client.errors import ClientError
+from batchd.client.inputs import DEFAULT_MAX_TOKENS, Defaults
+from batchd.client.results import RESULT_TYPES
+from batchd.client.submit import MAX_REQUESTS
 from batchd.config import Settings, load_settings
 from batchd.errors import BatchdError
 from batchd.keys import create_key, is_loopback
@@ -156,6 +162,171 @@ def keys_revoke(key_id: str, db: str | None) -> None:
     if not _with_store(settings.db, lambda store: store.revoke_key(key_id, time.time())):
         raise click.ClickException(f"no active key with id {key_id}")
     click.echo(f"revoked {key_id}")
+
+
+# -- the client: talking to a server over HTTP ------------------------------------------------
+
+
+def _client_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Add --url and --api-key; turn client errors into a message and an exit code."""
+
+    @functools.wraps(command)
+    def run(url: str, api_key: str | None, **kwargs: Any) -> None:
+        try:
+            command(commands.Server(url, api_key), **kwargs)
+        except ClientError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            raise SystemExit(exc.exit_code) from None
+
+    run = click.option(
+        "--api-key", envvar="BATCHD_API_KEY", help="API key (sent as x-api-key) [BATCHD_API_KEY]"
+    )(run)
+    return click.option(
+        "--url",
+        envvar="BATCHD_URL",
+        default=commands.DEFAULT_URL,
+        show_default=True,
+        help="The batchd server [BATCHD_URL]",
+    )(run)
+
+
+_json_flag = click.option("--json", "as_json", is_flag=True, help="JSON for scripts")
+_out_option = click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results (JSONL) here"
+)
+_only_option = click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(RESULT_TYPES),
+    help="Keep only results of this type (repeatable)",
+)
+_interval_option = click.option("--interval", type=float, default=1.0, hidden=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", help="Model for plain-text prompts and params without one")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_TOKENS,
+    show_default=True,
+    help="max_tokens for params without one",
+)
+@click.option(
+    "--wait", is_flag=True, help="Show progress until the batches end, then write results"
+)
+@_out_option
+@_only_option
+@click.option(
+    "--max-batch-requests",
+    type=click.IntRange(1, MAX_REQUESTS),
+    default=MAX_REQUESTS,
+    show_default=True,
+    help="Split into batches of at most this many requests",
+)
+@_interval_option
+@_client_command
+def submit(
+    server: commands.Server,
+    file: Path,
+    model: str | None,
+    max_tokens: int,
+    wait: bool,
+    out: Path | None,
+    only: tuple[str, ...],
+    max_batch_requests: int,
+    interval: float,
+) -> None:
+    """Submit a JSONL file of requests as batches.
+
+    Each line is a batch request {"custom_id", "params"}, bare Messages params (custom ids
+    are generated from line numbers), or a plain-text prompt for --model.
+    """
+    commands.submit(
+        server,
+        file,
+        Defaults(model, max_tokens),
+        max_batch_requests=max_batch_requests,
+        wait=wait,
+        waiting=commands.Waiting(out, only, interval),
+    )
+
+
+@main.group()
+def batches() -> None:
+    """List, inspect, wait for, cancel and delete batches on a server."""
+
+
+@batches.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@_json_flag
+@_client_command
+def batches_list(server: commands.Server, limit: int, as_json: bool) -> None:
+    """The newest batches first."""
+    commands.list_batches(server, limit, as_json=as_json)
+
+
+@batches.command("show")
+@click.argument("batch_id")
+@_json_flag
+@_client_command
+def batches_show(server: commands.Server, batch_id: str, as_json: bool) -> None:
+    """One batch: status, times and request counts."""
+    commands.show(server, batch_id, as_json=as_json)
+
+
+@batches.command("cancel")
+@click.argument("batch_id")
+@_json_flag
+@_client_command
+def batches_cancel(server: commands.Server, batch_id: str, as_json: bool) -> None:
+    """Cancel a batch: its queued requests will not run."""
+    commands.cancel(server, batch_id, as_json=as_json)
+
+
+@batches.command("delete")
+@click.argument("batch_id")
+@_json_flag
+@_client_command
+def batches_delete(server: commands.Server, batch_id: str, as_json: bool) -> None:
+    """Delete an ended batch and its results."""
+    commands.delete(server, batch_id, as_json=as_json)
+
+
+@batches.command("results")
+@click.argument("batch_id")
+@_out_option
+@_only_option
+@click.option("--json", "as_json", is_flag=True, help="The JSONL lines themselves")
+@_client_command
+def batches_results(
+    server: commands.Server,
+    batch_id: str,
+    out: Path | None,
+    only: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """The results of an ended batch: a table, JSONL (--json) or a file (--out)."""
+    commands.show_results(server, batch_id, out, only, as_json=as_json)
+
+
+@batches.command("wait")
+@click.argument("batch_ids", nargs=-1, required=True)
+@_out_option
+@_only_option
+@_interval_option
+@_client_command
+def batches_wait(
+    server: commands.Server,
+    batch_ids: tuple[str, ...],
+    out: Path | None,
+    only: tuple[str, ...],
+    interval: float,
+) -> None:
+    """Wait for batches with a progress bar, then write their merged results
+    (to --out, else stdout)."""
+    commands.wait_and_write(server, batch_ids, commands.Waiting(out, only, interval))
 
 
 if __name__ == "__main__":  # pragma: no cover

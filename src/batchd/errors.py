@@ -106,3 +106,16 @@ class UpstreamError(BatchdError):
         )
         self.retryable = retryable
         self.retry_after = retry_after
+
+    @property
+    def refused_credentials(self) -> bool:
+        return self.status in (401, 403)
+
+    def as_batchd_fault(self, backend: str) -> UpstreamError:
+        """An upstream refusing batchd's own credentials, as a waiting caller should see it:
+        batchd's fault (502), not the caller's (their key was fine)."""
+        return UpstreamError(
+            f"backend {backend!r} refused batchd's upstream credentials: {self.message}",
+            status=502,
+            error_type="api_error",
+        )

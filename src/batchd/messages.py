@@ -1,7 +1,8 @@
 """The synchronous Messages use case: one request, answered on the same backends.
 
-A caller is waiting, so retries are fewer and shorter than in batches, and an upstream
-that refuses batchd's own credentials is reported as batchd's fault (502), not the caller's.
+A caller is waiting, so its call goes before batch work on the same backend (the next
+free slot is its), retries are fewer and shorter than in batches, and an upstream that
+refuses batchd's own credentials is reported as batchd's fault (502), not the caller's.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from batchd.backends.base import Backend
-from batchd.backends.retry import RetryPolicy, call_with_retries
+from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router
+from batchd.backends.runner import BackendRunner
 from batchd.errors import NotFound, UpstreamError
 from batchd.validation import Params, check_params
 
@@ -21,39 +22,33 @@ INTERACTIVE_MAX_DELAY = 10.0
 
 
 class MessageService:
-    def __init__(self, router: Router, backends: dict[str, Backend], retry: RetryPolicy) -> None:
+    def __init__(self, router: Router, runners: dict[str, BackendRunner]) -> None:
         self._router = router
-        self._backends = backends
-        self._retry = RetryPolicy(
-            min(retry.max_retries, INTERACTIVE_MAX_RETRIES),
-            retry.base_seconds,
-            min(retry.max_seconds, INTERACTIVE_MAX_DELAY),
-        )
+        self._runners = runners
 
     async def create(self, body: bytes) -> tuple[Params, dict[str, Any]]:
         params = check_params(body, in_batch=False)
         name = self._router.route(params.model)
         if name is None:
             raise NotFound(f"model: {params.model!r} is not served here")
-        backend = self._backends[name]
+        runner = self._runners[name]
         raw = body
         if params.stream:  # the upstream call is never streamed; the API layer streams
             raw = _without_stream(body)
-        policy = self._retry.for_backend(
-            None
-            if backend.max_retries is None
-            else min(backend.max_retries, INTERACTIVE_MAX_RETRIES)
+        policy = RetryPolicy(
+            min(runner.policy.max_retries, INTERACTIVE_MAX_RETRIES),
+            runner.policy.base_seconds,
+            min(runner.policy.max_seconds, INTERACTIVE_MAX_DELAY),
         )
+        slot = await runner.pacer.acquire(interactive=True)
         try:
-            message = await call_with_retries(lambda: backend.create_message(params, raw), policy)
+            message = await runner.run(params, raw, slot, interactive=True, policy=policy)
         except UpstreamError as exc:
-            if exc.status in (401, 403):
-                raise UpstreamError(
-                    f"backend {name!r} refused batchd's upstream credentials: {exc.message}",
-                    status=502,
-                    error_type="api_error",
-                ) from exc
+            if exc.refused_credentials:
+                raise exc.as_batchd_fault(name) from exc
             raise
+        finally:
+            slot.release()
         return params, message
 
 

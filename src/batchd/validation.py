@@ -4,7 +4,8 @@
 ``custom_id`` and its uniqueness, counts) and keeps each request's ``params`` as the
 exact bytes received, so nothing the client sent is lost or re-encoded.
 ``check_params`` checks one request's Messages params; a failure there becomes that
-request's ``errored`` result, never a failed create.
+request's ``errored`` result, never a failed create. ``check_count_tokens`` checks a
+count_tokens body the same way, without ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -58,8 +59,18 @@ class Params(msgspec.Struct):
     metadata: dict[str, Any] | None = None
 
 
+class CountTokensParams(msgspec.Struct):
+    """A count_tokens body: Messages params without ``max_tokens``; other keys are kept."""
+
+    model: str
+    messages: list[_Message]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _params_decoder = msgspec.json.Decoder(Params)
+_count_tokens_decoder = msgspec.json.Decoder(CountTokensParams)
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -147,17 +158,37 @@ def check_params(raw: bytes, *, in_batch: bool = True) -> Params:
         raise InvalidRequest(f"params are not valid JSON: {exc}") from None
     if params.stream and in_batch:
         raise InvalidRequest("stream: streaming is not supported for batch requests")
-    if not params.messages:
+    _check_content(params.messages, params.system, params.tools)
+    return params
+
+
+def check_count_tokens(raw: bytes) -> CountTokensParams:
+    """Check a count_tokens body; raise InvalidRequest naming the field."""
+    try:
+        params = _count_tokens_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(_field_error(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    _check_content(params.messages, params.system, params.tools)
+    return params
+
+
+def _check_content(
+    messages: list[_Message],
+    system: str | list[dict[str, Any]] | None,
+    tools: list[dict[str, Any]] | None,
+) -> None:
+    if not messages:
         raise InvalidRequest("messages: List should have at least 1 item after validation, not 0")
-    for i, message in enumerate(params.messages):
+    for i, message in enumerate(messages):
         if isinstance(message.content, list):
             _check_blocks(message.content, f"messages.{i}.content")
-    if isinstance(params.system, list):
-        _check_blocks(params.system, "system")
-    for i, tool in enumerate(params.tools or ()):
+    if isinstance(system, list):
+        _check_blocks(system, "system")
+    for i, tool in enumerate(tools or ()):
         if not isinstance(tool.get("name"), str):
             raise InvalidRequest(f"tools.{i}.name: Field required")
-    return params
 
 
 def _check_blocks(blocks: list[dict[str, Any]], where: str) -> None:

@@ -12,6 +12,9 @@ rule*, a function of ``(key, attempt)`` (attempt 1 is the first call with that k
 Faults: an HTTP error in the API's envelope (``status``), a connection dropped in the
 middle of the body (``RESET``), a 200 whose body is not JSON (``MALFORMED``), and an
 answer slower than the caller's timeout (``slow(seconds)``).
+
+With ``capacity=C`` it admits at most C calls at once and answers 429 above that, as a
+real server at its limit does; ``mean_concurrency`` tells how many it held on average.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal
 
 from starlette.applications import Starlette
@@ -118,6 +122,11 @@ def request_key(params: Mapping[str, Any]) -> str:
     return _text_of(users[-1]["content"]) if users else ""
 
 
+def count_tokens_answer(key: str) -> int:
+    """What the fake's count_tokens answers: a number no estimate would give by chance."""
+    return 1000 + len(key)
+
+
 def message_for(params: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {
         "id": "msg_" + hashlib.sha256(key.encode()).hexdigest()[:24],
@@ -155,16 +164,27 @@ class FakeUpstream:
         latency: float = 0.0,
         faults: FaultRule | None = None,
         api_key: str | None = None,
+        capacity: int | None = None,
     ) -> None:
         self.latency = latency
         self.faults = faults
         self.api_key = api_key
+        self.capacity = capacity
+        self.rejected = 0  # calls refused with 429 for being over capacity
+        self.active = 0
+        self.peak = 0  # the most calls it ever held at once
+        self._changes: list[tuple[float, int]] = [(time.monotonic(), 0)]
         self.url = ""
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._times: defaultdict[str, list[float]] = defaultdict(list)
         self._keys_sent: list[str | None] = []
-        self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
+            ]
+        )
 
     # -- what the tests read -------------------------------------------------------------
 
@@ -185,7 +205,40 @@ class FakeUpstream:
         with self._lock:
             return list(self._keys_sent)
 
+    def mean_concurrency(self, start: float, end: float) -> float:
+        """Calls in progress, averaged over time between two ``time.monotonic()`` stamps."""
+        with self._lock:
+            changes = [*self._changes, (end, self.active)]
+        total = 0.0
+        for (t0, level), (t1, _) in pairwise(changes):
+            lo, hi = max(t0, start), min(t1, end)
+            if hi > lo:
+                total += level * (hi - lo)
+        return total / (end - start)
+
+    def _enter(self) -> bool:
+        with self._lock:
+            if self.capacity is not None and self.active >= self.capacity:
+                self.rejected += 1
+                return False
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self._changes.append((time.monotonic(), self.active))
+            return True
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+            self._changes.append((time.monotonic(), self.active))
+
     # -- the endpoint --------------------------------------------------------------------
+
+    async def _count_tokens(self, request: Request) -> Response:
+        """``count_tokens_answer(key)`` tokens; the same key check as ``/v1/messages``."""
+        key = request_key(json.loads(await request.body()))
+        if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
+            return _error(unauthorized())
+        return JSONResponse({"input_tokens": count_tokens_answer(key)})
 
     async def _messages(self, request: Request) -> Response:
         params = json.loads(await request.body())
@@ -199,8 +252,16 @@ class FakeUpstream:
         if self.api_key is not None and sent_key != self.api_key:
             return _error(unauthorized())
         fault = self.faults(key, attempt) if self.faults else None
-        if fault is None or fault.kind == "slow":
-            await asyncio.sleep(fault.seconds if fault else self.latency)
+        if fault is None and not self._enter():
+            return _error(rate_limited(message="over capacity"))
+        if fault is None:
+            try:
+                await asyncio.sleep(self.latency)
+            finally:
+                self._leave()
+            return JSONResponse(message_for(params, key))
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.seconds)
             return JSONResponse(message_for(params, key))
         if fault.kind == "reset":
             return _DroppedConnection()
@@ -216,10 +277,14 @@ def _error(fault: Fault) -> JSONResponse:
 
 @contextmanager
 def serve_upstream(
-    *, latency: float = 0.0, faults: FaultRule | None = None, api_key: str | None = None
+    *,
+    latency: float = 0.0,
+    faults: FaultRule | None = None,
+    api_key: str | None = None,
+    capacity: int | None = None,
 ) -> Iterator[FakeUpstream]:
     """A FakeUpstream served on a loopback port until the block exits; ``.url`` is set."""
-    upstream = FakeUpstream(latency=latency, faults=faults, api_key=api_key)
+    upstream = FakeUpstream(latency=latency, faults=faults, api_key=api_key, capacity=capacity)
     with serve_app(upstream.app) as running:
         upstream.url = running.url
         yield upstream

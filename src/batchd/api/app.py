@@ -7,27 +7,31 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from batchd import __version__
+from batchd.api import console
 from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestIdMiddleware
 from batchd.api.responses import JSON
-from batchd.api.routes import batches, messages, models
+from batchd.api.routes import batches, count_tokens, messages, models, prometheus
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router, backend_configs, build_backends
+from batchd.backends.runner import build_runners
 from batchd.batches import BatchLimits, BatchService
 from batchd.config import Settings
 from batchd.engine import Engine, EngineSettings
 from batchd.keys import Authenticator, is_loopback
 from batchd.messages import MessageService
 from batchd.metrics import Metrics
+from batchd.overview import Overview
 from batchd.store import open_store
+from batchd.tokens import TokenService
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,13 @@ def create_app(settings: Settings) -> FastAPI:
             for backend in backends.values():
                 await backend.start()
                 stack.push_async_callback(backend.close)
-            router = Router(backend_configs(settings))
+            configs = backend_configs(settings)
+            router = Router(configs)
             metrics = Metrics()
+            runners = build_runners(backends, configs, retry_policy(settings), metrics)
             engine = None
             if settings.engine:
-                engine = Engine(store, backends, engine_settings(settings), time.time)
+                engine = Engine(store, runners, engine_settings(settings), time.time, metrics)
             limits = BatchLimits(
                 max_requests=settings.max_requests_per_batch,
                 ttl_seconds=settings.batch_ttl_seconds,
@@ -78,12 +84,15 @@ def create_app(settings: Settings) -> FastAPI:
             services = Services(
                 settings=settings,
                 batches=BatchService(
-                    store, router, limits, time.time, engine.wake if engine else lambda: None
+                    store, router, limits, time.time, _on_created(metrics, engine)
                 ),
-                messages=MessageService(router, backends, retry_policy(settings)),
+                messages=MessageService(router, runners),
                 auth=Authenticator(store, allow_open=is_loopback(settings.host)),
                 router=router,
+                runners=runners,
+                tokens=TokenService(router, configs),
                 metrics=metrics,
+                overview=Overview(store),
             )
             if engine is not None:
                 task = asyncio.create_task(engine.run(), name="engine")
@@ -101,9 +110,21 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(batches.router)
+    app.include_router(count_tokens.router)
     app.include_router(messages.router)
     app.include_router(models.router)
+    app.include_router(prometheus.router)
+    console.mount(app)
     return app
+
+
+def _on_created(metrics: Metrics, engine: Engine | None) -> Callable[[], None]:
+    def created() -> None:
+        metrics.batches_created.inc()
+        if engine is not None:
+            engine.wake()
+
+    return created
 
 
 async def _stop_engine(engine: Engine, task: asyncio.Task[None]) -> None:

@@ -8,11 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from batchd.backends.router import Router
+from batchd.backends.runner import BackendRunner
 from batchd.batches import BatchService
 from batchd.config import Settings
 from batchd.keys import Authenticator
 from batchd.messages import MessageService
 from batchd.metrics import Metrics
+from batchd.overview import Overview
+from batchd.tokens import TokenService
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,10 @@ class Services:
     messages: MessageService
     auth: Authenticator
     router: Router
+    runners: dict[str, BackendRunner]
+    tokens: TokenService
     metrics: Metrics
+    overview: Overview
 
 
 def get_services(request: Request) -> Services:

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import email.utils
 import time
 from typing import Any
 
-import aiohttp
 import msgspec
 
+from batchd.backends.http import HttpAnswer, UpstreamHttp, retry_after_seconds
 from batchd.config import BackendConfig
 from batchd.errors import UpstreamError
 from batchd.validation import Params
 
+__all__ = [
+    "AnthropicBackend",
+    "error_from_response",
+    "message_from_body",
+    "retry_after_seconds",
+]
+
 ANTHROPIC_VERSION = "2023-06-01"
 _RETRYABLE = frozenset({408, 409, 429})
-
-
-def retry_after_seconds(headers: Any, now: float) -> float | None:
-    """The delay an upstream asks for: ``retry-after-ms``, then ``retry-after`` (s or date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(float(value) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - now, 0.0)
 
 
 def error_from_response(status: int, body: bytes, headers: Any, now: float) -> UpstreamError:
@@ -85,36 +69,40 @@ class AnthropicBackend:
         self.max_concurrency = config.max_concurrency
         self.max_retries = config.max_retries
         self._url = f"{config.base_url}/v1/messages"
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
-        self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        self._count_url = f"{config.base_url}/v1/messages/count_tokens"
+        headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if key := config.api_key():
-            self._headers["x-api-key"] = key
-        self._session: aiohttp.ClientSession | None = None
+            headers["x-api-key"] = key
+        self._http = UpstreamHttp(
+            max_connections=config.max_concurrency,
+            timeout_seconds=config.timeout_seconds,
+            headers=headers,
+        )
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.max_concurrency, limit_per_host=0)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        await self._http.start()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:  # noqa: ARG002
-        assert self._session is not None, "backend not started"
+        return message_from_body(_checked(await self._http.post(self._url, raw)))
+
+    async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:  # noqa: ARG002
+        """Forwarded as sent to the upstream's own ``/v1/messages/count_tokens``."""
+        body = _checked(await self._http.post(self._count_url, raw))
         try:
-            async with self._session.post(self._url, data=raw, headers=self._headers) as response:
-                body = await response.read()
-                if response.status >= 300:
-                    raise error_from_response(response.status, body, response.headers, time.time())
-        except TimeoutError:
+            counted = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            counted = None
+        if not (isinstance(counted, dict) and isinstance(counted.get("input_tokens"), int)):
             raise UpstreamError(
-                "upstream timed out", status=504, error_type="timeout_error", retryable=True
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"upstream connection failed: {exc.__class__.__name__}: {exc}",
-                status=502,
-                error_type="api_error",
-                retryable=True,
-            ) from None
-        return message_from_body(body)
+                "upstream count_tokens answer has no input_tokens", status=502, retryable=True
+            )
+        return int(counted["input_tokens"])
+
+
+def _checked(answer: HttpAnswer) -> bytes:
+    if answer.status >= 300:
+        raise error_from_response(answer.status, answer.body, answer.headers, time.time())
+    return answer.body

@@ -1,8 +1,11 @@
-"""The Backend protocol: one call, params in, Message out, UpstreamError on failure."""
+"""The Backend protocol: one call, params in, Message out, UpstreamError on failure.
+
+``TokenCounter`` is the optional second capability: counting a request's input tokens.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from batchd.validation import Params
 
@@ -19,3 +22,10 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:
+        """Input tokens of a count_tokens body (``request`` decoded, ``raw`` as sent)."""
+        ...

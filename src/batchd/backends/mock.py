@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 from typing import Any
 
+from batchd.backends.estimate import estimate_input_tokens
 from batchd.config import BackendConfig
 from batchd.validation import Params
 
@@ -38,6 +39,12 @@ class MockBackend:
         if self._latency:
             await asyncio.sleep(self._latency)
         return mock_message(params, raw)
+
+    async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:  # noqa: ARG002
+        """An estimate (see ``batchd.backends.estimate``): the mock has no tokenizer."""
+        return estimate_input_tokens(
+            request.get("system"), request.get("messages"), request.get("tools")
+        )
 
 
 def mock_message(params: Params, raw: bytes) -> dict[str, Any]:

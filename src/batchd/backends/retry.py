@@ -40,13 +40,21 @@ class RetryPolicy:
         return backoff * (1 - 0.5 * jitter)
 
 
+async def _sleep(_: UpstreamError, delay: float) -> None:
+    await asyncio.sleep(delay)
+
+
 async def call_with_retries(
     call: Callable[[], Awaitable[dict[str, Any]]],
     policy: RetryPolicy,
     *,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    wait: Callable[[UpstreamError, float], Awaitable[None]] = _sleep,
     jitter: Callable[[], float] = random.random,
 ) -> dict[str, Any]:
+    """Call until it succeeds, fails for good, or runs out of retries.
+
+    ``wait(error, delay)`` is awaited between attempts; by default it just sleeps.
+    """
     failures = 0
     while True:
         try:
@@ -61,4 +69,4 @@ async def call_with_retries(
             log.debug(
                 "upstream %s (%s); retry %d in %.2fs", exc.status, exc.message, failures, delay
             )
-            await sleep(delay)
+            await wait(exc, delay)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 
 from batchd.backends.anthropic import AnthropicBackend
 from batchd.backends.base import Backend
 from batchd.backends.mock import MockBackend
+from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
 
 BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
@@ -20,12 +22,19 @@ def backend_configs(settings: Settings) -> list[BackendConfig]:
     return configs
 
 
+_KINDS: dict[str, Callable[[BackendConfig], Backend]] = {
+    "anthropic": AnthropicBackend,
+    "openai": OpenAIBackend,
+    "mock": MockBackend,
+}
+
+
+def build_backend(config: BackendConfig) -> Backend:
+    return _KINDS[config.kind](config)
+
+
 def build_backends(settings: Settings) -> dict[str, Backend]:
-    backends: dict[str, Backend] = {}
-    for config in backend_configs(settings):
-        kind = MockBackend if config.kind == "mock" else AnthropicBackend
-        backends[config.name] = kind(config)
-    return backends
+    return {config.name: build_backend(config) for config in backend_configs(settings)}
 
 
 class Router:

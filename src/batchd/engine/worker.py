@@ -17,11 +17,13 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from batchd.backends.base import Backend
-from batchd.backends.retry import RetryPolicy, call_with_retries
+from batchd.backends.pacing import Slot
+from batchd.backends.retry import RetryPolicy
+from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
+from batchd.metrics import Metrics
 from batchd.schemas.results import errored_line, succeeded_line
 from batchd.store import Store
 from batchd.validation import check_params
@@ -45,10 +47,11 @@ class EngineSettings:
 class _Lane:
     """The state of one backend's dispatcher."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.in_flight = 0
+    def __init__(self, runner: BackendRunner) -> None:
+        self.runner = runner
+        self.pacer = runner.pacer
         self.changed = asyncio.Event()  # a slot freed or new work arrived
+        self.pacer.on_free(self.changed.set)
         self.has_work = True  # False once a claim round found nothing
         self.exhausted: set[int] = set()  # batches with nothing queued for this backend
         self.last_seq = 0
@@ -59,15 +62,17 @@ class Engine:
     def __init__(
         self,
         store: Store,
-        backends: dict[str, Backend],
+        runners: dict[str, BackendRunner],
         settings: EngineSettings,
         clock: Callable[[], float],
+        metrics: Metrics,
     ) -> None:
         self.owner = new_worker_id()
         self._store = store
         self._settings = settings
         self._clock = clock
-        self._lanes = [_Lane(b) for b in backends.values()]
+        self._metrics = metrics
+        self._lanes = [_Lane(r) for r in runners.values()]
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._drained = asyncio.Event()
@@ -88,12 +93,12 @@ class Engine:
         log.info(
             "engine %s started with backends %s",
             self.owner,
-            [lane.backend.name for lane in self._lanes],
+            [lane.runner.name for lane in self._lanes],
         )
         try:
             async with asyncio.TaskGroup() as group:
                 for lane in self._lanes:
-                    group.create_task(self._dispatch(lane), name=f"dispatch-{lane.backend.name}")
+                    group.create_task(self._dispatch(lane), name=f"dispatch-{lane.runner.name}")
                 writer = group.create_task(self._write_outcomes(), name="writer")
                 side = [
                     group.create_task(
@@ -130,18 +135,17 @@ class Engine:
     # -- claiming ------------------------------------------------------------------------
 
     async def _dispatch(self, lane: _Lane) -> None:
-        capacity = lane.backend.max_concurrency
         while not self._stop.is_set():
             lane.changed.clear()
-            free = capacity - lane.in_flight
+            free = lane.pacer.free_for_batch()
             claimed = 0
             if free > 0 and lane.has_work and self._outcomes.qsize() < MAX_UNWRITTEN:
                 try:
                     claimed = await self._claim_round(lane, free)
                 except StoreUnavailable as exc:
-                    log.warning("claim failed on backend %s: %s", lane.backend.name, exc)
+                    log.warning("claim failed on backend %s: %s", lane.runner.name, exc)
                 lane.has_work = claimed > 0
-            if claimed and lane.in_flight < capacity:
+            if claimed and lane.pacer.free_for_batch() > 0:
                 continue  # there may be more to claim at once
             try:
                 async with asyncio.timeout(self._settings.poll_interval):
@@ -161,7 +165,7 @@ class Engine:
         order = seqs[start:] + seqs[:start]
         share = max(1, min(self._settings.claim_chunk, math.ceil(free / len(order))))
         claim = await self._store.claim(
-            lane.backend.name,
+            lane.runner.name,
             order,
             self.owner,
             free,
@@ -176,29 +180,25 @@ class Engine:
         return len(claim.requests)
 
     def _start(self, lane: _Lane, request: ClaimedRequest) -> None:
-        lane.in_flight += 1
-        task = asyncio.create_task(self._run_one(lane, request))
+        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take()))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
     # -- running -------------------------------------------------------------------------
 
-    async def _run_one(self, lane: _Lane, request: ClaimedRequest) -> None:
+    async def _run_one(self, lane: _Lane, request: ClaimedRequest, slot: Slot) -> None:
         try:
-            outcome = await self._execute(lane.backend, request)
+            outcome = await self._execute(lane.runner, request, slot)
         finally:
-            lane.in_flight -= 1
-            lane.changed.set()
+            slot.release()
+        self._metrics.requests_finished.labels(lane.runner.name, outcome.state.value).inc()
         self._outcomes.put_nowait(outcome)
 
-    async def _execute(self, backend: Backend, request: ClaimedRequest) -> Outcome:
+    async def _execute(self, runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> Outcome:
         custom_id = request.custom_id
         try:
             params = check_params(request.params)
-            policy = self._settings.retry.for_backend(backend.max_retries)
-            message = await call_with_retries(
-                lambda: backend.create_message(params, request.params), policy
-            )
+            message = await runner.run(params, request.params, slot, interactive=False)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
             return Outcome(request, RequestState.ERRORED, line)
@@ -214,13 +214,15 @@ class Engine:
         while group := await self._next_group():
             while True:
                 try:
-                    applied = await self._store.record(self.owner, group, self._clock())
+                    recorded = await self._store.record(self.owner, group, self._clock())
                     break
                 except StoreUnavailable as exc:
                     log.warning("recording %d results failed, will retry: %s", len(group), exc)
                     await asyncio.sleep(self._settings.poll_interval)
-            if applied < len(group):
-                log.warning("%d results were fenced off (lease lost)", len(group) - applied)
+            self._metrics.batches_ended.inc(recorded.ended)
+            if recorded.applied < len(group):
+                fenced = len(group) - recorded.applied
+                log.warning("%d results were fenced off (lease lost)", fenced)
             if self._outcomes.qsize() < MAX_UNWRITTEN:
                 for lane in self._lanes:
                     lane.changed.set()
@@ -257,6 +259,7 @@ class Engine:
 
     async def _sweep(self) -> None:
         sweep = await self._store.sweep(self._clock())
+        self._metrics.batches_ended.inc(sweep.ended)
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()

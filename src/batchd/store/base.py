@@ -40,10 +40,24 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Recorded:
+    applied: int  # results written; the others were fenced off (their lease was lost)
+    ended: int  # batches these results completed
+
+
+@dataclass(frozen=True, slots=True)
 class Sweep:
     requeued: int  # running requests whose lease had expired, back in the queue
     expired: int  # batches past their deadline whose queued requests became expired
     ended: int  # batches that had nothing left to do and are now ended
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFigures:
+    """Server-wide figures for /metrics: stored requests by state, queued ones per backend."""
+
+    by_state: dict[RequestState, int]
+    queued_by_backend: dict[str, int]
 
 
 class CancelOutcome(Enum):
@@ -85,6 +99,13 @@ class Store(Protocol):
 
     def iter_results(self, batch_seq: int, page_size: int) -> AsyncIterator[list[ResultRow]]: ...
 
+    async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
+        """The first ``limit`` errored requests of a batch, in request order."""
+        ...
+
+    # operators
+    async def request_figures(self) -> RequestFigures: ...
+
     # the engine
     async def claimable_batches(self, now: float) -> list[int]: ...
 
@@ -104,8 +125,8 @@ class Store(Protocol):
 
     async def renew_leases(self, owner: str, lease_until: float) -> int: ...
 
-    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> int:
-        """Write final results fenced by (owner, attempt); returns how many applied."""
+    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> Recorded:
+        """Write final results fenced by (owner, attempt), and end the batches they complete."""
         ...
 
     async def sweep(self, now: float) -> Sweep:

@@ -26,6 +26,8 @@ from batchd.store.base import (
     Claim,
     DeleteOutcome,
     NewRequest,
+    Recorded,
+    RequestFigures,
     ResultRow,
     SchemaMismatch,
     Sweep,
@@ -225,6 +227,29 @@ class SQLiteStore:
             if len(rows) < page_size:
                 return
 
+    async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
+        rows = await self._read(Q["errored_page"], {"seq": batch_seq, "limit": limit})
+        return [ResultRow(r["custom_id"], RequestState(r["state"]), r["result"]) for r in rows]
+
+    # -- operators -----------------------------------------------------------------------
+
+    async def request_figures(self) -> RequestFigures:
+        queued = {r["backend"]: r["n"] for r in await self._read(Q["queued_by_backend"])}
+        [running] = await self._read(Q["running_count"])
+        [totals] = await self._read(Q["final_totals"])
+        by_state = {
+            RequestState.QUEUED: sum(queued.values()),
+            RequestState.RUNNING: int(running[0]),
+        }
+        for state in (
+            RequestState.SUCCEEDED,
+            RequestState.ERRORED,
+            RequestState.CANCELED,
+            RequestState.EXPIRED,
+        ):
+            by_state[state] = int(totals[state.value])
+        return RequestFigures(by_state, queued)
+
     # -- engine --------------------------------------------------------------------------
 
     async def claimable_batches(self, now: float) -> list[int]:
@@ -264,13 +289,14 @@ class SQLiteStore:
             cursor = await db.execute(Q["renew_leases"], {"owner": owner, "until": lease_until})
             return cursor.rowcount
 
-    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> int:
+    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> Recorded:
         if not outcomes:
-            return 0
+            return Recorded(0, 0)
         tallies: dict[int, Counter[RequestState]] = {}
         for outcome in outcomes:
             tallies.setdefault(outcome.request.batch_seq, Counter())[outcome.state] += 1
         rows = [(o.state, o.line, o.request.id, owner, o.request.attempt) for o in outcomes]
+        ended = 0
         async with self._write() as db:
             cursor = await db.executemany(Q["record_result"], rows)
             applied = cursor.rowcount
@@ -286,8 +312,9 @@ class SQLiteStore:
                     )
                 else:  # some writes were fenced off: count from the rows themselves
                     await db.execute(Q["recount"], {"seq": seq})
-                await db.execute(Q["finalize_batch"], {"seq": seq, "now": now})
-        return applied
+                cursor = await db.execute(Q["finalize_batch"], {"seq": seq, "now": now})
+                ended += cursor.rowcount
+        return Recorded(applied, ended)
 
     async def sweep(self, now: float) -> Sweep:
         async with self._write() as db:

@@ -123,3 +123,19 @@ WHERE key_hash = :key_hash AND revoked_at IS NULL;
 
 -- name: count_active_keys
 SELECT count(*) FROM api_keys WHERE revoked_at IS NULL;
+
+-- name: errored_page
+SELECT id, custom_id, state, result FROM requests
+WHERE batch_seq = :seq AND state = 'errored' ORDER BY id LIMIT :limit;
+
+-- name: queued_by_backend
+SELECT backend, count(*) AS n FROM requests WHERE state = 'queued' GROUP BY backend;
+
+-- name: running_count
+SELECT count(*) FROM requests WHERE state = 'running';
+
+-- name: final_totals
+-- (one row per batch, read per /metrics scrape: the small table, not the requests)
+SELECT coalesce(sum(succeeded), 0) AS succeeded, coalesce(sum(errored), 0) AS errored,
+       coalesce(sum(canceled), 0) AS canceled, coalesce(sum(expired), 0) AS expired
+FROM batches;

@@ -1,6 +1,8 @@
-"""GET /v1/models and GET /healthz."""
+"""GET /v1/models, GET /status/backends and GET /healthz."""
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from fastapi import APIRouter
 
@@ -27,6 +29,22 @@ async def list_models(
             "has_more": False,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
+        }
+    )
+
+
+@router.get("/status/backends", tags=["health"])
+async def backend_status(
+    services: ServicesDep,
+    workspace: WorkspaceDep,  # noqa: ARG001  (authenticates the caller)
+) -> JSON:
+    """Each backend's pacing as it stands: limit, in flight, waiting, retries, last error."""
+    return JSON(
+        {
+            "data": [
+                {"name": name, "type": "backend", **asdict(runner.pacer.status())}
+                for name, runner in services.runners.items()
+            ]
         }
     )
 

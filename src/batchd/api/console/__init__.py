@@ -1,0 +1,55 @@
+"""The web console at /console: a static page and script shipped in the package.
+
+The page holds no data: its script asks the Batches API (``x-api-key`` from the tab's
+session storage) and one console route for a batch's first errors; both enforce the
+workspace of the key. Nothing is fetched from outside the server (the CSP says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from importlib.resources import files
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Query
+from starlette.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+
+from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.responses import JSON
+
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+router = APIRouter(prefix="/console/api", tags=["console"], include_in_schema=False)
+
+
+@router.get("/batches/{batch_id}/errors")
+async def batch_errors(
+    batch_id: str,
+    services: ServicesDep,
+    workspace: WorkspaceDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> JSON:
+    errors = await services.overview.first_errors(workspace, batch_id, limit)
+    return JSON({"data": [asdict(error) for error in errors]})
+
+
+def mount(app: FastAPI) -> None:
+    """Add the console's page, its data route and its static files to ``app``."""
+    page = files(__package__).joinpath("static", "console.html").read_bytes()
+    headers = {"content-security-policy": _CSP, "cache-control": "no-cache"}
+
+    async def shell() -> HTMLResponse:
+        return HTMLResponse(page, headers=headers)
+
+    for path in ("/console", "/console/batches/{batch_id}"):
+        app.add_api_route(path, shell, methods=["GET"], include_in_schema=False)
+    app.include_router(router)
+    app.mount(
+        "/console/static",
+        StaticFiles(packages=[(__package__, "static")]),
+        name="console-static",
+    )

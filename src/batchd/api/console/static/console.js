@@ -1,0 +1,248 @@
+// The batchd console: reads the Batches API with the key kept in this tab's session storage.
+"use strict";
+
+const KEY = "batchd.api-key";
+const API = "/v1/messages/batches";
+const STATES = ["succeeded", "errored", "canceled", "expired"];
+const FAST = 1000; // ms between refreshes while something runs
+const SLOW = 5000; // ms between refreshes of a quiet list (new batches still show up)
+
+let timer = null;
+
+class AuthError extends Error {}
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers);
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers["x-api-key"] = key;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) {
+    const wasSet = key !== null;
+    sessionStorage.removeItem(KEY);
+    showLogin(wasSet ? "That key was refused (401): enter a valid key." : "");
+    throw new AuthError("401");
+  }
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      message = (await response.json()).error.message;
+    } catch (_) {
+      // not our error envelope: keep the status line
+    }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function showOnly(id) {
+  for (const section of ["login", "list", "detail"]) $(section).hidden = section !== id;
+}
+
+function showLogin(message) {
+  clearTimeout(timer);
+  showOnly("login");
+  $("forget").hidden = true;
+  $("login-error").textContent = message;
+  $("key").focus();
+}
+
+function problem(message) {
+  $("problem").hidden = !message;
+  $("problem").textContent = message || "";
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "—";
+}
+
+function seconds(from, to) {
+  const s = Math.max(0, (new Date(to) - new Date(from)) / 1000);
+  if (s < 90) return `${s.toFixed(1)} s`;
+  if (s < 5400) return `${(s / 60).toFixed(1)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+function totals(counts) {
+  const done = STATES.reduce((sum, state) => sum + counts[state], 0);
+  return { done, total: done + counts.processing };
+}
+
+function bar(counts, node) {
+  const { total } = totals(counts);
+  node.replaceChildren();
+  node.setAttribute("role", "progressbar");
+  node.setAttribute("aria-valuemin", "0");
+  node.setAttribute("aria-valuemax", String(total));
+  node.setAttribute("aria-valuenow", String(totals(counts).done));
+  for (const state of STATES) {
+    if (!counts[state]) continue;
+    const segment = el("span", { class: `seg ${state}`, title: `${counts[state]} ${state}` });
+    segment.style.width = `${total ? (100 * counts[state]) / total : 0}%`; // CSSOM: allowed by the CSP
+    node.append(segment);
+  }
+  return node;
+}
+
+function countsText(counts) {
+  const { done, total } = totals(counts);
+  const parts = STATES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`);
+  return `${done} / ${total} done` + (parts.length ? ` · ${parts.join(" · ")}` : "");
+}
+
+function schedule(load, running) {
+  clearTimeout(timer);
+  $("refresh").textContent = running ? "refreshing every second" : "";
+  timer = setTimeout(load, running ? FAST : SLOW);
+}
+
+// -- the list -------------------------------------------------------------------------
+
+async function loadList() {
+  const page = await (await api(`${API}?limit=100`)).json();
+  showOnly("list");
+  const rows = page.data.map((batch) =>
+    el(
+      "tr",
+      { "data-batch": batch.id, class: batch.processing_status },
+      el("td", {}, el("a", { href: `/console/batches/${batch.id}`, text: batch.id })),
+      el("td", {}, el("span", { class: `status ${batch.processing_status}`, text: batch.processing_status })),
+      el("td", { text: when(batch.created_at) }),
+      el("td", { class: "wide" }, bar(batch.request_counts, el("div", { class: "bar" }))),
+      el("td", { class: "counts", text: countsText(batch.request_counts) }),
+    ),
+  );
+  $("batch-rows").replaceChildren(...rows);
+  $("empty").hidden = rows.length > 0;
+  return page.data.some((batch) => batch.processing_status !== "ended");
+}
+
+// -- one batch ------------------------------------------------------------------------
+
+function factRows(pairs) {
+  return pairs.map(([name, value]) => el("tr", {}, el("th", { text: name }), el("td", { text: value })));
+}
+
+async function loadErrors(id, counts) {
+  if (!counts.errored) {
+    $("error-rows").replaceChildren();
+    $("no-errors").hidden = false;
+    return;
+  }
+  const errors = (await (await api(`/console/api/batches/${id}/errors?limit=10`)).json()).data;
+  $("error-rows").replaceChildren(
+    ...errors.map((e) =>
+      el("tr", {}, el("td", { text: e.custom_id }), el("td", { text: e.error_type }), el("td", { text: e.message })),
+    ),
+  );
+  $("no-errors").hidden = errors.length > 0;
+}
+
+async function loadBatch(id) {
+  const batch = await (await api(`${API}/${encodeURIComponent(id)}`)).json();
+  showOnly("detail");
+  document.title = `${batch.id} · batchd`;
+  const counts = batch.request_counts;
+  const ended = batch.processing_status === "ended";
+  $("batch-id").textContent = batch.id;
+  $("batch-status").textContent = batch.processing_status;
+  $("batch-status").className = `status ${batch.processing_status}`;
+  bar(counts, $("batch-bar"));
+  const { done } = totals(counts);
+  const elapsed = (new Date(batch.ended_at || Date.now()) - new Date(batch.created_at)) / 1000;
+  const rate = elapsed > 0 ? `${(done / elapsed).toFixed(1)} requests/s` : "—";
+  $("batch-progress").textContent = `${countsText(counts)} · ${rate}`;
+  $("timings").replaceChildren(
+    ...factRows([
+      ["created", when(batch.created_at)],
+      ["cancel requested", when(batch.cancel_initiated_at)],
+      ["ended", when(batch.ended_at)],
+      ["took", ended ? seconds(batch.created_at, batch.ended_at) : `${seconds(batch.created_at, new Date())} so far`],
+      ["expires", ended ? "—" : when(batch.expires_at)],
+      ["archived", when(batch.archived_at)],
+    ]),
+  );
+  $("counts").replaceChildren(
+    ...factRows([["processing", counts.processing], ...STATES.map((s) => [s, counts[s]])].map(([n, v]) => [n, String(v)])),
+  );
+  $("cancel").disabled = batch.processing_status !== "in_progress";
+  $("download").disabled = !ended || Boolean(batch.archived_at);
+  await loadErrors(batch.id, counts);
+  return !ended;
+}
+
+async function cancelBatch(id) {
+  if (!confirm(`Cancel ${id}? Queued requests will not run.`)) return;
+  $("cancel").disabled = true;
+  await api(`${API}/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+  $("action-note").textContent = "Cancel requested.";
+  await refresh();
+}
+
+async function downloadResults(id) {
+  const blob = await (await api(`${API}/${encodeURIComponent(id)}/results`)).blob();
+  const url = URL.createObjectURL(blob);
+  const link = el("a", { href: url, download: `${id}_results.jsonl` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+  $("action-note").textContent = `Downloaded ${blob.size} bytes.`;
+}
+
+// -- wiring ---------------------------------------------------------------------------
+
+function batchIdFromPath() {
+  const match = location.pathname.match(/^\/console\/batches\/([^/]+)$/);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+async function refresh() {
+  const id = batchIdFromPath();
+  try {
+    const running = id ? await loadBatch(id) : await loadList();
+    problem("");
+    const keyed = sessionStorage.getItem(KEY) !== null;
+    $("forget").hidden = !keyed;
+    $("mode").textContent = keyed ? "" : "open mode: this server has no keys";
+    if (running || !id) schedule(refresh, running);
+  } catch (error) {
+    if (error instanceof AuthError) return;
+    problem(`Could not load: ${error.message}`);
+    schedule(refresh, false);
+  }
+}
+
+function guarded(action) {
+  return () => action(batchIdFromPath()).catch((error) => {
+    if (!(error instanceof AuthError)) problem(error.message);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, $("key").value.trim());
+    $("key").value = "";
+    $("login-error").textContent = "";
+    refresh();
+  });
+  $("forget").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY);
+    showLogin("");
+  });
+  $("cancel").addEventListener("click", guarded(cancelBatch));
+  $("download").addEventListener("click", guarded(downloadResults));
+  refresh();
+});

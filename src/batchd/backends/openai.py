@@ -1,0 +1,113 @@
+"""Any OpenAI-compatible upstream (vLLM, SGLang, Ollama, ...): chat.completions, translated.
+
+URLs: requests go to ``{base_url}/v1/chat/completions``, or ``{base_url}/chat/completions``
+when ``base_url`` already ends with ``/v1``; a path prefix in ``base_url`` is kept. Token
+counts come from ``/tokenize`` beside ``/v1`` (vLLM, SGLang), else from an estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from batchd.backends.estimate import estimate_input_tokens
+from batchd.backends.http import UpstreamHttp
+from batchd.backends.openai_translate import (
+    chat_messages,
+    chat_request,
+    chat_tools,
+    error_from_openai,
+    message_from_body,
+)
+from batchd.config import BackendConfig
+from batchd.errors import UpstreamError
+from batchd.validation import Params
+
+log = logging.getLogger(__name__)
+
+
+def api_base(base_url: str) -> str:
+    """``base_url`` with ``/v1`` appended, unless it already ends with it."""
+    base_url = base_url.rstrip("/")
+    return base_url if base_url.endswith("/v1") else f"{base_url}/v1"
+
+
+def server_root(base_url: str) -> str:
+    """``base_url`` without a trailing ``/v1``: where vLLM and SGLang serve ``/tokenize``."""
+    return base_url.rstrip("/").removesuffix("/v1")
+
+
+class OpenAIBackend:
+    def __init__(self, config: BackendConfig) -> None:
+        assert config.base_url, "checked by BackendConfig"
+        self.name = config.name
+        self.max_concurrency = config.max_concurrency
+        self.max_retries = config.max_retries
+        self._model = config.upstream_model
+        self._chat_url = f"{api_base(config.base_url)}/chat/completions"
+        self._tokenize_url = f"{server_root(config.base_url)}/tokenize"
+        headers = {"content-type": "application/json"}
+        if key := config.api_key():
+            headers["authorization"] = f"Bearer {key}"
+        self._http = UpstreamHttp(
+            max_connections=config.max_concurrency,
+            timeout_seconds=config.timeout_seconds,
+            headers=headers,
+        )
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:
+        request = msgspec.json.decode(raw)
+        model = self._model or params.model
+        if b"application/pdf" in raw:  # text extraction is CPU work: keep the loop free
+            body = await asyncio.to_thread(chat_request, request, model=model)
+        else:
+            body = chat_request(request, model=model)
+        answer = await self._http.post(self._chat_url, msgspec.json.encode(body))
+        if answer.status >= 300:
+            raise error_from_openai(answer.status, answer.body, answer.headers, time.time())
+        return message_from_body(
+            answer.body, model=params.model, stop_sequences=params.stop_sequences or ()
+        )
+
+    async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:
+        """The upstream's own count from ``/tokenize``, else an estimate (see estimate.py)."""
+        if b"application/pdf" in raw:
+            messages = await asyncio.to_thread(chat_messages, request)
+        else:
+            messages = chat_messages(request)
+        tools = chat_tools(request)
+        tokenize: dict[str, Any] = {"model": self._model or request["model"], "messages": messages}
+        if tools:
+            tokenize["tools"] = tools
+        counted = await self._tokenize(tokenize)
+        return counted if counted is not None else estimate_input_tokens(None, messages, tools)
+
+    async def _tokenize(self, body: dict[str, Any]) -> int | None:
+        try:
+            answer = await self._http.post(self._tokenize_url, msgspec.json.encode(body))
+        except UpstreamError as exc:
+            log.info("backend %s: /tokenize failed (%s); estimating", self.name, exc.message)
+            return None
+        try:
+            decoded = msgspec.json.decode(answer.body) if answer.status < 300 else None
+        except msgspec.DecodeError:
+            decoded = None
+        count = decoded.get("count") if isinstance(decoded, dict) else None
+        if not isinstance(count, int):
+            log.info(
+                "backend %s: /tokenize answered HTTP %d without a count; estimating",
+                self.name,
+                answer.status,
+            )
+            return None
+        return count

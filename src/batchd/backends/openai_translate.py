@@ -1,0 +1,439 @@
+"""Anthropic Messages <-> OpenAI chat.completions, as pure functions of values.
+
+Request (``chat_request``), field by field:
+
+    system (string or text blocks)      a first ``system`` message
+    messages[].content: string          the same string
+    text block                          a ``text`` part (``cache_control``, ``citations`` dropped)
+    image block (base64 | url)          an ``image_url`` part (base64 as a ``data:`` URL)
+    document block, text source         a ``text`` part (titled ``[document 'title']``)
+    document block, base64 PDF          its text, extracted here with pypdf and marked
+    assistant tool_use blocks           ``tool_calls`` (arguments: the input as a JSON string)
+    user tool_result blocks             ``tool`` messages, before the user's other content
+    thinking / redacted_thinking        dropped (OpenAI-compatible servers take no signatures)
+    tools / tool_choice                 function tools / "auto" "required" {function} "none"
+    max_tokens, stop_sequences          ``max_tokens``, ``stop``
+    temperature, top_p, top_k           the same (``top_k`` is an extension vLLM/SGLang honour)
+    metadata.user_id                    ``user``
+    anything else (thinking, service_tier, cache_control, ...)   dropped
+
+Content a chat.completions server cannot take (file, url or content document sources,
+built-in tools, images inside tool results, other block types) raises InvalidRequest, so
+the request ends ``errored``; nothing the client sent is silently lost.
+
+Response (``message_from_body``): the text and tool calls of the first choice become
+``text`` and ``tool_use`` blocks; ``finish_reason`` becomes ``stop_reason``; usage is
+carried over. Errors (``error_from_openai``): the HTTP status decides the Anthropic error
+type and whether a retry may help.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+from pypdf import PdfReader
+
+from batchd.backends.http import retry_after_seconds
+from batchd.errors import InvalidRequest, UpstreamError
+
+TOOL_ERROR_PREFIX = "[tool error] "
+_SAMPLING = ("temperature", "top_p", "top_k")
+_DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+# -- request -----------------------------------------------------------------------------
+
+
+def chat_request(params: Mapping[str, Any], *, model: str) -> dict[str, Any]:
+    """The chat.completions body for Anthropic Messages ``params``, sent as ``model``."""
+    body: dict[str, Any] = {"model": model, "messages": chat_messages(params)}
+    if params.get("max_tokens") is not None:
+        body["max_tokens"] = params["max_tokens"]
+    if stop := params.get("stop_sequences"):
+        body["stop"] = list(stop)
+    for key in _SAMPLING:
+        if params.get(key) is not None:
+            body[key] = params[key]
+    user = (params.get("metadata") or {}).get("user_id")
+    if isinstance(user, str):
+        body["user"] = user
+    if tools := chat_tools(params):
+        body["tools"] = tools
+        if choice := params.get("tool_choice"):
+            body.update(_tool_choice(choice))
+    return body
+
+
+def chat_tools(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [_function_tool(tool, f"tools.{i}") for i, tool in enumerate(params.get("tools") or ())]
+
+
+def _function_tool(tool: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if tool.get("type", "custom") != "custom":
+        raise InvalidRequest(
+            f"{where}.type: the built-in tool {tool['type']!r} cannot run on an "
+            "OpenAI-compatible backend; only custom tools (name, input_schema) can"
+        )
+    if not isinstance(tool.get("input_schema"), dict):
+        raise InvalidRequest(f"{where}.input_schema: Field required")
+    function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    if isinstance(tool.get("strict"), bool):
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: Mapping[str, Any]) -> dict[str, Any]:
+    kind = choice.get("type")
+    translated: dict[str, Any]
+    if kind == "auto":
+        translated = {"tool_choice": "auto"}
+    elif kind == "any":
+        translated = {"tool_choice": "required"}
+    elif kind == "tool" and isinstance(choice.get("name"), str):
+        translated = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
+    elif kind == "none":
+        return {"tool_choice": "none"}
+    else:
+        raise InvalidRequest(f"tool_choice: unsupported tool_choice {dict(choice)!r}")
+    if choice.get("disable_parallel_tool_use") is True:
+        translated["parallel_tool_calls"] = False
+    return translated
+
+
+def chat_messages(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAI ``messages`` list: the system prompt first, then every turn in order."""
+    messages: list[dict[str, Any]] = []
+    system = params.get("system")
+    if system:
+        messages.append({"role": "system", "content": _plain_text(system, "system")})
+    for i, message in enumerate(params.get("messages") or ()):
+        messages.extend(_turn(message, f"messages.{i}"))
+    return messages
+
+
+def _turn(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    role, content = message["role"], message["content"]
+    if role == "system":
+        return [{"role": "system", "content": _plain_text(content, f"{where}.content")}]
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if role == "assistant":
+        return [_assistant_turn(content, f"{where}.content")]
+    return _user_turn(content, f"{where}.content")
+
+
+def _assistant_turn(blocks: Sequence[Mapping[str, Any]], where: str) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        kind = block["type"]
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append(_tool_call(block, f"{where}.{j}"))
+        elif kind not in _DROPPED_BLOCKS:
+            raise _unsupported_block(kind, f"{where}.{j}")
+    message: dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts)}
+    if calls:
+        message["tool_calls"] = calls
+        message["content"] = message["content"] or None
+    return message
+
+
+def _tool_call(block: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+        raise InvalidRequest(f"{where}: a tool_use block needs an id and a name")
+    arguments = msgspec.json.encode(block.get("input", {})).decode()
+    return {
+        "id": block["id"],
+        "type": "function",
+        "function": {"name": block["name"], "arguments": arguments},
+    }
+
+
+def _user_turn(blocks: Sequence[Mapping[str, Any]], where: str) -> list[dict[str, Any]]:
+    tool_messages: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        if block["type"] == "tool_result":
+            tool_messages.append(_tool_message(block, f"{where}.{j}"))
+        else:
+            parts.extend(_user_parts(block, f"{where}.{j}"))
+    if parts or not tool_messages:
+        only_text = len(parts) == 1 and parts[0]["type"] == "text"
+        tool_messages.append({"role": "user", "content": parts[0]["text"] if only_text else parts})
+    return tool_messages
+
+
+def _user_parts(block: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    kind = block["type"]
+    if kind == "text":
+        return [{"type": "text", "text": block["text"]}]
+    if kind == "image":
+        return [{"type": "image_url", "image_url": {"url": _image_url(block, where)}}]
+    if kind == "document":
+        return [{"type": "text", "text": _document_text(block, where)}]
+    if kind in _DROPPED_BLOCKS:
+        return []
+    raise _unsupported_block(kind, where)
+
+
+def _tool_message(block: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(block.get("tool_use_id"), str):
+        raise InvalidRequest(f"{where}.tool_use_id: Field required")
+    content = block.get("content", "")
+    text = content if isinstance(content, str) else _plain_text(content, f"{where}.content")
+    if block.get("is_error"):
+        text = TOOL_ERROR_PREFIX + text
+    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
+
+
+def _plain_text(content: str | Sequence[Mapping[str, Any]], where: str) -> str:
+    """Content where only text can go (system, tool results): text blocks and documents."""
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for j, block in enumerate(content):
+        if block["type"] == "image":
+            raise InvalidRequest(
+                f"{where}.{j}: an OpenAI-compatible backend takes images only in user "
+                "messages, not here"
+            )
+        texts.extend(part["text"] for part in _user_parts(block, f"{where}.{j}"))
+    return "\n\n".join(texts)
+
+
+def _image_url(block: Mapping[str, Any], where: str) -> str:
+    source = block.get("source") or {}
+    kind = source.get("type")
+    if kind == "base64":
+        return f"data:{source.get('media_type')};base64,{source.get('data')}"
+    if kind == "url" and isinstance(source.get("url"), str):
+        return str(source["url"])
+    raise InvalidRequest(
+        f"{where}.source: image source {kind!r} cannot be sent to an OpenAI-compatible "
+        "backend; use a base64 or url source"
+    )
+
+
+def _document_text(block: Mapping[str, Any], where: str) -> str:
+    source = block.get("source") or {}
+    kind, title = source.get("type"), block.get("title")
+    if kind == "text" and isinstance(source.get("data"), str):
+        return f"[document {title!r}]\n{source['data']}" if title else str(source["data"])
+    if kind == "base64" and source.get("media_type") == "application/pdf":
+        mark = f"PDF document {title!r}" if title else "PDF document"
+        return f"[{mark}, text extracted by batchd]\n{pdf_text(source.get('data'), where)}"
+    raise InvalidRequest(
+        f"{where}.source: a document with source {kind!r} cannot be sent to an "
+        "OpenAI-compatible backend; send a text source or a base64 PDF"
+    )
+
+
+def pdf_text(data: Any, where: str) -> str:
+    """The text of a base64 PDF, page by page; InvalidRequest when there is none to read."""
+    try:
+        pdf = base64.b64decode(data, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise InvalidRequest(f"{where}.source.data: the PDF is not valid base64") from None
+    try:
+        pages = [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
+    except Exception as exc:  # pypdf raises many kinds on a malformed or encrypted file
+        raise InvalidRequest(
+            f"{where}: the PDF could not be read ({exc.__class__.__name__}: {exc})"
+        ) from None
+    text = "\n\n".join(page.strip() for page in pages if page.strip())
+    if not text:
+        raise InvalidRequest(
+            f"{where}: the PDF has no extractable text (a scanned document?); an "
+            "OpenAI-compatible backend can take only its text"
+        )
+    return text
+
+
+def _unsupported_block(kind: Any, where: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{where}.type: content block {kind!r} cannot be sent to an OpenAI-compatible backend"
+    )
+
+
+# -- response ----------------------------------------------------------------------------
+
+
+def message_from_body(
+    body: bytes, *, model: str, stop_sequences: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The Anthropic Message for a chat.completion answer; ``model`` as the client named it."""
+    try:
+        completion = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise _malformed("upstream returned a body that is not JSON") from None
+    return message_from_completion(completion, model=model, stop_sequences=stop_sequences)
+
+
+def message_from_completion(
+    completion: Any, *, model: str, stop_sequences: Sequence[str] = ()
+) -> dict[str, Any]:
+    choice = _first_choice(completion)
+    answer = choice["message"]
+    content: list[dict[str, Any]] = []
+    text, refusal = answer.get("content"), answer.get("refusal")
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    elif isinstance(refusal, str) and refusal:
+        content.append({"type": "text", "text": refusal})
+    message_id = _clean_id(completion.get("id"), "chatcmpl-") or _digest(completion)
+    for i, call in enumerate(answer.get("tool_calls") or ()):
+        content.append(_tool_use(call, f"{message_id}/{i}"))
+    stop_reason, stop_sequence = _stop_reason(choice, content, stop_sequences)
+    if isinstance(refusal, str) and refusal and stop_reason == "end_turn":
+        stop_reason = "refusal"
+    return {
+        "id": "msg_" + message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": _usage(completion.get("usage")),
+    }
+
+
+def _first_choice(completion: Any) -> dict[str, Any]:
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        raise _malformed("upstream returned JSON that is not a chat completion")
+    if not isinstance(choices[0].get("message"), dict):
+        raise _malformed("upstream chat completion has no message")
+    return choices[0]
+
+
+def _tool_use(call: Any, fallback_id: str) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+        raise _unusable(f"upstream returned a tool call without a function name: {call!r}")
+    name, arguments = function["name"], function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = msgspec.json.decode(arguments) if arguments.strip() else {}
+        except msgspec.DecodeError:
+            arguments = None
+    if not isinstance(arguments, dict):
+        raise _unusable(
+            f"upstream called tool {name!r} with arguments that are not a JSON object: "
+            f"{function.get('arguments')!r:.200}"
+        )
+    call_id = _clean_id(call.get("id")) or _digest(fallback_id)
+    tool_id = call_id if call_id.startswith("toolu_") else "toolu_" + call_id
+    return {"type": "tool_use", "id": tool_id, "name": name, "input": arguments}
+
+
+def _stop_reason(
+    choice: Mapping[str, Any], content: list[dict[str, Any]], stop_sequences: Sequence[str]
+) -> tuple[str, str | None]:
+    finish = choice.get("finish_reason")
+    if finish == "length":
+        return "max_tokens", None
+    if any(block["type"] == "tool_use" for block in content):
+        return "tool_use", None
+    if finish == "content_filter":
+        return "refusal", None
+    matched = choice.get("stop_reason")  # vLLM: the stop string that ended the text
+    if isinstance(matched, str) and matched in stop_sequences:
+        return "stop_sequence", matched
+    return "end_turn", None
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    usage = usage if isinstance(usage, dict) else {}
+    prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+    output = usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    cached = cached if isinstance(cached, int) and 0 <= cached <= prompt else 0
+    return {
+        "input_tokens": prompt - cached,
+        "output_tokens": output if isinstance(output, int) else 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+    }
+
+
+def _clean_id(value: Any, prefix: str = "") -> str:
+    if not isinstance(value, str):
+        return ""
+    return _ID_UNSAFE.sub("_", value.removeprefix(prefix))
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(msgspec.json.encode(value)).hexdigest()[:24]
+
+
+def _malformed(message: str) -> UpstreamError:
+    return UpstreamError(message, status=502, error_type="api_error", retryable=True)
+
+
+def _unusable(message: str) -> UpstreamError:
+    """An answer that will not improve by asking again: the request ends ``errored``."""
+    return UpstreamError(message, status=502, error_type="api_error", retryable=False)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_from_openai(
+    status: int, body: bytes, headers: Mapping[str, str], now: float
+) -> UpstreamError:
+    """An UpstreamError for a non-2xx answer of an OpenAI-compatible server."""
+    error_type = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return UpstreamError(
+        _error_message(body) or f"upstream answered HTTP {status}",
+        status=status,
+        error_type=error_type,
+        retryable=status in (408, 429) or status >= 500,
+        retry_after=retry_after_seconds(headers, now),
+    )
+
+
+def _error_message(body: bytes) -> str | None:
+    """The message of ``{"error": {"message"}}``, ``{"error": "..."}``, vLLM's
+    ``{"object": "error", "message"}`` or FastAPI's ``{"detail"}``."""
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(decoded, dict):
+        return None
+    error = decoded.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    for candidate in (error, decoded.get("message"), decoded.get("detail")):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+        if isinstance(candidate, list) and candidate:
+            return msgspec.json.encode(candidate).decode()[:500]
+    return None

@@ -1,0 +1,189 @@
+"""What each client command does, called by ``batchd.cli`` once its flags are parsed.
+
+Each function runs its own event loop (``asyncio.run``) and raises ``ClientError``s,
+which the CLI turns into a message and an exit code. Data goes to stdout, progress and
+messages to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+import click
+from rich.markup import escape
+
+from batchd.client import results, views
+from batchd.client.errors import Interrupted
+from batchd.client.http import Batch, BatchdClient
+from batchd.client.inputs import Defaults, read_requests
+from batchd.client.progress import describe, tally, wait_for
+from batchd.client.submit import submit as create_batches
+
+T = TypeVar("T")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    url: str
+    api_key: str | None
+
+    def call(self, action: Callable[[BatchdClient], Awaitable[T]]) -> T:
+        async def run() -> T:
+            async with BatchdClient(self.url, self.api_key) as client:
+                return await action(client)
+
+        return asyncio.run(run())
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    out: Path | None = None
+    only: Collection[str] = ()
+    interval: float = 1.0
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(views.to_json(value) + "\n")
+
+
+def resume_command(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> str:
+    words = ["batchd", "batches", "wait", *batch_ids]
+    if waiting.out is not None:
+        words += ["--out", str(waiting.out)]
+    for kind in waiting.only:
+        words += ["--only", kind]
+    if server.url != DEFAULT_URL:
+        words += ["--url", server.url]
+    return shlex.join(words)
+
+
+def submit(
+    server: Server,
+    path: Path,
+    defaults: Defaults,
+    *,
+    max_batch_requests: int,
+    wait: bool,
+    waiting: Waiting,
+) -> None:
+    err = views.console(stderr=True)
+    requests = read_requests(path, defaults)
+    if requests.generated:
+        for line in views.generated_ids(requests.generated):
+            err.print(line, markup=False, highlight=False)
+    created = server.call(
+        lambda client: create_batches(client, requests, max_requests=max_batch_requests)
+    )
+    batch_ids = [batch["id"] for batch in created]
+    try:
+        err.print(
+            f"submitted {len(requests.encoded):,} requests as {len(batch_ids)} "
+            f"batch{'es' if len(batch_ids) > 1 else ''}: {' '.join(batch_ids)}",
+            highlight=False,
+        )
+        if wait:
+            wait_and_write(server, batch_ids, waiting)
+            return
+    except KeyboardInterrupt:
+        raise _interrupted(server, batch_ids, waiting) from None
+    for batch_id in batch_ids:
+        click.echo(batch_id)
+    err.print(f"wait for the results with: {escape(resume_command(server, batch_ids, waiting))}")
+
+
+def _interrupted(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> Interrupted:
+    return Interrupted(
+        "interrupted: the batches keep running on the server; resume waiting with\n  "
+        + resume_command(server, batch_ids, waiting)
+    )
+
+
+def wait_and_write(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> None:
+    """Wait with a progress bar, then write the merged results (to --out, else stdout)."""
+    err = views.console(stderr=True)
+    try:
+        ended = server.call(lambda client: wait_for(client, batch_ids, err, waiting.interval))
+        err.print(f"ended: {describe(tally(ended))}")
+        written = write_results(server, batch_ids, waiting.out, waiting.only)
+    except KeyboardInterrupt:
+        raise _interrupted(server, batch_ids, waiting) from None
+    where = waiting.out or "stdout"
+    err.print(f"wrote {written:,} results to {escape(str(where))}", highlight=False)
+
+
+def write_results(
+    server: Server, batch_ids: Sequence[str], out: Path | None, only: Collection[str]
+) -> int:
+    """Write JSONL; a file is written beside its name and renamed when complete."""
+
+    def write_to(stream: IO[bytes]) -> int:
+        counts = server.call(lambda client: results.write(client, batch_ids, stream, only))
+        return counts.total()
+
+    if out is None:
+        return write_to(sys.stdout.buffer)
+    partial = out.with_name(out.name + ".part")
+    try:
+        with partial.open("wb") as stream:
+            written = write_to(stream)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return written
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def list_batches(server: Server, limit: int, *, as_json: bool) -> None:
+    batches, _ = server.call(lambda client: client.list_batches(limit))
+    if as_json:
+        _print_json(batches)
+    else:
+        views.console().print(views.batches_table(batches))
+
+
+def show(server: Server, batch_id: str, *, as_json: bool) -> None:
+    _show_batch(server.call(lambda client: client.retrieve(batch_id)), as_json=as_json)
+
+
+def cancel(server: Server, batch_id: str, *, as_json: bool) -> None:
+    _show_batch(server.call(lambda client: client.cancel(batch_id)), as_json=as_json)
+
+
+def delete(server: Server, batch_id: str, *, as_json: bool) -> None:
+    deleted = server.call(lambda client: client.delete(batch_id))
+    if as_json:
+        _print_json(deleted)
+    else:
+        click.echo(f"deleted {deleted['id']}")
+
+
+def _show_batch(batch: Batch, *, as_json: bool) -> None:
+    if as_json:
+        _print_json(batch)
+    else:
+        views.console().print(views.batch_table(batch))
+
+
+def show_results(
+    server: Server, batch_id: str, out: Path | None, only: Collection[str], *, as_json: bool
+) -> None:
+    if out is not None or as_json:
+        written = write_results(server, [batch_id], out, only)
+        if out is not None:
+            click.echo(f"wrote {written:,} results to {out}", err=True)
+        return
+
+    async def rows(client: BatchdClient) -> list[tuple[str, str, str]]:
+        return [results.summary(line) async for line in results.merged(client, [batch_id], only)]
+
+    views.console().print(views.results_table(server.call(rows)))

@@ -1,0 +1,117 @@
+"""An async HTTP client for the Batches API (aiohttp; the anthropic SDK is not a dependency)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import msgspec
+
+from batchd.client.errors import ApiError, AuthRefused, ClientError, ServerUnreachable
+
+BATCHES = "/v1/messages/batches"
+
+Batch = dict[str, Any]
+
+
+def _api_error(status: int, body: bytes) -> ClientError:
+    try:
+        error = msgspec.json.decode(body)["error"]
+        error_type, message = str(error["type"]), str(error["message"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        error_type = "api_error"
+        message = body.decode(errors="replace").strip()[:200] or f"HTTP {status}"
+    if status == 401:
+        return AuthRefused(
+            f"the server refused the API key: {message} (set --api-key or BATCHD_API_KEY)"
+        )
+    return ApiError(status, error_type, message)
+
+
+class BatchdClient:
+    def __init__(self, url: str, api_key: str | None, *, timeout: float = 600) -> None:
+        self.url = url.rstrip("/")
+        headers = {"anthropic-version": "2023-06-01", "user-agent": "batchd-cli"}
+        if api_key:
+            headers["x-api-key"] = api_key
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=timeout),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._session.close()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self._request(method, path, **kwargs) as response:
+            body = await response.read()
+        try:
+            return msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ClientError(f"{self.url} did not answer JSON: is it a batchd server?") from exc
+
+    @asynccontextmanager
+    async def _request(
+        self, method: str, path: str, **kwargs: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A response with a success status; transport failures and API errors raised."""
+        try:
+            async with self._session.request(method, self.url + path, **kwargs) as response:
+                if response.status >= 400:
+                    raise _api_error(response.status, await response.read())
+                yield response
+        except aiohttp.ClientConnectionError as exc:
+            raise ServerUnreachable(
+                f"cannot reach a batchd server at {self.url} ({exc}); "
+                "is `batchd serve` running there? (set --url or BATCHD_URL)"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise ClientError(f"request to {self.url} failed: {exc}") from exc
+
+    # -- the Batches API -----------------------------------------------------------------
+
+    async def create(self, encoded_requests: Sequence[bytes]) -> Batch:
+        body = b'{"requests":[' + b",".join(encoded_requests) + b"]}"
+        headers = {"content-type": "application/json"}
+        batch: Batch = await self._call("POST", BATCHES, data=body, headers=headers)
+        return batch
+
+    async def retrieve(self, batch_id: str) -> Batch:
+        batch: Batch = await self._call("GET", f"{BATCHES}/{batch_id}")
+        return batch
+
+    async def list_batches(
+        self, limit: int, after_id: str | None = None
+    ) -> tuple[list[Batch], bool]:
+        params: dict[str, str | int] = {"limit": limit}
+        if after_id:
+            params["after_id"] = after_id
+        page = await self._call("GET", BATCHES, params=params)
+        return list(page["data"]), bool(page["has_more"])
+
+    async def cancel(self, batch_id: str) -> Batch:
+        batch: Batch = await self._call("POST", f"{BATCHES}/{batch_id}/cancel")
+        return batch
+
+    async def delete(self, batch_id: str) -> Batch:
+        deleted: Batch = await self._call("DELETE", f"{BATCHES}/{batch_id}")
+        return deleted
+
+    async def results(self, batch_id: str) -> AsyncIterator[bytes]:
+        """The batch's JSONL result lines, each without its newline, as they stream in."""
+        async with self._request("GET", f"{BATCHES}/{batch_id}/results") as response:
+            async for line in response.content:
+                line = line.rstrip(b"\r\n")
+                if line:
+                    yield line

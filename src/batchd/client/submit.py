@@ -1,0 +1,32 @@
+"""Submitting a request file as one or more batches (more than 100,000 requests: several)."""
+
+from __future__ import annotations
+
+from batchd.client.errors import ClientError
+from batchd.client.http import Batch, BatchdClient
+from batchd.client.inputs import Requests, chunks
+
+MAX_REQUESTS = 100_000  # the API's limit per batch
+MAX_BYTES = 192 * 2**20  # below the server's default 256 MiB body limit
+
+
+async def submit(
+    client: BatchdClient,
+    requests: Requests,
+    *,
+    max_requests: int = MAX_REQUESTS,
+    max_bytes: int = MAX_BYTES,
+) -> list[Batch]:
+    """Create the batches in input order; a failure names the batches already created."""
+    created: list[Batch] = []
+    for chunk in chunks(requests, max_requests, max_bytes):
+        try:
+            created.append(await client.create(chunk))
+        except ClientError as exc:
+            if not created:
+                raise
+            running = " ".join(batch["id"] for batch in created)
+            partial = ClientError(f"{exc.message} (already created and running: {running})")
+            partial.exit_code = exc.exit_code
+            raise partial from exc
+    return created

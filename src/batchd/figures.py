@@ -1,0 +1,48 @@
+"""Figures held in the database, exposed as Prometheus metrics when /metrics is scraped.
+
+The engine's own metrics live in ``batchd.metrics.Metrics.registry`` and move as things
+happen; these are read from the store at scrape time and rendered after them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from batchd.store import RequestFigures
+
+
+class FiguresCollector(Collector):
+    """Yields one scrape's figures; built anew for each scrape."""
+
+    def __init__(self, figures: RequestFigures, backends: Iterable[str] = ()) -> None:
+        self._figures = figures
+        self._backends = backends
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_state = GaugeMetricFamily(
+            "batchd_requests", "Stored batch requests by state", labels=["state"]
+        )
+        for state, count in sorted(self._figures.by_state.items()):
+            by_state.add_metric([state.value], count)
+        yield by_state
+        depth = GaugeMetricFamily(
+            "batchd_queue_depth", "Queued requests waiting for a backend", labels=["backend"]
+        )
+        queued = dict.fromkeys(self._backends, 0) | self._figures.queued_by_backend
+        for backend, count in sorted(queued.items()):
+            depth.add_metric([backend], count)
+        yield depth
+
+
+def exposition(
+    registry: CollectorRegistry, figures: RequestFigures, backends: Iterable[str]
+) -> bytes:
+    """The Prometheus text format of a registry followed by the database's figures
+    (every backend named has a queue depth, zero when nothing waits for it)."""
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(FiguresCollector(figures, backends))
+    return generate_latest(registry) + generate_latest(scrape)

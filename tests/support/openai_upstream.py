@@ -1,0 +1,170 @@
+"""A fake OpenAI-compatible model server (think vLLM): a real Starlette app on loopback.
+
+``POST {prefix}/v1/chat/completions`` answers a chat.completion. Its *key* is the text of
+the last user message:
+
+* with tools and ``tool_choice`` "required" or a named function, it calls that function
+  (or the first tool) with ``{"query": key}`` and finishes with ``tool_calls``;
+* otherwise it echoes the key, cut before the first ``stop`` string it contains (finishing
+  ``stop`` with vLLM's ``stop_reason`` naming the string) or to ``max_tokens`` words
+  (finishing ``length``);
+* a key listed in ``errors`` is answered with that HTTP status and an OpenAI error body.
+
+``POST {prefix}/tokenize`` (unless ``tokenize=False``) answers ``{"count": n}`` with
+n = words of all message text + 3 per message. Every request is recorded with its path
+and ``authorization`` header; with ``api_key`` set, a wrong bearer key is answered 401.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.support.server import serve_app
+
+
+@dataclass(frozen=True)
+class Recorded:
+    path: str
+    authorization: str | None
+    body: dict[str, Any]
+
+
+def text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(p.get("text", "") for p in content or () if p.get("type") == "text")
+
+
+def request_key(body: Mapping[str, Any]) -> str:
+    users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    return text_of(users[-1]["content"]) if users else ""
+
+
+def tokenize_count(messages: list[dict[str, Any]]) -> int:
+    return sum(len(text_of(m.get("content")).split()) + 3 for m in messages)
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    kinds = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}
+    error_type = kinds.get(status, "InternalServerError")
+    return {"error": {"message": message, "type": error_type, "param": None, "code": status}}
+
+
+def _answer(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The message and finish fields of the one choice."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice")
+    if tools and (choice == "required" or isinstance(choice, dict)):
+        name = choice["function"]["name"] if isinstance(choice, dict) else None
+        call = {
+            "id": f"call_{len(key):04d}",
+            "type": "function",
+            "function": {
+                "name": name or tools[0]["function"]["name"],
+                "arguments": json.dumps({"query": key}),
+            },
+        }
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return {"message": message, "finish_reason": "tool_calls", "stop_reason": None}
+    text, finish, matched = key, "stop", None
+    for stop in body.get("stop") or ():
+        if stop in text:
+            text, matched = text.split(stop, 1)[0], stop
+            break
+    words = text.split(" ")
+    if matched is None and len(words) > body.get("max_tokens", 1 << 30):
+        text, finish = " ".join(words[: body["max_tokens"]]), "length"
+    message = {"role": "assistant", "content": text, "tool_calls": []}
+    return {"message": message, "finish_reason": finish, "stop_reason": matched}
+
+
+def completion_for(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+    choice = {"index": 0, "logprobs": None, **_answer(body, key)}
+    output = choice["message"]["content"] or ""
+    return {
+        "id": "chatcmpl-" + hashlib.sha256(key.encode()).hexdigest()[:12],
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": body.get("model", "unknown"),
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": tokenize_count(body.get("messages", [])),
+            "completion_tokens": len(output.split()),
+            "total_tokens": 0,
+        },
+    }
+
+
+class FakeOpenAI:
+    """The app and its record of requests; safe to read from the test thread."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        errors: Mapping[str, tuple[int, str]] | None = None,
+        tokenize: bool = True,
+        prefix: str = "",
+    ) -> None:
+        self.api_key = api_key
+        self.errors = dict(errors or {})
+        self.url = ""  # the server's origin; add ``prefix`` for a backend's base_url
+        self._lock = threading.Lock()
+        self._requests: list[Recorded] = []
+        routes = [Route(f"{prefix}/v1/chat/completions", self._chat, methods=["POST"])]
+        if tokenize:
+            routes.append(Route(f"{prefix}/tokenize", self._tokenize, methods=["POST"]))
+        self.app = Starlette(routes=routes)
+
+    def requests(self, path_suffix: str = "/chat/completions") -> list[Recorded]:
+        with self._lock:
+            return [r for r in self._requests if r.path.endswith(path_suffix)]
+
+    def bodies(self) -> dict[str, dict[str, Any]]:
+        """The chat bodies received, by key."""
+        return {request_key(r.body): r.body for r in self.requests()}
+
+    async def _record(self, request: Request) -> tuple[dict[str, Any], JSONResponse | None]:
+        body = json.loads(await request.body())
+        authorization = request.headers.get("authorization")
+        with self._lock:
+            self._requests.append(Recorded(request.url.path, authorization, body))
+        if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            return body, JSONResponse(error_body(401, "Incorrect API key provided"), 401)
+        return body, None
+
+    async def _chat(self, request: Request) -> JSONResponse:
+        body, refused = await self._record(request)
+        if refused is not None:
+            return refused
+        key = request_key(body)
+        if key in self.errors:
+            status, message = self.errors[key]
+            return JSONResponse(error_body(status, message), status_code=status)
+        return JSONResponse(completion_for(body, key))
+
+    async def _tokenize(self, request: Request) -> JSONResponse:
+        body, refused = await self._record(request)
+        if refused is not None:
+            return refused
+        count = tokenize_count(body["messages"])
+        return JSONResponse({"count": count, "max_model_len": 4096, "tokens": list(range(count))})
+
+
+@contextmanager
+def serve_openai(**options: Any) -> Iterator[FakeOpenAI]:
+    """A FakeOpenAI served on a loopback port until the block exits; ``.url`` is set."""
+    upstream = FakeOpenAI(**options)
+    with serve_app(upstream.app) as running:
+        upstream.url = running.url
+        yield upstream

@@ -1,0 +1,39 @@
+"""Small real PDFs for tests, written with pypdf: one text line per page."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from pypdf import PdfWriter
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+
+def pdf_bytes(*pages: str) -> bytes:
+    """A PDF whose pages show the given lines in Helvetica (an empty string: a blank page)."""
+    writer = PdfWriter()
+    font = writer._add_object(  # pypdf has no public way to add a bare object
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
+    for line in pages:
+        page = writer.add_blank_page(612, 792)
+        if not line:
+            continue
+        fonts = DictionaryObject({NameObject("/F1"): font})
+        page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): fonts})
+        stream = DecodedStreamObject()
+        stream.set_data(f"BT /F1 12 Tf 72 720 Td ({line}) Tj ET".encode("latin-1"))
+        page[NameObject("/Contents")] = writer._add_object(stream)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def pdf_base64(*pages: str) -> str:
+    return base64.b64encode(pdf_bytes(*pages)).decode()

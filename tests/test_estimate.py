@@ -1,0 +1,52 @@
+"""The rough token estimate used where an upstream cannot count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from batchd.backends.estimate import IMAGE_TOKENS, estimate_input_tokens, estimate_tokens
+
+PNG_SOURCE = {"type": "base64", "media_type": "image/png", "data": "A" * 4000}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        # nothing at all still counts one token
+        ((None,), 1),
+        # four characters a token, rounded up
+        (("abcdefghi",), 3),
+        # every value given counts together
+        (("abcd", ["efgh"]), 2),
+        # roles and text count; block types do not
+        (([{"role": "user", "content": [{"type": "text", "text": "abcdefgh"}]}],), 3),
+        # an image is a fixed cost, whatever its size
+        (([{"type": "image", "source": PNG_SOURCE}],), 1 + IMAGE_TOKENS),
+        # an OpenAI image part too
+        (([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],), 1001),
+        # a base64 payload (a PDF) is bytes, not text: only its title counts
+        (
+            (
+                [
+                    {
+                        "type": "document",
+                        "title": "abcd",
+                        "source": {"type": "base64", "media_type": "application/pdf", "data": "x"},
+                    }
+                ],
+            ),
+            1,
+        ),
+        # ids and cache_control are not text
+        (([{"id": "toolu_0123456789", "cache_control": {"ttl": "5m"}, "name": "abcd"}],), 1),
+    ],
+)
+def test_estimate(values: tuple[Any, ...], expected: int) -> None:
+    assert estimate_tokens(*values) == expected
+
+
+def test_tool_definitions_count_as_json_text() -> None:
+    tools = [{"name": "w", "input_schema": {"type": "object"}}]  # 47 characters of JSON
+    assert estimate_input_tokens("abc", [], tools) == 13  # (3 + 47) / 4, rounded up

@@ -1,0 +1,130 @@
+"""Admission control: the adaptive limit, who gets a freed slot first, and rate budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from batchd.backends.pacing import Pacer, TokenBucket
+from batchd.config import BackendConfig
+from batchd.metrics import Metrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pacer(clock: Clock | None = None, **config: object) -> Pacer:
+    values: dict[str, object] = {"name": "b", "kind": "mock", "max_concurrency": 16}
+    values.update(config)
+    return Pacer(BackendConfig.model_validate(values), Metrics(), clock=clock or Clock())
+
+
+def test_congestion_halves_the_limit_once_per_round_trip() -> None:
+    clock = Clock()
+    pacer = _pacer(clock)
+    pacer.succeeded(latency=1.0)  # a round trip takes about a second
+    pacer.failed("rate_limit_error", "slow down")
+    pacer.failed("overloaded_error", "busy")  # the same window: no second cut
+    assert pacer.limit == 8
+    clock.now += 1.0
+    pacer.failed("timeout_error", "timed out")
+    assert pacer.limit == 4
+
+
+@pytest.mark.parametrize(
+    ("error_type", "limit"),
+    [
+        ("rate_limit_error", 8),  # 429
+        ("overloaded_error", 8),  # 529
+        ("timeout_error", 8),
+        ("api_error", 16),  # a 500 is no sign of congestion
+        ("invalid_request_error", 16),
+    ],
+)
+def test_only_congestion_lowers_the_limit(error_type: str, limit: int) -> None:
+    pacer = _pacer()
+    pacer.failed(error_type, "x")
+    assert pacer.limit == limit
+    assert pacer.last_error is not None
+    assert pacer.last_error["type"] == error_type
+
+
+def test_successes_grow_the_limit_by_one_per_window_up_to_max() -> None:
+    pacer = _pacer(initial_concurrency=4, max_concurrency=6)
+    for _ in range(4):
+        pacer.succeeded(latency=0.1)
+    assert pacer.limit == 5
+    for _ in range(100):
+        pacer.succeeded(latency=0.1)
+    assert pacer.limit == 6
+
+
+def test_limit_never_falls_below_min() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, min_concurrency=3)
+    for _ in range(10):
+        clock.now += 10
+        pacer.failed("rate_limit_error", "x")
+    assert pacer.limit == 3
+
+
+def test_a_fixed_limit_does_not_adapt() -> None:
+    pacer = _pacer(adaptive_concurrency=False, max_concurrency=5)
+    pacer.failed("rate_limit_error", "x")
+    assert pacer.limit == 5
+
+
+async def test_a_freed_slot_goes_to_interactive_then_retrying_then_batch() -> None:
+    pacer = _pacer(max_concurrency=2, adaptive_concurrency=False)
+    woken: list[str] = []
+    pacer.on_free(lambda: woken.append("batch"))
+    busy = [pacer.take(), pacer.take()]
+    retry = asyncio.create_task(pacer.acquire(interactive=False))
+    interactive = asyncio.create_task(pacer.acquire(interactive=True))
+    await asyncio.sleep(0)
+    assert (pacer.free_for_batch(), pacer.waiting) == (0, 2)
+    busy[0].release()
+    await asyncio.sleep(0)
+    assert (interactive.done(), retry.done(), woken) == (True, False, [])
+    busy[1].release()
+    await asyncio.sleep(0)
+    assert (retry.done(), woken) == (True, [])
+    interactive.result().release()
+    assert (pacer.free_for_batch(), woken) == (1, ["batch"])
+
+
+async def test_a_cancelled_waiter_leaks_no_slot() -> None:
+    pacer = _pacer(max_concurrency=1, adaptive_concurrency=False)
+    slot = pacer.take()
+    waiter = asyncio.create_task(pacer.acquire(interactive=True))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    slot.release()
+    slot.release()  # twice is harmless
+    assert (pacer.in_flight, pacer.waiting, pacer.free_for_batch()) == (0, 0, 1)
+
+
+async def test_token_bucket_paces_takers() -> None:
+    bucket = TokenBucket(rate=50.0, capacity=5.0, clock=time.monotonic)
+    started = time.monotonic()
+    for _ in range(10):
+        await bucket.take(1)
+    # Five from the full bucket, five more at 50 per second: about 0.1 s.
+    assert 0.08 <= time.monotonic() - started < 0.5
+
+
+async def test_token_bucket_charges_the_true_cost_later() -> None:
+    bucket = TokenBucket(rate=1.0, capacity=100.0, clock=time.monotonic)
+    await bucket.take(10)
+    bucket.adjust(85)  # the call used 95, not 10
+    started = time.monotonic()
+    await asyncio.wait_for(bucket.take(5.5), timeout=5)
+    assert time.monotonic() - started >= 0.4  # only 5 were left
