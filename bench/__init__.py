@@ -1,0 +1,1 @@
+"""batchd benchmarks: each scenario beside the baseline it is judged against, in one run."""

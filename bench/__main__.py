@@ -1,0 +1,114 @@
+"""python -m bench [--smoke | --full] [--only NAME ...] [--repeat N] [--json PATH]
+
+Runs each scenario beside its baseline, prints a table of medians and ratios per scenario,
+and writes every figure as JSON (bench/results/latest.json by default) to compare commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import scenarios
+
+SIZES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "ingest": [200],
+        "engine": [500],
+        "fanout": [8],
+        "latency": 0.05,
+        "results": [500],
+        "lookups": [100],
+        "calls": 50,
+        "repeat": 1,
+    },
+    "default": {
+        "ingest": [1_000, 10_000, 100_000],
+        "engine": [20_000],
+        "fanout": [64, 256, 1_024],
+        "latency": 0.2,
+        "results": [20_000],
+        "lookups": [100, 10_000],
+        "calls": 300,
+        "repeat": 3,
+    },
+    "full": {
+        "ingest": [1_000, 10_000, 100_000],
+        "engine": [100_000],
+        "fanout": [64, 256, 1_024],
+        "latency": 0.2,
+        "results": [100_000],
+        "lookups": [100, 10_000],
+        "calls": 1_000,
+        "repeat": 3,
+    },
+}
+
+
+def plan(size: dict[str, Any], repeat: int, workdir: Path) -> dict[str, Callable[[], Any]]:
+    return {
+        "ingest": lambda: scenarios.ingest(size["ingest"], repeat, workdir),
+        "engine": lambda: scenarios.engine(size["engine"], repeat, workdir),
+        "fanout": lambda: scenarios.fanout(size["fanout"], repeat, workdir, size["latency"]),
+        "results": lambda: scenarios.results(size["results"], repeat, workdir),
+        "lookups": lambda: scenarios.lookups(size["lookups"], size["calls"], workdir),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--smoke", action="store_true", help="tiny sizes: checks it still runs")
+    group.add_argument("--full", action="store_true", help="100,000-request engine and results")
+    parser.add_argument(
+        "--only", nargs="+", choices=["ingest", "engine", "fanout", "results", "lookups"]
+    )
+    parser.add_argument("--repeat", type=int, help="runs per figure (median taken)")
+    parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"))
+    args = parser.parse_args(argv)
+    kind = "smoke" if args.smoke else "full" if args.full else "default"
+    size = SIZES[kind]
+    repeat = args.repeat or size["repeat"]
+    console = Console()
+    report: dict[str, Any] = {
+        "size": kind,
+        "repeat": repeat,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "scenarios": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="batchd-bench-") as tmp:
+        for name, run in plan(size, repeat, Path(tmp)).items():
+            if args.only and name not in args.only:
+                continue
+            started = time.perf_counter()
+            rows = run()
+            report["scenarios"][name] = rows
+            console.print(_table(name, rows, time.perf_counter() - started))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"figures written to {args.json}")
+    return 0
+
+
+def _table(name: str, rows: list[dict[str, Any]], seconds: float) -> Table:
+    table = Table(title=f"{name} ({seconds:.0f} s)", title_justify="left")
+    for column in rows[0]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Running batchd and the fake upstream as separate processes, and measuring them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak resident memory of a process so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer:\n{log.read_text()}") from None
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Process:
+    url: str
+    pid: int
+    db: Path
+
+
+@contextmanager
+def batchd(
+    workdir: Path, *, engine: bool = True, backends: list[dict[str, Any]] | None = None
+) -> Iterator[Process]:
+    """``batchd serve`` on a fresh SQLite file, in its own process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    db = workdir / "bench.db"
+    config = workdir / "batchd.toml"
+    config.write_text("\n".join(_backend_toml(b) for b in backends or []))
+    log = workdir / "batchd.log"
+    env = {**os.environ, "BATCHD_ENGINE": "true" if engine else "false"}
+    args = ["serve", "--port", str(port), "--db", f"sqlite:///{db}", "--config", str(config)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batchd.cli", *args, "--log-level", "warning"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/healthz", proc, log)
+        yield Process(url, proc.pid, db)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _backend_toml(backend: dict[str, Any]) -> str:
+    lines = ["[[backends]]"]
+    for key, value in backend.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def fake_upstream(latency: float) -> Iterator[str]:
+    """An Anthropic-compatible upstream answering after ``latency`` s, in its own process."""
+    port = free_port()
+    log = Path(os.devnull)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.upstream", str(port), str(latency)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/healthz", proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def median_of(repeat: int, run: Callable[[], T], key: Callable[[T], float]) -> T:
+    """Run ``repeat`` times; the run whose ``key`` is the median."""
+    runs = [run() for _ in range(repeat)]
+    runs.sort(key=key)
+    return runs[len(runs) // 2]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def post_json(url: str, body: bytes, timeout: float = 600) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def get_json(url: str, timeout: float = 60) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def wait_ended(url: str, batch_id: str, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = get_json(f"{url}/v1/messages/batches/{batch_id}")
+        if batch["processing_status"] == "ended":
+            return batch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{batch_id} did not end")
+        time.sleep(0.02)

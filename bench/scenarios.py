@@ -1,0 +1,363 @@
+"""The scenarios, each measured beside its baseline in the same run.
+
+Every function returns rows: dicts of figures, one per size, with the ratio that judges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+import re
+import sqlite3
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from batchd.backends.mock import mock_message
+from batchd.store.sqlite import MIGRATIONS
+from batchd.validation import check_params
+from bench import harness, workload
+
+MOCK = {"name": "mock", "kind": "mock", "models": ["claude-*", "mock"], "max_concurrency": 1024}
+_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+Row = dict[str, Any]
+
+
+def _body(n: int) -> bytes:
+    return json.dumps({"requests": workload.requests(n)}, separators=(",", ":")).encode()
+
+
+def _fresh_db(path: Path) -> sqlite3.Connection:
+    """A database with batchd's own schema, for the baselines."""
+    path.unlink(missing_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    for _, script in MIGRATIONS:
+        db.executescript(script)
+    db.execute(
+        "INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at)"
+        " VALUES ('b', 'w', 'in_progress', 0, 0, 1)"
+    )
+    return db
+
+
+# -- 1. ingest ---------------------------------------------------------------------------
+
+
+def _raw_ingest(body: bytes, path: Path) -> float:
+    """Parse, check and bulk-insert the body as a careful plain script would."""
+    with closing(_fresh_db(path)) as db:
+        started = time.perf_counter()
+        gc.disable()
+        try:
+            requests = msgspec.json.decode(body)["requests"]
+            seen = set()
+            rows = []
+            for item in requests:
+                custom_id, params = item["custom_id"], item["params"]
+                if not _CUSTOM_ID.fullmatch(custom_id) or custom_id in seen:
+                    raise ValueError(custom_id)
+                seen.add(custom_id)
+                if not {"model", "max_tokens", "messages"} <= params.keys():
+                    raise ValueError(custom_id)
+                rows.append((1, custom_id, "mock", msgspec.json.encode(params), "queued"))
+        finally:
+            gc.enable()
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
+            " VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        db.execute("COMMIT")
+        return time.perf_counter() - started
+
+
+def ingest(sizes: list[int], repeat: int, workdir: Path) -> list[Row]:
+    rows = []
+    for n in sizes:
+        body = _body(n)
+
+        def run(body: bytes = body) -> tuple[float, float]:
+            with harness.batchd(workdir / "ingest", engine=False, backends=[MOCK]) as server:
+                started = time.perf_counter()
+                harness.post_json(f"{server.url}/v1/messages/batches", body)
+                return time.perf_counter() - started, harness.peak_rss_mib(server.pid)
+
+        took, rss = harness.median_of(repeat, run, key=lambda r: r[0])
+        raw = harness.median_of(
+            repeat, lambda body=body: _raw_ingest(body, workdir / "raw.db"), key=float
+        )
+        mib = len(body) / 2**20
+        rows.append(
+            {
+                "requests": n,
+                "body_mib": round(mib, 1),
+                "batchd_s": round(took, 3),
+                "raw_s": round(raw, 3),
+                "ratio": round(took / raw, 2),
+                "peak_rss_mib": round(rss, 1),
+                "rss_over_body": round(rss / mib, 2),
+            }
+        )
+    return rows
+
+
+# -- 2. engine overhead --------------------------------------------------------------------
+
+
+def _raw_loop(body: bytes, path: Path) -> float:
+    """Claim -> execute (the same mock answer) -> record, 256 at a time, on the same schema."""
+    requests = msgspec.json.decode(body)["requests"]
+    with closing(_fresh_db(path)) as db:
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
+            " VALUES (1, ?, 'mock', ?, 'queued')",
+            [(r["custom_id"], msgspec.json.encode(r["params"])) for r in requests],
+        )
+        db.execute("COMMIT")
+        started = time.perf_counter()
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            claimed = db.execute(
+                "UPDATE requests SET state = 'running', attempts = attempts + 1 WHERE id IN"
+                " (SELECT id FROM requests WHERE backend = 'mock' AND batch_seq = 1"
+                " AND state = 'queued' ORDER BY id LIMIT 256) RETURNING id, custom_id, params"
+            ).fetchall()
+            db.execute("COMMIT")
+            if not claimed:
+                return time.perf_counter() - started
+            results = []
+            for row_id, custom_id, raw in claimed:
+                message = mock_message(check_params(raw), raw)
+                line = b'{"custom_id":"%s","result":{"type":"succeeded","message":%s}}' % (
+                    custom_id.encode(),
+                    msgspec.json.encode(message),
+                )
+                results.append((line, row_id))
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE requests SET state = 'succeeded', result = ? WHERE id = ?", results
+            )
+            db.execute("COMMIT")
+
+
+def engine(sizes: list[int], repeat: int, workdir: Path) -> list[Row]:
+    rows = []
+    for n in sizes:
+        body = _body(n)
+
+        def run(body: bytes = body) -> float:
+            with harness.batchd(workdir / "engine", backends=[MOCK]) as server:
+                batch = harness.post_json(f"{server.url}/v1/messages/batches", body)
+                started = time.perf_counter()
+                harness.wait_ended(server.url, batch["id"])
+                return time.perf_counter() - started
+
+        took = harness.median_of(repeat, run, key=float)
+        raw = harness.median_of(
+            repeat, lambda body=body: _raw_loop(body, workdir / "raw.db"), float
+        )
+        rows.append(
+            {
+                "requests": n,
+                "batchd_req_s": round(n / took),
+                "raw_req_s": round(n / raw),
+                "ratio": round(raw / took, 2),
+            }
+        )
+    return rows
+
+
+# -- 3. fan-out ----------------------------------------------------------------------------
+
+
+async def _sdk_gather(url: str, requests: list[dict[str, Any]], concurrency: int) -> float:
+    import anthropic  # what a user would write instead of running batchd
+
+    semaphore = asyncio.Semaphore(concurrency)
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as client:
+
+        async def one(params: dict[str, Any]) -> None:
+            rest = {k: v for k, v in params.items() if k not in ("model", "max_tokens", "messages")}
+            async with semaphore:
+                await client.messages.create(
+                    model=params["model"],
+                    max_tokens=params["max_tokens"],
+                    messages=params["messages"],
+                    extra_body=rest,
+                )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(r["params"]) for r in requests))
+        return time.perf_counter() - started
+
+
+def fanout(levels: list[int], repeat: int, workdir: Path, latency: float) -> list[Row]:
+    rows = []
+    with harness.fake_upstream(latency) as upstream:
+        for concurrency in levels:
+            n = max(concurrency * 8, 400)
+            body = _body(n)
+            backend = {
+                "name": "upstream",
+                "kind": "anthropic",
+                "base_url": upstream,
+                "models": ["claude-*"],
+                "max_concurrency": concurrency,
+                "adaptive_concurrency": False,
+                "max_retries": 0,
+            }
+
+            def run(body: bytes = body, backend: dict[str, Any] = backend) -> float:
+                with harness.batchd(workdir / "fanout", backends=[backend]) as server:
+                    batch = harness.post_json(f"{server.url}/v1/messages/batches", body)
+                    started = time.perf_counter()
+                    ended = harness.wait_ended(server.url, batch["id"])
+                    assert ended["request_counts"]["succeeded"] == len(json.loads(body)["requests"])
+                    return time.perf_counter() - started
+
+            took = harness.median_of(repeat, run, key=float)
+            requests = workload.requests(n)
+            sdk = harness.median_of(
+                repeat,
+                lambda requests=requests, c=concurrency: asyncio.run(
+                    _sdk_gather(upstream, requests, c)
+                ),
+                key=float,
+            )
+            little = concurrency / latency
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "requests": n,
+                    "batchd_req_s": round(n / took),
+                    "little_req_s": round(little),
+                    "of_little": round(n / took / little, 2),
+                    "sdk_gather_req_s": round(n / sdk),
+                    "vs_sdk": round(sdk / took, 2),
+                }
+            )
+    return rows
+
+
+# -- 4. results ----------------------------------------------------------------------------
+
+
+def _raw_stream(path: Path) -> tuple[float, int]:
+    """Read every stored result line in keyset pages of 1,000, joined per page."""
+    with closing(sqlite3.connect(path)) as db:
+        started = time.perf_counter()
+        after, size = 0, 0
+        while True:
+            page = db.execute(
+                "SELECT id, result FROM requests WHERE batch_seq = 1 AND id > ? ORDER BY id"
+                " LIMIT 1000",
+                (after,),
+            ).fetchall()
+            if not page:
+                return time.perf_counter() - started, size
+            after = page[-1][0]
+            size += len(b"".join([row[1] + b"\n" for row in page]))
+
+
+def results(sizes: list[int], repeat: int, workdir: Path) -> list[Row]:
+    import anthropic
+
+    rows = []
+    for n in sizes:
+        folder = workdir / f"results-{n}"
+        with harness.batchd(folder, backends=[MOCK]) as server:
+            batch = harness.post_json(f"{server.url}/v1/messages/batches", _body(n))
+            harness.wait_ended(server.url, batch["id"])
+        with harness.batchd(folder, backends=[MOCK]) as server:  # fresh: RSS of reading alone
+            url = f"{server.url}/v1/messages/batches/{batch['id']}/results"
+
+            def http(url: str = url) -> tuple[float, int]:
+                started = time.perf_counter()
+                with urllib.request.urlopen(url) as response:
+                    size = len(response.read())
+                return time.perf_counter() - started, size
+
+            took, size = harness.median_of(repeat, http, key=lambda r: r[0])
+            with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+                started = time.perf_counter()
+                lines = sum(1 for _ in client.messages.batches.results(batch["id"]))
+                sdk = time.perf_counter() - started
+            rss = harness.peak_rss_mib(server.pid)
+        raw, raw_size = harness.median_of(repeat, lambda: _raw_stream(server.db), lambda r: r[0])
+        assert lines == n
+        assert raw_size == size
+        mib = size / 2**20
+        rows.append(
+            {
+                "requests": n,
+                "mib": round(mib, 1),
+                "batchd_mib_s": round(mib / took),
+                "raw_mib_s": round(mib / raw),
+                "ratio": round(raw / took, 2),
+                "sdk_lines_s": round(lines / sdk),
+                "peak_rss_mib": round(rss, 1),
+            }
+        )
+    return rows
+
+
+# -- 5. list and retrieve under size ---------------------------------------------------------
+
+
+def _seed_batches(db_path: Path, count: int) -> list[str]:
+    ids = [f"msgbatch_{i:026d}" for i in range(count)]
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.executemany(
+            "INSERT INTO batches (id, workspace, processing_status, total, created_at,"
+            " expires_at) VALUES (?, 'default', 'in_progress', 1, ?, ?)",
+            [(batch_id, 1.8e9 + i, 1.8e9 + i + 86400) for i, batch_id in enumerate(ids)],
+        )
+    return ids
+
+
+def lookups(counts: list[int], calls: int, workdir: Path) -> list[Row]:
+    rows = []
+    for count in counts:
+        folder = workdir / f"lookups-{count}"
+        with harness.batchd(folder, engine=False):
+            pass  # creates the schema
+        ids = _seed_batches(folder / "bench.db", count)
+        with harness.batchd(folder, engine=False) as server:
+            rng = random.Random(7)
+            base = f"{server.url}/v1/messages/batches"
+            retrieve = _timed([f"{base}/{rng.choice(ids)}" for _ in range(calls)])
+            pages = [f"{base}?limit=20"] + [
+                f"{base}?limit=20&after_id={rng.choice(ids)}" for _ in range(calls - 1)
+            ]
+            listing = _timed(pages)
+        rows.append(
+            {
+                "batches": count,
+                "retrieve_p50_ms": round(harness.percentile(retrieve, 50), 2),
+                "retrieve_p99_ms": round(harness.percentile(retrieve, 99), 2),
+                "list_p50_ms": round(harness.percentile(listing, 50), 2),
+                "list_p99_ms": round(harness.percentile(listing, 99), 2),
+            }
+        )
+    return rows
+
+
+def _timed(urls: list[str]) -> list[float]:
+    times = []
+    for url in urls:
+        started = time.perf_counter()
+        with urllib.request.urlopen(url) as response:
+            response.read()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
