@@ -206,7 +206,7 @@ def fanout(levels: list[int], repeat: int, workdir: Path, latency: float) -> lis
     rows = []
     with harness.fake_upstream(latency) as upstream:
         for concurrency in levels:
-            n = max(concurrency * 8, 400)
+            n = max(concurrency * 20, 400)
             body = _body(n)
             backend = {
                 "name": "upstream",

@@ -10,9 +10,18 @@ import anthropic
 import pytest
 
 from tests.support.invariants import count_mismatches
+from tests.support.postgres import PostgresServer, ephemeral_postgres
 from tests.support.server import RunningServer, make_settings, serve_batchd
 
 StartServer = Callable[..., RunningServer]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One ephemeral PostgreSQL server for the session (skipped where none is installed,
+    except in CI, where that fails)."""
+    with ephemeral_postgres() as server:
+        yield server
 
 
 @pytest.fixture

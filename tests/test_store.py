@@ -1,4 +1,5 @@
-"""The SQLite store's promises: counts agree with rows, results are fenced, leases come back."""
+"""The store's promises on SQLite and PostgreSQL alike: counts agree with rows, results are
+fenced, leases come back."""
 
 from __future__ import annotations
 
@@ -18,20 +19,45 @@ from batchd.store import (
     NewRequest,
     Recorded,
     SchemaMismatch,
+    Store,
     Sweep,
 )
+from batchd.store.postgres import PostgresStore
 from batchd.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
-from tests.support.invariants import count_mismatches
+from tests.support.invariants import count_mismatches, pg_count_mismatches
 
 T0 = 1_800_000_000.0
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, migrated database of each dialect."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    url: str = request.getfixturevalue("postgres").new_database_sync()
+    return url
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s: Store
+    if store_url.startswith("sqlite"):
+        s = await SQLiteStore.open(store_url, migrate=True)
+    else:
+        s = await PostgresStore.open(store_url, migrate=False)
+    yield s
+    await s.close()
+    if store_url.startswith("sqlite"):
+        assert count_mismatches(Path(store_url.removeprefix("sqlite:///"))) == []
+    else:
+        assert await pg_count_mismatches(store_url) == []
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     s = await SQLiteStore.open(f"sqlite:///{tmp_path}/s.db", migrate=True)
     yield s
     await s.close()
-    assert count_mismatches(tmp_path / "s.db") == []
 
 
 def _queued(n: int, backend: str = "b") -> list[NewRequest]:
@@ -42,7 +68,7 @@ def _ok(request: ClaimedRequest) -> Outcome:
     return Outcome(request, RequestState.SUCCEEDED, succeeded_line(request.custom_id, {}))
 
 
-async def test_counts_follow_results_and_batch_ends(store: SQLiteStore) -> None:
+async def test_counts_follow_results_and_batch_ends(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
     claimed = (await store.claim("b", [batch.seq], "w1", 10, T0 + 30)).requests
     assert await store.record("w1", [_ok(c) for c in claimed[:2]], T0 + 1) == Recorded(2, 0)
@@ -55,7 +81,7 @@ async def test_counts_follow_results_and_batch_ends(store: SQLiteStore) -> None:
     assert (done.processing_status, done.ended_at) == (ProcessingStatus.ENDED, T0 + 2)
 
 
-async def test_a_worker_that_lost_its_lease_cannot_write(store: SQLiteStore) -> None:
+async def test_a_worker_that_lost_its_lease_cannot_write(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
     [first] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 5)).requests
     assert (await store.sweep(T0 + 6)).requeued == 1
@@ -69,21 +95,21 @@ async def test_a_worker_that_lost_its_lease_cannot_write(store: SQLiteStore) -> 
     assert second.attempt == 2
 
 
-async def test_renewed_leases_are_not_requeued(store: SQLiteStore) -> None:
+async def test_renewed_leases_are_not_requeued(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(2))
     await store.claim("b", [batch.seq], "w1", 2, T0 + 5)
     assert await store.renew_leases("w1", T0 + 50) == 2
     assert (await store.sweep(T0 + 6)).requeued == 0
 
 
-async def test_claims_take_only_their_backend(store: SQLiteStore) -> None:
+async def test_claims_take_only_their_backend(store: Store) -> None:
     rows = [*_queued(2, "b"), NewRequest("x", "other", b"{}", RequestState.QUEUED)]
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
     claimed = (await store.claim("other", [batch.seq], "w1", 10, T0 + 5)).requests
     assert [c.custom_id for c in claimed] == ["x"]
 
 
-async def test_cancel_settles_queued_requests_and_keeps_running_ones(store: SQLiteStore) -> None:
+async def test_cancel_settles_queued_requests_and_keeps_running_ones(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(5))
     [running] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 30)).requests
     result = await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
@@ -97,7 +123,7 @@ async def test_cancel_settles_queued_requests_and_keeps_running_ones(store: SQLi
     assert ended.processing_status is ProcessingStatus.ENDED
 
 
-async def test_lost_lease_in_a_canceling_batch_is_canceled(store: SQLiteStore) -> None:
+async def test_lost_lease_in_a_canceling_batch_is_canceled(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
     await store.claim("b", [batch.seq], "w1", 1, T0 + 5)
     await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
@@ -107,7 +133,7 @@ async def test_lost_lease_in_a_canceling_batch_is_canceled(store: SQLiteStore) -
     assert after.counts.canceled == 1
 
 
-async def test_expiry_settles_queued_requests(store: SQLiteStore) -> None:
+async def test_expiry_settles_queued_requests(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 10, _queued(3))
     await store.claim("b", [batch.seq], "w1", 1, T0 + 30)
     assert await store.claimable_batches(T0 + 10) == []
@@ -117,7 +143,7 @@ async def test_expiry_settles_queued_requests(store: SQLiteStore) -> None:
     assert (after.counts.expired, after.counts.processing) == (2, 1)
 
 
-async def test_delete_only_when_ended_and_only_in_its_workspace(store: SQLiteStore) -> None:
+async def test_delete_only_when_ended_and_only_in_its_workspace(store: Store) -> None:
     await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
     assert await store.delete_batch("ws", "msgbatch_a") is DeleteOutcome.NOT_ENDED
     await store.cancel_batch("ws", "msgbatch_a", T0)
@@ -127,14 +153,14 @@ async def test_delete_only_when_ended_and_only_in_its_workspace(store: SQLiteSto
     assert await store.get_batch("ws", "msgbatch_a") is None
 
 
-async def test_results_come_in_pages_with_every_row(store: SQLiteStore) -> None:
+async def test_results_come_in_pages_with_every_row(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(25))
     pages = [page async for page in store.iter_results(batch.seq, 10)]
     assert [len(p) for p in pages] == [10, 10, 5]
     assert [r.custom_id for p in pages for r in p] == [f"r{i}" for i in range(25)]
 
 
-async def test_list_pages_both_ways(store: SQLiteStore) -> None:
+async def test_list_pages_both_ways(store: Store) -> None:
     for i in range(5):
         await store.create_batch(f"msgbatch_{i}", "ws", T0 + i, T0 + 60, _queued(1))
     await store.create_batch("msgbatch_x", "other", T0, T0 + 60, _queued(1))
@@ -202,7 +228,9 @@ HOT_QUERIES = [
 
 
 @pytest.mark.parametrize("name", HOT_QUERIES)
-async def test_hot_queries_use_an_index(store: SQLiteStore, name: str, tmp_path: Path) -> None:
+async def test_hot_queries_use_an_index(
+    sqlite_store: SQLiteStore, name: str, tmp_path: Path
+) -> None:
     sql = Q[name]
     params: Any = (1,) * sql.count("?") if "?" in sql else dict.fromkeys(PARAMS, 1)
     with closing(sqlite3.connect(tmp_path / "s.db")) as db:
@@ -211,7 +239,7 @@ async def test_hot_queries_use_an_index(store: SQLiteStore, name: str, tmp_path:
     assert full_scans == [], plan
 
 
-async def test_one_claim_takes_a_share_from_each_batch_in_order(store: SQLiteStore) -> None:
+async def test_one_claim_takes_a_share_from_each_batch_in_order(store: Store) -> None:
     seqs = [
         (await store.create_batch(f"msgbatch_{i}", "ws", T0, T0 + 60, _queued(n))).seq
         for i, n in enumerate([5, 1, 5])
@@ -221,7 +249,7 @@ async def test_one_claim_takes_a_share_from_each_batch_in_order(store: SQLiteSto
     assert claim.exhausted == [seqs[1]]  # asked for two, it had one
 
 
-async def test_errored_results_are_the_first_errored_rows_in_order(store: SQLiteStore) -> None:
+async def test_errored_results_are_the_first_errored_rows_in_order(store: Store) -> None:
     rows = [
         NewRequest(f"r{i}", None, b"{}", RequestState.ERRORED, b"e%d" % i)
         if i % 2
@@ -233,7 +261,7 @@ async def test_errored_results_are_the_first_errored_rows_in_order(store: SQLite
     assert [(r.custom_id, r.result) for r in errored] == [("r1", b"e1"), ("r3", b"e3")]
 
 
-async def test_request_figures_count_states_and_queues_per_backend(store: SQLiteStore) -> None:
+async def test_request_figures_count_states_and_queues_per_backend(store: Store) -> None:
     a = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3, "b"))
     await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, _queued(2, "c"))
     [claimed, _] = (await store.claim("b", [a.seq], "w1", 2, T0 + 30)).requests

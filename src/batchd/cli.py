@@ -23,11 +23,13 @@ from batchd.config import Settings, load_settings
 from batchd.errors import BatchdError
 from batchd.keys import create_key, is_loopback
 from batchd.store import Store, open_store
-from batchd.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
 
-_db_option = click.option("--db", help="Database URL, e.g. sqlite:///batchd.db [BATCHD_DB]")
+_db_option = click.option(
+    "--db",
+    help="Database URL: sqlite:///batchd.db or postgresql://user@host:port/db [BATCHD_DB]",
+)
 _config_option = click.option(
     "--config", type=click.Path(dir_okay=False, path_type=Path), help="TOML file [BATCHD_CONFIG]"
 )
@@ -117,11 +119,32 @@ def migrate(db: str | None) -> None:
     settings = _settings(db=db)
 
     async def run() -> None:
-        store = await SQLiteStore.open(settings.db, migrate=True)
+        store = await open_store(settings.db, migrate=True)
         await store.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except BatchdError as exc:
+        raise click.ClickException(exc.message) from exc
     click.echo(f"database {settings.db} is up to date")
+
+
+@main.command()
+@_db_option
+@_config_option
+@click.option("--log-level", default="info", show_default=True)
+def worker(db: str | None, config: Path | None, log_level: str) -> None:
+    """Run the engine only (no HTTP): one of many workers on a shared PostgreSQL database."""
+    settings = _settings(db=db, config=config)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from batchd.engine.standalone import run_worker
+
+    try:
+        asyncio.run(run_worker(settings))
+    except BatchdError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 @main.group()

@@ -20,12 +20,12 @@ from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestIdMiddleware
 from batchd.api.responses import JSON
 from batchd.api.routes import batches, count_tokens, messages, models, prometheus
-from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import build_runners
 from batchd.batches import BatchLimits, BatchService
 from batchd.config import Settings
-from batchd.engine import Engine, EngineSettings
+from batchd.engine import Engine
+from batchd.engine.standalone import engine_settings, retry_policy
 from batchd.keys import Authenticator, is_loopback
 from batchd.messages import MessageService
 from batchd.metrics import Metrics
@@ -34,22 +34,6 @@ from batchd.store import open_store
 from batchd.tokens import TokenService
 
 log = logging.getLogger(__name__)
-
-
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        settings.max_retries, settings.retry_base_seconds, settings.retry_max_seconds
-    )
-
-
-def engine_settings(settings: Settings) -> EngineSettings:
-    return EngineSettings(
-        lease_seconds=settings.lease_seconds,
-        poll_interval=settings.poll_interval_seconds,
-        sweep_interval=settings.sweep_interval_seconds,
-        claim_chunk=settings.claim_chunk,
-        retry=retry_policy(settings),
-    )
 
 
 def _stop_process_when_engine_dies(task: asyncio.Task[None]) -> None:

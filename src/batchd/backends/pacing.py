@@ -112,7 +112,8 @@ class Pacer:
         self._successes = 0  # since the limit last moved
         self.retries = 0
         self.last_error: dict[str, object] | None = None
-        self._metrics = metrics
+        self._in_flight_gauge = metrics.in_flight.labels(self.name)
+        self._limit_gauge = metrics.concurrency_limit.labels(self.name)
         self.requests = self._bucket(config.requests_per_minute)
         self.tokens = self._bucket(config.tokens_per_minute)
         self._publish()
@@ -214,5 +215,5 @@ class Pacer:
         )
 
     def _publish(self) -> None:
-        self._metrics.in_flight.labels(self.name).set(self.in_flight)
-        self._metrics.concurrency_limit.labels(self.name).set(self.limit)
+        self._in_flight_gauge.set(self.in_flight)
+        self._limit_gauge.set(self.limit)

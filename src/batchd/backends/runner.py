@@ -41,6 +41,9 @@ class BackendRunner:
         self.policy = policy.for_backend(backend.max_retries)
         self._metrics = metrics
         self._clock = clock
+        self._latency = metrics.upstream_latency.labels(backend.name)
+        self._tokens_in = metrics.tokens.labels(backend.name, "input")
+        self._tokens_out = metrics.tokens.labels(backend.name, "output")
 
     @property
     def name(self) -> str:
@@ -82,19 +85,19 @@ class BackendRunner:
         return await call_with_retries(attempt, policy or self.policy, wait=wait)
 
     def _observe_failure(self, exc: UpstreamError, latency: float, estimate: int) -> None:
-        self._metrics.upstream_latency.labels(self.name).observe(latency)
+        self._latency.observe(latency)
         self._metrics.upstream_errors.labels(self.name, exc.error_type).inc()
         self.pacer.failed(exc.error_type, exc.message)
         if self.pacer.tokens is not None:
             self.pacer.tokens.adjust(-estimate)  # nothing was generated: give the budget back
 
     def _observe_success(self, message: dict[str, Any], latency: float, estimate: int) -> None:
-        self._metrics.upstream_latency.labels(self.name).observe(latency)
+        self._latency.observe(latency)
         self.pacer.succeeded(latency)
         usage = message.get("usage")
         used_in, used_out = _count(usage, "input_tokens"), _count(usage, "output_tokens")
-        self._metrics.tokens.labels(self.name, "input").inc(used_in)
-        self._metrics.tokens.labels(self.name, "output").inc(used_out)
+        self._tokens_in.inc(used_in)
+        self._tokens_out.inc(used_out)
         if self.pacer.tokens is not None:
             self.pacer.tokens.adjust(used_in + used_out - estimate)
 

@@ -92,7 +92,7 @@ def submit(
         if wait:
             wait_and_write(server, batch_ids, waiting)
             return
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C inside asyncio.run: either
         raise _interrupted(server, batch_ids, waiting) from None
     for batch_id in batch_ids:
         click.echo(batch_id)
@@ -113,7 +113,7 @@ def wait_and_write(server: Server, batch_ids: Sequence[str], waiting: Waiting) -
         ended = server.call(lambda client: wait_for(client, batch_ids, err, waiting.interval))
         err.print(f"ended: {describe(tally(ended))}")
         written = write_results(server, batch_ids, waiting.out, waiting.only)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C inside asyncio.run: either
         raise _interrupted(server, batch_ids, waiting) from None
     where = waiting.out or "stdout"
     err.print(f"wrote {written:,} results to {escape(str(where))}", highlight=False)

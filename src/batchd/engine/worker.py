@@ -17,6 +17,8 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import Counter
+
 from batchd.backends.pacing import Slot
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.runner import BackendRunner
@@ -52,6 +54,7 @@ class _Lane:
         self.pacer = runner.pacer
         self.changed = asyncio.Event()  # a slot freed or new work arrived
         self.pacer.on_free(self.changed.set)
+        self.finished: dict[RequestState, Counter] = {}  # metric children, by final state
         self.has_work = True  # False once a claim round found nothing
         self.exhausted: set[int] = set()  # batches with nothing queued for this backend
         self.last_seq = 0
@@ -105,6 +108,7 @@ class Engine:
                         self._every(self._settings.lease_seconds / 3, self._heartbeat)
                     ),
                     group.create_task(self._every(self._settings.sweep_interval, self._sweep)),
+                    group.create_task(self._listen(), name="listen"),
                 ]
                 await self._stop.wait()
                 await self._finish_in_flight()
@@ -138,8 +142,11 @@ class Engine:
         while not self._stop.is_set():
             lane.changed.clear()
             free = lane.pacer.free_for_batch()
+            # Claim in groups (an eighth of the limit) rather than one slot at a time, unless
+            # the backend is idle: one transaction per freed slot would cost more than the work.
+            wanted = 1 if lane.pacer.in_flight == 0 else max(1, lane.pacer.limit // 8)
             claimed = 0
-            if free > 0 and lane.has_work and self._outcomes.qsize() < MAX_UNWRITTEN:
+            if free >= wanted and lane.has_work and self._outcomes.qsize() < MAX_UNWRITTEN:
                 try:
                     claimed = await self._claim_round(lane, free)
                 except StoreUnavailable as exc:
@@ -191,7 +198,11 @@ class Engine:
             outcome = await self._execute(lane.runner, request, slot)
         finally:
             slot.release()
-        self._metrics.requests_finished.labels(lane.runner.name, outcome.state.value).inc()
+        finished = lane.finished.get(outcome.state)
+        if finished is None:
+            finished = self._metrics.requests_finished.labels(lane.runner.name, outcome.state)
+            lane.finished[outcome.state] = finished
+        finished.inc()
         self._outcomes.put_nowait(outcome)
 
     async def _execute(self, runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> Outcome:
@@ -253,6 +264,12 @@ class Engine:
                 await step()
             except StoreUnavailable as exc:
                 log.warning("%s failed: %s", step.__name__, exc)
+
+    async def _listen(self) -> None:
+        """Wake the dispatchers when the store hears of new work (PostgreSQL: NOTIFY)."""
+        while True:
+            if await self._store.wait_for_work(self._settings.poll_interval):
+                self.wake()
 
     async def _heartbeat(self) -> None:
         await self._store.renew_leases(self.owner, self._clock() + self._settings.lease_seconds)

@@ -28,8 +28,19 @@ __all__ = [
 ]
 
 
-async def open_store(url: str) -> Store:
-    """Open the store a database URL names, applying pending migrations."""
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+async def open_store(url: str, *, migrate: bool | None = None) -> Store:
+    """Open the store a database URL names: ``sqlite:///PATH`` or ``postgresql://...``.
+
+    ``migrate=None`` is each dialect's default: SQLite applies pending migrations on open
+    (zero set-up), PostgreSQL never does (run ``batchd migrate``) and refuses an older schema.
+    """
+    if url.startswith(POSTGRES_SCHEMES):
+        from batchd.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url, migrate=bool(migrate))
     from batchd.store.sqlite import SQLiteStore
 
-    return await SQLiteStore.open(url, migrate=True)
+    return await SQLiteStore.open(url, migrate=migrate is not False)

@@ -137,6 +137,11 @@ class Store(Protocol):
         """Return this owner's running requests to the queue (a graceful stop)."""
         ...
 
+    async def wait_for_work(self, seconds: float) -> bool:
+        """Wait until work may have been queued (a batch created, leases returned), in this
+        process or, where the dialect can tell, in another; False after ``seconds``."""
+        ...
+
     # API keys
     async def create_key(self, key: ApiKey, key_hash: str) -> None: ...
 

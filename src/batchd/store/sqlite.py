@@ -65,6 +65,7 @@ class SQLiteStore:
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()
+        self._work = asyncio.Event()  # set when this process queues work
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool) -> SQLiteStore:
@@ -84,10 +85,17 @@ class SQLiteStore:
         await self._writer.close()
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; driver failures become StoreUnavailable."""
+    async def _write(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; driver failures become StoreUnavailable.
+
+        A durable transaction is on disk when it commits (the WAL is synced). Bookkeeping
+        whose loss in a power cut only means a request runs again (claims, lease renewals,
+        sweeps) skips that sync; the next durable commit syncs its pages as well.
+        """
         async with self._lock:
             try:
+                if not durable:
+                    await self._writer.execute("PRAGMA synchronous = NORMAL")
                 await self._writer.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"database unavailable: {exc}") from exc
@@ -99,6 +107,10 @@ class SQLiteStore:
                 if isinstance(exc, sqlite3.Error):
                     raise StoreUnavailable(f"database unavailable: {exc}") from exc
                 raise
+            finally:
+                if not durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        await asyncio.shield(self._writer.execute("PRAGMA synchronous = FULL"))
 
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
@@ -143,7 +155,9 @@ class SQLiteStore:
                 [(seq, r.custom_id, r.backend, r.params, r.state, r.result) for r in requests],
             )
             await db.execute(Q["finalize_batch"], {"seq": seq, "now": created_at})
-            return await self._batch_by_seq(db, seq)
+            batch = await self._batch_by_seq(db, seq)
+        self._work.set()
+        return batch
 
     @staticmethod
     async def _batch_by_seq(db: aiosqlite.Connection, seq: int) -> Batch:
@@ -268,7 +282,7 @@ class SQLiteStore:
         claimed: list[ClaimedRequest] = []
         exhausted: list[int] = []
         params: dict[str, Any] = {"backend": backend, "owner": owner, "until": lease_until}
-        async with self._write() as db:
+        async with self._write(durable=False) as db:
             for seq in batch_seqs:
                 want = min(share or limit, limit - len(claimed))
                 if want <= 0:
@@ -285,7 +299,7 @@ class SQLiteStore:
         return Claim(claimed, exhausted)
 
     async def renew_leases(self, owner: str, lease_until: float) -> int:
-        async with self._write() as db:
+        async with self._write(durable=False) as db:
             cursor = await db.execute(Q["renew_leases"], {"owner": owner, "until": lease_until})
             return cursor.rowcount
 
@@ -317,7 +331,7 @@ class SQLiteStore:
         return Recorded(applied, ended)
 
     async def sweep(self, now: float) -> Sweep:
-        async with self._write() as db:
+        async with self._write(durable=False) as db:
             requeued = await self._requeue(db, Q["requeue_lost"], {"now": now})
             async with db.execute(Q["expiring_batches"], {"now": now}) as cursor:
                 expiring = [r[0] for r in await cursor.fetchall()]
@@ -327,7 +341,7 @@ class SQLiteStore:
             return Sweep(requeued=requeued, expired=len(expiring), ended=cursor.rowcount)
 
     async def release_leases(self, owner: str) -> int:
-        async with self._write() as db:
+        async with self._write(durable=False) as db:
             return await self._requeue(db, Q["release_leases"], {"owner": owner})
 
     async def _requeue(self, db: aiosqlite.Connection, sql: str, params: dict[str, Any]) -> int:
@@ -338,7 +352,19 @@ class SQLiteStore:
             async with db.execute(Q["canceling_batch"], {"seq": seq}) as cursor:
                 if await cursor.fetchone() is not None:
                     await self._settle_queued(db, seq, RequestState.CANCELED)
+        if seqs:
+            self._work.set()
         return seqs.total()
+
+    async def wait_for_work(self, seconds: float) -> bool:
+        """SQLite has no notifications: only this process's own work is seen at once."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._work.wait()
+        except TimeoutError:
+            return False
+        self._work.clear()
+        return True
 
     # -- API keys ------------------------------------------------------------------------
 
