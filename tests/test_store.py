@@ -157,7 +157,8 @@ async def test_results_come_in_pages_with_every_row(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(25))
     pages = [page async for page in store.iter_results(batch.seq, 10)]
     assert [len(p) for p in pages] == [10, 10, 5]
-    assert [r.custom_id for p in pages for r in p] == [f"r{i}" for i in range(25)]
+    assert [r[1] for p in pages for r in p] == [f"r{i}" for i in range(25)]
+    assert {(r[2], r[3]) for p in pages for r in p} == {("queued", None)}
 
 
 async def test_list_pages_both_ways(store: Store) -> None:

@@ -11,7 +11,7 @@ from batchd.domain import Batch, ProcessingStatus, RequestState
 from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import new_batch_id
 from batchd.schemas.results import canceled_line, errored_line, expired_line
-from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, ResultRow, Store
+from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, Store
 from batchd.validation import BatchItem, check_params, parse_create_body
 
 RESULTS_PAGE = 1000
@@ -124,7 +124,8 @@ class BatchService:
 
     async def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
         async for page in self._store.iter_results(seq, RESULTS_PAGE):
-            yield b"".join([_line(row) + b"\n" for row in page])
+            # Stored lines are spliced as they are; only canceled/expired ones are made here.
+            yield b"".join([r[3] + b"\n" if r[3] is not None else _line(r[1], r[2]) for r in page])
 
 
 def _errored(item: BatchItem, error_type: str, message: str) -> NewRequest:
@@ -132,12 +133,12 @@ def _errored(item: BatchItem, error_type: str, message: str) -> NewRequest:
     return NewRequest(item.custom_id, None, item.params, RequestState.ERRORED, line)
 
 
-def _line(row: ResultRow) -> bytes:
-    if row.result is not None:
-        return row.result
-    if row.state is RequestState.CANCELED:
-        return canceled_line(row.custom_id)
-    if row.state is RequestState.EXPIRED:
-        return expired_line(row.custom_id)
+def _line(custom_id: str, state: str) -> bytes:
+    """The line of a request with no stored result."""
+    if state == RequestState.CANCELED:
+        return canceled_line(custom_id) + b"\n"
+    if state == RequestState.EXPIRED:
+        return expired_line(custom_id) + b"\n"
     # An ended batch has no unfinished rows; say so plainly rather than drop a line.
-    return errored_line(row.custom_id, "api_error", f"request left in state {row.state}")
+    line = errored_line(custom_id, "api_error", f"request left in state {state}")
+    return line + b"\n"

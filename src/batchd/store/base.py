@@ -33,6 +33,11 @@ class ResultRow:
     result: bytes | None
 
 
+# One row of a results page, as the driver returns it (no object per row on this hot path):
+# (id, custom_id, state, result line or None for canceled/expired requests).
+ResultRecord = tuple[int, str, str, bytes | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     requests: list[ClaimedRequest]
@@ -97,7 +102,9 @@ class Store(Protocol):
 
     async def delete_batch(self, workspace: str, batch_id: str) -> DeleteOutcome: ...
 
-    def iter_results(self, batch_seq: int, page_size: int) -> AsyncIterator[list[ResultRow]]: ...
+    def iter_results(self, batch_seq: int, page_size: int) -> AsyncIterator[list[ResultRecord]]:
+        """A batch's rows in request order, a page at a time."""
+        ...
 
     async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
         """The first ``limit`` errored requests of a batch, in request order."""

@@ -37,6 +37,7 @@ from batchd.store.base import (
     NewRequest,
     Recorded,
     RequestFigures,
+    ResultRecord,
     ResultRow,
     SchemaMismatch,
     Sweep,
@@ -213,14 +214,16 @@ class PostgresStore:
             await db.execute(Q["delete_batch"], row["seq"])
             return DeleteOutcome.DELETED
 
-    async def iter_results(self, batch_seq: int, page_size: int) -> AsyncIterator[list[ResultRow]]:
+    async def iter_results(
+        self, batch_seq: int, page_size: int
+    ) -> AsyncIterator[list[ResultRecord]]:
         after = 0
         while True:
             rows = await self._fetch(Q["results_page"], batch_seq, after, page_size)
             if not rows:
                 return
             after = rows[-1]["id"]
-            yield [ResultRow(r["custom_id"], RequestState(r["state"]), r["result"]) for r in rows]
+            yield [(r[0], r[1], r[2], r[3]) for r in rows]
             if len(rows) < page_size:
                 return
 
