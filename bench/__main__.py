@@ -74,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=["ingest", "engine", "fanout", "results", "lookups"]
     )
     parser.add_argument("--repeat", type=int, help="runs per figure (median taken)")
+    parser.add_argument("--levels", type=int, nargs="+", help="fan-out concurrency levels")
     parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"))
     args = parser.parse_args(argv)
     kind = "smoke" if args.smoke else "full" if args.full else "default"
-    size = SIZES[kind]
+    size = dict(SIZES[kind])
+    if args.levels:
+        size["fanout"] = args.levels
     repeat = args.repeat or size["repeat"]
     console = Console()
     report: dict[str, Any] = {
