@@ -20,17 +20,15 @@ from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestIdMiddleware
 from batchd.api.responses import JSON
 from batchd.api.routes import batches, count_tokens, messages, models, prometheus
-from batchd.backends.router import Router, backend_configs, build_backends
-from batchd.backends.runner import build_runners
+from batchd.backends.router import Router
 from batchd.batches import BatchLimits, BatchService
 from batchd.config import Settings
 from batchd.engine import Engine
-from batchd.engine.standalone import engine_settings, retry_policy
+from batchd.engine.standalone import engine_settings, start_runtime
 from batchd.keys import Authenticator, is_loopback
 from batchd.messages import MessageService
 from batchd.metrics import Metrics
 from batchd.overview import Overview
-from batchd.store import open_store
 from batchd.tokens import TokenService
 
 log = logging.getLogger(__name__)
@@ -47,16 +45,9 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            store = await open_store(settings.db)
-            stack.push_async_callback(store.close)
-            backends = build_backends(settings)
-            for backend in backends.values():
-                await backend.start()
-                stack.push_async_callback(backend.close)
-            configs = backend_configs(settings)
-            router = Router(configs)
-            metrics = Metrics()
-            runners = build_runners(backends, configs, retry_policy(settings), metrics)
+            runtime = await start_runtime(settings, stack)
+            store, runners, metrics = runtime.store, runtime.runners, runtime.metrics
+            router = Router(runtime.configs)
             engine = None
             if settings.engine:
                 engine = Engine(store, runners, engine_settings(settings), time.time, metrics)
@@ -74,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
                 auth=Authenticator(store, allow_open=is_loopback(settings.host)),
                 router=router,
                 runners=runners,
-                tokens=TokenService(router, configs),
+                tokens=TokenService(router, runtime.configs),
                 metrics=metrics,
                 overview=Overview(store),
             )

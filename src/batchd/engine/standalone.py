@@ -13,14 +13,15 @@ import logging
 import signal
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import backend_configs, build_backends
-from batchd.backends.runner import build_runners
-from batchd.config import Settings
+from batchd.backends.runner import BackendRunner, build_runners
+from batchd.config import BackendConfig, Settings
 from batchd.engine.worker import Engine, EngineSettings
 from batchd.metrics import Metrics
-from batchd.store import open_store
+from batchd.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,41 @@ def engine_settings(settings: Settings) -> EngineSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What both process roles run on: the store, the backends ready to call, the metrics."""
+
+    store: Store
+    configs: list[BackendConfig]
+    runners: dict[str, BackendRunner]
+    metrics: Metrics
+
+
+async def start_runtime(settings: Settings, stack: AsyncExitStack) -> Runtime:
+    """Open the store and start every backend; ``stack`` closes them again."""
+    store = await open_store(settings.db)
+    stack.push_async_callback(store.close)
+    backends = build_backends(settings)
+    for backend in backends.values():
+        await backend.start()
+        stack.push_async_callback(backend.close)
+    configs = backend_configs(settings)
+    metrics = Metrics()
+    runners = build_runners(backends, configs, retry_policy(settings), metrics)
+    return Runtime(store, configs, runners, metrics)
+
+
 async def run_worker(settings: Settings) -> None:
     """Run the engine until SIGTERM or SIGINT, then return its leases and stop."""
     async with AsyncExitStack() as stack:
-        store = await open_store(settings.db)
-        stack.push_async_callback(store.close)
-        backends = build_backends(settings)
-        for backend in backends.values():
-            await backend.start()
-            stack.push_async_callback(backend.close)
-        configs = backend_configs(settings)
-        metrics = Metrics()
-        runners = build_runners(backends, configs, retry_policy(settings), metrics)
-        engine = Engine(store, runners, engine_settings(settings), time.time, metrics)
+        runtime = await start_runtime(settings, stack)
+        engine = Engine(
+            runtime.store,
+            runtime.runners,
+            engine_settings(settings),
+            time.time,
+            runtime.metrics,
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, engine.stop)
