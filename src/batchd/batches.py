@@ -14,7 +14,7 @@ from batchd.schemas.results import canceled_line, errored_line, expired_line
 from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, Store
 from batchd.validation import BatchItem, check_params, parse_create_body
 
-RESULTS_PAGE = 1000
+RESULTS_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True)
