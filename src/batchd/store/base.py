@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
-from batchd.domain import ApiKey, Batch, ClaimedRequest, Outcome, RequestState
+from batchd.domain import FINAL_STATES, ApiKey, Batch, ClaimedRequest, Outcome, RequestState
 from batchd.errors import BatchdError
 
 
@@ -57,12 +57,32 @@ class Sweep:
     ended: int  # batches that had nothing left to do and are now ended
 
 
+class Keyed(Protocol):
+    """A database row read by column name (sqlite3.Row, asyncpg.Record)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RequestFigures:
     """Server-wide figures for /metrics: stored requests by state, queued ones per backend."""
 
     by_state: dict[RequestState, int]
     queued_by_backend: dict[str, int]
+
+    @classmethod
+    def from_rows(
+        cls, queued_by_backend: dict[str, int], running: int, finished: Keyed
+    ) -> RequestFigures:
+        """From the queued counts per backend, the running count, and the batch-row totals
+        of the final states (keyed by state name)."""
+        by_state = {
+            RequestState.QUEUED: sum(queued_by_backend.values()),
+            RequestState.RUNNING: running,
+        }
+        for state in FINAL_STATES:
+            by_state[state] = int(finished[state.value])
+        return cls(by_state, queued_by_backend)
 
 
 class CancelOutcome(Enum):

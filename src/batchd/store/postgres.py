@@ -237,18 +237,7 @@ class PostgresStore:
         queued = {r["backend"]: r["n"] for r in await self._fetch(Q["queued_by_backend"])}
         [running] = await self._fetch(Q["running_count"])
         [totals] = await self._fetch(Q["final_totals"])
-        by_state = {
-            RequestState.QUEUED: sum(queued.values()),
-            RequestState.RUNNING: int(running[0]),
-        }
-        for state in (
-            RequestState.SUCCEEDED,
-            RequestState.ERRORED,
-            RequestState.CANCELED,
-            RequestState.EXPIRED,
-        ):
-            by_state[state] = int(totals[state.value])
-        return RequestFigures(by_state, queued)
+        return RequestFigures.from_rows(queued, int(running[0]), totals)
 
     # -- engine --------------------------------------------------------------------------
 
