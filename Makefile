@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 OLD_SDK := $(VENV)/sdk-0.75
 ARGS ?=
 
-.PHONY: install serve test soak fuzz check bench clean
+.PHONY: install system-deps serve test soak fuzz check bench clean
 
 install: $(STAMP)
 
@@ -18,10 +18,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --target $(OLD_SDK) 'anthropic==0.75.0'
 	touch $(STAMP)
 
+# What the suite needs from the system, from the distribution's packages: Chromium for the
+# console tests, the PostgreSQL server binaries for the PostgreSQL store's tests (the tests
+# start servers of their own). apt-get runs only where something is missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@need=""; \
+	[ -x /usr/bin/chromium ] || need="$$need chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	if [ -n "$$need" ]; then \
+		echo "installing the distribution's$$need for the test suite"; \
+		if ! command -v apt-get >/dev/null; then \
+			echo "make test needs the packages$$need (no apt-get here: install them by hand)" >&2; \
+			exit 1; \
+		fi; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$need >/dev/null || \
+		{ echo "could not install$$need: install them by hand (apt-get install$$need)" >&2; \
+		  exit 1; }; \
+	fi
+
 serve: install
 	$(BIN)/batchd serve $(ARGS)
 
-test: install
+test: install system-deps
 	$(BIN)/pytest $(ARGS)
 
 # The fault suite alone, for longer: SOAK_ROUNDS kill rounds per store (BATCHD_FAULT_SEED

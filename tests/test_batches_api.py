@@ -25,8 +25,8 @@ from anthropic.types.messages import (
     MessageBatchSucceededResult,
 )
 
-from batchd.keys import create_key
 from batchd.store import open_store
+from batchd.usecases.keys import create_key
 from tests.conftest import StartServer, mock_request, wait_ended
 from tests.support.server import RunningServer
 

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from batchd.domain import ApiKey
 from batchd.errors import AuthenticationFailed
-from batchd.keys import Authenticator, hash_key
+from batchd.usecases.keys import Authenticator, hash_key
 from tests.conftest import StartServer, mock_request, wait_ended
 from tests.support.keys import make_keys
 from tests.support.process import run_batchd
@@ -66,7 +66,7 @@ def test_the_hash_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) 
         compared.append((a, b))
         return compare_digest(a, b)
 
-    monkeypatch.setattr("batchd.keys.hmac.compare_digest", spy)
+    monkeypatch.setattr("batchd.usecases.keys.hmac.compare_digest", spy)
     store = _OneKeyStore(stored_hash=hash_key("sk-the-real-key"))
 
     assert authenticate(store, "sk-the-real-key") == "team-a"

@@ -21,8 +21,8 @@ from batchd.client.results import RESULT_TYPES
 from batchd.client.submit import MAX_REQUESTS
 from batchd.config import Settings, load_settings
 from batchd.errors import BatchdError
-from batchd.keys import create_key, is_loopback
 from batchd.store import Store, open_store
+from batchd.usecases.keys import create_key, is_loopback
 
 T = TypeVar("T")
 

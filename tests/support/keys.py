@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from batchd.keys import create_key
 from batchd.store import open_store
+from batchd.usecases.keys import create_key
 
 
 def make_keys(db: Path, workspaces: dict[str, str]) -> dict[str, str]:

@@ -22,15 +22,15 @@ from batchd.api.responses import JSON
 from batchd.api.routes import batches, count_tokens, messages, models, prometheus
 from batchd.api.uploads import UploadSlots
 from batchd.backends.router import Router
-from batchd.batches import BatchLimits, BatchService
 from batchd.config import Settings
 from batchd.engine import Engine
 from batchd.engine.standalone import engine_settings, start_runtime
-from batchd.keys import Authenticator, is_loopback
-from batchd.messages import MessageService
 from batchd.metrics import Metrics
-from batchd.overview import Overview
-from batchd.tokens import TokenService
+from batchd.usecases.batches import BatchLimits, BatchService
+from batchd.usecases.keys import Authenticator, is_loopback
+from batchd.usecases.messages import MessageService
+from batchd.usecases.overview import Overview
+from batchd.usecases.tokens import TokenService
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from fastapi import Depends, Request
 from batchd.api.uploads import UploadSlots
 from batchd.backends.router import Router
 from batchd.backends.runner import BackendRunner
-from batchd.batches import BatchService
 from batchd.config import Settings
-from batchd.keys import Authenticator, Caller
-from batchd.messages import MessageService
 from batchd.metrics import Metrics
-from batchd.overview import Overview
-from batchd.tokens import TokenService
+from batchd.usecases.batches import BatchService
+from batchd.usecases.keys import Authenticator, Caller
+from batchd.usecases.messages import MessageService
+from batchd.usecases.overview import Overview
+from batchd.usecases.tokens import TokenService
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from batchd.errors import RateLimited
-from batchd.keys import Caller
+from batchd.usecases.keys import Caller
 
 
 class UploadSlots:

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from batchd.api.deps import ServicesDep, WorkspaceDep
 from batchd.backends.router import backend_configs
-from batchd.figures import exposition
+from batchd.usecases.figures import exposition
 
 router = APIRouter(tags=["operations"])
 
