@@ -8,7 +8,10 @@ the last user message:
 * otherwise it echoes the key, cut before the first ``stop`` string it contains (finishing
   ``stop`` with vLLM's ``stop_reason`` naming the string) or to ``max_tokens`` words
   (finishing ``length``);
-* a key listed in ``errors`` is answered with that HTTP status and an OpenAI error body.
+* a key listed in ``errors`` is answered with that HTTP status and an OpenAI error body;
+* a *fault rule* (``faults``, as in ``tests.support.upstream``) may answer a call with an
+  HTTP status in an OpenAI error body (``Fault.status``, its headers) or not at all until
+  the caller hangs up (``HANG``, counted by ``abandoned(key)``).
 
 ``POST {prefix}/tokenize`` (unless ``tokenize=False``) answers ``{"count": n}`` with
 n = words of all message text + 3 per message. Every request is recorded with its path
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,10 +31,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.support.server import serve_app
+from tests.support.upstream import FaultRule, until_disconnected
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,13 @@ class FakeOpenAI:
         errors: Mapping[str, tuple[int, str]] | None = None,
         tokenize: bool = True,
         prefix: str = "",
+        faults: FaultRule | None = None,
     ) -> None:
         self.api_key = api_key
         self.errors = dict(errors or {})
+        self.faults = faults
+        self._attempts: Counter[str] = Counter()
+        self._abandoned: Counter[str] = Counter()
         self.url = ""  # the server's origin; add ``prefix`` for a backend's base_url
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
@@ -129,6 +138,16 @@ class FakeOpenAI:
     def requests(self, path_suffix: str = "/chat/completions") -> list[Recorded]:
         with self._lock:
             return [r for r in self._requests if r.path.endswith(path_suffix)]
+
+    def calls(self, key: str) -> int:
+        """Chat calls with this key so far."""
+        with self._lock:
+            return self._attempts[key]
+
+    def abandoned(self, key: str) -> int:
+        """Chat calls with this key whose caller hung up before an answer (``HANG``)."""
+        with self._lock:
+            return self._abandoned[key]
 
     def bodies(self) -> dict[str, dict[str, Any]]:
         """The chat bodies received, by key."""
@@ -143,11 +162,24 @@ class FakeOpenAI:
             return body, JSONResponse(error_body(401, "Incorrect API key provided"), 401)
         return body, None
 
-    async def _chat(self, request: Request) -> JSONResponse:
+    async def _chat(self, request: Request) -> Response:
         body, refused = await self._record(request)
         if refused is not None:
             return refused
         key = request_key(body)
+        with self._lock:
+            self._attempts[key] += 1
+            attempt = self._attempts[key]
+        fault = self.faults(key, attempt) if self.faults else None
+        if fault is not None and fault.kind == "hang":
+            await until_disconnected(request)
+            with self._lock:
+                self._abandoned[key] += 1
+            return Response(status_code=499)  # nobody is left to read it
+        if fault is not None:
+            assert fault.kind == "status", f"FakeOpenAI does not do {fault.kind!r} faults"
+            body = error_body(fault.status, fault.message)
+            return JSONResponse(body, status_code=fault.status, headers=dict(fault.headers))
         if key in self.errors:
             status, message = self.errors[key]
             return JSONResponse(error_body(status, message), status_code=status)

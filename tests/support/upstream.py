@@ -12,8 +12,11 @@ rule*, a function of ``(key, attempt)`` (attempt 1 is the first call with that k
 Faults: an HTTP error in the API's envelope (``status``), a connection dropped in the
 middle of the body (``RESET``), a 200 whose body is not JSON (``MALFORMED``) or is JSON
 but no Message (``NOT_A_MESSAGE``), an error page from a proxy (``html_error(502)``), an
-answer that starts late (``slow(seconds)``) and one whose body trickles in over
-``slow_body(seconds)``.
+answer that starts late (``slow(seconds)``), one whose body trickles in over
+``slow_body(seconds)``, and no answer at all until the caller hangs up (``HANG``; the
+upstream counts the calls abandoned so, ``abandoned(key)``).
+
+The answer honours ``max_tokens`` (a word a token) and ``stop_sequences`` as the API does.
 
 With ``capacity=C`` it admits at most C calls at once and answers 429 above that, as a
 real server at its limit does; ``mean_concurrency`` tells how many it held on average.
@@ -47,7 +50,9 @@ from tests.support.server import serve_app
 class Fault:
     """What the upstream does instead of answering one call."""
 
-    kind: Literal["status", "reset", "malformed", "not-a-message", "html", "slow", "slow-body"]
+    kind: Literal[
+        "status", "reset", "malformed", "not-a-message", "html", "slow", "slow-body", "hang"
+    ]
     status: int = 500
     error_type: str = "api_error"
     message: str = "injected failure"
@@ -60,6 +65,7 @@ FaultRule = Callable[[str, int], Fault | None]
 RESET = Fault("reset")
 MALFORMED = Fault("malformed")
 NOT_A_MESSAGE = Fault("not-a-message")
+HANG = Fault("hang")
 
 
 def slow(seconds: float) -> Fault:
@@ -141,16 +147,31 @@ def count_tokens_answer(key: str) -> int:
 
 
 def message_for(params: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The key echoed, cut before the first stop sequence in it or to ``max_tokens`` words."""
+    text, stop_reason, stop_sequence = key, "end_turn", None
+    for sequence in params.get("stop_sequences") or ():
+        if sequence and sequence in text:
+            text, stop_reason, stop_sequence = text.split(sequence, 1)[0], "stop_sequence", sequence
+            break
+    words = text.split(" ")
+    if stop_sequence is None and len(words) > params.get("max_tokens", len(words)):
+        text, stop_reason = " ".join(words[: params["max_tokens"]]), "max_tokens"
     return {
         "id": "msg_" + hashlib.sha256(key.encode()).hexdigest()[:24],
         "type": "message",
         "role": "assistant",
         "model": params.get("model", "unknown"),
-        "content": [{"type": "text", "text": key}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": max(1, len(key) // 4), "output_tokens": len(key.split())},
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {"input_tokens": max(1, len(key) // 4), "output_tokens": len(text.split())},
     }
+
+
+async def until_disconnected(request: Request) -> None:
+    """Wait until the client closes the connection (the body must have been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _DroppedConnection(Response):
@@ -209,6 +230,7 @@ class FakeUpstream:
         self._calls: Counter[str] = Counter()
         self._times: defaultdict[str, list[float]] = defaultdict(list)
         self._keys_sent: list[str | None] = []
+        self._abandoned: Counter[str] = Counter()
         self.app = Starlette(
             routes=[
                 Route("/v1/messages", self._messages, methods=["POST"]),
@@ -230,6 +252,11 @@ class FakeUpstream:
         """``time.monotonic()`` at the arrival of each call with this key."""
         with self._lock:
             return list(self._times[key])
+
+    def abandoned(self, key: str) -> int:
+        """Calls with this key whose caller hung up before an answer (``HANG``)."""
+        with self._lock:
+            return self._abandoned[key]
 
     def api_keys_sent(self) -> list[str | None]:
         with self._lock:
@@ -290,6 +317,11 @@ class FakeUpstream:
             finally:
                 self._leave()
             return JSONResponse(message_for(params, key))
+        if fault.kind == "hang":
+            await until_disconnected(request)
+            with self._lock:
+                self._abandoned[key] += 1
+            return Response(status_code=499)  # nobody is left to read it
         if fault.kind == "slow":
             await asyncio.sleep(fault.seconds)
             return JSONResponse(message_for(params, key))
