@@ -123,6 +123,7 @@ class PaddedBatcher:
         except asyncio.CancelledError:
             if waiting in self._waiting:  # not started yet: nobody needs the answer
                 self._waiting.remove(waiting)
+            job.abandoned.set()  # started: its row may end at the next token
             raise
 
     async def _schedule(self) -> None:

@@ -8,7 +8,8 @@ thing that differs between the local kinds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -38,6 +39,8 @@ class Job:
     max_tokens: int
     stop: tuple[str, ...] = ()
     sampling: Sampling = Sampling()
+    # set when nobody waits for the answer any more: an engine may stop generating it
+    abandoned: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ Why padded batches: on 2 CPU cores with a tiny Llama, one ``generate`` over a le
 batch of 64 prompts ran ~48,000 tokens/s, one prompt at a time ~1,600, and the library's
 continuous batching (``generate_batch``) ~300 (``../shared/RECIPES.md``); ``python -m bench
 --only local`` measures batchd beside the first two (``bench/local.py``). Each row stops on
-its own: a stopping criterion ends a row at its ``max_tokens``, at the end-of-turn token or
-once one of its stop sequences shows in its text, and the batch ends when every row has.
+its own: a stopping criterion ends a row at its ``max_tokens``, at the end-of-turn token,
+once one of its stop sequences shows in its text or once its caller is gone (cancelled),
+and the batch ends when every row has.
 
 Prefix sharing (``share_prefixes``, on by default): when every prompt of a group starts
 with the same long run of tokens (a shared system prompt), that prefix goes through the
@@ -79,6 +80,8 @@ class _RowStops(StoppingCriteria):
     def _check(
         self, input_ids: torch.Tensor, row: int, job: Job, produced: int, last: int
     ) -> Finish | None:
+        if job.abandoned.is_set():  # cancelled: the answer is thrown away, stop computing it
+            return Finish.LENGTH
         if last in self._eos:
             return Finish.EOS
         if job.stop:
