@@ -40,10 +40,11 @@ from batchd.metrics import Metrics
 from batchd.store import open_store
 from batchd.usecases.batches import BatchLimits, BatchService
 from batchd.validation import stored_params
-from tests.support.openai_upstream import serve_openai
+from tests.support.openai_upstream import FakeOpenAI, serve_openai
 from tests.support.tiny_model import build_tiny_model
 from tests.support.upstream import (
     HANG,
+    FakeUpstream,
     Fault,
     FaultRule,
     always,
@@ -185,9 +186,7 @@ def _config(kind: str, **options: Any) -> BackendConfig:
     )
 
 
-def _subject(
-    kind: str, stack: ExitStack, tiny_model: Path, endless_model: Path, caplog: Any
-) -> Subject:
+def _subject(kind: str, stack: ExitStack, request: pytest.FixtureRequest) -> Subject:
     if kind == "mock":
         config = _config(kind)
         return Subject(
@@ -198,17 +197,23 @@ def _subject(
             hang_config=_config(kind, latency_ms=3_600_000),  # an answer an hour away
         )
     if kind == "transformers":
+        caplog: pytest.LogCaptureFixture = request.getfixturevalue("caplog")
         caplog.set_level(logging.DEBUG, logger="batchd.backends.local.transformers_engine")
-        config = _config(kind, model_path=str(tiny_model))
+        config = _config(kind, model_path=str(request.getfixturevalue("tiny_model")))
+        endless = request.getfixturevalue("endless_model")
         return Subject(
             kind,
             config,
             build_backend(config),
-            hang_config=_config(kind, model_path=str(endless_model)),
+            hang_config=_config(kind, model_path=str(endless)),
             hang_params={"max_tokens": 1_000_000},
             started=lambda _key: "generating 1 rows" in caplog.text,
         )
-    upstream: Any = stack.enter_context(serve_upstream() if kind == "anthropic" else serve_openai())
+    upstream: FakeUpstream | FakeOpenAI
+    if kind == "anthropic":
+        upstream = stack.enter_context(serve_upstream())
+    else:
+        upstream = stack.enter_context(serve_openai())
     config = _config(kind, base_url=upstream.url)
     subject = Subject(
         kind,
@@ -223,15 +228,10 @@ def _subject(
 
 
 @pytest.fixture
-async def subject(
-    request: pytest.FixtureRequest,
-    tiny_model: Path,
-    endless_model: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> AsyncIterator[Subject]:
+async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     """The kind named by the test's parameter, started; its upstream served meanwhile."""
     with ExitStack() as stack:
-        subject = _subject(request.param, stack, tiny_model, endless_model, caplog)
+        subject = _subject(request.param, stack, request)
         await subject.backend.start()
         try:
             yield subject
