@@ -21,6 +21,7 @@ backends on the same model in one ``batchd serve``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -90,7 +91,8 @@ def _tokens_per_s(url: str, bodies: list[dict[str, Any]], model: str) -> float:
     assert ended["request_counts"]["succeeded"] == len(bodies), ended
     with urllib.request.urlopen(f"{url}/v1/messages/batches/{batch['id']}/results") as answer:
         lines = [json.loads(line) for line in answer.read().splitlines()]
-    return sum(line["result"]["message"]["usage"]["output_tokens"] for line in lines) / took
+    tokens: int = sum(line["result"]["message"]["usage"]["output_tokens"] for line in lines)
+    return tokens / took
 
 
 class Library:
@@ -102,7 +104,8 @@ class Library:
 
         self.torch = torch
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model)
-        self.model: Any = AutoModelForCausalLM.from_pretrained(model).eval()
+        auto: Any = AutoModelForCausalLM  # an untyped factory
+        self.model: Any = auto.from_pretrained(model).eval()
         self.path = model
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id
@@ -189,7 +192,7 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
         padded = max(
             harness.median_of(
                 repeat,
-                lambda p=prompts, t=threads: library.padded(p, new, batch_size, t),
+                functools.partial(library.padded, prompts, new, batch_size, threads),
                 key=float,
             )
             for threads in thread_counts

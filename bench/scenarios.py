@@ -6,6 +6,7 @@ Every function returns rows: dicts of figures, one per size, with the ratio that
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import random
@@ -132,7 +133,7 @@ def ingest(
                 return time.perf_counter() - started, harness.peak_rss_mib(server.pid)
 
         took, rss = harness.median_of(repeat, run, key=lambda r: r[0])
-        raw = harness.median_of(repeat, lambda body=body: baseline(body), key=float)
+        raw = harness.median_of(repeat, functools.partial(baseline, body), key=float)
         mib = len(body) / 2**20
         rows.append(
             {
@@ -208,7 +209,7 @@ def engine(
                 return time.perf_counter() - started
 
         took = harness.median_of(repeat, run, key=float)
-        raw = harness.median_of(repeat, lambda body=body: baseline(body), float)
+        raw = harness.median_of(repeat, functools.partial(baseline, body), float)
         rows.append(
             {
                 "requests": n,
@@ -221,6 +222,10 @@ def engine(
 
 
 # -- 3. fan-out ----------------------------------------------------------------------------
+
+
+def _sdk_seconds(url: str, requests: list[dict[str, Any]], concurrency: int) -> float:
+    return asyncio.run(_sdk_gather(url, requests, concurrency))
 
 
 async def _sdk_gather(url: str, requests: list[dict[str, Any]], concurrency: int) -> float:
@@ -274,9 +279,7 @@ def fanout(levels: list[int], repeat: int, workdir: Path, latency: float) -> lis
             requests = workload.requests(min(n, SDK_REQUESTS))
             sdk = harness.median_of(
                 repeat,
-                lambda requests=requests, c=concurrency: asyncio.run(
-                    _sdk_gather(upstream, requests, c)
-                ),
+                functools.partial(_sdk_seconds, upstream, requests, concurrency),
                 key=float,
             )
             little = concurrency / latency

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import anthropic
+from anthropic.types.messages.batch_create_params import Request
 from rich.console import Console
 from tests.support.cluster import Cluster, run_batchd
 from tests.support.postgres import PostgresServer, ephemeral_postgres
@@ -33,7 +34,7 @@ def one_round(
             cluster.start_workers(workers)
             time.sleep(1.0)  # the workers are up and listening
             with anthropic.Anthropic(base_url=cluster.url, api_key="k", max_retries=0) as client:
-                requests = [
+                requests: list[Request] = [
                     {
                         "custom_id": f"r{i}",
                         "params": {

@@ -4,10 +4,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import pytest
+from anthropic.types import ContentBlockParam
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.support.invariants import count_mismatches
 from tests.support.postgres import PostgresServer, ephemeral_postgres
@@ -69,11 +72,19 @@ def wait_ended(
         time.sleep(0.05)
 
 
-def mock_request(custom_id: str, text: str = "hello", **params: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
+def mock_request(
+    custom_id: str, text: str | list[ContentBlockParam] = "hello", **params: Any
+) -> Request:
+    """A batch request for the mock; ``params`` are Messages params that replace the defaults."""
+    body: MessageCreateParamsNonStreaming = {
         "model": "mock",
         "max_tokens": 32,
         "messages": [{"role": "user", "content": text}],
     }
-    body.update(params)
-    return {"custom_id": custom_id, "params": body}
+    return {"custom_id": custom_id, "params": cast(MessageCreateParamsNonStreaming, body | params)}
+
+
+def body_of(error: anthropic.APIStatusError) -> dict[str, Any]:
+    """The JSON object an API error answered, as the SDK decoded it."""
+    assert isinstance(error.body, dict), error.body
+    return error.body

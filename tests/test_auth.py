@@ -13,6 +13,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import StartServer, mock_request
+from tests.support.server import RunningServer
 
 BATCHD = [sys.executable, "-m", "batchd.cli"]
 
@@ -110,8 +111,8 @@ def test_revoked_key_is_refused(tmp_path: Path, start_server: StartServer) -> No
         client.messages.batches.list()
 
 
-def test_no_keys_on_loopback_means_open(server: object) -> None:
-    url = server.url  # type: ignore[attr-defined]
+def test_no_keys_on_loopback_means_open(server: RunningServer) -> None:
+    url = server.url
     with _client(url, "anything") as a, _client(url, "something-else") as b:
         batch = a.messages.batches.create(requests=[mock_request("a")])
         assert b.messages.batches.retrieve(batch.id).id == batch.id

@@ -86,8 +86,7 @@ def items(*custom_ids: Any) -> bytes:
 
 def with_item(**changes: Any) -> bytes:
     """A one-request body whose item has keys replaced (a value of ... removes the key)."""
-    item = mock_request("a")
-    item.update(changes)
+    item: dict[str, Any] = {**mock_request("a"), **changes}
     return dumps({"requests": [{k: v for k, v in item.items() if v is not ...}]})
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import anthropic
 import pypdf
 import pytest
-from anthropic.types import Message, TextBlock, ToolUseBlock
+from anthropic.types import ContentBlockParam, Message, TextBlock, ToolUseBlock
 from anthropic.types.messages import (
     DeletedMessageBatch,
     MessageBatch,
@@ -24,10 +24,11 @@ from anthropic.types.messages import (
     MessageBatchIndividualResponse,
     MessageBatchSucceededResult,
 )
+from anthropic.types.messages.batch_create_params import Request
 
 from batchd.store import open_store
 from batchd.usecases.keys import create_key
-from tests.conftest import StartServer, mock_request, wait_ended
+from tests.conftest import StartServer, body_of, mock_request, wait_ended
 from tests.support.server import RunningServer
 
 SLOW_BACKEND = {
@@ -39,7 +40,7 @@ SLOW_BACKEND = {
 }
 
 
-def slow_request(custom_id: str) -> dict[str, Any]:
+def slow_request(custom_id: str) -> Request:
     return mock_request(custom_id, model="slow-1")
 
 
@@ -204,7 +205,7 @@ def test_cancel_of_an_ended_batch_is_invalid(client: anthropic.Anthropic) -> Non
         client.messages.batches.cancel(batch.id)
 
     assert caught.value.status_code == 400
-    assert caught.value.body["error"]["type"] == "invalid_request_error"
+    assert body_of(caught.value)["error"]["type"] == "invalid_request_error"
 
 
 def test_delete_is_refused_before_the_batch_ends(slow_client: anthropic.Anthropic) -> None:
@@ -213,7 +214,7 @@ def test_delete_is_refused_before_the_batch_ends(slow_client: anthropic.Anthropi
     with pytest.raises(anthropic.BadRequestError) as caught:
         slow_client.messages.batches.delete(batch.id)
 
-    assert caught.value.body["error"]["type"] == "invalid_request_error"
+    assert body_of(caught.value)["error"]["type"] == "invalid_request_error"
     assert slow_client.messages.batches.retrieve(batch.id).id == batch.id
 
 
@@ -244,6 +245,7 @@ def test_list_pages_forward_with_after_id(client: anthropic.Anthropic) -> None:
     ids = create_batches(client, 5)[::-1]  # newest first
 
     first = client.messages.batches.list(limit=2)
+    assert first.last_id is not None
     second = client.messages.batches.list(limit=2, after_id=first.last_id)
     last = second.get_next_page()
 
@@ -302,9 +304,11 @@ def one_page_pdf() -> str:
 
 
 def test_a_pdf_document_block_is_processed(client: anthropic.Anthropic) -> None:
-    source = {"type": "base64", "media_type": "application/pdf", "data": one_page_pdf()}
-    content = [
-        {"type": "document", "source": source},
+    content: list[ContentBlockParam] = [
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": one_page_pdf()},
+        },
         {"type": "text", "text": "Summarise this"},
     ]
     batch = client.messages.batches.create(requests=[mock_request("pdf", content)])
@@ -326,8 +330,14 @@ def test_unknown_params_keys_are_accepted(client: anthropic.Anthropic) -> None:
     assert results_by_id(client, batch.id)["x"].result.type == "succeeded"
 
 
+def _bad(**params: Any) -> dict[str, Any]:
+    """A request whose params are not Messages params: the SDK's types cannot carry it."""
+    body: dict[str, Any] = {**mock_request("bad")["params"], **params}
+    return {"custom_id": "bad", "params": body}
+
+
 def _without(key: str) -> dict[str, Any]:
-    request = mock_request("bad")
+    request = _bad()
     del request["params"][key]
     return request
 
@@ -338,20 +348,20 @@ def _without(key: str) -> dict[str, Any]:
         # max_tokens is required
         (_without("max_tokens"), "invalid_request_error"),
         # streaming is not supported inside a batch
-        (mock_request("bad", stream=True), "invalid_request_error"),
+        (_bad(stream=True), "invalid_request_error"),
         # messages must be a list
-        (mock_request("bad", messages="hello"), "invalid_request_error"),
+        (_bad(messages="hello"), "invalid_request_error"),
         # max_tokens must be an integer
-        (mock_request("bad", max_tokens="many"), "invalid_request_error"),
+        (_bad(max_tokens="many"), "invalid_request_error"),
         # no backend serves this model
-        (mock_request("bad", model="no-such-model"), "not_found_error"),
+        (_bad(model="no-such-model"), "not_found_error"),
     ],
 )
 def test_a_bad_request_errors_alone(
     client: anthropic.Anthropic, bad: dict[str, Any], error_type: str
 ) -> None:
     requests = [mock_request("before"), bad, mock_request("after")]
-    batch = client.messages.batches.create(requests=requests)
+    batch = client.messages.batches.create(requests=[], extra_body={"requests": requests})
 
     ended = wait_ended(client, batch.id)
     results = results_by_id(client, batch.id)
@@ -365,6 +375,13 @@ def test_a_bad_request_errors_alone(
 
 
 # --- the async client --------------------------------------------------------------------
+
+
+def _text(response: MessageBatchIndividualResponse) -> str:
+    assert isinstance(response.result, MessageBatchSucceededResult)
+    [block] = response.result.message.content
+    assert isinstance(block, TextBlock)
+    return block.text
 
 
 def test_async_client_creates_polls_and_reads_results(server: RunningServer) -> None:
@@ -382,7 +399,7 @@ def test_async_client_creates_polls_and_reads_results(server: RunningServer) -> 
     batch, results = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
     assert batch.request_counts.succeeded == 2
-    texts = {r.custom_id: r.result.message.content[0].text for r in results}
+    texts = {r.custom_id: _text(r) for r in results}
     assert texts == {"a": "Mock reply: one", "b": "Mock reply: two"}
 
 
@@ -481,7 +498,7 @@ def test_request_id_on_errors(client: anthropic.Anthropic) -> None:
 
     assert caught.value.request_id is not None
     assert caught.value.request_id.startswith("req_")
-    assert caught.value.body["request_id"] == caught.value.request_id
+    assert body_of(caught.value)["request_id"] == caught.value.request_id
 
 
 def test_old_sdk_x_api_key_and_beta_markers_are_accepted(server: RunningServer) -> None:
@@ -489,7 +506,7 @@ def test_old_sdk_x_api_key_and_beta_markers_are_accepted(server: RunningServer) 
     with anthropic.Anthropic(
         base_url=server.url, api_key=None, auth_token=None, default_headers=old_style
     ) as old:
-        beta = {
+        beta: dict[str, Any] = {
             "extra_query": {"beta": "true"},
             "extra_headers": {"anthropic-beta": "message-batches-2024-09-24"},
         }
@@ -533,7 +550,7 @@ def test_old_sdk_x_api_key_is_checked(start_server: StartServer, tmp_path: Path)
             bad.messages.batches.list()
 
     assert page.data == []
-    assert caught.value.body["error"]["type"] == "authentication_error"
+    assert body_of(caught.value)["error"]["type"] == "authentication_error"
 
 
 # --- the Messages API and models ---------------------------------------------------------
@@ -555,7 +572,7 @@ def test_messages_create_with_an_unknown_model_is_not_found(client: anthropic.An
             model="no-such-model", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         )
 
-    assert caught.value.body["error"]["type"] == "not_found_error"
+    assert body_of(caught.value)["error"]["type"] == "not_found_error"
 
 
 def test_messages_stream_on_mock(client: anthropic.Anthropic) -> None:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from batchd.backends.router import Router, backend_configs
-from batchd.config import Settings, load_settings
+from batchd.config import BackendConfig, Settings, load_settings
 
 TOML = """
 port = 9001
@@ -97,16 +97,18 @@ def test_model_names_lists_exact_names_only(config_file: Path) -> None:
 
 
 def test_a_backend_named_mock_replaces_the_built_in_one() -> None:
-    settings = Settings(backends=[{"name": "mock", "kind": "mock", "models": ["m-*"]}])
+    settings = Settings(backends=[BackendConfig(name="mock", kind="mock", models=["m-*"])])
     router = Router(backend_configs(settings))
     assert (router.route("m-1"), router.route("mock")) == ("mock", None)
 
 
 def test_backend_names_must_be_unique() -> None:
     with pytest.raises(ValidationError, match="unique"):
-        Settings(backends=[{"name": "a", "kind": "mock"}, {"name": "a", "kind": "mock"}])
+        Settings(
+            backends=[BackendConfig(name="a", kind="mock"), BackendConfig(name="a", kind="mock")]
+        )
 
 
 def test_an_upstream_backend_needs_a_url() -> None:
     with pytest.raises(ValidationError, match="needs base_url"):
-        Settings(backends=[{"name": "a", "kind": "anthropic", "models": ["*"]}])
+        Settings(backends=[BackendConfig(name="a", kind="anthropic", models=["*"])])

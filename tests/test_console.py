@@ -11,6 +11,7 @@ from pathlib import Path
 import anthropic
 import httpx2 as httpx
 import pytest
+from anthropic.types.messages.batch_create_params import Request
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import StartServer, mock_request, wait_ended
@@ -51,7 +52,7 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def _slow_requests(prefix: str, n: int) -> list[dict[str, object]]:
+def _slow_requests(prefix: str, n: int) -> list[Request]:
     return [mock_request(f"{prefix}{i}", f"{prefix} {i}", model="slow-1") for i in range(n)]
 
 

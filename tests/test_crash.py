@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anthropic
 import pytest
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import wait_ended
 from tests.support.cluster import Cluster
@@ -45,7 +46,7 @@ def client(batchd: Cluster) -> Iterator[anthropic.Anthropic]:
         yield c
 
 
-def requests(n: int) -> list[dict[str, object]]:
+def requests(n: int) -> list[Request]:
     return [
         {
             "custom_id": f"req-{i}",

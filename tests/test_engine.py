@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import anthropic
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import StartServer, mock_request, wait_ended
 from tests.support.server import make_settings, serve_batchd
@@ -13,7 +14,7 @@ from tests.support.server import make_settings, serve_batchd
 SLOW = {"name": "slow", "kind": "mock", "models": ["slow-*"], "max_concurrency": 8}
 
 
-def _slow_requests(prefix: str, n: int) -> list[dict[str, object]]:
+def _slow_requests(prefix: str, n: int) -> list[Request]:
     return [mock_request(f"{prefix}{i}", model="slow-1") for i in range(n)]
 
 

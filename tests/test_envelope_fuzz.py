@@ -16,10 +16,10 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2 as httpx
 import pytest
@@ -228,8 +228,11 @@ def bodies(draw: st.DrawFn) -> bytes:
 # --- the test -------------------------------------------------------------------------------
 
 
-def example_each(bodies: list[bytes]) -> Any:
-    def decorate(test: Any) -> Any:
+Test = TypeVar("Test", bound=Callable[..., Any])
+
+
+def example_each(bodies: list[bytes]) -> Callable[[Test], Test]:
+    def decorate(test: Test) -> Test:
         for body in reversed(bodies):
             test = example(body=body)(test)
         return test

@@ -46,7 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with serve_batchd(make_settings(str(tmp / "batchd.db"))) as server:
         with anthropic.Anthropic(base_url=server.url, api_key=keys["alice"]) as alice:
             requests = [mock_request("alice-ok"), mock_request("alice-bad", max_tokens="x")]
-            batch = alice.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+            batch = alice.messages.batches.create(requests=requests)
             wait_ended(alice, batch.id)
         secrets = (batch.id, "alice-ok", "alice-bad", "team-a", keys["alice"])
         yield World(server.url, keys, batch.id, secrets)

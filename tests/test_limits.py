@@ -16,7 +16,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from tests.conftest import StartServer, mock_request
+from tests.conftest import StartServer, body_of, mock_request
 from tests.support import rawhttp
 from tests.support.keys import make_keys
 from tests.support.process import ServerProcess, run_batchd
@@ -375,7 +375,7 @@ def test_the_sdk_sees_the_413_of_an_oversize_upload(start_server: StartServer) -
 
     client = anthropic.Anthropic(base_url=server.url, api_key="sk", max_retries=0)
     with client, pytest.raises(anthropic.APIStatusError) as raised:
-        client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        client.messages.batches.create(requests=requests)
 
     assert raised.value.status_code == 413
-    assert raised.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    assert body_of(raised.value)["error"]["type"] == "request_too_large"

@@ -88,7 +88,7 @@ WEATHER = {
     "description": "Weather in a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-WEATHER_FN = {
+WEATHER_FN: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "weather",

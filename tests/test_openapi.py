@@ -17,6 +17,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case, CheckContext, Response
+from schemathesis.checks import CheckFunction
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from batchd.api import create_app
@@ -103,7 +104,7 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(db="sqlite:///unused
 
 
 @schemathesis.check
-def error_envelope(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+def error_envelope(ctx: CheckContext, response: Response, case: Case[Any]) -> bool | None:
     """Every 4xx and 5xx is the API's envelope with a matching request-id header."""
     if response.status_code < 400:
         return None
@@ -124,11 +125,13 @@ def error_envelope(ctx: CheckContext, response: Response, case: Case) -> bool | 
     suppress_health_check=list(HealthCheck),
     derandomize=os.environ.get("BATCHD_FUZZ_RANDOM") is None,
 )
-def test_the_live_api_keeps_to_its_document(case: Case, live: tuple[str, str, str]) -> None:
+def test_the_live_api_keeps_to_its_document(case: Case[Any], live: tuple[str, str, str]) -> None:
     url, key, _ = live
     # Rules JSON Schema cannot say (schemas/openapi.py): a case that breaks one is valid to
     # the document but rightly refused, so "valid data is accepted" does not apply.
-    excluded = [positive_data_acceptance] if breaks_an_unwritten_rule(case) else []
+    excluded: list[CheckFunction] = (
+        [positive_data_acceptance] if breaks_an_unwritten_rule(case) else []
+    )
 
     case.call_and_validate(
         base_url=url,
@@ -138,7 +141,7 @@ def test_the_live_api_keeps_to_its_document(case: Case, live: tuple[str, str, st
     )
 
 
-def breaks_an_unwritten_rule(case: Case) -> bool:
+def breaks_an_unwritten_rule(case: Case[Any]) -> bool:
     query = case.query or {}
     if "after_id" in query and "before_id" in query:
         return True

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import StartServer, wait_ended
 from tests.support.upstream import FakeUpstream, serve_upstream
@@ -14,7 +15,7 @@ from tests.support.upstream import FakeUpstream, serve_upstream
 MODEL = "claude-paced"
 
 
-def _requests(n: int) -> list[dict[str, object]]:
+def _requests(n: int) -> list[Request]:
     return [
         {
             "custom_id": f"r{i}",
@@ -90,7 +91,8 @@ def test_backend_status_shows_limit_retries_and_last_error(start_server: StartSe
         with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
             wait_ended(client, client.messages.batches.create(requests=_requests(4)).id)
             status = client.get("/status/backends", cast_to=object)
-    [upstream] = [b for b in status["data"] if b["name"] == "upstream"]  # type: ignore[index]
+    assert isinstance(status, dict)
+    [upstream] = [b for b in status["data"] if b["name"] == "upstream"]
     assert upstream["limit"] < 8  # the 429s brought it down
     assert upstream["retries"] == 4  # one retry each
     assert upstream["last_error"]["type"] == "rate_limit_error"

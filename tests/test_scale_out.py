@@ -13,6 +13,7 @@ from pathlib import Path
 import anthropic
 import asyncpg
 import pytest
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import wait_ended
 from tests.support.cluster import Cluster, run_batchd
@@ -41,7 +42,7 @@ def cluster(tmp_path: Path, postgres: PostgresServer, upstream: FakeUpstream) ->
         running.stop()
 
 
-def requests(n: int) -> list[dict[str, object]]:
+def requests(n: int) -> list[Request]:
     return [
         {
             "custom_id": f"req-{i}",

@@ -10,9 +10,11 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
+from anthropic.types.messages.batch_create_params import Request
 
-from tests.conftest import StartServer, wait_ended
+from tests.conftest import StartServer, body_of, wait_ended
 from tests.support.upstream import (
     MALFORMED,
     RESET,
@@ -75,8 +77,8 @@ def prompt(custom_id: str) -> str:
     return f"prompt for {custom_id}"
 
 
-def upstream_request(custom_id: str) -> dict[str, Any]:
-    params = {
+def upstream_request(custom_id: str) -> Request:
+    params: MessageCreateParamsNonStreaming = {
         "model": MODEL,
         "max_tokens": 32,
         "messages": [{"role": "user", "content": prompt(custom_id)}],
@@ -272,7 +274,7 @@ def test_messages_create_passes_an_upstream_400_to_the_sdk(connect: Connect) -> 
             model=MODEL, max_tokens=32, messages=[{"role": "user", "content": "too long"}]
         )
     assert raised.value.status_code == 400
-    assert raised.value.body["error"] == {
+    assert body_of(raised.value)["error"] == {
         "type": "invalid_request_error",
         "message": "max_tokens: 10000000 > 8192",
     }
@@ -289,8 +291,8 @@ def test_messages_create_blames_batchd_when_the_upstream_refuses_its_key(
             model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
         )
     assert raised.value.status_code == 502
-    assert raised.value.body["error"]["type"] == "api_error"  # type: ignore[index]
-    assert "refused batchd's upstream credentials" in raised.value.body["error"]["message"]  # type: ignore[index]
+    assert body_of(raised.value)["error"]["type"] == "api_error"
+    assert "refused batchd's upstream credentials" in body_of(raised.value)["error"]["message"]
 
 
 def test_messages_create_retries_less_than_batches(connect: Connect) -> None:

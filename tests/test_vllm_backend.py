@@ -9,6 +9,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types.messages import MessageBatchSucceededResult
 
 from batchd.backends.local.generation import Finish, Job, Sampling
 from batchd.backends.local.vllm_engine import finish_of, sampling_params
@@ -67,7 +68,7 @@ def test_a_batch_runs_on_vllm(start_server: StartServer, tmp_path: Path) -> None
     table = {"name": "vllm", "kind": "vllm", "model_path": str(model), "models": ["tiny"]}
     server = start_server(backends=[table])
     with anthropic.Anthropic(base_url=server.url, api_key="sk-test") as client:
-        requests = [
+        requests: list[dict[str, Any]] = [
             {
                 "custom_id": f"r{i}",
                 "params": {
@@ -79,11 +80,13 @@ def test_a_batch_runs_on_vllm(start_server: StartServer, tmp_path: Path) -> None
             }
             for i in range(64)
         ]
-        batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        # temperature is a key this SDK's params no longer name: sent as extra body
+        batch = client.messages.batches.create(requests=[], extra_body={"requests": requests})
         wait_ended(client, batch.id, timeout=240)
         results = list(client.messages.batches.results(batch.id))
         messages = requests[0]["params"]["messages"]
         counted = client.messages.count_tokens(model="tiny", messages=messages)
     assert [r.result.type for r in results] == ["succeeded"] * 64
     first = next(r for r in results if r.custom_id == "r0")
-    assert first.result.message.usage.input_tokens == counted.input_tokens  # type: ignore[union-attr]
+    assert isinstance(first.result, MessageBatchSucceededResult)
+    assert first.result.message.usage.input_tokens == counted.input_tokens

@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
-from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages import MessageBatch, MessageBatchRequestCounts
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import wait_ended
 from tests.faults.conftest import Database, Tally, rounds
@@ -45,14 +46,18 @@ class Ledger:
     create_seconds: float = 0.15  # how long the last answered create took: kills aim inside
 
 
-def batch_requests(ids: list[str], *, padded: bool = False) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"model": "claude-faults", "max_tokens": 16}
-    if padded:
-        params["system"] = PADDING
-    return [
-        {"custom_id": i, "params": {**params, "messages": [{"role": "user", "content": i}]}}
-        for i in ids
-    ]
+def batch_requests(ids: list[str], *, padded: bool = False) -> list[Request]:
+    requests: list[Request] = []
+    for i in ids:
+        params: MessageCreateParamsNonStreaming = {
+            "model": "claude-faults",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": i}],
+        }
+        if padded:
+            params["system"] = PADDING
+        requests.append({"custom_id": i, "params": params})
+    return requests
 
 
 @pytest.fixture

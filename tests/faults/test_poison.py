@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anthropic
 import pytest
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.faults.conftest import Database, Tally
 from tests.support.cluster import Cluster
@@ -54,7 +55,7 @@ def test_a_request_that_kills_its_worker_every_time_ends_errored(
 
     upstream.faults = kill_the_caller
     ids = [POISON, *(f"fine-{i}" for i in range(20))]
-    requests = [
+    requests: list[Request] = [
         {
             "custom_id": i,
             "params": {

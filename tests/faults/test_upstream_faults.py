@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types.messages.batch_create_params import Request
 
 from tests.faults.conftest import Database, Tally
 from tests.support.server import RunningServer, make_settings, serve_batchd
@@ -106,7 +106,7 @@ def server(tmp_path: Path, database: Database, upstream: FakeUpstream) -> Iterat
         yield running
 
 
-def batch_requests() -> list[dict[str, Any]]:
+def batch_requests() -> list[Request]:
     return [
         {
             "custom_id": f"{kind}-{i}",

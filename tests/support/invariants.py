@@ -38,7 +38,7 @@ async def pg_count_mismatches(url: str) -> list[str]:
         await conn.close()
 
 
-def _problems(rows: Iterable[Sequence[Any]]) -> list[str]:
+def _problems(rows: Iterable[Sequence[Any]] | Iterable[asyncpg.Record]) -> list[str]:
     problems = []
     for row in rows:
         batch_id, status, total, *counters = row[:7]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import anthropic
 
 
 def main(url: str) -> None:
     client = anthropic.Anthropic(base_url=url, api_key="sk-old", max_retries=0)
-    requests = [
+    requests: Any = [  # typed by the old SDK this runs under, not by the one mypy sees
         {
             "custom_id": f"r{i}",
             "params": {
@@ -41,11 +42,14 @@ def main(url: str) -> None:
     try:
         client.messages.batches.retrieve("msgbatch_missing")
     except anthropic.NotFoundError as exc:
-        summary["not_found"] = exc.body["error"]["type"]  # type: ignore[index]
+        body = exc.body if isinstance(exc.body, dict) else {}
+        summary["not_found"] = body.get("error", {}).get("type")
     message = client.messages.create(
         model="mock", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
     )
-    summary["message"] = message.content[0].text  # type: ignore[union-attr]
+    block = message.content[0]
+    assert block.type == "text"
+    summary["message"] = block.text
     sys.stdout.write(json.dumps(summary) + "\n")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 # A chat template in the style of the common ones: system first, then each turn, then the
 # assistant's header when a generation prompt is asked for. Tools are listed when given.
@@ -52,7 +53,8 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator(_corpus(400, seed), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    fast: Any = PreTrainedTokenizerFast  # an untyped constructor
+    tokenizer = fast(
         tokenizer_object=bpe,
         bos_token="<s>",
         eos_token="</s>",
