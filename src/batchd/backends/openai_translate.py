@@ -24,7 +24,8 @@ the request ends ``errored``; nothing the client sent is silently lost.
 Response (``message_from_body``): the text and tool calls of the first choice become
 ``text`` and ``tool_use`` blocks; ``finish_reason`` becomes ``stop_reason``; usage is
 carried over. Errors (``error_from_openai``): the HTTP status decides the Anthropic error
-type and whether a retry may help.
+type and whether a retry may help, by the same table and rule as every backend
+(``batchd.errors``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 import msgspec
 from pypdf import PdfReader
 
-from batchd.backends.http import retry_after_seconds
+from batchd.backends.http import error_from_answer
 from batchd.errors import InvalidRequest, UpstreamError
 
 TOOL_ERROR_PREFIX = "[tool error] "
@@ -380,43 +381,24 @@ def _digest(value: Any) -> str:
 
 
 def _malformed(message: str) -> UpstreamError:
-    return UpstreamError(message, status=502, error_type="api_error", retryable=True)
+    return UpstreamError(message, upstream_status=502)
 
 
 def _unusable(message: str) -> UpstreamError:
     """An answer that will not improve by asking again: the request ends ``errored``."""
-    return UpstreamError(message, status=502, error_type="api_error", retryable=False)
+    return UpstreamError(message, upstream_status=502, retryable=False)
 
 
 # -- errors ------------------------------------------------------------------------------
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 
 def error_from_openai(
     status: int, body: bytes, headers: Mapping[str, str], now: float
 ) -> UpstreamError:
-    """An UpstreamError for a non-2xx answer of an OpenAI-compatible server."""
-    error_type = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return UpstreamError(
-        _error_message(body) or f"upstream answered HTTP {status}",
-        status=status,
-        error_type=error_type,
-        retryable=status in (408, 429) or status >= 500,
-        retry_after=retry_after_seconds(headers, now),
-    )
+    """An UpstreamError for a non-2xx answer of an OpenAI-compatible server: its type and
+    retry verdict by the HTTP status, as for every backend (``error_from_answer``); the
+    body's own ``type`` is OpenAI's vocabulary, not the API's, and is not consulted."""
+    return error_from_answer(status, headers, now, message=_error_message(body))
 
 
 def _error_message(body: bytes) -> str | None:
