@@ -91,12 +91,9 @@ CANNOT: dict[tuple[str, str], str] = {
 # Behaviours a kind should show and does not yet: expected to fail until fixed.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("mock", "count tokens as usage does"): (
-        "the mock's answers count about four characters a token of the message text only, "
-        "its count_tokens the shared estimate (roles and tool definitions too); the shared "
-        "estimate costs 10-25 us an answer on the instant mock's hot path as written"
-    ),
-    ("anthropic", "name only the API's error types"): (
-        "the upstream's error.type is passed through unchecked (issue 12, policy in one place)"
+        "the mock's answers estimate the message text alone (estimate_tokens), its "
+        "count_tokens the roles and tool definitions too (estimate_input_tokens), which "
+        "costs 10-25 us an answer on the instant mock's hot path as written"
     ),
 }
 
