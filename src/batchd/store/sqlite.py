@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -56,6 +57,16 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix) :])
 
 
+def _create_private(path: Path) -> None:
+    """Create a new database file readable by its owner only (0600, whatever the umask).
+
+    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they are
+    private too. An existing file keeps the mode its owner gave it.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 async def _connect(path: Path, *, readonly: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = aiosqlite.Row
@@ -86,6 +97,7 @@ class SQLiteStore:
     async def open(cls, url: str, *, migrate: bool) -> SQLiteStore:
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         writer = await _connect(path, readonly=False)
         try:
             await _migrate(writer, apply=migrate)
