@@ -143,6 +143,22 @@ def test_the_sdk_follows_results_url_to_the_server_it_called(
     assert [r.custom_id for r in results] == ["a"]
 
 
+@pytest.mark.parametrize("path", ["/v1/messages/batches/", "/v1/models/", "/console/static"])
+def test_no_redirect_takes_its_location_from_the_host_header(
+    tmp_path: Path, start_server: StartServer, path: str
+) -> None:
+    """Answered before any key check: a redirect built from ``Host`` would send a client
+    (and, after a DNS rebinding, a browser) to the host the request named."""
+    make_keys(tmp_path / "batchd.db", {"alice": "team-a"})
+    server = start_server()
+
+    reply = httpx.get(f"{server.url}{path}", headers={"host": "evil.example"})
+
+    assert "location" not in reply.headers
+    assert reply.status_code == 404
+    assert reply.json()["error"]["type"] == "not_found_error"
+
+
 # --- no key anywhere ------------------------------------------------------------------------
 
 

@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
         # their scripts from a CDN, and everything batchd serves comes from itself.
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # its Location would name the Host header's host
     )
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
