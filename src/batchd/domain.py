@@ -117,6 +117,7 @@ class ApiKey:
     workspace: str
     created_at: float
     revoked_at: float | None
+    operator: bool = False  # may read the server-wide routes: /metrics, /status/backends
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -374,7 +374,13 @@ class PostgresStore:
     async def create_key(self, key: ApiKey, key_hash: str) -> None:
         async with self._tx() as db:
             await db.execute(
-                Q["insert_key"], key.id, key.name, key.workspace, key_hash, key.created_at
+                Q["insert_key"],
+                key.id,
+                key.name,
+                key.workspace,
+                key_hash,
+                key.created_at,
+                int(key.operator),
             )
 
     async def list_keys(self) -> list[ApiKey]:
@@ -394,7 +400,14 @@ class PostgresStore:
 
 
 def _key_from_row(row: Record) -> ApiKey:
-    return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"])
+    return ApiKey(
+        row["id"],
+        row["name"],
+        row["workspace"],
+        row["created_at"],
+        row["revoked_at"],
+        bool(row["is_operator"]),
+    )
 
 
 async def _migrate(db: Connection, *, apply: bool) -> None:

@@ -435,6 +435,7 @@ class SQLiteStore:
                     "workspace": key.workspace,
                     "key_hash": key_hash,
                     "created_at": key.created_at,
+                    "is_operator": int(key.operator),
                 },
             )
 
@@ -456,7 +457,14 @@ class SQLiteStore:
 
 
 def _key_from_row(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"])
+    return ApiKey(
+        row["id"],
+        row["name"],
+        row["workspace"],
+        row["created_at"],
+        row["revoked_at"],
+        bool(row["is_operator"]),
+    )
 
 
 async def _migrate(db: aiosqlite.Connection, *, apply: bool) -> None:
