@@ -43,6 +43,7 @@ class TokenService:
         name = self._router.route(params.model)
         if name is None:
             raise NotFound(f"model: {params.model!r} is not served here")
+        self._router.check_urls(name, params)  # /tokenize may fetch them too
         request = msgspec.json.decode(body)
         local = self._in_process.get(name)
         if isinstance(local, TokenCounter):
