@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import httpx2 as httpx
 import pytest
 
 from batchd.errors import AuthenticationFailed
-from batchd.store import open_store
+from batchd.store import Store, open_store
 from batchd.usecases.keys import Authenticator, create_key, decide_open_mode
 from tests.conftest import StartServer, mock_request
 
@@ -211,53 +212,52 @@ def test_a_bodiless_post_may_omit_the_content_type(start_server: StartServer) ->
     assert reply.status_code == 200, reply.text
 
 
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(f"sqlite:///{tmp_path}/x.db")
+    yield opened
+    await opened.close()
+
+
 async def test_open_mode_is_decided_at_start_up_and_said_loudly(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await open_store(f"sqlite:///{tmp_path}/x.db")
-    try:
-        with caplog.at_level(logging.WARNING, logger="batchd"):
-            assert await decide_open_mode(store, "127.0.0.1")
-        assert "OPEN MODE" in caplog.text
-        assert not await decide_open_mode(store, "0.0.0.0")
-        await create_key(store, "a", "team-a")
-        assert not await decide_open_mode(store, "127.0.0.1")
-    finally:
-        await store.close()
+    with caplog.at_level(logging.WARNING, logger="batchd"):
+        assert await decide_open_mode(store, "127.0.0.1")
+    assert "OPEN MODE" in caplog.text
+    assert not await decide_open_mode(store, "0.0.0.0")
+    await create_key(store, "a", "team-a")
+    assert not await decide_open_mode(store, "127.0.0.1")
 
 
-async def test_revoking_every_key_never_opens_a_running_server(tmp_path: Path) -> None:
+async def test_revoking_every_key_never_opens_a_running_server(store: Store) -> None:
     now = [0.0]
-    store = await open_store(f"sqlite:///{tmp_path}/x.db")
-    try:
-        key, secret = await create_key(store, "a", "team-a")
-        auth = Authenticator(store, open_mode=await decide_open_mode(store, "127.0.0.1"),
-                             clock=lambda: now[0])  # fmt: skip
-        assert (await auth.caller(secret)).workspace == "team-a"
-        await store.revoke_key(key.id, 1.0)
-        now[0] += 3600
-        with pytest.raises(AuthenticationFailed):
-            await auth.caller(None)
-    finally:
-        await store.close()
+    key, secret = await create_key(store, "a", "team-a")
+    open_mode = await decide_open_mode(store, "127.0.0.1")
+    auth = Authenticator(store, open_mode=open_mode, clock=lambda: now[0])
+    assert (await auth.caller(secret)).workspace == "team-a"
+
+    await store.revoke_key(key.id, 1.0)
+    now[0] += 3600
+
+    with pytest.raises(AuthenticationFailed):
+        await auth.caller(None)
 
 
-async def test_a_key_created_while_open_closes_open_mode_for_good(tmp_path: Path) -> None:
+async def test_a_key_created_while_open_closes_open_mode_for_good(store: Store) -> None:
     now = [0.0]
-    store = await open_store(f"sqlite:///{tmp_path}/x.db")
-    try:
-        auth = Authenticator(store, open_mode=True, clock=lambda: now[0])
-        assert (await auth.caller(None)).operator
-        key, _ = await create_key(store, "a", "team-a")
-        now[0] += 3600
-        with pytest.raises(AuthenticationFailed):
-            await auth.caller(None)
-        await store.revoke_key(key.id, 1.0)
-        now[0] += 3600
-        with pytest.raises(AuthenticationFailed):
-            await auth.caller(None)
-    finally:
-        await store.close()
+    auth = Authenticator(store, open_mode=True, clock=lambda: now[0])
+    assert (await auth.caller(None)).operator
+    key, _ = await create_key(store, "a", "team-a")
+    now[0] += 3600
+    with pytest.raises(AuthenticationFailed):
+        await auth.caller(None)
+
+    await store.revoke_key(key.id, 1.0)
+    now[0] += 3600
+
+    with pytest.raises(AuthenticationFailed):
+        await auth.caller(None)
 
 
 # --- operator keys -----------------------------------------------------------------------

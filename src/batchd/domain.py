@@ -119,6 +119,13 @@ class ApiKey:
     revoked_at: float | None
     operator: bool = False  # may read the server-wide routes: /metrics, /status/backends
 
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKey:
+        return cls(
+            row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"],
+            bool(row["is_operator"]),
+        )  # fmt: skip
+
 
 def rfc3339(ts: float | None) -> str | None:
     if ts is None:

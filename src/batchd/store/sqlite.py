@@ -440,7 +440,7 @@ class SQLiteStore:
             )
 
     async def list_keys(self) -> list[ApiKey]:
-        return [_key_from_row(r) for r in await self._read(Q["list_keys"])]
+        return [ApiKey.from_row(r) for r in await self._read(Q["list_keys"])]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         async with self._write() as db:
@@ -449,22 +449,11 @@ class SQLiteStore:
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None:
         rows = await self._read(Q["find_key"], {"key_hash": key_hash})
-        return (_key_from_row(rows[0]), rows[0]["key_hash"]) if rows else None
+        return (ApiKey.from_row(rows[0]), rows[0]["key_hash"]) if rows else None
 
     async def count_active_keys(self) -> int:
         rows = await self._read(Q["count_active_keys"])
         return int(rows[0][0])
-
-
-def _key_from_row(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(
-        row["id"],
-        row["name"],
-        row["workspace"],
-        row["created_at"],
-        row["revoked_at"],
-        bool(row["is_operator"]),
-    )
 
 
 async def _migrate(db: aiosqlite.Connection, *, apply: bool) -> None:
