@@ -12,6 +12,7 @@ from batchd.backends.media import policy_for
 from batchd.backends.mock import MockBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
+from batchd.errors import NotFound
 from batchd.validation import CountTokensParams, Params
 
 BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
@@ -56,6 +57,13 @@ class Router:
                 (name for pattern, name in self._routes if fnmatchcase(model, pattern)), None
             )
         return self._cache[model]
+
+    def backend_for(self, model: str) -> str:
+        """The name of the backend serving ``model``; NotFound when none does."""
+        name = self.route(model)
+        if name is None:
+            raise NotFound(f"model: {model!r} is not served here")
+        return name
 
     def check_urls(self, backend: str, params: Params | CountTokensParams) -> None:
         """Refuse (InvalidRequest) a URL source the backend may not fetch."""
