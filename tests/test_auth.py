@@ -148,24 +148,24 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "127.9.9.9"])
-def test_open_mode_serves_loopback_host_names(server: object, host: str) -> None:
-    url = server.url  # type: ignore[attr-defined]
+def test_open_mode_serves_loopback_host_names(server: RunningServer, host: str) -> None:
+    url = server.url
     reply = httpx.get(f"{url}/v1/messages/batches", headers={"host": host})
     assert reply.status_code == 200, reply.text
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "10.0.0.1", "[::2]:80"])
-def test_open_mode_refuses_a_foreign_host_name(server: object, host: str) -> None:
+def test_open_mode_refuses_a_foreign_host_name(server: RunningServer, host: str) -> None:
     """A DNS-rebinding page reaches 127.0.0.1 under its own host name."""
-    url = server.url  # type: ignore[attr-defined]
+    url = server.url
     reply = httpx.get(f"{url}/v1/messages/batches", headers={"host": host})
     assert reply.status_code == 403
     assert reply.json()["error"]["type"] == "permission_error"
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "http://evil.example:8000", "null"])
-def test_open_mode_refuses_web_pages_of_other_sites(server: object, origin: str) -> None:
-    url = server.url  # type: ignore[attr-defined]
+def test_open_mode_refuses_web_pages_of_other_sites(server: RunningServer, origin: str) -> None:
+    url = server.url
     created = httpx.post(
         f"{url}/v1/messages/batches",
         json={"requests": [mock_request("a")]},
@@ -176,8 +176,8 @@ def test_open_mode_refuses_web_pages_of_other_sites(server: object, origin: str)
     assert httpx.get(f"{url}/v1/messages/batches").json()["data"] == []  # nothing stored
 
 
-def test_open_mode_serves_pages_of_this_machine(server: object) -> None:
-    url = server.url  # type: ignore[attr-defined]
+def test_open_mode_serves_pages_of_this_machine(server: RunningServer) -> None:
+    url = server.url
     listed = httpx.get(f"{url}/v1/messages/batches", headers={"origin": url})
     assert listed.status_code == 200, listed.text
 
@@ -192,10 +192,10 @@ def test_open_mode_serves_pages_of_this_machine(server: object) -> None:
 )
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 def test_a_post_that_is_not_json_is_refused(
-    server: object, path: str, body: object, content_type: str | None
+    server: RunningServer, path: str, body: object, content_type: str | None
 ) -> None:
     """A web page may send a text/plain or form POST to any address without asking first."""
-    url = server.url  # type: ignore[attr-defined]
+    url = server.url
     headers = {"content-type": content_type} if content_type else {}
     reply = httpx.post(f"{url}{path}", content=json.dumps(body), headers=headers)
     assert reply.status_code == 415

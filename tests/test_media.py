@@ -7,6 +7,9 @@ from typing import Any
 import anthropic
 import httpx2 as httpx
 import pytest
+from anthropic.types import ImageBlockParam
+from anthropic.types.messages import MessageBatchErroredResult
+from anthropic.types.messages.batch_create_params import Request
 
 from batchd.backends.media import UrlPolicy, url_sources
 from batchd.validation import check_params
@@ -92,12 +95,9 @@ def test_url_sources_are_found_in_tool_results_and_documents() -> None:
     assert "messages.0.content.1.content.0.source.url" in found
 
 
-def _with_image(custom_id: str, url: str) -> dict[str, Any]:
-    request = mock_request(custom_id)
-    request["params"]["messages"] = [
-        {"role": "user", "content": [_image(url), {"type": "text", "text": "what is it?"}]}
-    ]
-    return request
+def _with_image(custom_id: str, url: str) -> Request:
+    image: ImageBlockParam = {"type": "image", "source": {"type": "url", "url": url}}
+    return mock_request(custom_id, [image, {"type": "text", "text": "what is it?"}])
 
 
 def test_a_batch_request_with_an_internal_url_is_errored_alone(start_server: StartServer) -> None:
@@ -113,9 +113,9 @@ def test_a_batch_request_with_an_internal_url_is_errored_alone(start_server: Sta
         results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
     assert results["public"].type == "succeeded"
     refused = results["metadata"]
-    assert refused.type == "errored"
-    assert refused.error.error.type == "invalid_request_error"  # type: ignore[union-attr]
-    assert "169.254.169.254" in refused.error.error.message  # type: ignore[union-attr]
+    assert isinstance(refused, MessageBatchErroredResult)
+    assert refused.error.error.type == "invalid_request_error"
+    assert "169.254.169.254" in refused.error.error.message
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
