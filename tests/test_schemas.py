@@ -20,6 +20,7 @@ from anthropic.types.messages import (
 
 from batchd.backends.mock import mock_message
 from batchd.domain import Batch, ProcessingStatus, RequestCounts
+from batchd.errors import ERROR_TYPE_BY_STATUS, BatchdError
 from batchd.schemas.batches import DeletedMessageBatch, batch_to_wire, page_to_wire
 from batchd.schemas.errors import ERROR_TYPES, error_envelope
 from batchd.schemas.messages import MessageTokensCount
@@ -89,6 +90,18 @@ def test_the_error_types_are_the_sdks() -> None:
         envelope = msgspec.json.encode(error_envelope(error_type, "m", None))
         # the SDK's error is a union discriminated on type: an unknown one does not validate
         assert SdkErrorResponse.model_validate_json(envelope).error.type == error_type
+
+
+def _subclasses(kind: type[BatchdError]) -> list[type[BatchdError]]:
+    return [kind, *(sub for child in kind.__subclasses__() for sub in _subclasses(child))]
+
+
+def test_every_error_batchd_raises_and_every_status_type_is_in_the_document() -> None:
+    named = {kind.error_type for kind in _subclasses(BatchdError)} | set(
+        ERROR_TYPE_BY_STATUS.values()
+    )
+
+    assert named <= set(ERROR_TYPES)
 
 
 _BATCH = Batch(

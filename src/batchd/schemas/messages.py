@@ -6,8 +6,9 @@ bytes go to the backend), and content blocks and tools stay plain dicts, so that
 types batchd does not know pass through. ``validation`` decodes into these types and adds
 the checks their dicts leave out (a block's ``type``, a text block's ``text``, a tool's
 ``name``), which the document states in JSON Schema. ``Message`` parses as the SDK's
-``anthropic.types.Message``; its content lists the block types batchd's backends make, and
-a field left out is one the API may omit (encoded without it: ``omit_defaults``).
+``anthropic.types.Message``; its content lists the block types batchd's backends make.
+Backends answer with plain dicts, sent as they are; ``tests/test_schemas.py`` checks that
+the mock's decode as ``Message``.
 """
 
 from __future__ import annotations
