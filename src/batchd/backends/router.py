@@ -11,6 +11,7 @@ from batchd.backends.local.backend import transformers_backend, vllm_backend
 from batchd.backends.mock import MockBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
+from batchd.errors import NotFound
 
 BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
 
@@ -53,6 +54,13 @@ class Router:
                 (name for pattern, name in self._routes if fnmatchcase(model, pattern)), None
             )
         return self._cache[model]
+
+    def backend_for(self, model: str) -> str:
+        """The name of the backend serving ``model``; NotFound when none does."""
+        name = self.route(model)
+        if name is None:
+            raise NotFound(f"model: {model!r} is not served here")
+        return name
 
     def model_names(self) -> list[str]:
         """Patterns that name one model exactly (no glob characters)."""

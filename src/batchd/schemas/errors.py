@@ -12,22 +12,7 @@ from typing import Annotated
 
 import msgspec
 
-# The error types the API names (the SDK's ``ErrorType``), and so the only ones a client sees.
-ERROR_TYPES = (
-    "invalid_request_error",
-    "authentication_error",
-    "billing_error",
-    "permission_error",
-    "not_found_error",
-    "request_too_large",
-    "rate_limit_error",
-    "timeout_error",
-    "api_error",
-    "overloaded_error",
-)
-# A plain ``str`` to Python (error types travel as strings through ``batchd.errors``), the
-# enum above to the OpenAPI document.
-ErrorType = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(ERROR_TYPES)})]
+from batchd.errors import ErrorType
 
 
 class ErrorObject(msgspec.Struct, forbid_unknown_fields=True):
@@ -40,6 +25,6 @@ class ErrorResponse(msgspec.Struct, forbid_unknown_fields=True, tag_field="type"
     request_id: str | None
 
 
-def error_envelope(error_type: str, message: str, request_id: str | None) -> ErrorResponse:
+def error_envelope(error_type: ErrorType, message: str, request_id: str | None) -> ErrorResponse:
     """The envelope of one error; ``request_id`` is None inside a result line."""
     return ErrorResponse(ErrorObject(error_type, message), request_id)

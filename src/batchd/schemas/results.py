@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from batchd.errors import ErrorType
 from batchd.schemas.errors import ErrorResponse, error_envelope
 from batchd.schemas.messages import Message
 
@@ -63,7 +64,7 @@ def succeeded_line(custom_id: str, message: dict[str, Any]) -> bytes:
     )
 
 
-def errored_line(custom_id: str, error_type: str, message: str) -> bytes:
+def errored_line(custom_id: str, error_type: ErrorType, message: str) -> bytes:
     return b'{"custom_id":"%s","result":{"type":"errored","error":%s}}' % (
         custom_id.encode(),
         _encode(error_envelope(error_type, message, None)),
