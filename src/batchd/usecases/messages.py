@@ -27,7 +27,9 @@ class MessageService:
 
     async def create(self, body: bytes) -> tuple[Params, dict[str, Any]]:
         params = check_params(body, in_batch=False)
-        runner = self._runners[self._router.backend_for(params.model)]
+        name = self._router.backend_for(params.model)
+        self._router.check_urls(name, params)
+        runner = self._runners[name]
         raw = body
         if params.stream:  # the upstream call is never streamed; the API layer streams
             raw = _without_stream(body)
