@@ -54,7 +54,9 @@ def server(start_server: StartServer) -> RunningServer:
 
 @pytest.fixture
 def client(server: RunningServer) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.url, api_key="sk-test") as c:
+    with anthropic.Anthropic(
+        base_url=server.url, api_key="sk-test", _strict_response_validation=True
+    ) as c:
         yield c
 
 

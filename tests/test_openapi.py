@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx2 as httpx
+import msgspec
 import pytest
 import schemathesis
+from anthropic.types.messages import MessageBatchIndividualResponse as SdkLine
 from hypothesis import HealthCheck, settings
 from schemathesis import Case, CheckContext, Response
 from schemathesis.checks import CheckFunction
@@ -22,7 +25,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from batchd.api import create_app
 from batchd.config import Settings
-from tests.conftest import mock_request
+from batchd.schemas.results import MessageBatchIndividualResponse
+from tests.conftest import mock_request, wait_ended
 from tests.support.keys import make_keys
 from tests.support.routes import served_routes
 from tests.support.server import make_settings, serve_batchd
@@ -118,6 +122,33 @@ def error_envelope(ctx: CheckContext, response: Response, case: Case[Any]) -> bo
     return True
 
 
+_line = msgspec.json.Decoder(MessageBatchIndividualResponse)
+
+
+@schemathesis.check
+def jsonl_lines(ctx: CheckContext, response: Response, case: Case[Any]) -> bool | None:
+    """Results are a string to OpenAPI 3.1: each line must be the document's line type
+    (``x-jsonl-line``) and parse with the SDK's own model."""
+    if response.status_code != 200 or not case.path.endswith("/results"):
+        return None
+    lines = response.text.splitlines()
+    assert lines, "an ended batch has at least one result line"
+    for line in lines:
+        _line.decode(line)
+        SdkLine.model_validate_json(line)
+    return True
+
+
+def test_the_results_line_type_is_documented(app_document: tuple[Any, dict[str, Any]]) -> None:
+    _, document = app_document
+    results = document["paths"]["/v1/messages/batches/{batch_id}/results"]["get"]
+    content = results["responses"]["200"]["content"]["application/x-jsonl"]
+
+    line = content["schema"]["x-jsonl-line"]["$ref"].rsplit("/", 1)[1]
+    assert line == MessageBatchIndividualResponse.__name__
+    assert line in document["components"]["schemas"]
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
@@ -127,7 +158,7 @@ def error_envelope(ctx: CheckContext, response: Response, case: Case[Any]) -> bo
 )
 def test_the_live_api_keeps_to_its_document(case: Case[Any], live: tuple[str, str, str]) -> None:
     url, key, _ = live
-    # Rules JSON Schema cannot say (schemas/openapi.py): a case that breaks one is valid to
+    # Rules JSON Schema cannot say (api/openapi.py): a case that breaks one is valid to
     # the document but rightly refused, so "valid data is accepted" does not apply.
     excluded: list[CheckFunction] = (
         [positive_data_acceptance] if breaks_an_unwritten_rule(case) else []
@@ -136,7 +167,7 @@ def test_the_live_api_keeps_to_its_document(case: Case[Any], live: tuple[str, st
     case.call_and_validate(
         base_url=url,
         headers={"x-api-key": key},
-        additional_checks=[error_envelope],
+        additional_checks=[error_envelope, jsonl_lines],
         excluded_checks=excluded,
     )
 
@@ -153,3 +184,16 @@ def breaks_an_unwritten_rule(case: Case[Any]) -> bool:
         ids = [r.get("custom_id") for r in requests if isinstance(r, dict)]
         return len(ids) != len(set(map(str, ids)))
     return False
+
+
+def test_an_ended_batchs_results_keep_to_the_document(live: tuple[str, str, str]) -> None:
+    url, key, batch_id = live
+    with anthropic.Anthropic(base_url=url, api_key=key, _strict_response_validation=True) as client:
+        wait_ended(client, batch_id)
+    operation = schema["/v1/messages/batches/{batch_id}/results"]["GET"]
+    case = operation.Case(path_parameters={"batch_id": batch_id})
+
+    response = case.call_and_validate(
+        base_url=url, headers={"x-api-key": key}, additional_checks=[error_envelope, jsonl_lines]
+    )
+    assert response.status_code == 200

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 
 class RequestState(StrEnum):
@@ -127,6 +127,10 @@ class ApiKey:
         )  # fmt: skip
 
 
+@overload
+def rfc3339(ts: float) -> str: ...
+@overload
+def rfc3339(ts: float | None) -> str | None: ...
 def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None

@@ -14,7 +14,9 @@ import anthropic
 
 
 def main(url: str) -> None:
-    client = anthropic.Anthropic(base_url=url, api_key="sk-old", max_retries=0)
+    client = anthropic.Anthropic(
+        base_url=url, api_key="sk-old", max_retries=0, _strict_response_validation=True
+    )
     requests: Any = [  # typed by the old SDK this runs under, not by the one mypy sees
         {
             "custom_id": f"r{i}",

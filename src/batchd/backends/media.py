@@ -30,7 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batchd.errors import InvalidRequest
-from batchd.validation import CountTokensParams, Params
+from batchd.schemas.messages import CountTokensParams
+from batchd.validation import Params
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
 

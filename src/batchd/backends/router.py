@@ -13,7 +13,8 @@ from batchd.backends.mock import MockBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
 from batchd.errors import NotFound
-from batchd.validation import CountTokensParams, Params
+from batchd.schemas.messages import CountTokensParams
+from batchd.validation import Params
 
 BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from batchd.api.deps import ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
+from batchd.schemas.messages import MessageTokensCount
 
 router = APIRouter(tags=["messages"])
 
@@ -18,4 +19,4 @@ async def count_tokens(
     workspace: WorkspaceDep,  # noqa: ARG001  (authenticates the caller)
 ) -> JSON:
     body = await read_body(request, services.settings)
-    return JSON({"input_tokens": await services.tokens.count(bytes(body))})
+    return JSON(MessageTokensCount(await services.tokens.count(bytes(body))))
