@@ -26,7 +26,8 @@ def postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start batchd on a private SQLite file; keyword arguments override Settings.
+    """Start batchd on a private SQLite file; keyword arguments override Settings, but for
+    ``db_path`` and ``clock`` (default ``time.time``).
 
     When the test is over, every database it used must have counts that agree with its rows.
     """
@@ -35,9 +36,10 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 
         def start(**overrides: Any) -> RunningServer:
             db = Path(overrides.pop("db_path", tmp_path / "batchd.db"))
+            clock = overrides.pop("clock", time.time)
             databases.add(db)
             settings = make_settings(str(db), **overrides)
-            return stack.enter_context(serve_batchd(settings))
+            return stack.enter_context(serve_batchd(settings, clock=clock))
 
         yield start
     for db in sorted(databases):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -24,7 +23,7 @@ def _wire(request: Request, services: ServicesDep, batch: Batch) -> dict[str, ob
         batch,
         origin=origin(request, settings),
         retention=settings.results_retention_seconds,
-        now=time.time(),
+        now=services.clock(),
     )
 
 
