@@ -268,17 +268,27 @@ class Supervisor:
                 self._engine_deadline = deadline
                 if self._stopping:
                     self._limit_engine_stop()
-                await engine.run()
+                try:
+                    await engine.run()
+                finally:
+                    self._engine_deadline = None
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
                 log.error("the engine did not stop within %s s; abandoned", ENGINE_STOP_SECONDS)
                 return
             log.critical("the engine died; stopping the process", exc_info=True)
-            self._fail(f"the engine died: {type(exc).__name__}: {exc}")
+            self._fail(f"the engine died: {_describe(exc)}")
         else:
             if not self._stopping:
                 log.critical("the engine stopped on its own; stopping the process")
                 self._fail("the engine stopped on its own")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, or of each one in a group (the engine's TaskGroup)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def serve(
