@@ -71,6 +71,15 @@ def wait_ended(
         time.sleep(0.05)
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Wait for ``condition`` to hold, looking every 10 ms; fail with ``what`` after ``timeout``
+    (a bound on a hang, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 def mock_request(custom_id: str, text: str = "hello", **params: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": "mock",
