@@ -16,7 +16,7 @@ answer that starts late (``slow(seconds)``) and one whose body trickles in over
 ``slow_body(seconds)``.
 
 With ``capacity=C`` it admits at most C calls at once and answers 429 above that, as a
-real server at its limit does; ``mean_concurrency`` tells how many it held on average.
+real server at its limit does; ``levels_at_admission`` tells how many it held as calls came.
 ``hold()`` keeps the calls it admits waiting until ``release(n)`` lets n of them answer, so
 that a test can step a backend through its work without racing the clock.
 """
@@ -264,16 +264,11 @@ class FakeUpstream:
         with self._lock:
             return list(self._keys_sent)
 
-    def mean_concurrency(self, start: float, end: float) -> float:
-        """Calls in progress, averaged over time between two ``time.monotonic()`` stamps."""
+    def levels_at_admission(self) -> list[int]:
+        """The calls in progress just after each admitted call arrived (itself included)."""
         with self._lock:
-            changes = [*self._changes, (end, self.active)]
-        total = 0.0
-        for (t0, level), (t1, _) in pairwise(changes):
-            lo, hi = max(t0, start), min(t1, end)
-            if hi > lo:
-                total += level * (hi - lo)
-        return total / (end - start)
+            changes = list(self._changes)
+        return [level for (_, before), (_, level) in pairwise(changes) if level > before]
 
     def _enter(self) -> bool:
         with self._lock:
