@@ -12,6 +12,7 @@ import pytest
 from tests.support.invariants import count_mismatches
 from tests.support.postgres import PostgresServer, ephemeral_postgres
 from tests.support.server import RunningServer, make_settings, serve_batchd
+from tests.support.upstream import FakeUpstream, serve_upstream
 
 StartServer = Callable[..., RunningServer]
 
@@ -44,6 +45,17 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         yield start
     for db in sorted(databases):
         assert count_mismatches(db) == [], db
+
+
+@pytest.fixture
+def held() -> Iterator[FakeUpstream]:
+    """An upstream whose calls wait until the test releases them."""
+    with serve_upstream() as upstream:
+        upstream.hold()
+        try:
+            yield upstream
+        finally:
+            upstream.release()
 
 
 @pytest.fixture

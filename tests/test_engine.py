@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.clock import ManualClock
 from tests.support.invariants import count_mismatches
 from tests.support.server import make_settings, serve_batchd
-from tests.support.upstream import FakeUpstream, serve_upstream
+from tests.support.upstream import FakeUpstream
 
 SLOW = {"name": "slow", "kind": "mock", "models": ["slow-*"], "max_concurrency": 8}
 HANGING = {**SLOW, "max_concurrency": 1, "latency_ms": 600_000}
@@ -115,17 +115,6 @@ async def test_the_clock_passing_the_deadline_expires_what_has_not_run(running: 
 
 
 # -- through the SDK -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def held() -> Iterator[FakeUpstream]:
-    """An upstream whose calls wait until the test releases them."""
-    with serve_upstream() as upstream:
-        upstream.hold()
-        try:
-            yield upstream
-        finally:
-            upstream.release()
 
 
 def _upstream_backend(upstream: FakeUpstream, concurrency: int) -> dict[str, object]:

@@ -4,7 +4,6 @@ to live is over ends as ``expired``; results are archived after the retention pe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 
 import anthropic
@@ -12,21 +11,10 @@ import pytest
 
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.clock import ManualClock
-from tests.support.upstream import FakeUpstream, serve_upstream
+from tests.support.upstream import FakeUpstream
 
 TTL = 3600.0
 MODEL = "claude-expiring"
-
-
-@pytest.fixture
-def held() -> Iterator[FakeUpstream]:
-    """An upstream whose calls wait until the test releases them."""
-    with serve_upstream() as upstream:
-        upstream.hold()
-        try:
-            yield upstream
-        finally:
-            upstream.release()
 
 
 def test_unrun_requests_expire_and_run_ones_succeed(
