@@ -82,10 +82,9 @@ def test_an_interactive_call_takes_the_first_free_slot_before_the_batch(
             batch = client.messages.batches.create(requests=_requests(200))
             wait_until(lambda: upstream.active == 4, "the batch did not fill the backend")
             asking = pool.submit(
-                client.messages.create,
-                model=MODEL,
-                max_tokens=8,
-                messages=[{"role": "user", "content": "me first"}],
+                lambda: client.messages.create(
+                    model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "me first"}]
+                )
             )
             wait_until(lambda: _backend_status(client)["waiting"] == 1, "the call did not wait")
             upstream.release(1)  # one batch call ends: its slot is the first free one
