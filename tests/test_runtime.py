@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from click.testing import CliRunner
 
 from batchd import runtime
@@ -105,3 +106,8 @@ def test_serve_on_a_taken_port_exits_with_an_error(tmp_path: Path) -> None:
 
     assert done.returncode == 1, done.stderr
     assert "Error: the HTTP server could not start" in done.stderr
+
+
+def test_the_roles_run_on_uvloop() -> None:
+    """As under ``uvicorn.run``: uvloop's event loop, where it is installed."""
+    assert runtime.loop_factory() is uvloop.new_event_loop

@@ -57,10 +57,10 @@ def _with_store(url: str, action: Callable[[Store], Awaitable[T]]) -> T:
 
 def _run(role: Coroutine[Any, Any, None]) -> None:
     """Run a process role of ``batchd.runtime`` until it stops; a failure exits non-zero."""
-    from batchd.runtime import ProcessFailed
+    from batchd.runtime import ProcessFailed, run
 
     try:
-        asyncio.run(role)
+        run(role)
     except BatchdError as exc:
         raise click.ClickException(exc.message) from exc
     except ProcessFailed as exc:

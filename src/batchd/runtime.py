@@ -19,8 +19,9 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -282,6 +283,22 @@ class Supervisor:
             if not self._stopping:
                 log.critical("the engine stopped on its own; stopping the process")
                 self._fail("the engine stopped on its own")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (``uvicorn[standard]`` brings it), as ``uvicorn.run``
+    would choose; else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover  (a platform without uvloop)
+        return None
+    return uvloop.new_event_loop
+
+
+def run(role: Coroutine[Any, Any, None]) -> None:
+    """Run a role (``serve(...)``, ``work(...)``) to its end on the loop of ``loop_factory``."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(role)
 
 
 def _describe(exc: BaseException) -> str:
