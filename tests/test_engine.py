@@ -58,7 +58,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
             clock,
             runtime.metrics,
         )
-        batches = build_services(runtime, engine).batches
+        batches = (await build_services(runtime, engine)).batches
         task = asyncio.create_task(engine.run())
         yield Running(runtime, engine, batches, clock)
         engine.stop()

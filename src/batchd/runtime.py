@@ -38,7 +38,7 @@ from batchd.engine import Engine, EngineSettings
 from batchd.metrics import Metrics
 from batchd.store import Store, open_store
 from batchd.usecases.batches import BatchLimits, BatchService
-from batchd.usecases.keys import Authenticator, is_loopback
+from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
@@ -100,7 +100,7 @@ def build_engine(runtime: Runtime) -> Engine:
     return Engine(runtime.store, runtime.runners, engine_settings, runtime.clock, runtime.metrics)
 
 
-def build_services(runtime: Runtime, engine: Engine | None) -> Services:
+async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
     """The use cases the API serves; a batch created wakes ``engine``, if this process has one."""
     settings, store, runners = runtime.settings, runtime.store, runtime.runners
     router = Router(runtime.configs)
@@ -116,7 +116,7 @@ def build_services(runtime: Runtime, engine: Engine | None) -> Services:
             store, router, limits, runtime.clock, _on_created(runtime.metrics, engine)
         ),
         messages=MessageService(router, runners),
-        auth=Authenticator(store, allow_open=is_loopback(settings.host)),
+        auth=Authenticator(store, open_mode=await decide_open_mode(store, settings.host)),
         router=router,
         runners=runners,
         tokens=TokenService(
@@ -319,7 +319,7 @@ async def serve(
     """``batchd serve``: the API, and the engine unless ``settings.engine`` is off."""
     async with open_runtime(settings, clock) as runtime:
         engine = build_engine(runtime) if settings.engine else None
-        app = create_app(build_services(runtime, engine))
+        app = create_app(await build_services(runtime, engine))
         config = server_config(app, settings, log_level=log_level)
         await Supervisor(Server(config), engine, started).run(signals=signals)
 

@@ -103,7 +103,7 @@ def built_app() -> FastAPI:
 
     async def build(folder: str) -> FastAPI:
         async with runtime.open_runtime(Settings(db=f"sqlite:///{folder}/batchd.db")) as parts:
-            return create_app(runtime.build_services(parts, None))
+            return create_app(await runtime.build_services(parts, None))
 
     with tempfile.TemporaryDirectory() as folder:
         return asyncio.run(build(folder))

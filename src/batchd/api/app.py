@@ -12,7 +12,7 @@ from batchd import __version__
 from batchd.api import console, openapi
 from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
-from batchd.api.middleware import RequestIdMiddleware
+from batchd.api.middleware import JsonPostsMiddleware, RequestIdMiddleware
 from batchd.api.responses import JSON
 from batchd.api.routes import batches, count_tokens, messages, models, prometheus
 
@@ -35,7 +35,9 @@ def create_app(services: Services) -> FastAPI:
         # their scripts from a CDN, and everything batchd serves comes from itself.
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # its Location would name the Host header's host
     )
+    app.add_middleware(JsonPostsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(batches.router)
