@@ -314,7 +314,6 @@ async def engine_on_sqlite(
             poll_interval=0.05,
             sweep_interval=0.05,
             claim_chunk=32,
-            retry=POLICY,
             shutdown_grace=0.05,
         )
         engine = Engine(store, {config.name: runner}, settings, time.time, metrics)

@@ -18,12 +18,10 @@ import anthropic
 import httpx2 as httpx
 import pytest
 
-from batchd.api import create_app
-from batchd.config import Settings
 from tests.conftest import mock_request, wait_ended
 from tests.support.keys import make_keys
 from tests.support.routes import served_routes
-from tests.support.server import make_settings, serve_batchd
+from tests.support.server import built_app, make_settings, serve_batchd
 
 
 @dataclass(frozen=True)
@@ -136,8 +134,8 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
 }
 
 
-def test_every_route_has_an_isolation_case(tmp_path: Path) -> None:
-    app = create_app(Settings(db=f"sqlite:///{tmp_path}/x.db"))
+def test_every_route_has_an_isolation_case() -> None:
+    app = built_app()
 
     assert served_routes(app) == set(ROUTES)
 

@@ -23,13 +23,11 @@ from schemathesis import Case, CheckContext, Response
 from schemathesis.checks import CheckFunction
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from batchd.api import create_app
-from batchd.config import Settings
 from batchd.schemas.results import MessageBatchIndividualResponse
 from tests.conftest import mock_request, wait_ended
 from tests.support.keys import make_keys
 from tests.support.routes import served_routes
-from tests.support.server import make_settings, serve_batchd
+from tests.support.server import built_app, make_settings, serve_batchd
 
 EXAMPLES = int(os.environ.get("BATCHD_FUZZ_EXAMPLES", "25"))
 
@@ -55,8 +53,8 @@ def documented(document: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def app_document(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]]:
-    app = create_app(Settings(db=f"sqlite:///{tmp_path_factory.mktemp('doc')}/x.db"))
+def app_document() -> tuple[Any, dict[str, Any]]:
+    app = built_app()
     return app, app.openapi()
 
 
@@ -104,7 +102,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, s
 
 # The document as the app generates it (no server needed to build it); the calls go to
 # the live server. (schemathesis.pytest.from_fixture does not run under pytest 9.2.)
-schema = schemathesis.openapi.from_dict(create_app(Settings(db="sqlite:///unused.db")).openapi())
+schema = schemathesis.openapi.from_dict(built_app().openapi())
 
 
 @schemathesis.check

@@ -6,12 +6,11 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import uvicorn
 from pydantic import ValidationError
 
 from batchd.client import commands
@@ -54,6 +53,18 @@ def _with_store(url: str, action: Callable[[Store], Awaitable[T]]) -> T:
         return asyncio.run(run())
     except BatchdError as exc:
         raise click.ClickException(exc.message) from exc
+
+
+def _run(role: Coroutine[Any, Any, None]) -> None:
+    """Run a process role of ``batchd.runtime`` until it stops; a failure exits non-zero."""
+    from batchd.runtime import ProcessFailed, run
+
+    try:
+        run(role)
+    except BatchdError as exc:
+        raise click.ClickException(exc.message) from exc
+    except ProcessFailed as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -103,17 +114,9 @@ def serve(
             f"refusing to serve on {settings.host} with no API keys: create one with "
             "`batchd keys create NAME`, or bind to a loopback address"
         )
-    from batchd.api import create_app
-    from batchd.api.protocol import http_protocol
+    from batchd import runtime  # here: the client commands need neither server nor engine
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
-        http=http_protocol(settings),
-    )
+    _run(runtime.serve(settings, log_level=log_level))
 
 
 @main.command()
@@ -141,12 +144,9 @@ def worker(db: str | None, config: Path | None, log_level: str) -> None:
     """Run the engine only (no HTTP): one of many workers on a shared PostgreSQL database."""
     settings = _settings(db=db, config=config)
     _configure_logging(log_level)
-    from batchd.engine.standalone import run_worker
+    from batchd import runtime
 
-    try:
-        asyncio.run(run_worker(settings))
-    except BatchdError as exc:
-        raise click.ClickException(exc.message) from exc
+    _run(runtime.work(settings))
 
 
 @main.group()

@@ -58,16 +58,8 @@ def new_batch_id() -> str:
     return batch_id(_batch_ids.next())
 
 
-def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
-
-
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
-
-
-def new_tool_use_id() -> str:
-    return "toolu_" + secrets.token_hex(12)
 
 
 def new_key_id() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from batchd.usecases.tokens import TokenService
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
+    clock: Callable[[], float]
     batches: BatchService
     messages: MessageService
     auth: Authenticator

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -29,7 +28,7 @@ def _wire(request: Request, services: ServicesDep, batch: Batch) -> MessageBatch
         batch,
         origin=origin(request, settings),
         retention=settings.results_retention_seconds,
-        now=time.time(),
+        now=services.clock(),
     )
 
 
