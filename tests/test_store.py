@@ -8,7 +8,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,12 +21,13 @@ from batchd.store import (
     SchemaMismatch,
     Store,
     Sweep,
+    open_store,
 )
-from batchd.store.postgres import PostgresStore
-from batchd.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
+from batchd.store.queries import load_migrations, load_queries
 from tests.support.invariants import count_mismatches, pg_count_mismatches
 
 T0 = 1_800_000_000.0
+LATEST = load_migrations()[-1][0]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -41,11 +41,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
-    s: Store
-    if store_url.startswith("sqlite"):
-        s = await SQLiteStore.open(store_url, migrate=True)
-    else:
-        s = await PostgresStore.open(store_url, migrate=False)
+    s = await open_store(store_url, migrate=store_url.startswith("sqlite"))
     yield s
     await s.close()
     if store_url.startswith("sqlite"):
@@ -55,8 +51,8 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = await SQLiteStore.open(f"sqlite:///{tmp_path}/s.db", migrate=True)
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(f"sqlite:///{tmp_path}/s.db")
     yield s
     await s.close()
 
@@ -195,18 +191,21 @@ async def test_list_pages_both_ways(store: Store) -> None:
 async def test_migrations_apply_once_and_refuse_a_newer_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/m.db"
     for _ in range(2):  # the second open finds nothing to do
-        await (await SQLiteStore.open(url, migrate=True)).close()
+        await (await open_store(url, migrate=True)).close()
     with closing(sqlite3.connect(tmp_path / "m.db")) as db, db:
-        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == (
-            SCHEMA_VERSION
-        )
-        db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == (LATEST)
+        db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (LATEST + 1,))
     with pytest.raises(SchemaMismatch, match="newer than this batchd"):
-        await SQLiteStore.open(url, migrate=True)
+        await open_store(url, migrate=True)
 
 
 PARAMS = [
     "ids",
+    "seqs",
+    "mark",
+    "state",
+    "result",
+    "attempt",
     "now",
     "seq",
     "owner",
@@ -228,6 +227,8 @@ HOT_QUERIES = [
     "claim",
     "renew_leases",
     "record_result",
+    "settle_queued",
+    "canceling_batches",
     "requeue_lost",
     "expiring_batches",
     "finalize_all",
@@ -239,11 +240,9 @@ HOT_QUERIES = [
 
 
 @pytest.mark.parametrize("name", HOT_QUERIES)
-async def test_hot_queries_use_an_index(
-    sqlite_store: SQLiteStore, name: str, tmp_path: Path
-) -> None:
-    sql = Q[name]
-    params: Any = (1,) * sql.count("?") if "?" in sql else dict.fromkeys(PARAMS, 1)
+async def test_hot_queries_use_an_index(sqlite_store: Store, name: str, tmp_path: Path) -> None:
+    sql = load_queries("sqlite")[name].sql
+    params = dict.fromkeys(PARAMS, 1)
     with closing(sqlite3.connect(tmp_path / "s.db")) as db:
         plan = [row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
     full_scans = [  # a scan of json_each() walks a list passed in, not a table

@@ -1,4 +1,4 @@
-"""Storage: the Store protocol and its dialects. SQL lives here and nowhere else."""
+"""Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.base import (
     CancelOutcome,
@@ -10,9 +10,9 @@ from batchd.store.base import (
     ResultRecord,
     ResultRow,
     SchemaMismatch,
-    Store,
     Sweep,
 )
+from batchd.store.store import Store
 
 __all__ = [
     "CancelOutcome",
@@ -40,9 +40,9 @@ async def open_store(url: str, *, migrate: bool | None = None) -> Store:
     (zero set-up), PostgreSQL never does (run ``batchd migrate``) and refuses an older schema.
     """
     if url.startswith(POSTGRES_SCHEMES):
-        from batchd.store.postgres import PostgresStore
+        from batchd.store.postgres import PostgresDriver
 
-        return await PostgresStore.open(url, migrate=bool(migrate))
-    from batchd.store.sqlite import SQLiteStore
+        return await Store.open(await PostgresDriver.open(url), migrate=bool(migrate))
+    from batchd.store.sqlite import SQLiteDriver
 
-    return await SQLiteStore.open(url, migrate=migrate is not False)
+    return await Store.open(await SQLiteDriver.open(url), migrate=migrate is not False)

@@ -1,14 +1,17 @@
-"""The Store protocol: everything the use cases and the engine ask of a database."""
+"""What the store hands out (frozen records), and the seam to a dialect's driver."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from batchd.domain import FINAL_STATES, ApiKey, Batch, ClaimedRequest, Outcome, RequestState
+from batchd.domain import FINAL_STATES, ClaimedRequest, RequestState
 from batchd.errors import BatchdError
+from batchd.store.queries import Dialect
 
 
 class SchemaMismatch(BatchdError):
@@ -57,10 +60,10 @@ class Sweep:
     ended: int  # batches that had nothing left to do and are now ended
 
 
-class Keyed(Protocol):
-    """A database row read by column name (sqlite3.Row, asyncpg.Record)."""
+class Row(Protocol):
+    """A database row read by position or column name (sqlite3.Row, asyncpg.Record)."""
 
-    def __getitem__(self, key: str, /) -> Any: ...
+    def __getitem__(self, key: int | str, /) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,7 @@ class RequestFigures:
 
     @classmethod
     def from_rows(
-        cls, queued_by_backend: dict[str, int], running: int, finished: Keyed
+        cls, queued_by_backend: dict[str, int], running: int, finished: Row
     ) -> RequestFigures:
         """From the queued counts per backend, the running count, and the batch-row totals
         of the final states (keyed by state name)."""
@@ -97,73 +100,53 @@ class DeleteOutcome(Enum):
     NOT_ENDED = "not_ended"
 
 
-class Store(Protocol):
-    # batches, as the API sees them
-    async def create_batch(
-        self,
-        batch_id: str,
-        workspace: str,
-        created_at: float,
-        expires_at: float,
-        requests: Sequence[NewRequest],
-    ) -> Batch: ...
+Params = Mapping[str, Any]
+NO_PARAMS: Params = {}
 
-    async def get_batch(self, workspace: str, batch_id: str) -> Batch | None: ...
 
-    async def list_batches(
-        self, workspace: str, limit: int, after_id: str | None, before_id: str | None
-    ) -> tuple[list[Batch], bool] | None:
-        """Newest first; None when a cursor id is unknown in this workspace."""
+class Tx(Protocol):
+    """One transaction of a driver; queries are named (see store/queries.py)."""
+
+    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
+
+    async def execute(self, query: str, params: Params = NO_PARAMS) -> int:
+        """Run a statement; the number of rows it changed."""
         ...
 
-    async def cancel_batch(
-        self, workspace: str, batch_id: str, now: float
-    ) -> tuple[Batch, CancelOutcome] | None: ...
-
-    async def delete_batch(self, workspace: str, batch_id: str) -> DeleteOutcome: ...
-
-    def iter_results(self, batch_seq: int, page_size: int) -> AsyncIterator[list[ResultRecord]]:
-        """A batch's rows in request order, a page at a time."""
+    async def fetch_each(self, query: str, rows: Sequence[Params], shared: Params) -> list[Row]:
+        """Run a statement for each of ``rows`` (with the ``shared`` parameters too); every
+        row the runs returned."""
         ...
 
-    async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
-        """The first ``limit`` errored requests of a batch, in request order."""
+    async def bulk_insert(
+        self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> None: ...
+
+    async def notify(self) -> None:
+        """Wake the workers waiting for work once this transaction commits."""
         ...
 
-    # operators
-    async def request_figures(self) -> RequestFigures: ...
+    async def run_script(self, sql: str) -> None: ...
 
-    # the engine
-    async def claimable_batches(self, now: float) -> list[int]: ...
 
-    async def claim(
-        self,
-        backend: str,
-        batch_seqs: Sequence[int],
-        owner: str,
-        limit: int,
-        lease_until: float,
-        *,
-        share: int | None = None,
-    ) -> Claim:
-        """In one transaction, lease up to ``limit`` queued requests for ``backend``,
-        at most ``share`` from each batch, taking the batches in the order given."""
+class Driver(Protocol):
+    """What a dialect gives the Store: named queries, transactions, notifications.
+
+    Driver errors leave a driver as ``StoreUnavailable`` only."""
+
+    dialect: Dialect
+
+    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]:
+        """A read, outside any write transaction."""
         ...
 
-    async def renew_leases(self, owner: str, lease_until: float, ids: Sequence[int]) -> int:
-        """Extend the leases of these requests, where ``owner`` still holds them."""
+    async def fetch_tuples(self, query: str, params: Params) -> list[tuple[Any, ...]]:
+        """A read as plain tuples, for the hot paths."""
         ...
 
-    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> Recorded:
-        """Write final results fenced by (owner, attempt), and end the batches they complete."""
-        ...
-
-    async def sweep(self, now: float) -> Sweep:
-        """In one transaction: requeue lost leases, expire overdue batches, end finished ones."""
-        ...
-
-    async def release_leases(self, owner: str) -> int:
-        """Return this owner's running requests to the queue (a graceful stop)."""
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction. One that is not ``durable`` (bookkeeping whose loss in a
+        power cut only means a request runs again) may skip syncing to disk."""
         ...
 
     async def wait_for_work(self, seconds: float) -> bool:
@@ -171,15 +154,15 @@ class Store(Protocol):
         process or, where the dialect can tell, in another; False after ``seconds``."""
         ...
 
-    # API keys
-    async def create_key(self, key: ApiKey, key_hash: str) -> None: ...
-
-    async def list_keys(self) -> list[ApiKey]: ...
-
-    async def revoke_key(self, key_id: str, now: float) -> bool: ...
-
-    async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None: ...
-
-    async def count_active_keys(self) -> int: ...
-
     async def close(self) -> None: ...
+
+
+async def wait_for(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` and clear it; False after ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    event.clear()
+    return True

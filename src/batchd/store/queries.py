@@ -1,5 +1,10 @@
 """Loading named SQL (``-- name: NAME`` starts each query), migrations and the declared schema.
 
+A dialect's catalogue is ``common.sql`` and its own file (``sqlite.sql``, ``postgres.sql``):
+a name stands either in ``common.sql`` or in both dialect files, so that both catalogues
+offer the same queries. Queries take named parameters (``:name``); for PostgreSQL they
+become positional (``$1``, ...) in the order of their first use.
+
 Migrations are written once, for both dialects, in a portable subset of SQL whose column
 types are SQLite's; ``for_dialect`` turns them into PostgreSQL by a fixed table of
 substitutions (and leaves them unchanged for SQLite):
@@ -17,11 +22,13 @@ from __future__ import annotations
 
 import re
 from importlib.resources import files
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Dialect = Literal["sqlite", "postgresql"]
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")  # not the casts of PostgreSQL's ``x::bigint``
+_FILES = {"sqlite": "sqlite.sql", "postgresql": "postgres.sql"}
 _POSTGRES_TYPES = [
     (
         re.compile(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?\b"),
@@ -33,10 +40,39 @@ _POSTGRES_TYPES = [
 ]
 
 
-def load_queries(filename: str) -> dict[str, str]:
+class Query(NamedTuple):
+    sql: str
+    params: tuple[str, ...]  # the names of PostgreSQL's $1, $2, ...; () for SQLite
+
+
+def _read(filename: str) -> dict[str, str]:
     text = files("batchd.store").joinpath(filename).read_text(encoding="utf-8")
     parts = _NAME.split(text)[1:]
-    return {name: body.strip() for name, body in zip(parts[::2], parts[1::2], strict=True)}
+    return {
+        name: "\n".join(line for line in body.strip().splitlines() if not line.startswith("--"))
+        for name, body in zip(parts[::2], parts[1::2], strict=True)
+    }
+
+
+def load_queries(dialect: Dialect) -> dict[str, Query]:
+    common, own = _read("common.sql"), _read(_FILES[dialect])
+    if twice := common.keys() & own.keys():
+        raise ValueError(f"queries named both in common.sql and {_FILES[dialect]}: {twice}")
+    queries = common | own
+    if dialect == "sqlite":
+        return {name: Query(sql, ()) for name, sql in queries.items()}
+    return {name: _positional(sql) for name, sql in queries.items()}
+
+
+def _positional(sql: str) -> Query:
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return Query(_PARAM.sub(number, sql), tuple(names))
 
 
 def for_dialect(sql: str, dialect: Dialect) -> str:

@@ -1,0 +1,354 @@
+"""The Store: every rule of batches, requests and keys in the database, written once over a
+dialect's driver (store/sqlite.py, store/postgres.py) and its named SQL (store/*.sql).
+
+Request counts: a batch's counters always equal its rows by state. Every statement that
+moves requests to a final state reports what it moved (its row count, or a row per
+request), and the counters move by exactly that in the same transaction; a concurrent
+statement that finds the rows already moved reports nothing, so that no request is counted
+twice however records, cancels and sweeps interleave. A batch ends in the transaction that
+brings its counters to its total.
+
+Claims start after a per-(backend, batch) watermark kept in this process: without it every
+PostgreSQL claim would walk the dead index entries of all the rows claimed before (O(n^2)
+over a batch). Rows below the watermark (requeued, or skipped while another claim held them)
+are picked up by a second look from the start when the watermark finds too few.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
+
+from batchd.domain import ApiKey, Batch, ClaimedRequest, Outcome, ProcessingStatus, RequestState
+from batchd.store.base import (
+    CancelOutcome,
+    Claim,
+    DeleteOutcome,
+    Driver,
+    NewRequest,
+    Params,
+    Recorded,
+    RequestFigures,
+    ResultRecord,
+    ResultRow,
+    Row,
+    SchemaMismatch,
+    Sweep,
+    Tx,
+)
+from batchd.store.queries import load_migrations
+
+REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
+COUNTED = {s: s.value for s in RequestState if s not in (RequestState.QUEUED, RequestState.RUNNING)}
+
+
+class Store:
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self._marks: dict[tuple[str, int], int] = {}  # claim watermarks: (backend, seq) -> id
+
+    @classmethod
+    async def open(cls, driver: Driver, *, migrate: bool) -> Store:
+        """The store on this driver, its schema checked (and brought up to date if ``migrate``)."""
+        try:
+            await _migrate(driver, apply=migrate)
+        except BaseException:
+            await driver.close()
+            raise
+        return cls(driver)
+
+    async def close(self) -> None:
+        await self.driver.close()
+
+    # -- batches -------------------------------------------------------------------------
+
+    async def create_batch(
+        self,
+        batch_id: str,
+        workspace: str,
+        created_at: float,
+        expires_at: float,
+        requests: Sequence[NewRequest],
+    ) -> Batch:
+        states = Counter(r.state for r in requests)
+        batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
+        async with self.driver.transaction() as tx:
+            [row] = await tx.fetch(
+                "insert_batch",
+                batch
+                | {
+                    "succeeded": states[RequestState.SUCCEEDED],
+                    "errored": states[RequestState.ERRORED],
+                    "created_at": created_at,
+                    "expires_at": expires_at,
+                },
+            )
+            seq = row[0]
+            rows = [
+                (seq, r.custom_id, r.backend, r.params, str(r.state), r.result) for r in requests
+            ]
+            await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)
+            await tx.execute("finalize_batch", {"seq": seq, "now": created_at})
+            created = await _batch_by_seq(tx, seq)
+            await tx.notify()
+        return created
+
+    async def get_batch(self, workspace: str, batch_id: str) -> Batch | None:
+        rows = await self.driver.fetch("get_batch", {"id": batch_id, "workspace": workspace})
+        return Batch.from_row(rows[0]) if rows else None
+
+    async def list_batches(
+        self, workspace: str, limit: int, after_id: str | None, before_id: str | None
+    ) -> tuple[list[Batch], bool] | None:
+        """Newest first; None when a cursor id is unknown in this workspace."""
+        params: dict[str, object] = {"workspace": workspace, "limit": limit + 1}
+        cursor_id = before_id or after_id
+        if cursor_id is not None:
+            anchor = await self.get_batch(workspace, cursor_id)
+            if anchor is None:
+                return None
+            params["seq"] = anchor.seq
+        query = "list_newer" if before_id else "list_older" if after_id else "list_newest"
+        batches = [Batch.from_row(r) for r in await self.driver.fetch(query, params)]
+        has_more = len(batches) > limit
+        batches = batches[:limit]
+        if before_id:
+            batches.reverse()
+        return batches, has_more
+
+    async def cancel_batch(
+        self, workspace: str, batch_id: str, now: float
+    ) -> tuple[Batch, CancelOutcome] | None:
+        async with self.driver.transaction() as tx:
+            rows = await tx.fetch("lock_batch", {"id": batch_id, "workspace": workspace})
+            if not rows:
+                return None
+            batch = Batch.from_row(rows[0])
+            if not await tx.execute("start_cancel", {"seq": batch.seq, "now": now}):
+                ended = batch.processing_status is ProcessingStatus.ENDED
+                return batch, (
+                    CancelOutcome.ALREADY_ENDED if ended else CancelOutcome.ALREADY_CANCELING
+                )
+            await _settle_queued(tx, batch.seq, RequestState.CANCELED)
+            return await _batch_by_seq(tx, batch.seq), CancelOutcome.CANCELED
+
+    async def delete_batch(self, workspace: str, batch_id: str) -> DeleteOutcome:
+        async with self.driver.transaction() as tx:
+            rows = await tx.fetch("lock_batch", {"id": batch_id, "workspace": workspace})
+            if not rows:
+                return DeleteOutcome.NOT_FOUND
+            if rows[0]["processing_status"] != ProcessingStatus.ENDED:
+                return DeleteOutcome.NOT_ENDED
+            await tx.execute("delete_requests", {"seq": rows[0]["seq"]})
+            await tx.execute("delete_batch", {"seq": rows[0]["seq"]})
+            return DeleteOutcome.DELETED
+
+    async def iter_results(
+        self, batch_seq: int, page_size: int
+    ) -> AsyncIterator[list[ResultRecord]]:
+        """A batch's rows in request order, a page at a time."""
+        after = 0
+        while True:
+            params = {"seq": batch_seq, "after": after, "limit": page_size}
+            rows = cast(list[ResultRecord], await self.driver.fetch_tuples("results_page", params))
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield rows
+            if len(rows) < page_size:
+                return
+
+    async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
+        """The first ``limit`` errored requests of a batch, in request order."""
+        rows = await self.driver.fetch("errored_page", {"seq": batch_seq, "limit": limit})
+        return [ResultRow(r["custom_id"], RequestState(r["state"]), r["result"]) for r in rows]
+
+    # -- operators -----------------------------------------------------------------------
+
+    async def request_figures(self) -> RequestFigures:
+        queued = {r["backend"]: r["n"] for r in await self.driver.fetch("queued_by_backend")}
+        [running] = await self.driver.fetch("running_count")
+        [totals] = await self.driver.fetch("final_totals")
+        return RequestFigures.from_rows(queued, int(running[0]), totals)
+
+    # -- engine --------------------------------------------------------------------------
+
+    async def claimable_batches(self, now: float) -> list[int]:
+        return [r[0] for r in await self.driver.fetch("claimable_batches", {"now": now})]
+
+    async def claim(
+        self,
+        backend: str,
+        batch_seqs: Sequence[int],
+        owner: str,
+        limit: int,
+        lease_until: float,
+        *,
+        share: int | None = None,
+    ) -> Claim:
+        """In one transaction, lease up to ``limit`` queued requests for ``backend``,
+        at most ``share`` from each batch, taking the batches in the order given."""
+        claimed: list[ClaimedRequest] = []
+        exhausted: list[int] = []
+        params = {"backend": backend, "owner": owner, "until": lease_until}
+        async with self.driver.transaction(durable=False) as tx:
+            for seq in batch_seqs:
+                want = min(share or limit, limit - len(claimed))
+                if want <= 0:
+                    break
+                rows = await self._claim_batch(tx, params | {"seq": seq}, want)
+                if len(rows) < want:
+                    exhausted.append(seq)
+                claimed.extend(
+                    ClaimedRequest(r["id"], seq, r["custom_id"], r["params"], r["attempts"])
+                    for r in rows
+                )
+        if len(self._marks) > 10_000:  # forget the marks of batches no longer asked for
+            asked = {(backend, s) for s in batch_seqs}
+            self._marks = {k: v for k, v in self._marks.items() if k in asked}
+        return Claim(claimed, exhausted)
+
+    async def _claim_batch(self, tx: Tx, params: dict[str, object], want: int) -> list[Row]:
+        """Claim from the watermark on; when that finds too few, look again from the start."""
+        key = (cast(str, params["backend"]), cast(int, params["seq"]))
+        mark = self._marks.get(key, 0)
+        rows = await tx.fetch("claim", params | {"mark": mark, "limit": want})
+        if len(rows) < want and mark > 0:
+            rows += await tx.fetch("claim", params | {"mark": 0, "limit": want - len(rows)})
+        rows.sort(key=lambda r: cast(int, r["id"]))
+        if rows:
+            self._marks[key] = max(mark, rows[-1]["id"])
+        return rows
+
+    async def renew_leases(self, owner: str, lease_until: float, ids: Sequence[int]) -> int:
+        """Extend the leases of these requests, where ``owner`` still holds them."""
+        params = {"owner": owner, "until": lease_until, "ids": list(ids)}
+        async with self.driver.transaction(durable=False) as tx:
+            return await tx.execute("renew_leases", params)
+
+    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> Recorded:
+        """Write final results fenced by (owner, attempt), and end the batches they complete."""
+        if not outcomes:
+            return Recorded(0, 0)
+        rows = [
+            {
+                "id": o.request.id,
+                "state": str(o.state),
+                "result": o.line,
+                "attempt": o.request.attempt,
+            }
+            for o in sorted(outcomes, key=lambda o: o.request.id)  # lock rows in one order
+        ]
+        tallies: dict[int, Counter[str]] = {}
+        ended = 0
+        async with self.driver.transaction() as tx:
+            written = await tx.fetch_each("record_result", rows, {"owner": owner})
+            for r in written:
+                tallies.setdefault(r[0], Counter())[r[1]] += 1
+            for seq in sorted(tallies):  # in batch order, so that writers lock batches alike
+                await _add_counts(tx, seq, tallies[seq])
+                ended += await tx.execute("finalize_batch", {"seq": seq, "now": now})
+        return Recorded(len(written), ended)
+
+    async def sweep(self, now: float) -> Sweep:
+        """In one transaction: requeue lost leases, expire overdue batches, end finished ones."""
+        async with self.driver.transaction(durable=False) as tx:
+            [lock] = await tx.fetch("sweep_lock")
+            if not lock[0]:
+                return Sweep(requeued=0, expired=0, ended=0)  # another worker is sweeping
+            requeued = await _requeue(tx, "requeue_lost", {"now": now})
+            expiring = [r[0] for r in await tx.fetch("expiring_batches", {"now": now})]
+            for seq in expiring:
+                await _settle_queued(tx, seq, RequestState.EXPIRED)
+            ended = await tx.execute("finalize_all", {"now": now})
+            return Sweep(requeued=requeued, expired=len(expiring), ended=ended)
+
+    async def release_leases(self, owner: str) -> int:
+        """Return this owner's running requests to the queue (a graceful stop)."""
+        async with self.driver.transaction(durable=False) as tx:
+            return await _requeue(tx, "release_leases", {"owner": owner})
+
+    async def wait_for_work(self, seconds: float) -> bool:
+        return await self.driver.wait_for_work(seconds)
+
+    # -- API keys ------------------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey, key_hash: str) -> None:
+        params = {"id": key.id, "name": key.name, "workspace": key.workspace}
+        async with self.driver.transaction() as tx:
+            await tx.execute(
+                "insert_key", params | {"key_hash": key_hash, "created_at": key.created_at}
+            )
+
+    async def list_keys(self) -> list[ApiKey]:
+        return [_key_from_row(r) for r in await self.driver.fetch("list_keys")]
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        async with self.driver.transaction() as tx:
+            return await tx.execute("revoke_key", {"id": key_id, "now": now}) == 1
+
+    async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None:
+        rows = await self.driver.fetch("find_key", {"key_hash": key_hash})
+        return (_key_from_row(rows[0]), rows[0]["key_hash"]) if rows else None
+
+    async def count_active_keys(self) -> int:
+        [row] = await self.driver.fetch("count_active_keys")
+        return int(row[0])
+
+
+async def _batch_by_seq(tx: Tx, seq: int) -> Batch:
+    [row] = await tx.fetch("get_batch_by_seq", {"seq": seq})
+    return Batch.from_row(row)
+
+
+async def _add_counts(tx: Tx, seq: int, moved: Counter[str]) -> None:
+    """Add the requests just moved to a final state to their batch's counters."""
+    await tx.execute("add_counts", {"seq": seq} | {c: moved[c] for c in COUNTED.values()})
+
+
+async def _settle_queued(tx: Tx, seq: int, state: RequestState) -> None:
+    """A batch's queued requests become ``state`` (canceled or expired), counted as moved."""
+    moved = await tx.execute("settle_queued", {"seq": seq, "state": str(state)})
+    await _add_counts(tx, seq, Counter({state.value: moved}))
+
+
+async def _requeue(tx: Tx, query: str, params: Params) -> int:
+    """Return running requests to the queue; a canceling batch's are canceled."""
+    seqs = Counter(r[0] for r in await tx.fetch(query, params))
+    if not seqs:
+        return 0
+    for row in await tx.fetch("canceling_batches", {"seqs": sorted(seqs)}):
+        await _settle_queued(tx, row[0], RequestState.CANCELED)
+    await tx.notify()
+    return seqs.total()
+
+
+def _key_from_row(row: Row) -> ApiKey:
+    return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"])
+
+
+async def _migrate(driver: Driver, *, apply: bool) -> None:
+    """Apply pending migrations in one transaction, one migrating process at a time."""
+    migrations = load_migrations(driver.dialect)
+    latest = migrations[-1][0]
+    async with driver.transaction() as tx:
+        await tx.fetch("migration_lock")
+        await tx.execute("create_migrations_table")
+        [row] = await tx.fetch("schema_version")
+        current = int(row[0])
+        if current > latest:
+            raise SchemaMismatch(
+                f"the database schema is version {current}, newer than this batchd "
+                f"(version {latest}); upgrade batchd"
+            )
+        pending = [(v, sql) for v, sql in migrations if v > current]
+        if pending and not apply:
+            raise SchemaMismatch(
+                f"the database schema is version {current}, older than this batchd expects "
+                f"({latest}); run `batchd migrate --db URL` first"
+            )
+        for version, sql in pending:
+            await tx.run_script(sql)
+            await tx.execute("add_migration", {"version": version, "now": time.time()})
