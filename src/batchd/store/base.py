@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from batchd.domain import FINAL_STATES, ClaimedRequest, RequestState
+from batchd.domain import ClaimedRequest, RequestState
 from batchd.errors import BatchdError
 from batchd.store.queries import Dialect
 
@@ -65,6 +65,8 @@ class Row(Protocol):
 
     def __getitem__(self, key: int | str, /) -> Any: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RequestFigures:
@@ -72,20 +74,6 @@ class RequestFigures:
 
     by_state: dict[RequestState, int]
     queued_by_backend: dict[str, int]
-
-    @classmethod
-    def from_rows(
-        cls, queued_by_backend: dict[str, int], running: int, finished: Row
-    ) -> RequestFigures:
-        """From the queued counts per backend, the running count, and the batch-row totals
-        of the final states (keyed by state name)."""
-        by_state = {
-            RequestState.QUEUED: sum(queued_by_backend.values()),
-            RequestState.RUNNING: running,
-        }
-        for state in FINAL_STATES:
-            by_state[state] = int(finished[state.value])
-        return cls(by_state, queued_by_backend)
 
 
 class CancelOutcome(Enum):
@@ -105,54 +93,38 @@ NO_PARAMS: Params = {}
 
 
 class Tx(Protocol):
-    """One transaction of a driver; queries are named (see store/queries.py)."""
+    """One write transaction of a driver, running named queries (store/*.sql)."""
 
     async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
 
-    async def execute(self, query: str, params: Params = NO_PARAMS) -> int:
-        """Run a statement; the number of rows it changed."""
-        ...
+    async def execute(self, query: str, params: Params = NO_PARAMS) -> int: ...  # rows changed
 
-    async def fetch_each(self, query: str, rows: Sequence[Params], shared: Params) -> list[Row]:
-        """Run a statement for each of ``rows`` (with the ``shared`` parameters too); every
-        row the runs returned."""
-        ...
+    # The query run once per row of ``rows`` (and the ``shared`` parameters): every row returned.
+    async def fetch_each(self, query: str, rows: Sequence[Params], shared: Params) -> list[Row]: ...
 
-    async def bulk_insert(
-        self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
-    ) -> None: ...
+    async def bulk_insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None: ...
 
-    async def notify(self) -> None:
-        """Wake the workers waiting for work once this transaction commits."""
-        ...
+    async def notify(self) -> None: ...  # wake the waiting workers once this commits
 
     async def run_script(self, sql: str) -> None: ...
 
 
 class Driver(Protocol):
-    """What a dialect gives the Store: named queries, transactions, notifications.
-
-    Driver errors leave a driver as ``StoreUnavailable`` only."""
+    """What a dialect gives the Store; its errors leave it as ``StoreUnavailable`` only."""
 
     dialect: Dialect
 
-    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]:
-        """A read, outside any write transaction."""
-        ...
+    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
 
-    async def fetch_tuples(self, query: str, params: Params) -> list[tuple[Any, ...]]:
-        """A read as plain tuples, for the hot paths."""
-        ...
+    async def fetch_tuples(self, query: str, params: Params) -> list[tuple[Any, ...]]: ...
 
-    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Tx]:
-        """A write transaction. One that is not ``durable`` (bookkeeping whose loss in a
-        power cut only means a request runs again) may skip syncing to disk."""
-        ...
+    # A transaction that is not durable (bookkeeping whose loss in a power cut only means a
+    # request runs again) may commit without syncing to disk.
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Tx]: ...
 
-    async def wait_for_work(self, seconds: float) -> bool:
-        """Wait until work may have been queued (a batch created, leases returned), in this
-        process or, where the dialect can tell, in another; False after ``seconds``."""
-        ...
+    # Until work may have been queued (a batch created, leases returned), in this process or,
+    # where the dialect can tell, in another; False after ``seconds``.
+    async def wait_for_work(self, seconds: float) -> bool: ...
 
     async def close(self) -> None: ...
 

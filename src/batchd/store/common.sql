@@ -3,9 +3,8 @@
 -- in sqlite.sql and postgres.sql instead, with the same name and meaning in both.
 
 -- name: insert_batch
-INSERT INTO batches (id, workspace, processing_status, total, succeeded, errored,
-                     created_at, expires_at)
-VALUES (:id, :workspace, 'in_progress', :total, :succeeded, :errored, :created_at, :expires_at)
+INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at)
+VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at)
 RETURNING seq;
 
 -- name: get_batch

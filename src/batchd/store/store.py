@@ -21,7 +21,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
-from batchd.domain import ApiKey, Batch, ClaimedRequest, Outcome, ProcessingStatus, RequestState
+from batchd.domain import (
+    FINAL_STATES,
+    ApiKey,
+    Batch,
+    ClaimedRequest,
+    Outcome,
+    ProcessingStatus,
+    RequestState,
+)
 from batchd.store.base import (
     CancelOutcome,
     Claim,
@@ -41,7 +49,6 @@ from batchd.store.base import (
 from batchd.store.queries import load_migrations
 
 REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
-COUNTED = {s: s.value for s in RequestState if s not in (RequestState.QUEUED, RequestState.RUNNING)}
 
 
 class Store:
@@ -72,28 +79,16 @@ class Store:
         expires_at: float,
         requests: Sequence[NewRequest],
     ) -> Batch:
-        states = Counter(r.state for r in requests)
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
+        times = {"created_at": created_at, "expires_at": expires_at}
         async with self.driver.transaction() as tx:
-            [row] = await tx.fetch(
-                "insert_batch",
-                batch
-                | {
-                    "succeeded": states[RequestState.SUCCEEDED],
-                    "errored": states[RequestState.ERRORED],
-                    "created_at": created_at,
-                    "expires_at": expires_at,
-                },
-            )
-            seq = row[0]
-            rows = [
-                (seq, r.custom_id, r.backend, r.params, str(r.state), r.result) for r in requests
-            ]
+            [[seq]] = await tx.fetch("insert_batch", batch | times)
+            rows = [(seq, r.custom_id, r.backend, r.params, r.state, r.result) for r in requests]
             await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)
+            await _add_counts(tx, seq, Counter(r.state for r in requests))  # the final ones
             await tx.execute("finalize_batch", {"seq": seq, "now": created_at})
-            created = await _batch_by_seq(tx, seq)
             await tx.notify()
-        return created
+            return await _batch_by_seq(tx, seq)
 
     async def get_batch(self, workspace: str, batch_id: str) -> Batch | None:
         rows = await self.driver.fetch("get_batch", {"id": batch_id, "workspace": workspace})
@@ -171,7 +166,9 @@ class Store:
         queued = {r["backend"]: r["n"] for r in await self.driver.fetch("queued_by_backend")}
         [running] = await self.driver.fetch("running_count")
         [totals] = await self.driver.fetch("final_totals")
-        return RequestFigures.from_rows(queued, int(running[0]), totals)
+        by_state = {RequestState.QUEUED: sum(queued.values()), RequestState.RUNNING: running[0]}
+        by_state |= {s: int(totals[s.value]) for s in FINAL_STATES}
+        return RequestFigures(by_state, queued)
 
     # -- engine --------------------------------------------------------------------------
 
@@ -232,21 +229,17 @@ class Store:
         """Write final results fenced by (owner, attempt), and end the batches they complete."""
         if not outcomes:
             return Recorded(0, 0)
+        ordered = sorted(outcomes, key=lambda o: o.request.id)  # lock rows in one order
         rows = [
-            {
-                "id": o.request.id,
-                "state": str(o.state),
-                "result": o.line,
-                "attempt": o.request.attempt,
-            }
-            for o in sorted(outcomes, key=lambda o: o.request.id)  # lock rows in one order
+            dict(id=o.request.id, attempt=o.request.attempt, state=o.state, result=o.line)
+            for o in ordered
         ]
         tallies: dict[int, Counter[str]] = {}
         ended = 0
         async with self.driver.transaction() as tx:
             written = await tx.fetch_each("record_result", rows, {"owner": owner})
-            for r in written:
-                tallies.setdefault(r[0], Counter())[r[1]] += 1
+            for seq, state in written:
+                tallies.setdefault(seq, Counter())[state] += 1
             for seq in sorted(tallies):  # in batch order, so that writers lock batches alike
                 await _add_counts(tx, seq, tallies[seq])
                 ended += await tx.execute("finalize_batch", {"seq": seq, "now": now})
@@ -305,12 +298,12 @@ async def _batch_by_seq(tx: Tx, seq: int) -> Batch:
 
 async def _add_counts(tx: Tx, seq: int, moved: Counter[str]) -> None:
     """Add the requests just moved to a final state to their batch's counters."""
-    await tx.execute("add_counts", {"seq": seq} | {c: moved[c] for c in COUNTED.values()})
+    await tx.execute("add_counts", {"seq": seq} | {s.value: moved[s] for s in FINAL_STATES})
 
 
 async def _settle_queued(tx: Tx, seq: int, state: RequestState) -> None:
     """A batch's queued requests become ``state`` (canceled or expired), counted as moved."""
-    moved = await tx.execute("settle_queued", {"seq": seq, "state": str(state)})
+    moved = await tx.execute("settle_queued", {"seq": seq, "state": state})
     await _add_counts(tx, seq, Counter({state.value: moved}))
 
 
