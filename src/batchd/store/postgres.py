@@ -22,8 +22,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from batchd.errors import StoreUnavailable
-from batchd.store.base import NO_PARAMS, Params, Row, wait_for
 from batchd.store.queries import Dialect, load_queries
+from batchd.store.store import NO_PARAMS, Params, Row, wait_for
 
 log = logging.getLogger(__name__)
 

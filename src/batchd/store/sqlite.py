@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from batchd.errors import StoreUnavailable
-from batchd.store.base import NO_PARAMS, Params, Row, wait_for
 from batchd.store.queries import Dialect, load_queries
+from batchd.store.store import NO_PARAMS, Params, Row, wait_for
 
 Q = load_queries("sqlite")
 BUSY_SECONDS = 5.0  # the longest a write waits for a lock held elsewhere

@@ -16,39 +16,138 @@ are picked up by a second look from the start when the watermark finds too few.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol, cast
 
-from batchd.domain import (
-    FINAL_STATES,
-    ApiKey,
-    Batch,
-    ClaimedRequest,
-    Outcome,
-    ProcessingStatus,
-    RequestState,
-)
-from batchd.store.base import (
-    CancelOutcome,
-    Claim,
-    DeleteOutcome,
-    Driver,
-    NewRequest,
-    Params,
-    Recorded,
-    RequestFigures,
-    ResultRecord,
-    ResultRow,
-    Row,
-    SchemaMismatch,
-    Sweep,
-    Tx,
-)
-from batchd.store.queries import load_migrations
+from batchd.domain import FINAL_STATES, ApiKey, Batch, ClaimedRequest, Outcome, RequestState
+from batchd.errors import BatchdError
+from batchd.store.queries import Dialect, load_migrations
+
+
+class SchemaMismatch(BatchdError):
+    """The database schema is not the version this code expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request to insert; ``result`` is set when it is already final (bad params)."""
+
+    custom_id: str
+    backend: str | None
+    params: bytes
+    state: RequestState
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    custom_id: str
+    state: RequestState
+    result: bytes | None
+
+
+# One row of a results page, as the driver returns it (no object per row on this hot path):
+# (id, custom_id, state, result line or None for canceled/expired requests).
+ResultRecord = tuple[int, str, str, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    requests: list[ClaimedRequest]
+    exhausted: list[int]  # batches that had fewer queued requests than asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    applied: int  # results written; the others were fenced off (their lease was lost)
+    ended: int  # batches these results completed
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    requeued: int  # running requests whose lease had expired, back in the queue
+    expired: int  # batches past their deadline whose queued requests became expired
+    ended: int  # batches that had nothing left to do and are now ended
+
+
+class Row(Protocol):
+    """A database row read by position or column name (sqlite3.Row, asyncpg.Record)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFigures:
+    """Server-wide figures for /metrics: stored requests by state, queued ones per backend."""
+
+    by_state: dict[RequestState, int]
+    queued_by_backend: dict[str, int]
+
+
+class CancelOutcome(Enum):
+    CANCELED = "canceled"  # this call started cancellation
+    ALREADY_CANCELING = "already_canceling"
+    ALREADY_ENDED = "already_ended"
+
+
+class DeleteOutcome(Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    NOT_ENDED = "not_ended"
+
+
+Params = Mapping[str, Any]
+NO_PARAMS: Params = {}
+
+
+class Tx(Protocol):
+    """One transaction of a driver, running the named queries of store/*.sql."""
+
+    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
+    async def execute(self, query: str, params: Params = NO_PARAMS) -> int: ...  # rows changed
+    # The query once per row of ``rows`` (with ``shared`` too): every row the runs returned.
+    async def fetch_each(self, query: str, rows: Sequence[Params], shared: Params) -> list[Row]: ...
+    async def bulk_insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None: ...
+    async def notify(self) -> None: ...  # wake the waiting workers once this commits
+    async def run_script(self, sql: str) -> None: ...
+
+
+class Driver(Protocol):
+    """What a dialect gives the Store; its errors leave it as ``StoreUnavailable`` only."""
+
+    dialect: Dialect
+
+    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
+    async def fetch_tuples(self, query: str, params: Params) -> list[tuple[Any, ...]]: ...
+    # One that is not durable (bookkeeping whose loss in a power cut only means a request
+    # runs again) may commit without syncing to disk.
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Tx]: ...
+    # Until work may have been queued (a batch created, leases returned) in this process
+    # or, where the dialect can tell, in another; False after ``seconds``.
+    async def wait_for_work(self, seconds: float) -> bool: ...
+    async def close(self) -> None: ...
+
+
+async def wait_for(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` and clear it; False after ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    event.clear()
+    return True
+
 
 REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
+_CANCELING = CancelOutcome.ALREADY_CANCELING
 
 
 class Store:
@@ -57,10 +156,21 @@ class Store:
         self._marks: dict[tuple[str, int], int] = {}  # claim watermarks: (backend, seq) -> id
 
     @classmethod
-    async def open(cls, driver: Driver, *, migrate: bool) -> Store:
-        """The store on this driver, its schema checked (and brought up to date if ``migrate``)."""
+    async def open(cls, url: str, *, migrate: bool | None = None) -> Store:
+        """The store a database URL names (``sqlite:///PATH``, ``postgresql://...``), its schema
+        checked. ``migrate=None`` is each dialect's default: SQLite applies pending migrations
+        (zero set-up), PostgreSQL never does (run ``batchd migrate``)."""
+        driver: Driver
+        if url.startswith(("postgresql://", "postgres://")):
+            from batchd.store.postgres import PostgresDriver
+
+            driver = await PostgresDriver.open(url)
+        else:
+            from batchd.store.sqlite import SQLiteDriver
+
+            driver = await SQLiteDriver.open(url)
         try:
-            await _migrate(driver, apply=migrate)
+            await _migrate(driver, apply=driver.dialect == "sqlite" if migrate is None else migrate)
         except BaseException:
             await driver.close()
             raise
@@ -122,10 +232,7 @@ class Store:
                 return None
             batch = Batch.from_row(rows[0])
             if not await tx.execute("start_cancel", {"seq": batch.seq, "now": now}):
-                ended = batch.processing_status is ProcessingStatus.ENDED
-                return batch, (
-                    CancelOutcome.ALREADY_ENDED if ended else CancelOutcome.ALREADY_CANCELING
-                )
+                return batch, CancelOutcome.ALREADY_ENDED if batch.ended_at else _CANCELING
             await _settle_queued(tx, batch.seq, RequestState.CANCELED)
             return await _batch_by_seq(tx, batch.seq), CancelOutcome.CANCELED
 
@@ -134,7 +241,7 @@ class Store:
             rows = await tx.fetch("lock_batch", {"id": batch_id, "workspace": workspace})
             if not rows:
                 return DeleteOutcome.NOT_FOUND
-            if rows[0]["processing_status"] != ProcessingStatus.ENDED:
+            if rows[0]["processing_status"] != "ended":
                 return DeleteOutcome.NOT_ENDED
             await tx.execute("delete_requests", {"seq": rows[0]["seq"]})
             await tx.execute("delete_batch", {"seq": rows[0]["seq"]})
@@ -269,11 +376,9 @@ class Store:
     # -- API keys ------------------------------------------------------------------------
 
     async def create_key(self, key: ApiKey, key_hash: str) -> None:
-        params = {"id": key.id, "name": key.name, "workspace": key.workspace}
+        params = {"id": key.id, "name": key.name, "workspace": key.workspace, "key_hash": key_hash}
         async with self.driver.transaction() as tx:
-            await tx.execute(
-                "insert_key", params | {"key_hash": key_hash, "created_at": key.created_at}
-            )
+            await tx.execute("insert_key", params | {"created_at": key.created_at})
 
     async def list_keys(self) -> list[ApiKey]:
         return [_key_from_row(r) for r in await self.driver.fetch("list_keys")]
@@ -329,8 +434,7 @@ async def _migrate(driver: Driver, *, apply: bool) -> None:
     async with driver.transaction() as tx:
         await tx.fetch("migration_lock")
         await tx.execute("create_migrations_table")
-        [row] = await tx.fetch("schema_version")
-        current = int(row[0])
+        [[current]] = await tx.fetch("schema_version")
         if current > latest:
             raise SchemaMismatch(
                 f"the database schema is version {current}, newer than this batchd "
