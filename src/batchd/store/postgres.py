@@ -1,12 +1,10 @@
 """The PostgreSQL driver: many API and worker processes on one database, through asyncpg.
 
 Every transaction takes a connection from a pool. Claims lock rows with ``FOR UPDATE SKIP
-LOCKED``, so that workers never wait for each other; one sweeper at a time runs (an advisory
-lock). New requests are written with binary COPY, and a large batch refreshes the planner's
-statistics once it is committed, so that claims keep using the queue index. New batches and
-returned leases are announced with ``NOTIFY batchd_work``; a worker waiting in
-``wait_for_work`` listens on a connection of its own. Driver errors become
-``StoreUnavailable`` here.
+LOCKED``; one sweeper at a time runs (an advisory lock). New requests are written with
+binary COPY, and a large batch refreshes the planner's statistics once committed. New work
+is announced with ``NOTIFY batchd_work``, heard by ``wait_for_work`` on a connection of its
+own. Driver errors become ``StoreUnavailable`` here.
 """
 
 from __future__ import annotations
@@ -53,11 +51,9 @@ class _Queries:
         except _ERRORS as exc:
             raise _unavailable(exc) from exc
 
-    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]:
-        return list(await self._run(Q[query].sql, [params[n] for n in Q[query].params]))
-
-    async def fetch_tuples(self, query: str, params: Params) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self.fetch(query, params)]
+    async def fetch(self, query: str, params: Params = NO_PARAMS, plain: bool = False) -> list[Row]:
+        rows = await self._run(Q[query].sql, [params[n] for n in Q[query].params])
+        return [tuple(r) for r in rows] if plain else list(rows)
 
     async def execute(self, query: str, params: Params = NO_PARAMS) -> int:
         args = [params[n] for n in Q[query].params]
@@ -86,8 +82,7 @@ class PostgresDriver:
 
     def __init__(self, url: str, pool: asyncpg.Pool[Record]) -> None:
         self._url, self._pool = url, pool
-        reads = _Queries(pool)
-        self.fetch, self.fetch_tuples = reads.fetch, reads.fetch_tuples
+        self.fetch = _Queries(pool).fetch
         self._work = asyncio.Event()
         self._listener: asyncpg.Connection[Record] | None = None
 

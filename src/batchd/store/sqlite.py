@@ -1,16 +1,13 @@
 """The SQLite driver: one file in WAL mode, each connection on a thread of its own.
 
-One connection writes, under an asyncio lock so that each transaction is whole; a second,
-read-only one serves the reads while writes go on. A read runs to its end in one call on
-the reader's thread: a statement left open would keep its snapshot, and a read started
-meanwhile would miss newer commits. Driver errors become ``StoreUnavailable`` here.
-
-A write waits at most ``BUSY_SECONDS`` for the writes before it in this process and as long
-for SQLite's lock. Once a write has failed on the file (locked elsewhere, disk full, I/O),
-the writes after it wait for no lock (busy_timeout 0) until one works again: the API
-answers 503 at once while the outage lasts, and the first write after it succeeds.
-A transaction that is not durable (claims, renewals, sweeps) commits without syncing the
-WAL; the next durable commit syncs its pages as well.
+One connection writes, under an asyncio lock so that each transaction is whole; a read-only
+one serves the reads meanwhile, each read whole in one call on its thread (a statement left
+open would keep its snapshot and hide newer commits from the reads after it). A write waits
+at most ``BUSY_SECONDS`` for the writes before it in this process and as long for SQLite's
+lock. Once a write has failed on the file (locked elsewhere, disk full, I/O), the writes
+after it wait for no lock until one works again: the API answers 503 at once while the
+outage lasts. A transaction that is not durable commits without syncing the WAL; the next
+durable commit syncs its pages too. Driver errors become ``StoreUnavailable`` here.
 """
 
 from __future__ import annotations
@@ -33,14 +30,6 @@ Q = load_queries("sqlite")
 BUSY_SECONDS = 5.0  # the longest a write waits for a lock held elsewhere
 BUSY_MS = int(BUSY_SECONDS * 1000)
 T = TypeVar("T")
-
-
-def sqlite_path(url: str) -> Path:
-    """``sqlite:///rel/path.db`` is relative to the working directory, ``sqlite:////abs`` not."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ValueError(f"unsupported database URL {url!r}: expected sqlite:///PATH")
-    return Path(url[len(prefix) :])
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -85,17 +74,14 @@ class _Connection:
         await self.call(self.db.close)
         self._thread.shutdown(wait=False)
 
-    def _all(self, sql: str, params: Params, plain: bool = False) -> list[Any]:
+    def _all(self, sql: str, params: Params, plain: bool) -> list[Row]:
         cursor = self.db.cursor()
         if plain:
             cursor.row_factory = None  # plain tuples: several times cheaper than Rows
         return cursor.execute(sql, _bind(params)).fetchall()
 
-    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]:
-        return await self.call(self._all, Q[query].sql, params)
-
-    async def fetch_tuples(self, query: str, params: Params) -> list[tuple[Any, ...]]:
-        return await self.call(self._all, Q[query].sql, params, True)
+    async def fetch(self, query: str, params: Params = NO_PARAMS, plain: bool = False) -> list[Row]:
+        return await self.call(self._all, Q[query].sql, params, plain)
 
     async def execute(self, query: str, params: Params = NO_PARAMS) -> int:
         return await self.call(lambda: self.db.execute(Q[query].sql, _bind(params)).rowcount)
@@ -131,15 +117,17 @@ class SQLiteDriver:
 
     def __init__(self, writer: _Connection, reader: _Connection) -> None:
         self._writer, self._reader = writer, reader
-        self.fetch, self.fetch_tuples = reader.fetch, reader.fetch_tuples
+        self.fetch = reader.fetch
         self._lock = asyncio.Lock()
         self._work = asyncio.Event()  # set when this process queues work
         self._degraded = False  # a write failed on the file, and none has worked since
-        self._busy_ms = BUSY_MS  # the writer's busy_timeout now
 
     @classmethod
     async def open(cls, url: str) -> SQLiteDriver:
-        path = sqlite_path(url)
+        # sqlite:///rel/path.db is relative to the working directory, sqlite:////abs not
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ValueError(f"unsupported database URL {url!r}: expected sqlite:///PATH")
+        path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _Connection.open(path, readonly=False)
         try:
@@ -164,11 +152,11 @@ class SQLiteDriver:
         try:
             await tx.call(self._begin, durable)
             yield tx
-            await tx.call(self._end, "COMMIT", durable)
+            await tx.call(self._end, "COMMIT")
             self._degraded = False
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
-                await asyncio.shield(tx.call(self._end, "ROLLBACK", durable))
+                await asyncio.shield(tx.call(self._end, "ROLLBACK"))
             if not isinstance(exc, sqlite3.Error):
                 raise
             # When the file itself failed (locked, full, read-only, I/O), the writes after
@@ -185,21 +173,16 @@ class SQLiteDriver:
         if db.in_transaction:  # a rollback failed with the disk earlier
             db.execute("ROLLBACK")
         # After a write failed on the file, wait for no lock until a write works again.
-        busy_ms = 0 if self._degraded else BUSY_MS
-        if busy_ms != self._busy_ms:
-            db.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            self._busy_ms = busy_ms
-        if not durable:
-            db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA busy_timeout = {0 if self._degraded else BUSY_MS}")
+        db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         db.execute("BEGIN IMMEDIATE")
 
-    def _end(self, verb: str, durable: bool) -> None:
+    def _end(self, verb: str) -> None:
         try:
             self._writer.db.execute(verb)
         finally:
-            if not durable:
-                with contextlib.suppress(sqlite3.Error):
-                    self._writer.db.execute("PRAGMA synchronous = FULL")
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.db.execute("PRAGMA synchronous = FULL")
 
     async def wait_for_work(self, seconds: float) -> bool:
         """SQLite has no notifications: only this process's own work is seen at once."""

@@ -1,17 +1,13 @@
 """The Store: every rule of batches, requests and keys in the database, written once over a
 dialect's driver (store/sqlite.py, store/postgres.py) and its named SQL (store/*.sql).
 
-Request counts: a batch's counters always equal its rows by state. Every statement that
-moves requests to a final state reports what it moved (its row count, or a row per
-request), and the counters move by exactly that in the same transaction; a concurrent
-statement that finds the rows already moved reports nothing, so that no request is counted
-twice however records, cancels and sweeps interleave. A batch ends in the transaction that
-brings its counters to its total.
-
-Claims start after a per-(backend, batch) watermark kept in this process: without it every
-PostgreSQL claim would walk the dead index entries of all the rows claimed before (O(n^2)
-over a batch). Rows below the watermark (requeued, or skipped while another claim held them)
-are picked up by a second look from the start when the watermark finds too few.
+Request counts: a batch's counters always equal its rows by state. Every statement that moves
+requests to a final state reports what it moved (its row count, or a row per request), and
+the counters move by exactly that in its transaction: a concurrent statement that finds the
+rows already moved reports nothing, so no request is counted twice. Claims start after a
+per-(backend, batch) watermark kept in this process, so that PostgreSQL does not walk the
+dead index entries of every row claimed before (O(n^2) over a batch); rows below it
+(requeued, or skipped while another claim held them) are found by a second look from the start.
 """
 
 from __future__ import annotations
@@ -79,7 +75,7 @@ class Sweep:
 class Row(Protocol):
     """A database row read by position or column name (sqlite3.Row, asyncpg.Record)."""
 
-    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __getitem__(self, key: Any, /) -> Any: ...
     def __iter__(self) -> Iterator[Any]: ...
 
 
@@ -105,6 +101,7 @@ class DeleteOutcome(Enum):
 
 Params = Mapping[str, Any]
 NO_PARAMS: Params = {}
+Rows = list[Row]  # plain tuples where ``plain`` is asked for, on the hot paths
 
 
 class Tx(Protocol):
@@ -124,13 +121,10 @@ class Driver(Protocol):
 
     dialect: Dialect
 
-    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
-    async def fetch_tuples(self, query: str, params: Params) -> list[tuple[Any, ...]]: ...
-    # One that is not durable (bookkeeping whose loss in a power cut only means a request
-    # runs again) may commit without syncing to disk.
+    async def fetch(self, query: str, params: Params = NO_PARAMS, plain: bool = False) -> Rows: ...
+    # Not durable: bookkeeping whose loss in a power cut only means a request runs again.
     def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Tx]: ...
-    # Until work may have been queued (a batch created, leases returned) in this process
-    # or, where the dialect can tell, in another; False after ``seconds``.
+    # Until work may have been queued here (or, where the dialect can tell, in another process).
     async def wait_for_work(self, seconds: float) -> bool: ...
     async def close(self) -> None: ...
 
@@ -153,6 +147,7 @@ _CANCELING = CancelOutcome.ALREADY_CANCELING
 class Store:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
+        self.close, self.wait_for_work = driver.close, driver.wait_for_work
         self._marks: dict[tuple[str, int], int] = {}  # claim watermarks: (backend, seq) -> id
 
     @classmethod
@@ -175,11 +170,6 @@ class Store:
             await driver.close()
             raise
         return cls(driver)
-
-    async def close(self) -> None:
-        await self.driver.close()
-
-    # -- batches -------------------------------------------------------------------------
 
     async def create_batch(
         self,
@@ -217,11 +207,7 @@ class Store:
             params["seq"] = anchor.seq
         query = "list_newer" if before_id else "list_older" if after_id else "list_newest"
         batches = [Batch.from_row(r) for r in await self.driver.fetch(query, params)]
-        has_more = len(batches) > limit
-        batches = batches[:limit]
-        if before_id:
-            batches.reverse()
-        return batches, has_more
+        return (batches[:limit][::-1] if before_id else batches[:limit]), len(batches) > limit
 
     async def cancel_batch(
         self, workspace: str, batch_id: str, now: float
@@ -254,7 +240,7 @@ class Store:
         after = 0
         while True:
             params = {"seq": batch_seq, "after": after, "limit": page_size}
-            rows = cast(list[ResultRecord], await self.driver.fetch_tuples("results_page", params))
+            rows = cast(list[ResultRecord], await self.driver.fetch("results_page", params, True))
             if not rows:
                 return
             after = rows[-1][0]
@@ -267,8 +253,6 @@ class Store:
         rows = await self.driver.fetch("errored_page", {"seq": batch_seq, "limit": limit})
         return [ResultRow(r["custom_id"], RequestState(r["state"]), r["result"]) for r in rows]
 
-    # -- operators -----------------------------------------------------------------------
-
     async def request_figures(self) -> RequestFigures:
         queued = {r["backend"]: r["n"] for r in await self.driver.fetch("queued_by_backend")}
         [running] = await self.driver.fetch("running_count")
@@ -276,8 +260,6 @@ class Store:
         by_state = {RequestState.QUEUED: sum(queued.values()), RequestState.RUNNING: running[0]}
         by_state |= {s: int(totals[s.value]) for s in FINAL_STATES}
         return RequestFigures(by_state, queued)
-
-    # -- engine --------------------------------------------------------------------------
 
     async def claimable_batches(self, now: float) -> list[int]:
         return [r[0] for r in await self.driver.fetch("claimable_batches", {"now": now})]
@@ -369,11 +351,6 @@ class Store:
         """Return this owner's running requests to the queue (a graceful stop)."""
         async with self.driver.transaction(durable=False) as tx:
             return await _requeue(tx, "release_leases", {"owner": owner})
-
-    async def wait_for_work(self, seconds: float) -> bool:
-        return await self.driver.wait_for_work(seconds)
-
-    # -- API keys ------------------------------------------------------------------------
 
     async def create_key(self, key: ApiKey, key_hash: str) -> None:
         params = {"id": key.id, "name": key.name, "workspace": key.workspace, "key_hash": key_hash}
