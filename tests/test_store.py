@@ -308,3 +308,66 @@ async def test_a_read_sees_every_commit_made_before_it_began(store: Store) -> No
     await asyncio.gather(*listers)
 
     assert missed == []
+
+
+def test_both_dialects_offer_the_same_queries() -> None:
+    assert load_queries("sqlite").keys() == load_queries("postgresql").keys()
+
+
+async def test_a_new_batch_counts_its_requests_that_are_final_already(store: Store) -> None:
+    rows = [*_queued(1), NewRequest("bad", None, b"{}", RequestState.ERRORED, b"e")]
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
+    assert (batch.counts.processing, batch.counts.errored) == (1, 1)
+    only_bad = rows[1:]
+    done = await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, only_bad)
+    assert (done.processing_status, done.counts.errored) == (ProcessingStatus.ENDED, 1)
+
+
+async def test_a_fenced_result_among_applied_ones_is_not_counted(store: Store) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
+    lost, *held = (await store.claim("b", [batch.seq], "w1", 3, T0 + 5)).requests
+    await store.renew_leases("w1", T0 + 50, [c.id for c in held])
+    assert (await store.sweep(T0 + 6)).requeued == 1  # only ``lost`` went back
+    [again] = (await store.claim("b", [batch.seq], "w2", 1, T0 + 50)).requests
+    assert await store.record("w1", [_ok(c) for c in [lost, *held]], T0 + 7) == Recorded(2, 0)
+    assert await store.record("w2", [_ok(again)], T0 + 8) == Recorded(1, 1)
+
+
+async def test_a_result_recorded_after_its_batch_was_canceled_counts(store: Store) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
+    [running] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 30)).requests
+    await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
+    assert await store.record("w1", [_ok(running)], T0 + 2) == Recorded(1, 1)
+    ended = await store.get_batch("ws", "msgbatch_a")
+    assert ended is not None
+    assert (ended.counts.succeeded, ended.counts.canceled) == (1, 2)
+
+
+async def test_counts_hold_when_records_cancels_sweeps_and_releases_interleave(
+    store: Store,
+) -> None:
+    """Every writer at once, on batches past their deadline with leases lost and held: each
+    request is counted once (the fixture checks every counter against the rows)."""
+    seqs = [
+        (await store.create_batch(f"msgbatch_{i}", "ws", T0, T0 + 10, _queued(40))).seq
+        for i in range(3)
+    ]
+    lost = (await store.claim("b", seqs, "dead", 30, T0 + 5, share=10)).requests
+    held = (await store.claim("b", seqs, "w1", 30, T0 + 50, share=10)).requests
+    await asyncio.gather(
+        *(store.record("w1", [_ok(c)], T0 + 11) for c in held),
+        *(store.record("dead", [_ok(c)], T0 + 11) for c in lost[::2]),
+        store.cancel_batch("ws", "msgbatch_1", T0 + 11),
+        store.sweep(T0 + 11),
+        store.sweep(T0 + 12),
+        store.release_leases("dead"),
+    )
+    await store.sweep(T0 + 13)
+    figures = await store.request_figures()
+    assert sum(figures.by_state.values()) == 120
+    assert figures.by_state[RequestState.SUCCEEDED] >= 30  # w1's leases were never lost
+    assert (figures.by_state[RequestState.QUEUED], figures.by_state[RequestState.RUNNING]) == (0, 0)
+    for i in range(3):
+        batch = await store.get_batch("ws", f"msgbatch_{i}")
+        assert batch is not None
+        assert batch.processing_status is ProcessingStatus.ENDED
