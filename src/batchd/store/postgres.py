@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
 from batchd.errors import StoreUnavailable
@@ -31,11 +32,6 @@ ANALYZE_AFTER = 1000  # a batch this large refreshes the planner's statistics
 # InternalClientError: a pooled connection the server ended while it was idle can fail its
 # next statement with "cannot switch to state ...; another operation is in progress".
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
-Record = asyncpg.Record
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"database unavailable: {exc}")
 
 
 class _Queries:
@@ -49,7 +45,7 @@ class _Queries:
         try:
             return await (self._conn.fetch if fetch else self._conn.execute)(sql, *args)
         except _ERRORS as exc:
-            raise _unavailable(exc) from exc
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
     async def fetch(self, query: str, params: Params = NO_PARAMS, plain: bool = False) -> list[Row]:
         rows = await self._run(Q[query].sql, [params[n] for n in Q[query].params])
@@ -91,7 +87,7 @@ class PostgresDriver:
         try:
             return cls(url, await asyncpg.create_pool(url, min_size=1, max_size=8))
         except _ERRORS as exc:
-            raise _unavailable(exc) from exc
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -108,7 +104,7 @@ class PostgresDriver:
                 tx = _Queries(conn)
                 yield tx
         except _ERRORS as exc:
-            raise _unavailable(exc) from exc
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
         if tx.loaded >= ANALYZE_AFTER:
             try:  # fresh statistics after a bulk load, so that claims keep using the index
                 await self._pool.execute("ANALYZE requests")

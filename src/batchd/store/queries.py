@@ -55,14 +55,8 @@ def load_queries(dialect: Dialect) -> dict[str, Query]:
 
 
 def _positional(sql: str) -> Query:
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match[1] not in names:
-            names.append(match[1])
-        return f"${names.index(match[1]) + 1}"
-
-    return Query(_PARAM.sub(number, sql), tuple(names))
+    names = list(dict.fromkeys(_PARAM.findall(sql)))
+    return Query(_PARAM.sub(lambda m: f"${names.index(m[1]) + 1}", sql), tuple(names))
 
 
 def for_dialect(sql: str, dialect: Dialect) -> str:

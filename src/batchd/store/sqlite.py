@@ -43,8 +43,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return db
 
 
-def _bind(params: Params) -> Params:
-    """A list parameter goes in as a JSON array (the SQL reads it with json_each)."""
+def _bind(params: Params) -> Params:  # a list goes in as a JSON array, read with json_each
     return {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
 
 

@@ -72,9 +72,7 @@ class Sweep:
     ended: int  # batches that had nothing left to do and are now ended
 
 
-class Row(Protocol):
-    """A database row read by position or column name (sqlite3.Row, asyncpg.Record)."""
-
+class Row(Protocol):  # read by position or column name: sqlite3.Row, asyncpg.Record
     def __getitem__(self, key: Any, /) -> Any: ...
     def __iter__(self) -> Iterator[Any]: ...
 
@@ -104,9 +102,7 @@ NO_PARAMS: Params = {}
 Rows = list[Row]  # plain tuples where ``plain`` is asked for, on the hot paths
 
 
-class Tx(Protocol):
-    """One transaction of a driver, running the named queries of store/*.sql."""
-
+class Tx(Protocol):  # one transaction of a driver, running the named queries of store/*.sql
     async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
     async def execute(self, query: str, params: Params = NO_PARAMS) -> int: ...  # rows changed
     # The query once per row of ``rows`` (with ``shared`` too): every row the runs returned.
@@ -116,9 +112,7 @@ class Tx(Protocol):
     async def run_script(self, sql: str) -> None: ...
 
 
-class Driver(Protocol):
-    """What a dialect gives the Store; its errors leave it as ``StoreUnavailable`` only."""
-
+class Driver(Protocol):  # what a dialect gives the Store; its errors leave as StoreUnavailable
     dialect: Dialect
 
     async def fetch(self, query: str, params: Params = NO_PARAMS, plain: bool = False) -> Rows: ...
@@ -278,35 +272,27 @@ class Store:
         at most ``share`` from each batch, taking the batches in the order given."""
         claimed: list[ClaimedRequest] = []
         exhausted: list[int] = []
-        params = {"backend": backend, "owner": owner, "until": lease_until}
         async with self.driver.transaction(durable=False) as tx:
             for seq in batch_seqs:
                 want = min(share or limit, limit - len(claimed))
                 if want <= 0:
                     break
-                rows = await self._claim_batch(tx, params | {"seq": seq}, want)
+                # From the watermark on; when that finds too few, look again from the start.
+                params = {"backend": backend, "seq": seq, "owner": owner, "until": lease_until}
+                mark = self._marks.get((backend, seq), 0)
+                rows = await tx.fetch("claim", params | {"mark": mark, "limit": want})
+                if len(rows) < want and mark > 0:
+                    rows += await tx.fetch("claim", params | {"mark": 0, "limit": want - len(rows)})
                 if len(rows) < want:
                     exhausted.append(seq)
-                claimed.extend(
-                    ClaimedRequest(r["id"], seq, r["custom_id"], r["params"], r["attempts"])
-                    for r in rows
-                )
+                rows.sort(key=lambda r: cast(int, r[0]))
+                if rows:
+                    self._marks[(backend, seq)] = max(mark, rows[-1][0])
+                claimed += [ClaimedRequest(r[0], seq, r[1], r[2], r[3]) for r in rows]
         if len(self._marks) > 10_000:  # forget the marks of batches no longer asked for
             asked = {(backend, s) for s in batch_seqs}
             self._marks = {k: v for k, v in self._marks.items() if k in asked}
         return Claim(claimed, exhausted)
-
-    async def _claim_batch(self, tx: Tx, params: dict[str, object], want: int) -> list[Row]:
-        """Claim from the watermark on; when that finds too few, look again from the start."""
-        key = (cast(str, params["backend"]), cast(int, params["seq"]))
-        mark = self._marks.get(key, 0)
-        rows = await tx.fetch("claim", params | {"mark": mark, "limit": want})
-        if len(rows) < want and mark > 0:
-            rows += await tx.fetch("claim", params | {"mark": 0, "limit": want - len(rows)})
-        rows.sort(key=lambda r: cast(int, r["id"]))
-        if rows:
-            self._marks[key] = max(mark, rows[-1]["id"])
-        return rows
 
     async def renew_leases(self, owner: str, lease_until: float, ids: Sequence[int]) -> int:
         """Extend the leases of these requests, where ``owner`` still holds them."""
