@@ -73,9 +73,3 @@ def load_migrations(dialect: Dialect = "sqlite") -> list[tuple[int, str]]:
         if match := re.fullmatch(r"(\d{4})_\w+\.sql", entry.name):
             scripts.append((int(match[1]), for_dialect(entry.read_text(encoding="utf-8"), dialect)))
     return sorted(scripts)
-
-
-def load_schema(dialect: Dialect) -> str:
-    """The declared schema: what all the migrations applied in order must give."""
-    text = files("batchd.store").joinpath("schema.sql").read_text(encoding="utf-8")
-    return for_dialect(text, dialect)

@@ -135,7 +135,6 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
 
 
 REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
-_CANCELING = CancelOutcome.ALREADY_CANCELING
 
 
 class Store:
@@ -212,7 +211,10 @@ class Store:
                 return None
             batch = Batch.from_row(rows[0])
             if not await tx.execute("start_cancel", {"seq": batch.seq, "now": now}):
-                return batch, CancelOutcome.ALREADY_ENDED if batch.ended_at else _CANCELING
+                outcome = CancelOutcome.ALREADY_CANCELING
+                if batch.processing_status == "ended":
+                    outcome = CancelOutcome.ALREADY_ENDED
+                return batch, outcome
             await _settle_queued(tx, batch.seq, RequestState.CANCELED)
             return await _batch_by_seq(tx, batch.seq), CancelOutcome.CANCELED
 
