@@ -228,7 +228,7 @@ HOT_QUERIES = [
     "renew_leases",
     "record_result",
     "settle_queued",
-    "canceling_batches",
+    "lock_batches",
     "requeue_lost",
     "expiring_batches",
     "finalize_all",

@@ -34,9 +34,13 @@ FROM unnest(:id::bigint[], :state::text[], :result::bytea[], :attempt::bigint[])
 WHERE r.id = u.id AND r.lease_owner = :owner AND r.attempts = u.attempt
 RETURNING r.batch_seq, r.state;
 
--- name: canceling_batches
-SELECT seq FROM batches WHERE seq = ANY(:seqs::bigint[]) AND processing_status = 'canceling'
-ORDER BY seq;
+-- name: lock_batches
+-- Locked before their status is read: a cancel that started meanwhile is seen once it
+-- commits, so that the requests returned to its queue are canceled too (its own settle saw
+-- them running). Unlocked, they stayed queued in a canceling batch for good. No status test
+-- here: the scan would apply it to the old row before waiting for the lock.
+SELECT seq, processing_status FROM batches WHERE seq = ANY(:seqs::bigint[])
+ORDER BY seq FOR UPDATE;
 
 -- name: sweep_lock
 -- One sweeper at a time across every worker; the others skip this round.

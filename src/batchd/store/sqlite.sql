@@ -23,9 +23,9 @@ UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_
 WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
 RETURNING batch_seq, state;
 
--- name: canceling_batches
-SELECT seq FROM batches
-WHERE seq IN (SELECT value FROM json_each(:seqs)) AND processing_status = 'canceling'
+-- name: lock_batches
+-- (the store's one writer already holds the database's write lock)
+SELECT seq, processing_status FROM batches WHERE seq IN (SELECT value FROM json_each(:seqs))
 ORDER BY seq;
 
 -- name: sweep_lock

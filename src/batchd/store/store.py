@@ -382,8 +382,9 @@ async def _requeue(tx: Tx, query: str, params: Params) -> int:
     seqs = Counter(r[0] for r in await tx.fetch(query, params))
     if not seqs:
         return 0
-    for row in await tx.fetch("canceling_batches", {"seqs": sorted(seqs)}):
-        await _settle_queued(tx, row[0], RequestState.CANCELED)
+    for seq, status in await tx.fetch("lock_batches", {"seqs": sorted(seqs)}):
+        if status == "canceling":
+            await _settle_queued(tx, seq, RequestState.CANCELED)
     await tx.notify()
     return seqs.total()
 
