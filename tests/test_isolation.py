@@ -91,6 +91,15 @@ def leaks_nothing(world: World, method: str, path: str) -> None:
         assert secret not in reply.text
 
 
+def for_operators_only(world: World, method: str, path: str) -> None:
+    """Server-wide figures and upstream error texts: Bob's key is no operator's."""
+    reply = world.call("bob", method, path)
+    assert reply.status_code == 403, reply.text
+    assert reply.json()["error"]["type"] == "permission_error"
+    for secret in world.alice_secrets:
+        assert secret not in reply.text
+
+
 def the_same_for_everyone(world: World, method: str, path: str) -> None:
     """A static page or file: the same bytes whoever asks, naming nothing of Alice's."""
     as_alice, as_bob = world.call("alice", method, path), world.call("bob", method, path)
@@ -115,8 +124,9 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),
     ("GET", "/v1/models"): (leaks_nothing, True),
-    ("GET", "/status/backends"): (leaks_nothing, True),
-    ("GET", "/metrics"): (leaks_nothing, True),  # labels: backends, states, types only
+    # every workspace's figures, the upstreams' error texts
+    ("GET", "/status/backends"): (for_operators_only, True),
+    ("GET", "/metrics"): (for_operators_only, True),
     ("GET", "/healthz"): (leaks_nothing, False),
     ("GET", "/openapi.json"): (leaks_nothing, False),
     # the console's shell and files; its data comes from the API routes above

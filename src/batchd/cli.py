@@ -96,14 +96,10 @@ def serve(
     )
     _configure_logging(log_level)
     keys = _with_store(settings.db, lambda store: store.count_active_keys())
-    if keys == 0:
-        if not is_loopback(settings.host):
-            raise click.ClickException(
-                f"refusing to serve on {settings.host} with no API keys: create one with "
-                "`batchd keys create NAME`, or bind to a loopback address"
-            )
-        logging.getLogger("batchd").warning(
-            "no API keys exist: the server is open to any key on %s", settings.host
+    if keys == 0 and not is_loopback(settings.host):
+        raise click.ClickException(
+            f"refusing to serve on {settings.host} with no API keys: create one with "
+            "`batchd keys create NAME`, or bind to a loopback address"
         )
     from batchd.api import create_app
     from batchd.api.protocol import http_protocol
@@ -159,12 +155,20 @@ def keys() -> None:
 @keys.command("create")
 @click.argument("name")
 @click.option("--workspace", default="default", show_default=True)
+@click.option(
+    "--operator",
+    is_flag=True,
+    help="May read /metrics and /status/backends (every workspace's figures)",
+)
 @_db_option
-def keys_create(name: str, workspace: str, db: str | None) -> None:
+def keys_create(name: str, workspace: str, operator: bool, db: str | None) -> None:
     """Create a key; it is printed once and only its hash is stored."""
     settings = _settings(db=db)
-    key, secret = _with_store(settings.db, lambda store: create_key(store, name, workspace))
-    click.echo(f"created key {key.id} ({name}) in workspace {workspace}", err=True)
+    key, secret = _with_store(
+        settings.db, lambda store: create_key(store, name, workspace, operator=operator)
+    )
+    scope = " (operator)" if operator else ""
+    click.echo(f"created key {key.id} ({name}) in workspace {workspace}{scope}", err=True)
     click.echo(secret)
 
 
@@ -175,7 +179,8 @@ def keys_list(db: str | None) -> None:
     settings = _settings(db=db)
     for key in _with_store(settings.db, lambda store: store.list_keys()):
         state = "revoked" if key.revoked_at else "active"
-        click.echo(f"{key.id}\t{key.name}\t{key.workspace}\t{state}")
+        scope = "\toperator" if key.operator else ""
+        click.echo(f"{key.id}\t{key.name}\t{key.workspace}\t{state}{scope}")
 
 
 @keys.command("revoke")

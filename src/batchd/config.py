@@ -44,6 +44,9 @@ class BackendConfig(BaseModel):
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     timeout_seconds: float = Field(default=600.0, gt=0)
+    # Hosts whose image/document URLs this backend may be asked to fetch (patterns such as
+    # "*.cdn.example"); default: any public host, never a loopback/private/link-local one.
+    allowed_url_hosts: list[str] | None = None
     max_retries: int | None = Field(default=None, ge=0)
     latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
     # transformers / vllm: a Hugging Face model directory, run in this process

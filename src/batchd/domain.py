@@ -117,6 +117,14 @@ class ApiKey:
     workspace: str
     created_at: float
     revoked_at: float | None
+    operator: bool = False  # may read the server-wide routes: /metrics, /status/backends
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKey:
+        return cls(
+            row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"],
+            bool(row["is_operator"]),
+        )  # fmt: skip
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -17,7 +17,7 @@ from batchd import __version__
 from batchd.api import console, openapi
 from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
-from batchd.api.middleware import RequestIdMiddleware
+from batchd.api.middleware import JsonPostsMiddleware, RequestIdMiddleware
 from batchd.api.responses import JSON
 from batchd.api.routes import batches, count_tokens, messages, models, prometheus
 from batchd.api.uploads import UploadSlots
@@ -27,7 +27,7 @@ from batchd.engine import Engine
 from batchd.engine.standalone import engine_settings, start_runtime
 from batchd.metrics import Metrics
 from batchd.usecases.batches import BatchLimits, BatchService
-from batchd.usecases.keys import Authenticator, is_loopback
+from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
                     store, router, limits, time.time, _on_created(metrics, engine)
                 ),
                 messages=MessageService(router, runners),
-                auth=Authenticator(store, allow_open=is_loopback(settings.host)),
+                auth=Authenticator(store, open_mode=await decide_open_mode(store, settings.host)),
                 router=router,
                 runners=runners,
                 tokens=TokenService(
@@ -91,7 +91,9 @@ def create_app(settings: Settings) -> FastAPI:
         # their scripts from a CDN, and everything batchd serves comes from itself.
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # its Location would name the Host header's host
     )
+    app.add_middleware(JsonPostsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(batches.router)

@@ -28,9 +28,11 @@ _DESCRIPTIONS = {
     200: "Success",
     400: "The request is malformed, or the batch is not in a state that allows it",
     401: "No key, or a key that is not valid",
+    403: "Not an operator key; or, on a server without keys, a call from off this machine",
     404: "No such batch in the key's workspace, or no backend serves the model",
     408: "The request body stopped arriving",
     413: "The request body is over the server's limit",
+    415: "A POST whose body is not declared application/json",
     429: "Too many uploads in progress for this key, or the upstream's rate limit",
     500: "An unexpected error",
     502: "The upstream failed or refused batchd's credentials",
@@ -44,16 +46,16 @@ _UPSTREAM = (404, 408, 413, 429, 502, 503, 504, 529)
 _JSONL = "JSONL"  # results: application/x-jsonl, one MessageBatchIndividualResponse a line
 # (method, path): (the success body's schema, its error statuses besides 401 and 500)
 OPERATIONS: dict[tuple[str, str], tuple[str, tuple[int, ...]]] = {
-    ("post", "/v1/messages/batches"): ("MessageBatch", (400, 408, 413, 429, 503)),
+    ("post", "/v1/messages/batches"): ("MessageBatch", (400, 408, 413, 415, 429, 503)),
     ("get", "/v1/messages/batches"): ("MessageBatchList", (400, 404, 503)),
     ("get", _BATCH): ("MessageBatch", (404, 503)),
-    ("post", f"{_BATCH}/cancel"): ("MessageBatch", (400, 404, 503)),
+    ("post", f"{_BATCH}/cancel"): ("MessageBatch", (400, 404, 415, 503)),
     ("delete", _BATCH): ("DeletedMessageBatch", (400, 404, 503)),
     ("get", f"{_BATCH}/results"): (_JSONL, (400, 404, 503)),
-    ("post", "/v1/messages"): ("Message", (400, *_UPSTREAM)),
-    ("post", "/v1/messages/count_tokens"): ("TokenCount", (400, *_UPSTREAM)),
+    ("post", "/v1/messages"): ("Message", (400, 415, *_UPSTREAM)),
+    ("post", "/v1/messages/count_tokens"): ("TokenCount", (400, 415, *_UPSTREAM)),
     ("get", "/v1/models"): ("ModelList", ()),
-    ("get", "/status/backends"): ("BackendStatusList", ()),
+    ("get", "/status/backends"): ("BackendStatusList", (403,)),
     ("get", "/healthz"): ("Health", ()),
 }
 PUBLIC = {("get", "/healthz")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +129,9 @@ class SQLiteDriver:
             raise ValueError(f"unsupported database URL {url!r}: expected sqlite:///PATH")
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
+        # A new file is its owner's only (0600 whatever the umask), and so its WAL and SHM.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         writer = await _Connection.open(path, readonly=False)
         try:
             return cls(writer, await _Connection.open(path, readonly=True))

@@ -343,10 +343,13 @@ class Store:
     async def create_key(self, key: ApiKey, key_hash: str) -> None:
         params = {"id": key.id, "name": key.name, "workspace": key.workspace, "key_hash": key_hash}
         async with self.driver.transaction() as tx:
-            await tx.execute("insert_key", params | {"created_at": key.created_at})
+            await tx.execute(
+                "insert_key",
+                params | {"created_at": key.created_at, "is_operator": int(key.operator)},
+            )
 
     async def list_keys(self) -> list[ApiKey]:
-        return [_key_from_row(r) for r in await self.driver.fetch("list_keys")]
+        return [ApiKey.from_row(r) for r in await self.driver.fetch("list_keys")]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         async with self.driver.transaction() as tx:
@@ -354,7 +357,7 @@ class Store:
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None:
         rows = await self.driver.fetch("find_key", {"key_hash": key_hash})
-        return (_key_from_row(rows[0]), rows[0]["key_hash"]) if rows else None
+        return (ApiKey.from_row(rows[0]), rows[0]["key_hash"]) if rows else None
 
     async def count_active_keys(self) -> int:
         [row] = await self.driver.fetch("count_active_keys")
@@ -387,10 +390,6 @@ async def _requeue(tx: Tx, query: str, params: Params) -> int:
             await _settle_queued(tx, seq, RequestState.CANCELED)
     await tx.notify()
     return seqs.total()
-
-
-def _key_from_row(row: Row) -> ApiKey:
-    return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"])
 
 
 async def _migrate(driver: Driver, *, apply: bool) -> None:

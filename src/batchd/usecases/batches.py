@@ -71,6 +71,10 @@ class BatchService:
         backend = self._router.route(params.model)
         if backend is None:
             return _errored(item, "not_found_error", f"model: {params.model!r} is not served here")
+        try:
+            self._router.check_urls(backend, params)
+        except InvalidRequest as exc:
+            return _errored(item, "invalid_request_error", exc.message)
         return NewRequest(item.custom_id, backend, item.params, RequestState.QUEUED)
 
     async def get(self, workspace: str, batch_id: str) -> Batch:

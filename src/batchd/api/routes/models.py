@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.deps import OperatorDep, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
 
 router = APIRouter()
@@ -34,11 +34,11 @@ async def list_models(
 
 
 @router.get("/status/backends", tags=["health"])
-async def backend_status(
-    services: ServicesDep,
-    workspace: WorkspaceDep,  # noqa: ARG001  (authenticates the caller)
-) -> JSON:
-    """Each backend's pacing as it stands: limit, in flight, waiting, retries, last error."""
+async def backend_status(services: ServicesDep, _operator: OperatorDep) -> JSON:
+    """Each backend's pacing as it stands: limit, in flight, waiting, retries, last error.
+
+    For operator keys only: the last error is the upstream's text about some workspace's
+    request, and the figures are every workspace's."""
     return JSON(
         {
             "data": [
