@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from batchd.backends.mock import mock_message
-from batchd.store.sqlite import MIGRATIONS
+from batchd.store.queries import load_migrations
 from batchd.validation import check_params
 from bench import harness, workload
 
@@ -47,7 +47,7 @@ def _fresh_db(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
-    for _, script in MIGRATIONS:
+    for _, script in load_migrations("sqlite"):
         db.executescript(script)
     db.execute(
         "INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at)"
