@@ -6,6 +6,7 @@ TOML file named by ``--config`` / ``BATCHD_CONFIG``, the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,10 @@ from pydantic_settings import (
 from pydantic_settings.sources import InitSettingsSource
 
 MOCK_MODEL = "mock"
+# The largest max_tokens an upstream backend accepts unless its table says otherwise: the
+# most any hosted model generates in one answer today.
+DEFAULT_MAX_OUTPUT_TOKENS = 128_000
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 # Kinds that run the model inside batchd's own process (``model_path`` instead of base_url).
 LOCAL_KINDS = frozenset({"transformers", "vllm"})
 
@@ -44,6 +49,9 @@ class BackendConfig(BaseModel):
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     timeout_seconds: float = Field(default=600.0, gt=0)
+    # The largest max_tokens a request may ask of this backend (a larger one is refused as
+    # invalid_request_error); default: a local model's context length, else 128,000.
+    max_output_tokens: int | None = Field(default=None, ge=1)
     max_retries: int | None = Field(default=None, ge=0)
     latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
     # transformers / vllm: a Hugging Face model directory, run in this process
@@ -76,8 +84,31 @@ class BackendConfig(BaseModel):
             )
         return self
 
+    def output_token_limit(self) -> int:
+        """The largest ``max_tokens`` a request may ask of this backend."""
+        if self.max_output_tokens is not None:
+            return self.max_output_tokens
+        if self.kind in LOCAL_KINDS and self.model_path:
+            return _context_length(Path(self.model_path)) or DEFAULT_MAX_OUTPUT_TOKENS
+        return DEFAULT_MAX_OUTPUT_TOKENS
+
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+def _context_length(model_path: Path) -> int | None:
+    """The context length a Hugging Face model directory's config.json declares, if any."""
+    try:
+        declared = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(declared.get("text_config"), dict):  # multimodal models nest it
+        declared = {**declared["text_config"], **declared}
+    for key in _CONTEXT_KEYS:
+        value = declared.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 class Settings(BaseSettings):

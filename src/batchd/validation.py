@@ -21,6 +21,9 @@ from batchd.errors import InvalidRequest
 
 T = TypeVar("T")
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# Arrays and objects nested deeper than this in one request's params are refused, so that
+# no later walk over the JSON (estimates, translation, encoders) meets unbounded nesting.
+MAX_DEPTH = 128
 
 
 class _RequestItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,6 +75,7 @@ class CountTokensParams(msgspec.Struct):
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _params_decoder = msgspec.json.Decoder(Params)
 _count_tokens_decoder = msgspec.json.Decoder(CountTokensParams)
+_any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -158,6 +162,7 @@ def _custom_id_problem(custom_id: str) -> str:
 def check_params(raw: bytes, *, in_batch: bool = True) -> Params:
     """Check one request's Messages params; raise InvalidRequest naming the field."""
     params = _decode(_params_decoder, raw, "params")
+    check_depth(raw, "params")
     if params.stream and in_batch:
         raise InvalidRequest("stream: streaming is not supported for batch requests")
     _check_content(params.messages, params.system, params.tools)
@@ -179,8 +184,31 @@ def stored_params(raw: bytes) -> Params:
 def check_count_tokens(raw: bytes) -> CountTokensParams:
     """Check a count_tokens body; raise InvalidRequest naming the field."""
     params = _decode(_count_tokens_decoder, raw, "request body")
+    check_depth(raw, "request body")
     _check_content(params.messages, params.system, params.tools)
     return params
+
+
+def check_depth(raw: bytes | bytearray, what: str, limit: int = MAX_DEPTH) -> None:
+    """Raise InvalidRequest when the JSON ``raw`` nests arrays and objects over ``limit`` deep.
+
+    Walked with a stack of its own, never by recursion; a document with fewer brackets than
+    the limit cannot nest that deep and is not walked at all.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    stack: list[tuple[Any, int]] = [(_decode(_any_decoder, raw, what), 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            raise InvalidRequest(f"{what} is nested too deeply (more than {limit} levels)")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _check_content(

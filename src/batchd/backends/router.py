@@ -11,6 +11,7 @@ from batchd.backends.local.backend import transformers_backend, vllm_backend
 from batchd.backends.mock import MockBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
+from batchd.errors import InvalidRequest
 
 BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
 
@@ -46,6 +47,7 @@ class Router:
     def __init__(self, configs: list[BackendConfig]) -> None:
         self._routes = [(pattern, c.name) for c in configs for pattern in c.models]
         self._cache: dict[str, str | None] = {}
+        self._max_tokens = {c.name: c.output_token_limit() for c in configs}
 
     def route(self, model: str) -> str | None:
         if model not in self._cache:
@@ -53,6 +55,14 @@ class Router:
                 (name for pattern, name in self._routes if fnmatchcase(model, pattern)), None
             )
         return self._cache[model]
+
+    def check_max_tokens(self, name: str, max_tokens: int) -> None:
+        """Raise InvalidRequest when ``max_tokens`` is more than backend ``name`` allows."""
+        limit = self._max_tokens[name]
+        if max_tokens > limit:
+            raise InvalidRequest(
+                f"max_tokens: {max_tokens} is more than this model allows here ({limit})"
+            )
 
     def model_names(self) -> list[str]:
         """Patterns that name one model exactly (no glob characters)."""

@@ -66,11 +66,13 @@ class BatchService:
     def _prepare_one(self, item: BatchItem) -> NewRequest:
         try:
             params = check_params(item.params)
+            backend = self._router.route(params.model)
+            if backend is None:
+                message = f"model: {params.model!r} is not served here"
+                return _errored(item, "not_found_error", message)
+            self._router.check_max_tokens(backend, params.max_tokens)
         except InvalidRequest as exc:
             return _errored(item, "invalid_request_error", exc.message)
-        backend = self._router.route(params.model)
-        if backend is None:
-            return _errored(item, "not_found_error", f"model: {params.model!r} is not served here")
         return NewRequest(item.custom_id, backend, item.params, RequestState.QUEUED)
 
     async def get(self, workspace: str, batch_id: str) -> Batch:

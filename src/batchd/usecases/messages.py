@@ -31,6 +31,7 @@ class MessageService:
         name = self._router.route(params.model)
         if name is None:
             raise NotFound(f"model: {params.model!r} is not served here")
+        self._router.check_max_tokens(name, params.max_tokens)
         runner = self._runners[name]
         raw = body
         if params.stream:  # the upstream call is never streamed; the API layer streams
