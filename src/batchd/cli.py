@@ -108,7 +108,7 @@ def serve(
             "no API keys exist: the server is open to any key on %s", settings.host
         )
     from batchd.api import create_app
-    from batchd.api.protocol import http_protocol
+    from batchd.api.serving import serving_options
 
     uvicorn.run(
         create_app(settings),
@@ -116,7 +116,7 @@ def serve(
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=10,
-        http=http_protocol(settings),
+        **serving_options(settings),
     )
 
 

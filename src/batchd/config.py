@@ -123,13 +123,25 @@ class Settings(BaseSettings):
 
     batch_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
     results_retention_seconds: float = Field(default=29 * 24 * 3600.0, gt=0)
-    max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)  # a create-batch body
+    # A POST /v1/messages or count_tokens body (the hosted API takes 32 MB).
+    max_message_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Request bodies held at once, by the requests of one key and by all (else 429).
+    max_body_bytes_per_key: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_body_bytes_total: int = Field(default=1024 * 1024 * 1024, gt=0)
     # A body that stops arriving for this long is answered 408 and dropped.
     body_idle_timeout_seconds: float = Field(default=30.0, gt=0)
     # The request line and headers: at most this many bytes, complete within this many
     # seconds of the connection opening (or of a later request's first byte); else 431 / closed.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     header_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Connections served at once (kept below the open-file limit); a request over it: 503.
+    max_connections: int = Field(default=4096, ge=1)
+    # A request answered before its body arrived (a 401, a 413) has the rest of the body
+    # read for at most this long and this many bytes; then its connection is closed.
+    # (Draining lets a client that writes its whole body before reading see the answer.)
+    drain_seconds: float = Field(default=10.0, gt=0)
+    drain_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
     # Create-batch uploads one key may have in progress at once; the next one gets 429.
     max_concurrent_uploads_per_key: int = Field(default=4, ge=1)
     max_requests_per_batch: int = Field(default=100_000, ge=1)

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from batchd.api import create_app
-from batchd.api.protocol import http_protocol
+from batchd.api.serving import serving_options
 from batchd.config import Settings
 
 
@@ -53,7 +53,7 @@ def serve_app(app: Any, *, port: int = 0, **options: Any) -> Iterator[RunningSer
 @contextmanager
 def serve_batchd(settings: Settings) -> Iterator[RunningServer]:
     app = create_app(settings)
-    with serve_app(app, port=settings.port, http=http_protocol(settings)) as running:
+    with serve_app(app, port=settings.port, **serving_options(settings)) as running:
         yield RunningServer(url=running.url, port=running.port, settings=settings)
 
 

@@ -15,12 +15,12 @@ from fastapi import FastAPI
 
 from batchd import __version__
 from batchd.api import console, openapi
+from batchd.api.bodies import BodyBudget
 from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestIdMiddleware
 from batchd.api.responses import JSON
 from batchd.api.routes import batches, count_tokens, messages, models, prometheus
-from batchd.api.uploads import UploadSlots
 from batchd.backends.router import Router
 from batchd.config import Settings
 from batchd.engine import Engine
@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
                 metrics=metrics,
                 overview=Overview(store),
-                uploads=UploadSlots(settings.max_concurrent_uploads_per_key),
+                bodies=BodyBudget.from_settings(settings),
             )
             if engine is not None:
                 task = asyncio.create_task(engine.run(), name="engine")

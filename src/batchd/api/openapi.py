@@ -31,7 +31,7 @@ _DESCRIPTIONS = {
     404: "No such batch in the key's workspace, or no backend serves the model",
     408: "The request body stopped arriving",
     413: "The request body is over the server's limit",
-    429: "Too many uploads in progress for this key, or the upstream's rate limit",
+    429: "Too many uploads or request bodies in progress, or the upstream's rate limit",
     500: "An unexpected error",
     502: "The upstream failed or refused batchd's credentials",
     503: "The database or the upstream is unavailable for now",

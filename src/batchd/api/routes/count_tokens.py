@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.deps import CallerDep, ServicesDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 
@@ -15,7 +15,9 @@ router = APIRouter(tags=["messages"])
 async def count_tokens(
     request: Request,
     services: ServicesDep,
-    workspace: WorkspaceDep,  # noqa: ARG001  (authenticates the caller)
+    caller: CallerDep,
 ) -> JSON:
-    body = await read_body(request, services.settings)
-    return JSON({"input_tokens": await services.tokens.count(bytes(body))})
+    settings = services.settings
+    with services.bodies.holding(caller) as held:
+        body = await read_body(request, settings, held, settings.max_message_body_bytes)
+        return JSON({"input_tokens": await services.tokens.count(bytes(body))})
