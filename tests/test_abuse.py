@@ -5,6 +5,7 @@ recursion over client JSON."""
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import socket
 import time
@@ -24,6 +25,7 @@ from batchd.api.serving import (
 from tests.conftest import StartServer, mock_request, wait_ended
 from tests.support import rawhttp
 from tests.support.keys import make_keys
+from tests.support.process import run_batchd
 from tests.support.server import RunningServer, make_settings
 
 # --- max_tokens: bounded per backend ------------------------------------------------------
@@ -264,3 +266,24 @@ def test_messages_bodies_have_a_smaller_limit_than_creates(
     assert too_large.status == 413
     assert too_large.json()["error"]["type"] == "request_too_large"
     assert create.status == 400  # read in full (the padding is no JSON)
+
+
+def test_a_create_holds_its_body_about_once(tmp_path: Path) -> None:
+    """The body is read into one buffer, its requests are views into it, and nothing copies
+    it whole on the way to the database (a 200 MiB create: docs/reliability.md)."""
+    pad = "x" * 2000
+    requests = [mock_request(f"r{i}", metadata={"user_id": pad}) for i in range(32_000)]
+    body = json.dumps({"requests": requests}).encode()
+    mib = len(body) / 2**20
+    with run_batchd(tmp_path, "--no-engine") as server:
+        server.reset_peak_rss()
+        idle = server.rss_mib()
+        with rawhttp.connect(server.port, timeout=120) as sock:
+            head = {"x-api-key": "sk", "content-type": "application/json"}
+            sock.sendall(rawhttp.head("POST", BATCHES, {**head, "Content-Length": str(len(body))}))
+            sock.sendall(body)
+            reply = rawhttp.read_reply(sock)
+        growth = server.peak_rss_mib() - idle
+
+    assert reply.status == 200, reply.body
+    assert growth < 1.5 * mib, f"{growth:.0f} MiB for a body of {mib:.0f} MiB"

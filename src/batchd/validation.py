@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from batchd.domain import RawParams
 from batchd.errors import InvalidRequest
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
 @dataclass(frozen=True, slots=True)
 class BatchItem:
     custom_id: str
-    params: bytes
+    params: RawParams
 
 
 class _Message(msgspec.Struct):
@@ -97,7 +98,7 @@ def _field_error(error: msgspec.MsgspecError, prefix: str = "") -> str:
     return f"{path}: {message}" if path else message
 
 
-def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | bytearray, what: str) -> T:
+def _decode(decoder: msgspec.json.Decoder[T], raw: RawParams | bytearray, what: str) -> T:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -110,7 +111,7 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | bytearray, what: str)
 
 def parse_create_body(body: bytes | bytearray, *, max_requests: int) -> list[BatchItem]:
     """Decode and check a create-batch body; raise InvalidRequest with the first fault."""
-    if not body.strip():
+    if not body or body.isspace():  # (strip() would copy the whole body)
         raise InvalidRequest("request body is empty: expected a JSON object with `requests`")
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of small objects: the collector would dominate the parse
@@ -144,10 +145,9 @@ def _check_items(requests: list[_RequestItem], max_requests: int) -> list[BatchI
                 "each request in a batch needs a unique custom_id"
             )
         seen.add(custom_id)
-        params = bytes(item.params)
-        if not params.startswith(b"{"):
+        if memoryview(item.params)[:1].tobytes() != b"{":
             raise InvalidRequest(f"requests.{i}.params: Input should be a valid dictionary")
-        items.append(BatchItem(custom_id, params))
+        items.append(BatchItem(custom_id, item.params))
     return items
 
 
@@ -159,7 +159,7 @@ def _custom_id_problem(custom_id: str) -> str:
     return "String should match pattern '^[a-zA-Z0-9_-]{1,64}$'"
 
 
-def check_params(raw: bytes, *, in_batch: bool = True) -> Params:
+def check_params(raw: RawParams, *, in_batch: bool = True) -> Params:
     """Check one request's Messages params; raise InvalidRequest naming the field."""
     params = _decode(_params_decoder, raw, "params")
     check_depth(raw, "params")
@@ -189,13 +189,14 @@ def check_count_tokens(raw: bytes) -> CountTokensParams:
     return params
 
 
-def check_depth(raw: bytes | bytearray, what: str, limit: int = MAX_DEPTH) -> None:
+def check_depth(raw: RawParams | bytearray, what: str, limit: int = MAX_DEPTH) -> None:
     """Raise InvalidRequest when the JSON ``raw`` nests arrays and objects over ``limit`` deep.
 
     Walked with a stack of its own, never by recursion; a document with fewer brackets than
     the limit cannot nest that deep and is not walked at all.
     """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    data = raw if isinstance(raw, bytes | bytearray) else memoryview(raw).tobytes()
+    if data.count(b"[") + data.count(b"{") <= limit:
         return
     stack: list[tuple[Any, int]] = [(_decode(_any_decoder, raw, what), 1)]
     while stack:

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from batchd.domain import FINAL_STATES, ApiKey, Batch, ClaimedRequest, Outcome, RequestState
+from batchd.domain import (
+    FINAL_STATES,
+    ApiKey,
+    Batch,
+    ClaimedRequest,
+    Outcome,
+    RawParams,
+    RequestState,
+)
 from batchd.errors import BatchdError
 
 
@@ -21,7 +29,7 @@ class NewRequest:
 
     custom_id: str
     backend: str | None
-    params: bytes
+    params: RawParams  # bytes, or a view into the create body
     state: RequestState
     result: bytes | None = None
 

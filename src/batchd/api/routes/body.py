@@ -34,25 +34,31 @@ async def read_body(request: Request, settings: Settings, held: Held, limit: int
             size = int(declared)
         except ValueError:
             raise InvalidRequest("content-length is not a number") from None
+        if size < 0:
+            raise InvalidRequest("content-length is negative")
         if size > limit:
             raise _too_large(limit)
         held.take(size)
-    body = bytearray()
+    body = bytearray(size or 0)  # a declared body fills this buffer in place
+    filled = 0
     chunks = request.stream()
     while True:
         try:
             async with asyncio.timeout(idle_timeout):
                 chunk = await anext(chunks)
         except StopAsyncIteration:
+            del body[filled:]
             return body
         except TimeoutError:
             await chunks.aclose()
             raise RequestTimedOut(
                 f"no part of the request body arrived for {idle_timeout:g} s "
-                f"({len(body)} bytes had); send the whole body without pausing"
+                f"({filled} bytes had); send the whole body without pausing"
             ) from None
-        if len(body) + len(chunk) > limit:
+        end = filled + len(chunk)
+        if end > limit:
             raise _too_large(limit)
         if size is None:
             held.take(len(chunk))
-        body += chunk
+        body[filled:end] = chunk
+        filled = end
