@@ -52,6 +52,13 @@ class BackendConfig(BaseModel):
     # The largest max_tokens a request may ask of this backend (a larger one is refused as
     # invalid_request_error); default: a local model's context length, else 128,000.
     max_output_tokens: int | None = Field(default=None, ge=1)
+    # openai: base64 PDFs are read in child processes, within these bounds (see
+    # backends/pdf.py); a PDF over one is that request's invalid_request_error.
+    pdf_max_pages: int = Field(default=100, ge=1)
+    pdf_max_characters: int = Field(default=1_000_000, ge=1)
+    pdf_cpu_seconds: float = Field(default=10.0, gt=0)
+    pdf_workers: int = Field(default=2, ge=1)  # children at once for this backend
+    pdf_workers_per_key: int = Field(default=1, ge=1)  # ... for one key (or one batch)
     max_retries: int | None = Field(default=None, ge=0)
     latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
     # transformers / vllm: a Hugging Face model directory, run in this process

@@ -24,7 +24,8 @@ from batchd.errors import RateLimited, RequestTooLarge
 from batchd.usecases.keys import Caller
 
 
-def _tenant(caller: Caller) -> str:
+def tenant(caller: Caller) -> str:
+    """Whom a caller's limits are counted against: its key."""
     # In open mode every caller is the same anonymous tenant: any key would do.
     return caller.key_id or f"workspace:{caller.workspace}"
 
@@ -67,7 +68,7 @@ class BodyBudget:
     @contextmanager
     def upload(self, caller: Caller) -> Iterator[None]:
         """Take one of the caller's create-batch upload slots, or raise RateLimited (429)."""
-        who = _tenant(caller)
+        who = tenant(caller)
         if self._uploads[who] >= self._uploads_per_key:
             raise RateLimited(
                 f"this key already has {self._uploads_per_key} batch uploads in progress; "
@@ -84,7 +85,7 @@ class BodyBudget:
     @contextmanager
     def holding(self, caller: Caller) -> Iterator[Held]:
         """Charge the body read in the block to the caller; give the bytes back after it."""
-        held = Held(self, _tenant(caller))
+        held = Held(self, tenant(caller))
         try:
             yield held
         finally:

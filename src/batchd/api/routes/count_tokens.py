@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from batchd.api.bodies import tenant
 from batchd.api.deps import CallerDep, ServicesDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
+from batchd.backends.pdf import owned_by
 
 router = APIRouter(tags=["messages"])
 
@@ -18,6 +20,6 @@ async def count_tokens(
     caller: CallerDep,
 ) -> JSON:
     settings = services.settings
-    with services.bodies.holding(caller) as held:
+    with services.bodies.holding(caller) as held, owned_by(tenant(caller)):
         body = await read_body(request, settings, held, settings.max_message_body_bytes)
         return JSON({"input_tokens": await services.tokens.count(bytes(body))})
