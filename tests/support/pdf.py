@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 
-def pdf_bytes(*pages: str) -> bytes:
-    """A PDF whose pages show the given lines in Helvetica (an empty string: a blank page)."""
-    writer = PdfWriter()
-    font = writer._add_object(  # pypdf has no public way to add a bare object
+def _helvetica(writer: PdfWriter) -> Any:
+    return writer._add_object(  # pypdf has no public way to add a bare object
         DictionaryObject(
             {
                 NameObject("/Type"): NameObject("/Font"),
@@ -21,6 +20,12 @@ def pdf_bytes(*pages: str) -> bytes:
             }
         )
     )
+
+
+def pdf_bytes(*pages: str) -> bytes:
+    """A PDF whose pages show the given lines in Helvetica (an empty string: a blank page)."""
+    writer = PdfWriter()
+    font = _helvetica(writer)
     for line in pages:
         page = writer.add_blank_page(612, 792)
         if not line:
@@ -43,15 +48,7 @@ def shared_stream_pdf(pages: int, lines: int) -> bytes:
     """A small PDF whose ``pages`` pages all show one content stream of ``lines`` lines:
     tiny on the wire, costly to read (every page extracts the whole stream again)."""
     writer = PdfWriter()
-    font = writer._add_object(  # pypdf has no public way to add a bare object
-        DictionaryObject(
-            {
-                NameObject("/Type"): NameObject("/Font"),
-                NameObject("/Subtype"): NameObject("/Type1"),
-                NameObject("/BaseFont"): NameObject("/Helvetica"),
-            }
-        )
-    )
+    font = _helvetica(writer)
     stream = DecodedStreamObject()
     text = " ".join(
         f"BT /F1 8 Tf 10 {i % 780} Td (line {i} of the shared stream) Tj ET" for i in range(lines)

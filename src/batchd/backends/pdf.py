@@ -158,8 +158,10 @@ def _blocks(request: Mapping[str, Any]) -> Iterator[tuple[list[Any], int, str]]:
         for j, block in enumerate(content):
             where = f"messages.{i}.content.{j}"
             yield content, j, where
-            inner = block.get("content") if isinstance(block, dict) else None
-            if block.get("type") == "tool_result" and isinstance(inner, list):
+            if not isinstance(block, dict) or block.get("type") != "tool_result":
+                continue
+            inner = block.get("content")
+            if isinstance(inner, list):
                 yield from ((inner, k, f"{where}.content.{k}") for k in range(len(inner)))
 
 
