@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from batchd.backends.estimate import IMAGE_TOKENS, estimate_input_tokens, estimate_tokens
+from batchd.backends.estimate import (
+    IMAGE_TOKENS,
+    estimate_input_tokens,
+    estimate_tokens,
+    tokens_of_length,
+)
+from batchd.backends.mock import mock_message
+from batchd.validation import check_params
 
 PNG_SOURCE = {"type": "base64", "media_type": "image/png", "data": "A" * 4000}
 
@@ -50,3 +57,22 @@ def test_estimate(values: tuple[Any, ...], expected: int) -> None:
 def test_tool_definitions_count_as_json_text() -> None:
     tools = [{"name": "w", "input_schema": {"type": "object"}}]  # 47 characters of JSON
     assert estimate_input_tokens("abc", [], tools) == 13  # (3 + 47) / 4, rounded up
+
+
+@pytest.mark.parametrize(
+    ("characters", "expected"),
+    [
+        (0, 1),  # never free
+        (4, 1),  # four characters a token
+        (5, 2),  # rounded up
+        (4_000, 1_000),
+    ],
+)
+def test_tokens_of_length(characters: int, expected: int) -> None:
+    assert tokens_of_length(characters) == expected
+
+
+def test_the_mock_counts_its_input_by_the_same_rule() -> None:
+    body = b'{"model":"mock","max_tokens":5,"messages":[{"role":"user","content":"abcdefghi"}]}'
+    message = mock_message(check_params(body, in_batch=False), body)
+    assert message["usage"]["input_tokens"] == estimate_tokens("abcdefghi") == 3

@@ -204,7 +204,7 @@ async def test_broken_answers_are_retryable_502s(wire: bytes, expected: str) -> 
         with pytest.raises(UpstreamError) as caught:
             await http.post(server.url, b"{}")
     error = caught.value
-    assert (error.status, error.error_type, error.retryable) == (502, "api_error", True)
+    assert (error.upstream_status, error.error_type, error.retryable) == (502, "api_error", True)
     assert expected in error.message
 
 
@@ -214,7 +214,7 @@ async def test_refused_connection_is_a_retryable_502() -> None:
     async with client() as http:
         with pytest.raises(UpstreamError) as caught:
             await http.post(url, b"{}")
-    assert (caught.value.status, caught.value.retryable) == (502, True)
+    assert (caught.value.upstream_status, caught.value.retryable) == (502, True)
     assert "upstream connection failed" in caught.value.message
 
 
@@ -230,7 +230,7 @@ async def test_timeout_closes_the_connection_and_frees_its_place() -> None:
     async with raw_server(answer) as server, client(max_connections=1, deadline=0.3) as http:
         with pytest.raises(UpstreamError) as caught:
             await http.post(server.url, b"{}")
-        assert (caught.value.status, caught.value.error_type) == (504, "timeout_error")
+        assert (caught.value.upstream_status, caught.value.error_type) == (504, "timeout_error")
         after = await http.post(server.url, b"{}")
     assert after.body == b"late"
     assert server.connections == 2

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from batchd.backends.local.prompt import chat_messages, chat_tools
+from batchd.backends.openai_translate import chat_messages as openai_messages
 from batchd.errors import InvalidRequest
 
 TEXT = {"type": "text", "text": "hi"}
@@ -69,9 +70,47 @@ def test_tools_become_function_definitions() -> None:
     ]
 
 
-def test_server_tools_are_refused() -> None:
-    with pytest.raises(InvalidRequest, match=r"tools\.0"):
-        chat_tools([{"type": "web_search_20250305", "name": "web_search"}])
+@pytest.mark.parametrize(
+    ("tool", "where"),
+    [
+        # a server tool has no function to call
+        ({"type": "web_search_20250305", "name": "web_search"}, r"tools\.0\.type"),
+        # a custom tool needs its input_schema, as on the API (none is made up)
+        ({"name": "f", "description": "no schema"}, r"tools\.0\.input_schema"),
+    ],
+)
+def test_tools_the_template_cannot_take_are_refused(tool: dict[str, Any], where: str) -> None:
+    with pytest.raises(InvalidRequest, match=where):
+        chat_tools([tool])
+
+
+def test_a_tool_call_without_an_id_is_refused() -> None:
+    call = {"type": "tool_use", "name": "f", "input": {}}
+    with pytest.raises(InvalidRequest, match=r"messages\.0\.content\.0: a tool_use block"):
+        chat_messages(None, [("assistant", [call])])
+
+
+def _turns(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(m["role"], m["content"]) for m in params["messages"]]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        # system blocks, a string turn, thinking dropped
+        {"system": [TEXT, TEXT], "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "t"}, TEXT]}]},
+        # tool results first, marked when they failed, then the rest of the turn
+        {"messages": [{"role": "user", "content": [
+            TEXT, {"type": "tool_result", "tool_use_id": "t1", "is_error": True, "content": "x"},
+            {"type": "tool_result", "tool_use_id": "t2", "content": [TEXT]}]}]},
+        # a role "system" turn
+        {"messages": [{"role": "system", "content": [TEXT]}, {"role": "user", "content": "q"}]},
+    ],
+)  # fmt: skip
+def test_the_template_and_openai_share_one_translation(params: dict[str, Any]) -> None:
+    assert chat_messages(params.get("system"), _turns(params)) == openai_messages(params)
 
 
 def test_no_tools_is_none() -> None:

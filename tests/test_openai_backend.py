@@ -162,13 +162,35 @@ def test_openai_errors_become_errored_results(connect: Connect) -> None:
     assert calls == {"too long": 1, "who": 1, "busy": 2}  # only the 429 is retried (once)
 
 
-def test_a_wrong_upstream_key_is_an_authentication_error(connect: Connect) -> None:
+def test_a_wrong_upstream_key_is_the_servers_fault_in_results(connect: Connect) -> None:
     client, _ = connect(api_key="sk-other")
     results = run_batch(client, [request("r", "Hi")])
-    assert (results["r"].type, results["r"].error.error.type) == (
-        "errored",
-        "authentication_error",
-    )
+    error = results["r"].error.error
+    assert (results["r"].type, error.type) == ("errored", "api_error")
+    assert "refused batchd's upstream credentials" in error.message
+
+
+def test_a_wrong_upstream_key_is_the_servers_fault_for_a_caller(connect: Connect) -> None:
+    client, _ = connect(api_key="sk-other")
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        client.with_options(max_retries=0).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert (raised.value.status_code, raised.value.type) == (500, "api_error")
+    assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+def test_an_upstream_422_reaches_a_caller_as_a_400(connect: Connect) -> None:
+    client, _ = connect(errors={"odd": (422, "max_tokens: must be positive")})
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        client.with_options(max_retries=0).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "odd"}]
+        )
+    assert raised.value.status_code == 400
+    assert raised.value.body["error"] == {  # type: ignore[index]
+        "type": "invalid_request_error",
+        "message": "max_tokens: must be positive",
+    }
 
 
 def test_an_unsupported_document_source_is_errored_without_calling_upstream(

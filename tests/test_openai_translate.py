@@ -767,7 +767,7 @@ def test_unusable_completions_are_upstream_errors(
 ) -> None:
     with pytest.raises(UpstreamError) as info:
         message_from_body(raw, model="m")
-    assert (info.value.status, info.value.error_type) == (502, "api_error")
+    assert (info.value.upstream_status, info.value.error_type) == (502, "api_error")
     assert info.value.retryable is retryable
     assert text_in_message in info.value.message
 
@@ -797,8 +797,9 @@ def openai_error(message: str) -> bytes:
 ERRORS = [
     # the OpenAI envelope, status by status
     pytest.param(400, openai_error("bad"), {}, "invalid_request_error", False, "bad", id="400"),
-    pytest.param(401, openai_error("key"), {}, "authentication_error", False, "key", id="401"),
-    pytest.param(403, openai_error("no"), {}, "permission_error", False, "no", id="403"),
+    # batchd's own upstream key refused: the server's fault, never the client's key
+    pytest.param(401, openai_error("key"), {}, "api_error", False, "credentials", id="401"),
+    pytest.param(403, openai_error("no"), {}, "api_error", False, "credentials", id="403"),
     pytest.param(404, openai_error("model?"), {}, "not_found_error", False, "model?", id="404"),
     pytest.param(408, b"", {}, "timeout_error", True, "upstream answered HTTP 408", id="408"),
     pytest.param(413, openai_error("big"), {}, "request_too_large", False, "big", id="413"),
@@ -860,6 +861,10 @@ def test_error_translation(
     text_in_message: str,
 ) -> None:
     error = error_from_openai(status, raw, headers, now=0.0)
-    assert (error.status, error.error_type, error.retryable) == (status, error_type, retryable)
+    assert (error.upstream_status, error.error_type, error.retryable) == (
+        status,
+        error_type,
+        retryable,
+    )
     assert text_in_message in error.message
     assert error.retry_after == (2.0 if "retry-after" in headers else None)

@@ -38,7 +38,7 @@ def test_backoff_is_capped() -> None:
 
 
 def _transient(status: int = 529, retry_after: float | None = None) -> UpstreamError:
-    return UpstreamError("busy", status=status, retryable=True, retry_after=retry_after)
+    return UpstreamError("busy", upstream_status=status, retry_after=retry_after)
 
 
 async def _run(outcomes: list[Any], policy: RetryPolicy = POLICY) -> tuple[Any, list[float]]:
@@ -64,14 +64,14 @@ async def test_transient_failures_are_retried_until_success() -> None:
 
 async def test_permanent_failure_is_not_retried() -> None:
     with pytest.raises(UpstreamError) as info:
-        await _run([UpstreamError("bad", status=400), {"ok": 1}])
+        await _run([UpstreamError("bad", upstream_status=400), {"ok": 1}])
     assert info.value.error_type == "invalid_request_error"
 
 
 async def test_gives_up_after_max_retries_with_the_last_error() -> None:
     with pytest.raises(UpstreamError) as info:
         await _run([_transient()] * 4 + [{"ok": 1}])
-    assert (info.value.status, info.value.error_type) == (529, "overloaded_error")
+    assert (info.value.upstream_status, info.value.error_type) == (529, "overloaded_error")
 
 
 NOW = 1_800_000_000.0
@@ -97,13 +97,14 @@ def test_retry_after_headers(headers: dict[str, str], expected: float | None) ->
     ("status", "headers", "error_type", "retryable"),
     [
         (400, {}, "invalid_request_error", False),
-        (401, {}, "authentication_error", False),
+        (401, {}, "api_error", False),  # batchd's own key refused: batchd's fault
         (404, {}, "not_found_error", False),
-        (408, {}, "invalid_request_error", True),
+        (408, {}, "timeout_error", True),
+        (409, {}, "invalid_request_error", False),  # no lock to wait out on the Messages API
         (429, {}, "rate_limit_error", True),
         (500, {}, "api_error", True),
         (529, {}, "overloaded_error", True),
-        (503, {"x-should-retry": "false"}, "api_error", False),  # the upstream said no
+        (503, {"x-should-retry": "false"}, "overloaded_error", False),  # the upstream said no
         (400, {"x-should-retry": "true"}, "invalid_request_error", True),
     ],
 )
@@ -112,6 +113,20 @@ def test_status_classification(
 ) -> None:
     error = error_from_response(status, b"not json", headers, NOW)
     assert (error.error_type, error.retryable) == (error_type, retryable)
+
+
+@pytest.mark.parametrize(
+    ("status", "named", "expected"),
+    [
+        (400, "no_db_connection", "invalid_request_error"),  # LiteLLM without its database
+        (401, "auth_error", "api_error"),  # LiteLLM refusing batchd's key
+        (429, "throttled", "rate_limit_error"),  # pacing sees a 429 as a 429
+        (429, "invalid_request_error", "rate_limit_error"),
+    ],
+)
+def test_only_the_apis_error_types_come_out(status: int, named: str, expected: str) -> None:
+    body = b'{"type":"error","error":{"type":"%s","message":"m"}}' % named.encode()
+    assert error_from_response(status, body, {}, NOW).error_type == expected
 
 
 def test_upstream_error_envelope_is_passed_on() -> None:

@@ -140,18 +140,23 @@ def test_mixed_transient_failures_all_succeed(connect: Connect) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fault", "error_type"),
+    ("fault", "error_type", "said"),
     [
         (
             invalid_request("messages.0.content: the upstream dislikes this"),
             "invalid_request_error",
+            "",
         ),
-        (unauthorized("the upstream rejects this key"), "authentication_error"),
+        # batchd's own upstream key refused: the server's fault, not the client's key
+        (unauthorized("the upstream rejects this key"), "api_error", "upstream credentials"),
+        # a proxy's own error type never reaches a client: the status decides
+        (Fault("status", 400, "no_db_connection", "no database"), "invalid_request_error", ""),
+        (Fault("status", 422, "unprocessable", "bad field"), "invalid_request_error", ""),
     ],
-    ids=["400", "401"],
+    ids=["400", "401", "proxy-type", "422"],
 )
 def test_permanent_failures_are_errored_at_once(
-    connect: Connect, fault: Fault, error_type: str
+    connect: Connect, fault: Fault, error_type: str, said: str
 ) -> None:
     client, upstream = connect(faults=always(fault))
     ended, results = run_batch(client, 10)
@@ -160,7 +165,8 @@ def test_permanent_failures_are_errored_at_once(
         assert result.type == "errored"
         assert result.error.type == "error"
         assert result.error.error.type == error_type
-        assert result.error.error.message == fault.message
+        assert fault.message in result.error.error.message
+        assert said in result.error.error.message
     assert upstream.all_calls() == {prompt(f"r{i}"): 1 for i in range(10)}
 
 
@@ -241,7 +247,7 @@ def test_upstream_key_comes_from_api_key_env(
     assert upstream.api_keys_sent() == ["sk-upstream-secret"] * 3
 
 
-def test_a_wrong_upstream_key_gives_authentication_errors(
+def test_a_wrong_upstream_key_is_the_servers_fault_in_results(
     connect: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(UPSTREAM_KEY_ENV, "sk-stale")
@@ -250,7 +256,8 @@ def test_a_wrong_upstream_key_gives_authentication_errors(
     )
     ended, results = run_batch(client, 3)
     assert ended.request_counts.errored == 3
-    assert {r.result.error.error.type for r in results} == {"authentication_error"}
+    assert {r.result.error.error.type for r in results} == {"api_error"}
+    assert all("upstream credentials" in r.result.error.error.message for r in results)
     assert upstream.api_keys_sent() == ["sk-stale"] * 3
 
 
@@ -288,9 +295,47 @@ def test_messages_create_blames_batchd_when_the_upstream_refuses_its_key(
         client.with_options(max_retries=0).messages.create(
             model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
         )
-    assert raised.value.status_code == 502
+    assert raised.value.status_code == 500  # the API's status for api_error
     assert raised.value.body["error"]["type"] == "api_error"  # type: ignore[index]
     assert "refused batchd's upstream credentials" in raised.value.body["error"]["message"]  # type: ignore[index]
+    assert raised.value.response.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "status"),
+    [
+        # a proxy's own type is not the API's: the status decides
+        (Fault("status", 400, "no_db_connection", "no db"), anthropic.BadRequestError, 400),
+        # the API answers invalid_request_error with 400, never 422
+        (Fault("status", 422, "invalid_request_error", "bad"), anthropic.BadRequestError, 400),
+        # a 429 is a rate limit whatever its body names
+        (Fault("status", 429, "invalid_request_error", "slow"), anthropic.RateLimitError, 429),
+    ],
+    ids=["proxy-type", "422", "429-misnamed"],
+)
+def test_messages_create_answers_with_the_apis_type_and_status(
+    connect: Connect, fault: Fault, error: type[anthropic.APIStatusError], status: int
+) -> None:
+    client, _ = connect(faults=always(fault), backend={"max_retries": 0})
+    with pytest.raises(error) as raised:
+        client.with_options(max_retries=0).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "odd"}]
+        )
+    assert raised.value.status_code == status
+    assert raised.value.body["error"] == {  # type: ignore[index]
+        "type": {400: "invalid_request_error", 429: "rate_limit_error"}[status],
+        "message": fault.message,
+    }
+
+
+def test_messages_create_tells_the_sdk_what_the_engine_decided(connect: Connect) -> None:
+    client, _ = connect(faults=always(server_error()), backend={"max_retries": 0})
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        client.with_options(max_retries=0).messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "boom"}]
+        )
+    assert raised.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert raised.value.response.headers["x-should-retry"] == "true"  # a 5xx may pass
 
 
 def test_messages_create_retries_less_than_batches(connect: Connect) -> None:

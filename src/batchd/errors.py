@@ -12,20 +12,42 @@ Every error a client can see knows its API error type and HTTP status; only
     ├── RequestTooLarge              request_too_large, 413
     ├── RateLimited                  rate_limit_error, 429
     ├── StoreUnavailable             api_error, 503
-    └── UpstreamError                the upstream's type and status (see below)
+    └── UpstreamError                the API's type for the upstream's answer, and its status
 
-``UpstreamError`` carries what a backend saw: the status, the error type, whether a
-retry may help and how long the upstream asked us to wait.
+``UpstreamError`` carries what a backend saw: the upstream's status, the API's error type
+for it (``error_type_for``, the one table), whether a retry may help (``retryable_status``,
+the one rule) and how long the upstream asked us to wait. Only the API's own error types
+(``API_STATUS``) ever reach a client.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+ErrorType = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
+]
+
 
 class BatchdError(Exception):
-    """Base of every error batchd reports to a client."""
+    """Base of every error batchd reports to a client.
 
-    error_type = "api_error"
+    ``retryable`` is what the client is told (``x-should-retry``): whether the same call
+    may succeed later.
+    """
+
+    error_type: ErrorType = "api_error"
     status = 500
+    retryable = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -65,6 +87,7 @@ class RequestTooLarge(BatchdError):
 class RateLimited(BatchdError):
     error_type = "rate_limit_error"
     status = 429
+    retryable = True
 
 
 class StoreUnavailable(BatchdError):
@@ -72,56 +95,125 @@ class StoreUnavailable(BatchdError):
 
     error_type = "api_error"
     status = 503
+    retryable = True
 
 
-# Error types the API uses, by HTTP status, for upstream answers we pass on.
-ERROR_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
+# The API's own error types, each with the HTTP status the API answers it with (the errors
+# page, docs.claude.com/en/api/errors; 504 from the SDK's GatewayTimeoutError). Nothing else
+# may reach a client as an error type.
+API_STATUS: dict[ErrorType, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
 }
+
+# The one table from an HTTP status to the API's error type: the API's own pairs, and the
+# two statuses it has no row for whose meaning is plain (a proxy's request timeout, and a
+# server with no capacity, as vLLM, SGLang and LiteLLM answer when saturated).
+ERROR_TYPE_BY_STATUS: dict[int, ErrorType] = {
+    **{status: error_type for error_type, status in API_STATUS.items()},
+    408: "timeout_error",
+    503: "overloaded_error",
+}
+
+
+def error_type_for(status: int, named: object = None) -> ErrorType:
+    """The API's error type for an answer with HTTP ``status`` whose body ``named`` a type.
+
+    A status in the table decides, whatever the body names, so that a 429 is always a
+    ``rate_limit_error`` to pacing, retries and clients alike. For any other status the
+    body's type counts if it is one of the API's own (a 502 that says ``overloaded_error``);
+    otherwise any other 4xx is ``invalid_request_error`` (as the API itself does) and
+    anything else ``api_error``.
+    """
+    if (by_status := ERROR_TYPE_BY_STATUS.get(status)) is not None:
+        return by_status
+    if isinstance(named, str) and named in API_STATUS:
+        return named
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def retryable_status(status: int) -> bool:
+    """The one retry rule: may asking the upstream again help after it answered ``status``?
+
+    Yes for what is the upstream's passing state: 408 and 504 (timeouts), 429 (rate limit),
+    529 and 503 (overloaded), 500 and every other 5xx (server errors; the API's errors page
+    calls ``api_error`` an unexpected internal error). No for every other answer: a 4xx is
+    about the request or the account and comes back the same, including 401 and 403 (the
+    upstream refused batchd's own key), 402, 413 and 409 (the SDK retries 409 as a "lock
+    timeout", but the Messages API has no conflicts to wait out; a 409 from a proxy is a
+    refusal). An upstream that says so explicitly (``x-should-retry``) is believed over this
+    rule. The engine retries by it and interactive clients are told it (``x-should-retry``).
+    """
+    return status in (408, 429) or status >= 500
 
 
 class UpstreamError(BatchdError):
     """A backend failed to produce a message.
 
-    ``retryable`` is the backend's verdict (429, 408, 5xx, 529, timeouts, connection
-    errors); ``retry_after`` is the delay the upstream asked for, in seconds.
+    ``upstream_status`` is what the upstream answered, or the gateway status batchd stands
+    in with when no usable answer came (502 for a failed connection or a broken answer, 504
+    for none in time). ``error_type`` is the API's type for it (``error_type_for`` unless
+    given) and ``status`` the API's status for that type, which is what a waiting client
+    gets: an upstream 422 reaches it as a 400 ``invalid_request_error``. ``retryable`` is
+    the verdict of ``retryable_status`` unless given; ``retry_after`` is the delay the
+    upstream asked for, in seconds.
     """
 
     def __init__(
         self,
         message: str,
         *,
-        status: int,
-        error_type: str | None = None,
-        retryable: bool = False,
+        upstream_status: int,
+        error_type: ErrorType | None = None,
+        retryable: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.error_type = error_type or ERROR_TYPE_BY_STATUS.get(
-            status, "api_error" if status >= 500 else "invalid_request_error"
-        )
-        self.retryable = retryable
+        self.upstream_status = upstream_status
+        self.error_type = error_type or error_type_for(upstream_status)
+        self.status = API_STATUS[self.error_type]
+        self.retryable = retryable_status(upstream_status) if retryable is None else retryable
         self.retry_after = retry_after
 
-    @property
-    def refused_credentials(self) -> bool:
-        return self.status in (401, 403)
+    @classmethod
+    def answered(
+        cls,
+        status: int,
+        message: str | None,
+        *,
+        named_type: object = None,
+        should_retry: bool | None = None,
+        retry_after: float | None = None,
+    ) -> UpstreamError:
+        """The error for an upstream's non-2xx answer, on every backend kind.
 
-    def as_batchd_fault(self, backend: str) -> UpstreamError:
-        """An upstream refusing batchd's own credentials, as a waiting caller should see it:
-        batchd's fault (502), not the caller's (their key was fine)."""
-        return UpstreamError(
-            f"backend {backend!r} refused batchd's upstream credentials: {self.message}",
-            status=502,
-            error_type="api_error",
+        The type comes from ``error_type_for``. A 401 or 403 is the upstream refusing
+        batchd's own key (clients never send theirs upstream), so it is batchd's fault, not
+        the client's: ``api_error``, in batch results and interactive answers alike.
+        ``should_retry`` is the upstream's explicit verdict, if it gave one.
+        """
+        message = message or f"upstream answered HTTP {status}"
+        error_type: ErrorType | None = None
+        if status in (401, 403):
+            error_type = "api_error"
+            message = (
+                f"the upstream refused batchd's upstream credentials (HTTP {status}: "
+                f"{message}); the server's configuration must be fixed, not your API key"
+            )
+        else:
+            error_type = error_type_for(status, named_type)
+        return cls(
+            message,
+            upstream_status=status,
+            error_type=error_type,
+            retryable=should_retry,
+            retry_after=retry_after,
         )

@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount
 
 from batchd.api.responses import JSON
-from batchd.errors import ERROR_TYPE_BY_STATUS, BatchdError, StoreUnavailable
+from batchd.errors import BatchdError, StoreUnavailable, error_type_for
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,16 @@ def envelope(error_type: str, message: str, request_id: str | None) -> dict[str,
     }
 
 
-def error_headers(status: int, request_id: str | None) -> dict[str, str]:
+def error_headers(
+    status: int, request_id: str | None, *, retryable: bool = False
+) -> dict[str, str]:
+    """``x-should-retry`` tells the SDK what batchd decided (``BatchdError.retryable``: for
+    an upstream's failure, the verdict the engine retried by), not the SDK's own guess from
+    the status."""
     headers = {"request-id": request_id} if request_id else {}
     if status in (429, 503):
         headers["retry-after"] = "1"
-    if status in (408, 409, 429) or status >= 500:
-        headers["x-should-retry"] = "true" if status in (429, 503, 529) else "false"
+    headers["x-should-retry"] = "true" if retryable else "false"
     return headers
 
 
@@ -43,12 +47,14 @@ def error_response(
     error_type: str,
     message: str,
     extra_headers: Mapping[str, str] | None = None,
+    *,
+    retryable: bool = False,
 ) -> JSON:
     request_id = request.scope.get("state", {}).get("request_id")
     return JSON(
         envelope(error_type, message, request_id),
         status_code=status,
-        headers={**(extra_headers or {}), **error_headers(status, request_id)},
+        headers={**(extra_headers or {}), **error_headers(status, request_id, retryable=retryable)},
     )
 
 
@@ -56,13 +62,13 @@ async def _batchd_error(request: Request, exc: Exception) -> JSON:
     assert isinstance(exc, BatchdError)
     if isinstance(exc, StoreUnavailable):
         log.warning("store unavailable: %s", exc.message)
-    return error_response(request, exc.status, exc.error_type, exc.message)
+    return error_response(request, exc.status, exc.error_type, exc.message, retryable=exc.retryable)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSON:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
-    error_type = ERROR_TYPE_BY_STATUS.get(status, "invalid_request_error")
+    error_type = error_type_for(status)
     message = str(exc.detail)
     if status == 404:
         message = f"{request.method} {request.url.path} is not a known route"

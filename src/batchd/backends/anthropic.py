@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from batchd.backends.http import HttpAnswer, UpstreamHttp, retry_after_seconds
+from batchd.backends.http import HttpAnswer, UpstreamHttp, error_from_answer, retry_after_seconds
 from batchd.config import BackendConfig
 from batchd.errors import UpstreamError
 from batchd.validation import Params
@@ -20,32 +20,25 @@ __all__ = [
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
-_RETRYABLE = frozenset({408, 409, 429})
 
 
 def error_from_response(status: int, body: bytes, headers: Any, now: float) -> UpstreamError:
-    """An UpstreamError from a non-2xx answer in the API's error envelope (or anything)."""
-    error_type, message = None, f"upstream answered HTTP {status}"
+    """An UpstreamError from a non-2xx answer in the API's error envelope (or anything).
+
+    The envelope's ``error.type`` is only a hint (``batchd.errors.error_type_for``): a
+    proxy in front of the API names types of its own, which never reach a client.
+    """
+    named_type, message = None, None
     try:
         decoded = msgspec.json.decode(body)
         inner = decoded.get("error") if isinstance(decoded, dict) else None
         if isinstance(inner, dict):
-            error_type = inner.get("type") if isinstance(inner.get("type"), str) else None
+            named_type = inner.get("type")
             if isinstance(inner.get("message"), str):
                 message = inner["message"]
     except msgspec.DecodeError:
         pass
-    retryable = status in _RETRYABLE or status >= 500
-    should_retry = headers.get("x-should-retry")
-    if should_retry in ("true", "false"):
-        retryable = should_retry == "true"
-    return UpstreamError(
-        message,
-        status=status,
-        error_type=error_type,
-        retryable=retryable,
-        retry_after=retry_after_seconds(headers, now),
-    )
+    return error_from_answer(status, headers, now, message=message, named_type=named_type)
 
 
 def message_from_body(body: bytes) -> dict[str, Any]:
@@ -53,12 +46,10 @@ def message_from_body(body: bytes) -> dict[str, Any]:
         message = msgspec.json.decode(body)
     except msgspec.DecodeError:
         raise UpstreamError(
-            "upstream returned a body that is not JSON", status=502, retryable=True
+            "upstream returned a body that is not JSON", upstream_status=502
         ) from None
     if not (isinstance(message, dict) and isinstance(message.get("content"), list)):
-        raise UpstreamError(
-            "upstream returned JSON that is not a Message", status=502, retryable=True
-        )
+        raise UpstreamError("upstream returned JSON that is not a Message", upstream_status=502)
     return message
 
 
@@ -97,7 +88,7 @@ class AnthropicBackend:
             counted = None
         if not (isinstance(counted, dict) and isinstance(counted.get("input_tokens"), int)):
             raise UpstreamError(
-                "upstream count_tokens answer has no input_tokens", status=502, retryable=True
+                "upstream count_tokens answer has no input_tokens", upstream_status=502
             )
         return int(counted["input_tokens"])
 

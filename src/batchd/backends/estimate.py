@@ -1,5 +1,8 @@
 """A rough input-token estimate, for upstreams that cannot count tokens themselves.
 
+``tokens_of_length`` is the one place that turns characters into tokens: the estimates
+here, the mock's usage and the pacer's charge before a call all use it.
+
 About four characters a token over every piece of text in the system prompt and the
 messages (text, tool inputs and results, roles), plus the tool definitions as JSON text;
 each image costs a fixed ``IMAGE_TOKENS``. Identifiers, block types, media types and base64
@@ -41,13 +44,19 @@ def _characters(value: Any) -> tuple[int, int]:
     return characters, images
 
 
+def tokens_of_length(characters: int) -> int:
+    """The tokens of ``characters`` characters of text: the one "four characters a token"
+    rule of batchd (at least 1)."""
+    return max(1, -(-characters // CHARS_PER_TOKEN))
+
+
 def estimate_tokens(*values: Any) -> int:
     """The estimated tokens of the given JSON values together (at least 1)."""
     characters = images = 0
     for value in values:
         c, i = _characters(value)
         characters, images = characters + c, images + i
-    return max(1, -(-characters // CHARS_PER_TOKEN)) + images * IMAGE_TOKENS
+    return tokens_of_length(characters) + images * IMAGE_TOKENS
 
 
 def estimate_input_tokens(system: Any, messages: Any, tools: Any) -> int:

@@ -62,6 +62,29 @@ def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
     return max(when.timestamp() - now, 0.0)
 
 
+_VERDICTS = {"true": True, "false": False}
+
+
+def error_from_answer(
+    status: int,
+    headers: Mapping[str, str],
+    now: float,
+    *,
+    message: str | None,
+    named_type: object = None,
+) -> UpstreamError:
+    """The error for an upstream's non-2xx answer, whatever its wire format: the type, the
+    client's status and the retry verdict by ``UpstreamError.answered``, believing the
+    upstream's own ``x-should-retry`` and ``retry-after``."""
+    return UpstreamError.answered(
+        status,
+        message,
+        named_type=named_type,
+        should_retry=_VERDICTS.get(headers.get("x-should-retry", "")),
+        retry_after=retry_after_seconds(headers, now),
+    )
+
+
 class _Stale(ConnectionError):
     """A kept-alive connection closed before any byte of the answer came back."""
 
@@ -310,15 +333,11 @@ class UpstreamHttp:
                 # request never reached it, so one more try on a new connection.
                 answer = await self._exchange(pool, request, deadline, fresh=True)
         except TimeoutError:
-            raise UpstreamError(
-                "upstream timed out", status=504, error_type="timeout_error", retryable=True
-            ) from None
+            raise UpstreamError("upstream timed out", upstream_status=504) from None
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamError(
                 f"upstream connection failed: {exc.__class__.__name__}: {exc}",
-                status=502,
-                error_type="api_error",
-                retryable=True,
+                upstream_status=502,
             ) from None
         return _redacted(answer, self._secrets) if answer.status >= 300 else answer
 
@@ -352,7 +371,9 @@ class UpstreamHttp:
     def _target(self, url: str) -> tuple[_Target, _Pool]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UpstreamError(f"unsupported upstream URL {url!r}", status=500, retryable=False)
+            raise UpstreamError(
+                f"unsupported upstream URL {url!r}", upstream_status=500, retryable=False
+            )
         tls = parts.scheme == "https"
         port = parts.port or (443 if tls else 80)
         default_port = port == (443 if tls else 80)

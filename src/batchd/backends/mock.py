@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from typing import Any
 
-from batchd.backends.estimate import estimate_input_tokens
+from batchd.backends.estimate import estimate_input_tokens, estimate_tokens
 from batchd.config import BackendConfig
 from batchd.validation import Params
 
@@ -15,11 +15,6 @@ def _text_of(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
     return " ".join(b["text"] for b in content if b.get("type") == "text" and "text" in b)
-
-
-def _tokens(text: str) -> int:
-    """A plausible token count: about four characters a token."""
-    return max(1, (len(text) + 3) // 4)
 
 
 class MockBackend:
@@ -92,7 +87,7 @@ def mock_message(params: Params, raw: bytes) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {
-            "input_tokens": _tokens(input_text),
+            "input_tokens": estimate_tokens(input_text),
             "output_tokens": output_tokens,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,

@@ -1,17 +1,16 @@
 """Anthropic Messages <-> OpenAI chat.completions, as pure functions of values.
 
-Request (``chat_request``), field by field:
+Request (``chat_request``): the conversation and the tools by the one translation of
+``batchd.backends.chat``, in the OpenAI dialect (``OPENAI``): JSON-text tool arguments,
+and these content parts:
 
-    system (string or text blocks)      a first ``system`` message
-    messages[].content: string          the same string
-    text block                          a ``text`` part (``cache_control``, ``citations`` dropped)
     image block (base64 | url)          an ``image_url`` part (base64 as a ``data:`` URL)
     document block, text source         a ``text`` part (titled ``[document 'title']``)
     document block, base64 PDF          its text, marked (extracted by ``backends/pdf.py``)
-    assistant tool_use blocks           ``tool_calls`` (arguments: the input as a JSON string)
-    user tool_result blocks             ``tool`` messages, before the user's other content
-    thinking / redacted_thinking        dropped (OpenAI-compatible servers take no signatures)
-    tools / tool_choice                 function tools / "auto" "required" {function} "none"
+
+and the rest of the body field by field:
+
+    tool_choice                         "auto" "required" {function} "none"
     max_tokens, stop_sequences          ``max_tokens``, ``stop``
     temperature, top_p, top_k           the same (``top_k`` is an extension vLLM/SGLang honour)
     metadata.user_id                    ``user``
@@ -24,7 +23,8 @@ the request ends ``errored``; nothing the client sent is silently lost.
 Response (``message_from_body``): the text and tool calls of the first choice become
 ``text`` and ``tool_use`` blocks; ``finish_reason`` becomes ``stop_reason``; usage is
 carried over. Errors (``error_from_openai``): the HTTP status decides the Anthropic error
-type and whether a retry may help.
+type and whether a retry may help, by the same table and rule as every backend
+(``batchd.errors``).
 """
 
 from __future__ import annotations
@@ -36,16 +36,29 @@ from typing import Any
 
 import msgspec
 
-from batchd.backends.http import retry_after_seconds
+from batchd.backends.chat import ChatDialect, function_tools
+from batchd.backends.chat import chat_messages as translate_messages
+from batchd.backends.http import error_from_answer
 from batchd.backends.pdf import marked, pdf_text
 from batchd.errors import InvalidRequest, UpstreamError
 
-TOOL_ERROR_PREFIX = "[tool error] "
 _SAMPLING = ("temperature", "top_p", "top_k")
-_DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 # -- request -----------------------------------------------------------------------------
+
+
+def _media(block: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """An image as an ``image_url`` part, a document as a ``text`` part."""
+    kind = block["type"]
+    if kind == "image":
+        return {"type": "image_url", "image_url": {"url": _image_url(block, where)}}
+    if kind == "document":
+        return {"type": "text", "text": _document_text(block, where)}
+    return None
+
+
+OPENAI = ChatDialect("an OpenAI-compatible backend", media=_media, wire=True)
 
 
 def chat_request(params: Mapping[str, Any], *, model: str) -> dict[str, Any]:
@@ -69,23 +82,13 @@ def chat_request(params: Mapping[str, Any], *, model: str) -> dict[str, Any]:
 
 
 def chat_tools(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [_function_tool(tool, f"tools.{i}") for i, tool in enumerate(params.get("tools") or ())]
+    return function_tools(params.get("tools"), OPENAI)
 
 
-def _function_tool(tool: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if tool.get("type", "custom") != "custom":
-        raise InvalidRequest(
-            f"{where}.type: the built-in tool {tool['type']!r} cannot run on an "
-            "OpenAI-compatible backend; only custom tools (name, input_schema) can"
-        )
-    if not isinstance(tool.get("input_schema"), dict):
-        raise InvalidRequest(f"{where}.input_schema: Field required")
-    function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
-    if isinstance(tool.get("description"), str):
-        function["description"] = tool["description"]
-    if isinstance(tool.get("strict"), bool):
-        function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
+def chat_messages(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAI ``messages`` list: the system prompt first, then every turn in order."""
+    turns = ((m["role"], m["content"]) for m in params.get("messages") or ())
+    return translate_messages(params.get("system"), turns, OPENAI)
 
 
 def _tool_choice(choice: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,109 +107,6 @@ def _tool_choice(choice: Mapping[str, Any]) -> dict[str, Any]:
     if choice.get("disable_parallel_tool_use") is True:
         translated["parallel_tool_calls"] = False
     return translated
-
-
-def chat_messages(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The OpenAI ``messages`` list: the system prompt first, then every turn in order."""
-    messages: list[dict[str, Any]] = []
-    system = params.get("system")
-    if system:
-        messages.append({"role": "system", "content": _plain_text(system, "system")})
-    for i, message in enumerate(params.get("messages") or ()):
-        messages.extend(_turn(message, f"messages.{i}"))
-    return messages
-
-
-def _turn(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    role, content = message["role"], message["content"]
-    if role == "system":
-        return [{"role": "system", "content": _plain_text(content, f"{where}.content")}]
-    if isinstance(content, str):
-        return [{"role": role, "content": content}]
-    if role == "assistant":
-        return [_assistant_turn(content, f"{where}.content")]
-    return _user_turn(content, f"{where}.content")
-
-
-def _assistant_turn(blocks: Sequence[Mapping[str, Any]], where: str) -> dict[str, Any]:
-    texts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    for j, block in enumerate(blocks):
-        kind = block["type"]
-        if kind == "text":
-            texts.append(block["text"])
-        elif kind == "tool_use":
-            calls.append(_tool_call(block, f"{where}.{j}"))
-        elif kind not in _DROPPED_BLOCKS:
-            raise _unsupported_block(kind, f"{where}.{j}")
-    message: dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts)}
-    if calls:
-        message["tool_calls"] = calls
-        message["content"] = message["content"] or None
-    return message
-
-
-def _tool_call(block: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
-        raise InvalidRequest(f"{where}: a tool_use block needs an id and a name")
-    arguments = msgspec.json.encode(block.get("input", {})).decode()
-    return {
-        "id": block["id"],
-        "type": "function",
-        "function": {"name": block["name"], "arguments": arguments},
-    }
-
-
-def _user_turn(blocks: Sequence[Mapping[str, Any]], where: str) -> list[dict[str, Any]]:
-    tool_messages: list[dict[str, Any]] = []
-    parts: list[dict[str, Any]] = []
-    for j, block in enumerate(blocks):
-        if block["type"] == "tool_result":
-            tool_messages.append(_tool_message(block, f"{where}.{j}"))
-        else:
-            parts.extend(_user_parts(block, f"{where}.{j}"))
-    if parts or not tool_messages:
-        only_text = len(parts) == 1 and parts[0]["type"] == "text"
-        tool_messages.append({"role": "user", "content": parts[0]["text"] if only_text else parts})
-    return tool_messages
-
-
-def _user_parts(block: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    kind = block["type"]
-    if kind == "text":
-        return [{"type": "text", "text": block["text"]}]
-    if kind == "image":
-        return [{"type": "image_url", "image_url": {"url": _image_url(block, where)}}]
-    if kind == "document":
-        return [{"type": "text", "text": _document_text(block, where)}]
-    if kind in _DROPPED_BLOCKS:
-        return []
-    raise _unsupported_block(kind, where)
-
-
-def _tool_message(block: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(block.get("tool_use_id"), str):
-        raise InvalidRequest(f"{where}.tool_use_id: Field required")
-    content = block.get("content", "")
-    text = content if isinstance(content, str) else _plain_text(content, f"{where}.content")
-    if block.get("is_error"):
-        text = TOOL_ERROR_PREFIX + text
-    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
-
-
-def _plain_text(content: str | Sequence[Mapping[str, Any]], where: str) -> str:
-    """Content where only text can go (system, tool results): text blocks and documents."""
-    if isinstance(content, str):
-        return content
-    texts: list[str] = []
-    for j, block in enumerate(content):
-        if block["type"] == "image":
-            raise InvalidRequest(
-                f"{where}.{j}: an OpenAI-compatible backend takes images only in user "
-                "messages, not here"
-            )
-        texts.extend(part["text"] for part in _user_parts(block, f"{where}.{j}"))
-    return "\n\n".join(texts)
 
 
 def _image_url(block: Mapping[str, Any], where: str) -> str:
@@ -232,12 +132,6 @@ def _document_text(block: Mapping[str, Any], where: str) -> str:
     raise InvalidRequest(
         f"{where}.source: a document with source {kind!r} cannot be sent to an "
         "OpenAI-compatible backend; send a text source or a base64 PDF"
-    )
-
-
-def _unsupported_block(kind: Any, where: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"{where}.type: content block {kind!r} cannot be sent to an OpenAI-compatible backend"
     )
 
 
@@ -355,43 +249,24 @@ def _digest(value: Any) -> str:
 
 
 def _malformed(message: str) -> UpstreamError:
-    return UpstreamError(message, status=502, error_type="api_error", retryable=True)
+    return UpstreamError(message, upstream_status=502)
 
 
 def _unusable(message: str) -> UpstreamError:
     """An answer that will not improve by asking again: the request ends ``errored``."""
-    return UpstreamError(message, status=502, error_type="api_error", retryable=False)
+    return UpstreamError(message, upstream_status=502, retryable=False)
 
 
 # -- errors ------------------------------------------------------------------------------
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 
 def error_from_openai(
     status: int, body: bytes, headers: Mapping[str, str], now: float
 ) -> UpstreamError:
-    """An UpstreamError for a non-2xx answer of an OpenAI-compatible server."""
-    error_type = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return UpstreamError(
-        _error_message(body) or f"upstream answered HTTP {status}",
-        status=status,
-        error_type=error_type,
-        retryable=status in (408, 429) or status >= 500,
-        retry_after=retry_after_seconds(headers, now),
-    )
+    """An UpstreamError for a non-2xx answer of an OpenAI-compatible server: its type and
+    retry verdict by the HTTP status, as for every backend (``error_from_answer``); the
+    body's own ``type`` is OpenAI's vocabulary, not the API's, and is not consulted."""
+    return error_from_answer(status, headers, now, message=_error_message(body))
 
 
 def _error_message(body: bytes) -> str | None:

@@ -67,6 +67,10 @@ async def call_with_retries(
             if delay is None:
                 raise
             log.debug(
-                "upstream %s (%s); retry %d in %.2fs", exc.status, exc.message, failures, delay
+                "upstream %s (%s); retry %d in %.2fs",
+                exc.upstream_status,
+                exc.message,
+                failures,
+                delay,
             )
             await wait(exc, delay)

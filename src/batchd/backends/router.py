@@ -11,7 +11,7 @@ from batchd.backends.local.backend import transformers_backend, vllm_backend
 from batchd.backends.mock import MockBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
-from batchd.errors import InvalidRequest
+from batchd.errors import InvalidRequest, NotFound
 
 BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
 
@@ -63,6 +63,13 @@ class Router:
             raise InvalidRequest(
                 f"max_tokens: {max_tokens} is more than this model allows here ({limit})"
             )
+
+    def backend_for(self, model: str) -> str:
+        """The name of the backend serving ``model``; NotFound when none does."""
+        name = self.route(model)
+        if name is None:
+            raise NotFound(f"model: {model!r} is not served here")
+        return name
 
     def model_names(self) -> list[str]:
         """Patterns that name one model exactly (no glob characters)."""

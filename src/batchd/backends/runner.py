@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from batchd.backends.base import Backend
+from batchd.backends.estimate import tokens_of_length
 from batchd.backends.pacing import Pacer, Slot
 from batchd.backends.retry import RetryPolicy, call_with_retries
 from batchd.config import BackendConfig
@@ -59,7 +60,7 @@ class BackendRunner:
         policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
         """Run one request while holding ``slot``; the slot is held again when this returns."""
-        estimate = len(raw) // 4 + params.max_tokens  # tokens, until the usage is known
+        estimate = tokens_of_length(len(raw)) + params.max_tokens  # until the usage is known
 
         async def attempt() -> dict[str, Any]:
             if self.pacer.requests is not None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchd.errors import API_STATUS
+
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNT = {"type": "integer", "minimum": 0}
 
@@ -27,20 +29,7 @@ RESPONSE_SCHEMAS: dict[str, Any] = {
                 "required": ["type", "message"],
                 "additionalProperties": False,
                 "properties": {
-                    "type": {
-                        "enum": [
-                            "invalid_request_error",
-                            "authentication_error",
-                            "billing_error",
-                            "permission_error",
-                            "not_found_error",
-                            "request_too_large",
-                            "rate_limit_error",
-                            "timeout_error",
-                            "api_error",
-                            "overloaded_error",
-                        ]
-                    },
+                    "type": {"enum": list(API_STATUS)},
                     "message": {"type": "string", "minLength": 1},
                 },
             },

@@ -1,8 +1,8 @@
 """The synchronous Messages use case: one request, answered on the same backends.
 
 A caller is waiting, so its call goes before batch work on the same backend (the next
-free slot is its), retries are fewer and shorter than in batches, and an upstream that
-refuses batchd's own credentials is reported as batchd's fault (502), not the caller's.
+free slot is its), and retries are fewer and shorter than in batches. An upstream's
+failure reaches the caller as the API's type and status for it (``batchd.errors``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import msgspec
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router
 from batchd.backends.runner import BackendRunner
-from batchd.errors import NotFound, UpstreamError
 from batchd.validation import Params, check_params
 
 INTERACTIVE_MAX_RETRIES = 2
@@ -28,9 +27,7 @@ class MessageService:
 
     async def create(self, body: bytes) -> tuple[Params, dict[str, Any]]:
         params = check_params(body, in_batch=False)
-        name = self._router.route(params.model)
-        if name is None:
-            raise NotFound(f"model: {params.model!r} is not served here")
+        name = self._router.backend_for(params.model)
         self._router.check_max_tokens(name, params.max_tokens)
         runner = self._runners[name]
         raw = body
@@ -44,10 +41,6 @@ class MessageService:
         slot = await runner.pacer.acquire(interactive=True)
         try:
             message = await runner.run(params, raw, slot, interactive=True, policy=policy)
-        except UpstreamError as exc:
-            if exc.refused_credentials:
-                raise exc.as_batchd_fault(name) from exc
-            raise
         finally:
             slot.release()
         return params, message

@@ -20,7 +20,6 @@ from batchd.backends.base import Backend, TokenCounter
 from batchd.backends.estimate import estimate_input_tokens
 from batchd.backends.router import Router, build_backend
 from batchd.config import LOCAL_KINDS, BackendConfig
-from batchd.errors import NotFound, UpstreamError
 from batchd.validation import check_count_tokens
 
 
@@ -40,9 +39,7 @@ class TokenService:
 
     async def count(self, body: bytes) -> int:
         params = check_count_tokens(body)
-        name = self._router.route(params.model)
-        if name is None:
-            raise NotFound(f"model: {params.model!r} is not served here")
+        name = self._router.backend_for(params.model)
         request = msgspec.json.decode(body)
         local = self._in_process.get(name)
         if isinstance(local, TokenCounter):
@@ -53,9 +50,5 @@ class TokenService:
         await backend.start()
         try:
             return await backend.count_tokens(request, body)
-        except UpstreamError as exc:
-            if exc.refused_credentials:
-                raise exc.as_batchd_fault(name) from exc
-            raise
         finally:
             await backend.close()
