@@ -12,6 +12,7 @@ import pytest
 from tests.support.invariants import count_mismatches
 from tests.support.postgres import PostgresServer, ephemeral_postgres
 from tests.support.server import RunningServer, make_settings, serve_batchd
+from tests.support.upstream import FakeUpstream, serve_upstream
 
 StartServer = Callable[..., RunningServer]
 
@@ -26,7 +27,8 @@ def postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start batchd on a private SQLite file; keyword arguments override Settings.
+    """Start batchd on a private SQLite file; keyword arguments override Settings, but for
+    ``db_path`` and ``clock`` (default ``time.time``).
 
     When the test is over, every database it used must have counts that agree with its rows.
     """
@@ -35,13 +37,25 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 
         def start(**overrides: Any) -> RunningServer:
             db = Path(overrides.pop("db_path", tmp_path / "batchd.db"))
+            clock = overrides.pop("clock", time.time)
             databases.add(db)
             settings = make_settings(str(db), **overrides)
-            return stack.enter_context(serve_batchd(settings))
+            return stack.enter_context(serve_batchd(settings, clock=clock))
 
         yield start
     for db in sorted(databases):
         assert count_mismatches(db) == [], db
+
+
+@pytest.fixture
+def held() -> Iterator[FakeUpstream]:
+    """An upstream whose calls wait until the test releases them."""
+    with serve_upstream() as upstream:
+        upstream.hold()
+        try:
+            yield upstream
+        finally:
+            upstream.release()
 
 
 @pytest.fixture
@@ -51,7 +65,9 @@ def server(start_server: StartServer) -> RunningServer:
 
 @pytest.fixture
 def client(server: RunningServer) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.url, api_key="sk-test") as c:
+    with anthropic.Anthropic(
+        base_url=server.url, api_key="sk-test", _strict_response_validation=True
+    ) as c:
         yield c
 
 
@@ -67,6 +83,15 @@ def wait_ended(
         if time.monotonic() > deadline:
             raise TimeoutError(f"batch {batch_id} still {batch.processing_status}")
         time.sleep(0.05)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Wait for ``condition`` to hold, looking every 10 ms; fail with ``what`` after ``timeout``
+    (a bound on a hang, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
 
 
 def mock_request(custom_id: str, text: str = "hello", **params: Any) -> dict[str, Any]:

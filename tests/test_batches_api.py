@@ -47,7 +47,9 @@ def slow_request(custom_id: str) -> dict[str, Any]:
 def slow_client(start_server: StartServer) -> Iterator[anthropic.Anthropic]:
     """A client on a server whose `slow-*` models answer two at a time, 200 ms each."""
     running = start_server(backends=[SLOW_BACKEND])
-    with anthropic.Anthropic(base_url=running.url, api_key="sk-test") as c:
+    with anthropic.Anthropic(
+        base_url=running.url, api_key="sk-test", _strict_response_validation=True
+    ) as c:
         yield c
 
 
@@ -369,7 +371,9 @@ def test_a_bad_request_errors_alone(
 
 def test_async_client_creates_polls_and_reads_results(server: RunningServer) -> None:
     async def scenario() -> tuple[MessageBatch, list[MessageBatchIndividualResponse]]:
-        async with anthropic.AsyncAnthropic(base_url=server.url, api_key="sk-test") as client:
+        async with anthropic.AsyncAnthropic(
+            base_url=server.url, api_key="sk-test", _strict_response_validation=True
+        ) as client:
             batch = await client.messages.batches.create(
                 requests=[mock_request("a", "one"), mock_request("b", "two")]
             )
@@ -390,7 +394,9 @@ def test_async_list_auto_paginates(server: RunningServer, client: anthropic.Anth
     ids = create_batches(client, 5)
 
     async def scenario() -> tuple[list[str], list[str]]:
-        async with anthropic.AsyncAnthropic(base_url=server.url, api_key="sk-test") as client:
+        async with anthropic.AsyncAnthropic(
+            base_url=server.url, api_key="sk-test", _strict_response_validation=True
+        ) as client:
             first_page = await client.messages.batches.list(limit=2)
             every = [b.id async for b in client.messages.batches.list(limit=2)]
             return [b.id for b in first_page.data], every

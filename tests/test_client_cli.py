@@ -187,6 +187,25 @@ def test_list_show_results_delete(
     assert "not_found_error" in gone.stderr
 
 
+def test_result_tables_neither_drive_the_terminal_nor_read_markup(
+    server: RunningServer, client: anthropic.Anthropic
+) -> None:
+    """Model output echoes untrusted input: clear-screen, window-title and clipboard escape
+    sequences must not reach the terminal, and rich markup in it is shown as written."""
+    hostile = (
+        "\x1b[2J\x1b]0;owned\x07\x1b]52;c;ZWNobyBvd25lZA==\x07[link=https://evil.example]x[/link]"
+    )
+    batch = client.messages.batches.create(requests=[mock_request("a", text=hostile)])
+    wait_ended(client, batch.id)
+
+    shown = batchd("batches", "results", batch.id, url=server.url)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout
+    assert "\x07" not in shown.stdout
+    assert "[2J]0;owned]52;c;ZWNobyBvd25lZA==[link=https://evil.example]x[/link]" in shown.stdout
+
+
 def test_cancel(start_server: StartServer, tmp_path: Path) -> None:
     server = start_server(backends=[SLOW_BACKEND])
     infile = _write(tmp_path / "in.jsonl", *(f"p{i}" for i in range(200)))

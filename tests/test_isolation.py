@@ -18,12 +18,10 @@ import anthropic
 import httpx2 as httpx
 import pytest
 
-from batchd.api import create_app
-from batchd.config import Settings
 from tests.conftest import mock_request, wait_ended
 from tests.support.keys import make_keys
 from tests.support.routes import served_routes
-from tests.support.server import make_settings, serve_batchd
+from tests.support.server import built_app, make_settings, serve_batchd
 
 
 @dataclass(frozen=True)
@@ -91,6 +89,15 @@ def leaks_nothing(world: World, method: str, path: str) -> None:
         assert secret not in reply.text
 
 
+def for_operators_only(world: World, method: str, path: str) -> None:
+    """Server-wide figures and upstream error texts: Bob's key is no operator's."""
+    reply = world.call("bob", method, path)
+    assert reply.status_code == 403, reply.text
+    assert reply.json()["error"]["type"] == "permission_error"
+    for secret in world.alice_secrets:
+        assert secret not in reply.text
+
+
 def the_same_for_everyone(world: World, method: str, path: str) -> None:
     """A static page or file: the same bytes whoever asks, naming nothing of Alice's."""
     as_alice, as_bob = world.call("alice", method, path), world.call("bob", method, path)
@@ -115,8 +122,9 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),
     ("GET", "/v1/models"): (leaks_nothing, True),
-    ("GET", "/status/backends"): (leaks_nothing, True),
-    ("GET", "/metrics"): (leaks_nothing, True),  # labels: backends, states, types only
+    # every workspace's figures, the upstreams' error texts
+    ("GET", "/status/backends"): (for_operators_only, True),
+    ("GET", "/metrics"): (for_operators_only, True),
     ("GET", "/healthz"): (leaks_nothing, False),
     ("GET", "/openapi.json"): (leaks_nothing, False),
     # the console's shell and files; its data comes from the API routes above
@@ -126,8 +134,8 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
 }
 
 
-def test_every_route_has_an_isolation_case(tmp_path: Path) -> None:
-    app = create_app(Settings(db=f"sqlite:///{tmp_path}/x.db"))
+def test_every_route_has_an_isolation_case() -> None:
+    app = built_app()
 
     assert served_routes(app) == set(ROUTES)
 

@@ -40,7 +40,13 @@ def _sqlite_schema(path: Path) -> list[tuple[Any, ...]]:
             "SELECT type, name, tbl_name, sql FROM sqlite_master "
             "WHERE name NOT IN ('schema_migrations', 'sqlite_sequence') ORDER BY name"
         ).fetchall()
-    return [(*row[:3], re.sub(r"\s+", " ", row[3] or "")) for row in rows]
+    # Whitespace is insignificant, also beside punctuation: ALTER TABLE ADD COLUMN writes
+    # "last\n, added)" where the declared schema has "last,\n    added\n)".
+    return [(*row[:3], re.sub(r"\s*([(),])\s*|\s+", _one_space, row[3] or "")) for row in rows]
+
+
+def _one_space(match: re.Match[str]) -> str:
+    return match[1] or " "
 
 
 async def _pg_schema(url: str) -> list[list[tuple[Any, ...]]]:

@@ -12,19 +12,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx2 as httpx
+import msgspec
 import pytest
 import schemathesis
+from anthropic.types.messages import MessageBatchIndividualResponse as SdkLine
 from hypothesis import HealthCheck, settings
 from schemathesis import Case, CheckContext, Response
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from batchd.api import create_app
-from batchd.config import Settings
-from tests.conftest import mock_request
+from batchd.schemas.results import MessageBatchIndividualResponse
+from tests.conftest import mock_request, wait_ended
 from tests.support.keys import make_keys
 from tests.support.routes import served_routes
-from tests.support.server import make_settings, serve_batchd
+from tests.support.server import built_app, make_settings, serve_batchd
 
 EXAMPLES = int(os.environ.get("BATCHD_FUZZ_EXAMPLES", "25"))
 
@@ -50,8 +52,8 @@ def documented(document: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def app_document(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]]:
-    app = create_app(Settings(db=f"sqlite:///{tmp_path_factory.mktemp('doc')}/x.db"))
+def app_document() -> tuple[Any, dict[str, Any]]:
+    app = built_app()
     return app, app.openapi()
 
 
@@ -99,7 +101,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, s
 
 # The document as the app generates it (no server needed to build it); the calls go to
 # the live server. (schemathesis.pytest.from_fixture does not run under pytest 9.2.)
-schema = schemathesis.openapi.from_dict(create_app(Settings(db="sqlite:///unused.db")).openapi())
+schema = schemathesis.openapi.from_dict(built_app().openapi())
 
 
 @schemathesis.check
@@ -117,6 +119,33 @@ def error_envelope(ctx: CheckContext, response: Response, case: Case) -> bool | 
     return True
 
 
+_line = msgspec.json.Decoder(MessageBatchIndividualResponse)
+
+
+@schemathesis.check
+def jsonl_lines(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    """Results are a string to OpenAPI 3.1: each line must be the document's line type
+    (``x-jsonl-line``) and parse with the SDK's own model."""
+    if response.status_code != 200 or not case.path.endswith("/results"):
+        return None
+    lines = response.text.splitlines()
+    assert lines, "an ended batch has at least one result line"
+    for line in lines:
+        _line.decode(line)
+        SdkLine.model_validate_json(line)
+    return True
+
+
+def test_the_results_line_type_is_documented(app_document: tuple[Any, dict[str, Any]]) -> None:
+    _, document = app_document
+    results = document["paths"]["/v1/messages/batches/{batch_id}/results"]["get"]
+    content = results["responses"]["200"]["content"]["application/x-jsonl"]
+
+    line = content["schema"]["x-jsonl-line"]["$ref"].rsplit("/", 1)[1]
+    assert line == MessageBatchIndividualResponse.__name__
+    assert line in document["components"]["schemas"]
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
@@ -126,14 +155,14 @@ def error_envelope(ctx: CheckContext, response: Response, case: Case) -> bool | 
 )
 def test_the_live_api_keeps_to_its_document(case: Case, live: tuple[str, str, str]) -> None:
     url, key, _ = live
-    # Rules JSON Schema cannot say (schemas/openapi.py): a case that breaks one is valid to
+    # Rules JSON Schema cannot say (api/openapi.py): a case that breaks one is valid to
     # the document but rightly refused, so "valid data is accepted" does not apply.
     excluded = [positive_data_acceptance] if breaks_an_unwritten_rule(case) else []
 
     case.call_and_validate(
         base_url=url,
         headers={"x-api-key": key},
-        additional_checks=[error_envelope],
+        additional_checks=[error_envelope, jsonl_lines],
         excluded_checks=excluded,
     )
 
@@ -150,3 +179,16 @@ def breaks_an_unwritten_rule(case: Case) -> bool:
         ids = [r.get("custom_id") for r in requests if isinstance(r, dict)]
         return len(ids) != len(set(map(str, ids)))
     return False
+
+
+def test_an_ended_batchs_results_keep_to_the_document(live: tuple[str, str, str]) -> None:
+    url, key, batch_id = live
+    with anthropic.Anthropic(base_url=url, api_key=key, _strict_response_validation=True) as client:
+        wait_ended(client, batch_id)
+    operation = schema["/v1/messages/batches/{batch_id}/results"]["GET"]
+    case = operation.Case(path_parameters={"batch_id": batch_id})
+
+    response = case.call_and_validate(
+        base_url=url, headers={"x-api-key": key}, additional_checks=[error_envelope, jsonl_lines]
+    )
+    assert response.status_code == 200

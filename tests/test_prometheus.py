@@ -72,18 +72,26 @@ def test_the_engine_metrics_are_exposed_beside_them(start_server: StartServer) -
     assert {"batchd_requests", "batchd_queue_depth"} <= names
 
 
-def test_metrics_need_a_valid_key_once_keys_exist(
-    start_server: StartServer, tmp_path: Path
-) -> None:
+def _key(db: Path, name: str, *flags: str) -> str:
     created = subprocess.run(
-        [sys.executable, "-m", "batchd.cli", "keys", "create", "prometheus",
-         "--db", f"sqlite:///{tmp_path / 'batchd.db'}"],
+        [sys.executable, "-m", "batchd.cli", "keys", "create", name, *flags,
+         "--db", f"sqlite:///{db}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
+    return created.stdout.strip()
+
+
+def test_metrics_need_an_operator_key_once_keys_exist(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    prometheus = _key(tmp_path / "batchd.db", "prometheus", "--operator")
+    tenant = _key(tmp_path / "batchd.db", "tenant")
     server = start_server()
     assert httpx.get(f"{server.url}/metrics").status_code == 401
     bad = httpx.get(f"{server.url}/metrics", headers={"authorization": "Bearer nope"})
     assert bad.status_code == 401
-    assert ("batchd_queue_depth", (("backend", "mock"),)) in scrape(
-        server.url, created.stdout.strip()
-    )
+    # Every workspace's volumes: not for a key of one workspace.
+    refused = httpx.get(f"{server.url}/metrics", headers={"x-api-key": tenant})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["type"] == "permission_error"
+    assert ("batchd_queue_depth", (("backend", "mock"),)) in scrape(server.url, prometheus)

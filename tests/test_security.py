@@ -45,7 +45,7 @@ class _OneKeyStore:
 
 
 def authenticate(store: _OneKeyStore, presented: str) -> str:
-    auth = Authenticator(store, allow_open=False)  # type: ignore[arg-type]
+    auth = Authenticator(store, open_mode=False)  # type: ignore[arg-type]
     return asyncio.run(auth.workspace(presented))
 
 
@@ -90,10 +90,16 @@ SPOOFS = [
 
 
 @pytest.fixture
-def ended_batch(start_server: StartServer) -> tuple[str, str]:
+def key(tmp_path: Path) -> str:
+    """A key of the server's database (a server open without keys takes loopback Hosts only)."""
+    return make_keys(tmp_path / "batchd.db", {"alice": "team-a"})["alice"]
+
+
+@pytest.fixture
+def ended_batch(start_server: StartServer, key: str) -> tuple[str, str]:
     """A server without public_url and an ended batch on it: (server url, batch id)."""
     server = start_server()
-    with anthropic.Anthropic(base_url=server.url, api_key="sk") as client:
+    with anthropic.Anthropic(base_url=server.url, api_key=key) as client:
         batch = client.messages.batches.create(requests=[mock_request("a")])
         wait_ended(client, batch.id)
     return server.url, batch.id
@@ -101,10 +107,10 @@ def ended_batch(start_server: StartServer) -> tuple[str, str]:
 
 @pytest.mark.parametrize("spoof", SPOOFS)
 def test_results_url_ignores_host_and_forwarded_headers(
-    ended_batch: tuple[str, str], spoof: dict[str, str]
+    ended_batch: tuple[str, str], key: str, spoof: dict[str, str]
 ) -> None:
     url, batch_id = ended_batch
-    headers = {"x-api-key": "sk", **spoof}
+    headers = {"x-api-key": key, **spoof}
 
     retrieved = httpx.get(f"{url}/v1/messages/batches/{batch_id}", headers=headers).json()
     listed = httpx.get(f"{url}/v1/messages/batches", headers=headers).json()["data"]
@@ -116,13 +122,13 @@ def test_results_url_ignores_host_and_forwarded_headers(
 
 @pytest.mark.parametrize("spoof", SPOOFS)
 def test_a_configured_public_url_wins_over_every_header(
-    start_server: StartServer, spoof: dict[str, str]
+    start_server: StartServer, key: str, spoof: dict[str, str]
 ) -> None:
     server = start_server(public_url="https://batches.internal.example/")
-    with anthropic.Anthropic(base_url=server.url, api_key="sk") as client:
+    with anthropic.Anthropic(base_url=server.url, api_key=key) as client:
         batch = client.messages.batches.create(requests=[mock_request("a")])
         wait_ended(client, batch.id)
-    headers = {"x-api-key": "sk", **spoof}
+    headers = {"x-api-key": key, **spoof}
 
     retrieved = httpx.get(f"{server.url}/v1/messages/batches/{batch.id}", headers=headers)
 
@@ -132,15 +138,31 @@ def test_a_configured_public_url_wins_over_every_header(
 
 
 def test_the_sdk_follows_results_url_to_the_server_it_called(
-    ended_batch: tuple[str, str],
+    ended_batch: tuple[str, str], key: str
 ) -> None:
     url, batch_id = ended_batch
     localhost = url.replace("127.0.0.1", "localhost")  # a name, not the address bound
 
-    with anthropic.Anthropic(base_url=localhost, api_key="sk") as client:
+    with anthropic.Anthropic(base_url=localhost, api_key=key) as client:
         results = list(client.messages.batches.results(batch_id))
 
     assert [r.custom_id for r in results] == ["a"]
+
+
+@pytest.mark.parametrize("path", ["/v1/messages/batches/", "/v1/models/", "/console/static"])
+def test_no_redirect_takes_its_location_from_the_host_header(
+    start_server: StartServer, key: str, path: str
+) -> None:
+    """Answered before any key check: a redirect built from ``Host`` would send a client
+    (and, after a DNS rebinding, a browser) to the host the request named."""
+    assert key  # the server has keys: the redirect came before the check
+    server = start_server()
+
+    reply = httpx.get(f"{server.url}{path}", headers={"host": "evil.example"})
+
+    assert "location" not in reply.headers
+    assert reply.status_code == 404
+    assert reply.json()["error"]["type"] == "not_found_error"
 
 
 # --- no key anywhere ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ fenced, leases come back."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -309,3 +310,17 @@ async def test_a_read_sees_every_commit_made_before_it_began(store: Store) -> No
     await asyncio.gather(*listers)
 
     assert missed == []
+
+
+async def test_a_new_sqlite_database_and_its_wal_are_private(tmp_path: Path) -> None:
+    """Prompts and results are readable by the server's own user only, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        store = await SQLiteStore.open(f"sqlite:///{tmp_path}/p.db", migrate=True)
+    finally:
+        os.umask(old)
+    try:
+        modes = {name: os.stat(tmp_path / name).st_mode & 0o777 for name in os.listdir(tmp_path)}
+    finally:
+        await store.close()
+    assert modes == {"p.db": 0o600, "p.db-wal": 0o600, "p.db-shm": 0o600}

@@ -42,6 +42,7 @@ def test_params_are_kept_byte_for_byte() -> None:
         (_body([_req("x" * 65)]), "at most 64 characters"),  # id too long
         (_body([_req("a b")]), "should match pattern"),  # space in id
         (_body([_req("a.b")]), "should match pattern"),  # dot in id
+        (_body([_req("a\n")]), "should match pattern"),  # a newline after the id
         (_body([_req(7)]), "requests.0.custom_id: Input should be a valid string"),
         (_body([{"custom_id": "a"}]), "requests.0.params: Field required"),
         (_body([{"params": {}}]), "requests.0.custom_id: Field required"),

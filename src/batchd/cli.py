@@ -6,12 +6,11 @@ import asyncio
 import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import uvicorn
 from pydantic import ValidationError
 
 from batchd.client import commands
@@ -56,6 +55,18 @@ def _with_store(url: str, action: Callable[[Store], Awaitable[T]]) -> T:
         raise click.ClickException(exc.message) from exc
 
 
+def _run(role: Coroutine[Any, Any, None]) -> None:
+    """Run a process role of ``batchd.runtime`` until it stops; a failure exits non-zero."""
+    from batchd.runtime import ProcessFailed, run
+
+    try:
+        run(role)
+    except BatchdError as exc:
+        raise click.ClickException(exc.message) from exc
+    except ProcessFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 @click.version_option(package_name="batchd")
 def main() -> None:
@@ -98,26 +109,14 @@ def serve(
     )
     _configure_logging(log_level)
     keys = _with_store(settings.db, lambda store: store.count_active_keys())
-    if keys == 0:
-        if not is_loopback(settings.host):
-            raise click.ClickException(
-                f"refusing to serve on {settings.host} with no API keys: create one with "
-                "`batchd keys create NAME`, or bind to a loopback address"
-            )
-        logging.getLogger("batchd").warning(
-            "no API keys exist: the server is open to any key on %s", settings.host
+    if keys == 0 and not is_loopback(settings.host):
+        raise click.ClickException(
+            f"refusing to serve on {settings.host} with no API keys: create one with "
+            "`batchd keys create NAME`, or bind to a loopback address"
         )
-    from batchd.api import create_app
-    from batchd.api.serving import serving_options
+    from batchd import runtime  # here: the client commands need neither server nor engine
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
-        **serving_options(settings),
-    )
+    _run(runtime.serve(settings, log_level=log_level))
 
 
 @main.command()
@@ -145,12 +144,9 @@ def worker(db: str | None, config: Path | None, log_level: str) -> None:
     """Run the engine only (no HTTP): one of many workers on a shared PostgreSQL database."""
     settings = _settings(db=db, config=config)
     _configure_logging(log_level)
-    from batchd.engine.standalone import run_worker
+    from batchd import runtime
 
-    try:
-        asyncio.run(run_worker(settings))
-    except BatchdError as exc:
-        raise click.ClickException(exc.message) from exc
+    _run(runtime.work(settings))
 
 
 @main.group()
@@ -161,12 +157,20 @@ def keys() -> None:
 @keys.command("create")
 @click.argument("name")
 @click.option("--workspace", default="default", show_default=True)
+@click.option(
+    "--operator",
+    is_flag=True,
+    help="May read /metrics and /status/backends (every workspace's figures)",
+)
 @_db_option
-def keys_create(name: str, workspace: str, db: str | None) -> None:
+def keys_create(name: str, workspace: str, operator: bool, db: str | None) -> None:
     """Create a key; it is printed once and only its hash is stored."""
     settings = _settings(db=db)
-    key, secret = _with_store(settings.db, lambda store: create_key(store, name, workspace))
-    click.echo(f"created key {key.id} ({name}) in workspace {workspace}", err=True)
+    key, secret = _with_store(
+        settings.db, lambda store: create_key(store, name, workspace, operator=operator)
+    )
+    scope = " (operator)" if operator else ""
+    click.echo(f"created key {key.id} ({name}) in workspace {workspace}{scope}", err=True)
     click.echo(secret)
 
 
@@ -177,7 +181,8 @@ def keys_list(db: str | None) -> None:
     settings = _settings(db=db)
     for key in _with_store(settings.db, lambda store: store.list_keys()):
         state = "revoked" if key.revoked_at else "active"
-        click.echo(f"{key.id}\t{key.name}\t{key.workspace}\t{state}")
+        scope = "\toperator" if key.operator else ""
+        click.echo(f"{key.id}\t{key.name}\t{key.workspace}\t{state}{scope}")
 
 
 @keys.command("revoke")

@@ -59,6 +59,9 @@ class BackendConfig(BaseModel):
     pdf_cpu_seconds: float = Field(default=10.0, gt=0)
     pdf_workers: int = Field(default=2, ge=1)  # children at once for this backend
     pdf_workers_per_key: int = Field(default=1, ge=1)  # ... for one key (or one batch)
+    # Hosts whose image/document URLs this backend may be asked to fetch (patterns such as
+    # "*.cdn.example"); default: any public host, never a loopback/private/link-local one.
+    allowed_url_hosts: list[str] | None = None
     max_retries: int | None = Field(default=None, ge=0)
     latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
     # transformers / vllm: a Hugging Face model directory, run in this process

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 
@@ -123,8 +123,20 @@ class ApiKey:
     workspace: str
     created_at: float
     revoked_at: float | None
+    operator: bool = False  # may read the server-wide routes: /metrics, /status/backends
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKey:
+        return cls(
+            row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"],
+            bool(row["is_operator"]),
+        )  # fmt: skip
 
 
+@overload
+def rfc3339(ts: float) -> str: ...
+@overload
+def rfc3339(ts: float | None) -> str | None: ...
 def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None

@@ -1,8 +1,10 @@
 """Minting public ids.
 
 Batch ids are ``msgbatch_`` followed by 26 Crockford base32 characters: 48 bits of
-milliseconds then 80 bits that are random at each new millisecond and counted up
-within one, so that ids minted by one process sort in creation order (like ULIDs).
+milliseconds then 80 random bits, so that ids sort by creation time to the millisecond
+(like ULIDs). Within one millisecond, each id one process mints adds a random step of up
+to 2**40 to the one before: still in creation order, but an id says nothing about its
+neighbours (consecutive ids would let a holder of one guess the next).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
+_STEP_BITS = 40  # a millisecond starts below 2**79: room for 2**39 ids in it
 
 
 def _encode(value: int, length: int) -> str:
@@ -23,40 +27,39 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
-class _Monotonic:
-    def __init__(self) -> None:
+class Minter:
+    """128-bit ids, increasing in the order this process mints them."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._clock_ns = clock_ns
         self._lock = threading.Lock()
         self._last_ms = -1
         self._last_rand = 0
 
     def next(self) -> int:
         with self._lock:
-            ms = time.time_ns() // 1_000_000
+            ms = self._clock_ns() // 1_000_000
             if ms > self._last_ms:
                 self._last_ms = ms
-                self._last_rand = secrets.randbits(_RANDOM_BITS - 1)  # room to count up
+                self._last_rand = secrets.randbits(_RANDOM_BITS - 1)
             else:
-                self._last_rand += 1
+                self._last_rand += 1 + secrets.randbits(_STEP_BITS)
             return (self._last_ms << _RANDOM_BITS) | self._last_rand
 
 
-_batch_ids = _Monotonic()
+_batch_ids = Minter()
+
+
+def batch_id(value: int) -> str:
+    return "msgbatch_" + _encode(value, 26)
 
 
 def new_batch_id() -> str:
-    return "msgbatch_" + _encode(_batch_ids.next(), 26)
-
-
-def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    return batch_id(_batch_ids.next())
 
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
-
-
-def new_tool_use_id() -> str:
-    return "toolu_" + secrets.token_hex(12)
 
 
 def new_key_id() -> str:

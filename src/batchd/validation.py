@@ -13,27 +13,27 @@ from __future__ import annotations
 import gc
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from batchd.domain import RawParams
 from batchd.errors import InvalidRequest
+from batchd.schemas.batches import CUSTOM_ID_PATTERN, BatchRequest, CreateBatchRequest
+from batchd.schemas.messages import Content, CountTokensParams, InputMessage, MessageParams
 
 T = TypeVar("T")
-CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-# Arrays and objects nested deeper than this in one request's params are refused, so that
-# no later walk over the JSON (estimates, translation, encoders) meets unbounded nesting.
-MAX_DEPTH = 128
-
-
-class _RequestItem(msgspec.Struct, forbid_unknown_fields=True):
-    custom_id: Any
-    params: msgspec.Raw
-
-
-class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
-    requests: list[_RequestItem]
+# msgspec's words for a broken constraint, in the API's own (pydantic's) words
+_PHRASES = [
+    (re.compile(r"Expected `str` of length >= (\d+)"), r"String should have at least \1 character"),
+    (re.compile(r"Expected `str` of length <= (\d+)"), r"String should have at most \1 characters"),
+    (re.compile(r"Expected `str` matching regex (.*)"), r"String should match pattern \1"),
+    (re.compile(r"Expected `str`, got .*"), "Input should be a valid string"),
+    (
+        re.compile(r"Expected `array` of length >= 1"),
+        "List should have at least 1 item after validation, not 0",
+    ),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,41 +42,15 @@ class BatchItem:
     params: RawParams
 
 
-class _Message(msgspec.Struct):
-    role: Literal["user", "assistant", "system"]
-    content: str | list[dict[str, Any]]
+Params = MessageParams  # the name the backends know it by
 
-
-class Params(msgspec.Struct):
-    """The Messages params fields batchd checks; unknown keys are allowed and kept."""
-
-    model: str
-    max_tokens: Annotated[int, msgspec.Meta(ge=0)]
-    messages: list[_Message]
-    system: str | list[dict[str, Any]] | None = None
-    stop_sequences: list[str] | None = None
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    stream: bool | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
-
-
-class CountTokensParams(msgspec.Struct):
-    """A count_tokens body: Messages params without ``max_tokens``; other keys are kept."""
-
-    model: str
-    messages: list[_Message]
-    system: str | list[dict[str, Any]] | None = None
-    tools: list[dict[str, Any]] | None = None
-
-
-_envelope_decoder = msgspec.json.Decoder(_Envelope)
-_params_decoder = msgspec.json.Decoder(Params)
+_envelope_decoder = msgspec.json.Decoder(CreateBatchRequest)
+_params_decoder = msgspec.json.Decoder(MessageParams)
 _count_tokens_decoder = msgspec.json.Decoder(CountTokensParams)
 _any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+# Arrays and objects nested deeper than this in one request's params are refused, so that
+# no later walk over the JSON (estimates, translation, encoders) meets unbounded nesting.
+MAX_DEPTH = 128
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -94,8 +68,17 @@ def _field_error(error: msgspec.MsgspecError, prefix: str = "") -> str:
         field = message.split("`")[1]
         path = f"{path}.{field}".lstrip(".")
         message = "Extra inputs are not permitted"
+    else:
+        message = _in_api_words(message)
     path = ".".join(p for p in (prefix, path) if p)
     return f"{path}: {message}" if path else message
+
+
+def _in_api_words(message: str) -> str:
+    for phrase, words in _PHRASES:
+        if phrase.fullmatch(message):
+            return phrase.sub(words, message)
+    return message
 
 
 def _decode(decoder: msgspec.json.Decoder[T], raw: RawParams | bytearray, what: str) -> T:
@@ -123,7 +106,10 @@ def parse_create_body(body: bytes | bytearray, *, max_requests: int) -> list[Bat
             gc.enable()
 
 
-def _check_items(requests: list[_RequestItem], max_requests: int) -> list[BatchItem]:
+def _check_items(requests: list[BatchRequest], max_requests: int) -> list[BatchItem]:
+    """What ``CreateBatchRequest`` leaves to code: the count limits, unique custom_ids,
+    params an object, and a custom_id that ends in a newline (msgspec matches patterns with
+    ``re.search``, where ``$`` also matches before a final newline; JSON Schema's does not)."""
     if not requests:
         raise InvalidRequest("requests: List should have at least 1 item after validation, not 0")
     if len(requests) > max_requests:
@@ -135,10 +121,9 @@ def _check_items(requests: list[_RequestItem], max_requests: int) -> list[BatchI
     seen: set[str] = set()
     for i, item in enumerate(requests):
         custom_id = item.custom_id
-        if not isinstance(custom_id, str):
-            raise InvalidRequest(f"requests.{i}.custom_id: Input should be a valid string")
-        if not CUSTOM_ID.fullmatch(custom_id):
-            raise InvalidRequest(f"requests.{i}.custom_id: {_custom_id_problem(custom_id)}")
+        if custom_id.endswith("\n"):
+            message = f"String should match pattern '{CUSTOM_ID_PATTERN}'"
+            raise InvalidRequest(f"requests.{i}.custom_id: {message}")
         if custom_id in seen:
             raise InvalidRequest(
                 f"requests.{i}.custom_id: duplicate custom_id {custom_id!r}; "
@@ -151,15 +136,7 @@ def _check_items(requests: list[_RequestItem], max_requests: int) -> list[BatchI
     return items
 
 
-def _custom_id_problem(custom_id: str) -> str:
-    if not custom_id:
-        return "String should have at least 1 character"
-    if len(custom_id) > 64:
-        return "String should have at most 64 characters"
-    return "String should match pattern '^[a-zA-Z0-9_-]{1,64}$'"
-
-
-def check_params(raw: RawParams, *, in_batch: bool = True) -> Params:
+def check_params(raw: RawParams, *, in_batch: bool = True) -> MessageParams:
     """Check one request's Messages params; raise InvalidRequest naming the field."""
     params = _decode(_params_decoder, raw, "params")
     check_depth(raw, "params")
@@ -169,7 +146,7 @@ def check_params(raw: RawParams, *, in_batch: bool = True) -> Params:
     return params
 
 
-def stored_params(raw: bytes) -> Params:
+def stored_params(raw: bytes) -> MessageParams:
     """Params that ``check_params`` accepted when the batch was created, decoded again to run.
 
     Skips the content checks that already passed (about 4% of batchd's samples at a
@@ -213,12 +190,11 @@ def check_depth(raw: RawParams | bytearray, what: str, limit: int = MAX_DEPTH) -
 
 
 def _check_content(
-    messages: list[_Message],
-    system: str | list[dict[str, Any]] | None,
+    messages: list[InputMessage],
+    system: Content | None,
     tools: list[dict[str, Any]] | None,
 ) -> None:
-    if not messages:
-        raise InvalidRequest("messages: List should have at least 1 item after validation, not 0")
+    """What the types' plain dicts leave to code (the document says it in JSON Schema)."""
     for i, message in enumerate(messages):
         if isinstance(message.content, list):
             _check_blocks(message.content, f"messages.{i}.content")

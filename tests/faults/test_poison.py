@@ -11,6 +11,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from tests.conftest import wait_until
 from tests.faults.conftest import Database, Tally
 from tests.support.cluster import Cluster
 from tests.support.upstream import FakeUpstream, Fault, serve_upstream, slow
@@ -43,14 +44,21 @@ def test_a_request_that_kills_its_worker_every_time_ends_errored(
     cluster: Cluster, upstream: FakeUpstream, tally: Tally
 ) -> None:
     def kill_later() -> None:
-        time.sleep(0.5)  # its neighbours have finished and been recorded by then
+        """Kill the worker once its 20 neighbours are recorded: only the poison runs again."""
+        with anthropic.Anthropic(base_url=cluster.url, api_key="sk-test") as watcher:
+
+            def neighbours_recorded() -> bool:
+                batches = watcher.messages.batches.list(limit=1).data
+                return bool(batches) and batches[0].request_counts.succeeded == 20
+
+            wait_until(neighbours_recorded, "the poison's neighbours were not recorded")
         cluster.kill_worker(0)
 
     def kill_the_caller(key: str, _attempt: int) -> Fault | None:
         if key != POISON:
             return None
         threading.Thread(target=kill_later).start()
-        return slow(3)  # the worker dies before any answer
+        return slow(10)  # the worker dies before any answer (a bound on the wait above)
 
     upstream.faults = kill_the_caller
     ids = [POISON, *(f"fine-{i}" for i in range(20))]

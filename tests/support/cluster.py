@@ -32,7 +32,7 @@ def free_port() -> int:
 
 def batchd_command() -> list[str]:
     script = shutil.which("batchd", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "batchd.cli"]
+    return [script] if script else [sys.executable, "-m", "batchd"]
 
 
 def wait_until_serving(

@@ -13,7 +13,9 @@ import anthropic
 
 
 def main(url: str) -> None:
-    client = anthropic.Anthropic(base_url=url, api_key="sk-old", max_retries=0)
+    client = anthropic.Anthropic(
+        base_url=url, api_key="sk-old", max_retries=0, _strict_response_validation=True
+    )
     requests = [
         {
             "custom_id": f"r{i}",

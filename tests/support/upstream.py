@@ -16,7 +16,9 @@ answer that starts late (``slow(seconds)``) and one whose body trickles in over
 ``slow_body(seconds)``.
 
 With ``capacity=C`` it admits at most C calls at once and answers 429 above that, as a
-real server at its limit does; ``mean_concurrency`` tells how many it held on average.
+real server at its limit does; ``levels_at_admission`` tells how many it held as calls came.
+``hold()`` keeps the calls it admits waiting until ``release(n)`` lets n of them answer, so
+that a test can step a backend through its work without racing the clock.
 """
 
 from __future__ import annotations
@@ -209,6 +211,8 @@ class FakeUpstream:
         self._calls: Counter[str] = Counter()
         self._times: defaultdict[str, list[float]] = defaultdict(list)
         self._keys_sent: list[str | None] = []
+        self._arrivals: list[str] = []
+        self._passes: int | None = None  # while held: calls that may still answer
         self.app = Starlette(
             routes=[
                 Route("/v1/messages", self._messages, methods=["POST"]),
@@ -231,20 +235,40 @@ class FakeUpstream:
         with self._lock:
             return list(self._times[key])
 
+    def arrivals(self) -> list[str]:
+        """The key of every call, in the order they arrived."""
+        with self._lock:
+            return list(self._arrivals)
+
+    def hold(self) -> None:
+        """From now on, admitted calls wait (counted in ``active``) until released."""
+        with self._lock:
+            self._passes = 0
+
+    def release(self, n: int | None = None) -> None:
+        """Let ``n`` held calls answer, or all of them from now on."""
+        with self._lock:
+            self._passes = None if n is None or self._passes is None else self._passes + n
+
+    async def _pass_gate(self) -> None:
+        while True:
+            with self._lock:
+                if self._passes is None:
+                    return
+                if self._passes > 0:
+                    self._passes -= 1
+                    return
+            await asyncio.sleep(0.005)  # the test thread releases: look again soon
+
     def api_keys_sent(self) -> list[str | None]:
         with self._lock:
             return list(self._keys_sent)
 
-    def mean_concurrency(self, start: float, end: float) -> float:
-        """Calls in progress, averaged over time between two ``time.monotonic()`` stamps."""
+    def levels_at_admission(self) -> list[int]:
+        """The calls in progress just after each admitted call arrived (itself included)."""
         with self._lock:
-            changes = [*self._changes, (end, self.active)]
-        total = 0.0
-        for (t0, level), (t1, _) in pairwise(changes):
-            lo, hi = max(t0, start), min(t1, end)
-            if hi > lo:
-                total += level * (hi - lo)
-        return total / (end - start)
+            changes = list(self._changes)
+        return [level for (_, before), (_, level) in pairwise(changes) if level > before]
 
     def _enter(self) -> bool:
         with self._lock:
@@ -279,6 +303,7 @@ class FakeUpstream:
             attempt = self._calls[key]
             self._times[key].append(time.monotonic())
             self._keys_sent.append(sent_key)
+            self._arrivals.append(key)
         if self.api_key is not None and sent_key != self.api_key:
             return _error(unauthorized())
         fault = self.faults(key, attempt) if self.faults else None
@@ -286,6 +311,7 @@ class FakeUpstream:
             return _error(rate_limited(message="over capacity"))
         if fault is None:
             try:
+                await self._pass_gate()
                 await asyncio.sleep(self.latency)
             finally:
                 self._leave()

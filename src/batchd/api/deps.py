@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from batchd.api.bodies import BodyBudget
 from batchd.backends.router import Router
 from batchd.backends.runner import BackendRunner
 from batchd.config import Settings
+from batchd.errors import PermissionDenied
 from batchd.metrics import Metrics
 from batchd.usecases.batches import BatchService
 from batchd.usecases.keys import Authenticator, Caller
@@ -22,6 +24,7 @@ from batchd.usecases.tokens import TokenService
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
+    clock: Callable[[], float]
     batches: BatchService
     messages: MessageService
     auth: Authenticator
@@ -52,10 +55,25 @@ def presented_key(request: Request) -> str | None:
 
 
 async def get_caller(request: Request, services: ServicesDep) -> Caller:
-    return await services.auth.caller(presented_key(request))
+    headers = request.headers
+    return await services.auth.caller(
+        presented_key(request), host=headers.get("host"), origin=headers.get("origin")
+    )
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_operator(caller: CallerDep) -> Caller:
+    if not caller.operator:
+        raise PermissionDenied(
+            "this route shows every workspace's figures: it needs an operator key "
+            "(`batchd keys create NAME --operator`)"
+        )
+    return caller
+
+
+OperatorDep = Annotated[Caller, Depends(get_operator)]
 
 
 async def get_workspace(caller: CallerDep) -> str:

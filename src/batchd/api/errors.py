@@ -1,6 +1,5 @@
-"""The one place that renders the API's error envelope.
-
-``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": "req_..."}``
+"""The one renderer of errors as HTTP answers: the API's error envelope
+(``schemas.errors.error_envelope``) with its status and the ``request-id`` header.
 """
 
 from __future__ import annotations
@@ -15,17 +14,10 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount
 
 from batchd.api.responses import JSON
-from batchd.errors import BatchdError, StoreUnavailable, error_type_for
+from batchd.errors import BatchdError, ErrorType, StoreUnavailable, error_type_for
+from batchd.schemas.errors import error_envelope
 
 log = logging.getLogger(__name__)
-
-
-def envelope(error_type: str, message: str, request_id: str | None) -> dict[str, object]:
-    return {
-        "type": "error",
-        "error": {"type": error_type, "message": message},
-        "request_id": request_id,
-    }
 
 
 def error_headers(
@@ -44,7 +36,7 @@ def error_headers(
 def error_response(
     request: Request,
     status: int,
-    error_type: str,
+    error_type: ErrorType,
     message: str,
     extra_headers: Mapping[str, str] | None = None,
     *,
@@ -52,7 +44,7 @@ def error_response(
 ) -> JSON:
     request_id = request.scope.get("state", {}).get("request_id")
     return JSON(
-        envelope(error_type, message, request_id),
+        error_envelope(error_type, message, request_id),
         status_code=status,
         headers={**(extra_headers or {}), **error_headers(status, request_id, retryable=retryable)},
     )

@@ -1,21 +1,35 @@
 """The OpenAPI document at /openapi.json: FastAPI's, with what it cannot know added.
 
 FastAPI sees the routes and their parameters. The routes read their bodies raw (msgspec,
-under a size limit), answer hand-encoded JSON and every error through one renderer, so
-the request bodies and responses are described here (their schemas in
-``schemas/openapi.py``): each operation's success body and the statuses it can fail with,
-all in the error envelope with a ``request-id`` header. FastAPI's own 422 is dropped:
-batchd answers 400.
+under a size limit), answer msgspec-encoded JSON and every error through one renderer, so
+the bodies are named here by their wire types (``batchd.schemas``), whose JSON Schemas
+msgspec generates: each operation's request body, its success body, and the statuses it
+can fail with, all in the error envelope with a ``request-id`` header. FastAPI's own 422 is
+dropped: batchd answers 400.
+
+Three rules JSON Schema cannot say: custom_ids are unique within a batch; ``after_id`` and
+``before_id`` are not given together; an integer is written as one (``5``, not ``5.0``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from batchd.schemas.openapi import SCHEMAS
+from batchd.schemas.batches import (
+    CreateBatchRequest,
+    DeletedMessageBatch,
+    MessageBatch,
+    MessageBatchList,
+)
+from batchd.schemas.errors import ErrorResponse
+from batchd.schemas.messages import CountTokensParams, Message, MessageParams, MessageTokensCount
+from batchd.schemas.models import ModelList
+from batchd.schemas.results import MessageBatchIndividualResponse
+from batchd.schemas.status import BackendStateList, Health
 
 _REQUEST_ID = {
     "request-id": {
@@ -28,9 +42,11 @@ _DESCRIPTIONS = {
     200: "Success",
     400: "The request is malformed, or the batch is not in a state that allows it",
     401: "No key, or a key that is not valid",
+    403: "Not an operator key; or, on a server without keys, a call from off this machine",
     404: "No such batch in the key's workspace, or no backend serves the model",
     408: "The request body stopped arriving",
     413: "The request body is over the server's limit",
+    415: "A POST whose body is not declared application/json",
     429: "Too many uploads or request bodies in progress, or the upstream's rate limit",
     500: "An unexpected error",
     502: "The upstream failed or refused batchd's credentials",
@@ -41,37 +57,52 @@ _DESCRIPTIONS = {
 
 _BATCH = "/v1/messages/batches/{batch_id}"
 _UPSTREAM = (404, 408, 413, 429, 502, 503, 504, 529)
-_JSONL = "JSONL"  # results: application/x-jsonl, one MessageBatchIndividualResponse a line
-# (method, path): (the success body's schema, its error statuses besides 401 and 500)
-OPERATIONS: dict[tuple[str, str], tuple[str, tuple[int, ...]]] = {
-    ("post", "/v1/messages/batches"): ("MessageBatch", (400, 408, 413, 429, 503)),
-    ("get", "/v1/messages/batches"): ("MessageBatchList", (400, 404, 503)),
-    ("get", _BATCH): ("MessageBatch", (404, 503)),
-    ("post", f"{_BATCH}/cancel"): ("MessageBatch", (400, 404, 503)),
-    ("delete", _BATCH): ("DeletedMessageBatch", (400, 404, 503)),
+_JSONL = MessageBatchIndividualResponse  # results: application/x-jsonl, one of these a line
+# (method, path): (the success body's type, its error statuses besides 401 and 500)
+OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] = {
+    ("post", "/v1/messages/batches"): (MessageBatch, (400, 408, 413, 415, 429, 503)),
+    ("get", "/v1/messages/batches"): (MessageBatchList, (400, 404, 503)),
+    ("get", _BATCH): (MessageBatch, (404, 503)),
+    ("post", f"{_BATCH}/cancel"): (MessageBatch, (400, 404, 415, 503)),
+    ("delete", _BATCH): (DeletedMessageBatch, (400, 404, 503)),
     ("get", f"{_BATCH}/results"): (_JSONL, (400, 404, 503)),
-    ("post", "/v1/messages"): ("Message", (400, *_UPSTREAM)),
-    ("post", "/v1/messages/count_tokens"): ("TokenCount", (400, *_UPSTREAM)),
-    ("get", "/v1/models"): ("ModelList", ()),
-    ("get", "/status/backends"): ("BackendStatusList", ()),
-    ("get", "/healthz"): ("Health", ()),
+    ("post", "/v1/messages"): (Message, (400, 415, *_UPSTREAM)),
+    ("post", "/v1/messages/count_tokens"): (MessageTokensCount, (400, 415, *_UPSTREAM)),
+    ("get", "/v1/models"): (ModelList, ()),
+    ("get", "/status/backends"): (BackendStateList, (403,)),
+    ("get", "/healthz"): (Health, ()),
 }
 PUBLIC = {("get", "/healthz")}
-REQUEST_BODIES = {
-    ("post", "/v1/messages/batches"): "CreateBatchRequest",
-    ("post", "/v1/messages"): "MessageParams",
-    ("post", "/v1/messages/count_tokens"): "CountTokensParams",
+REQUEST_BODIES: dict[tuple[str, str], type[msgspec.Struct]] = {
+    ("post", "/v1/messages/batches"): CreateBatchRequest,
+    ("post", "/v1/messages"): MessageParams,
+    ("post", "/v1/messages/count_tokens"): CountTokensParams,
 }
+_REF_TEMPLATE = "#/components/schemas/{name}"
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _ref(kind: type[msgspec.Struct]) -> dict[str, str]:
+    return {"$ref": _REF_TEMPLATE.format(name=kind.__name__)}
+
+
+def schemas() -> dict[str, Any]:
+    """The JSON Schema of every type the document names, by name, as msgspec writes it."""
+    kinds = {ErrorResponse, *REQUEST_BODIES.values(), *(body for body, _ in OPERATIONS.values())}
+    _, components = msgspec.json.schema_components(
+        sorted(kinds, key=lambda kind: kind.__name__), ref_template=_REF_TEMPLATE
+    )
+    return components
 
 
 def _responses(method: str, path: str) -> dict[str, Any]:
     body, errors = OPERATIONS[(method, path)]
-    if body == _JSONL:
-        content = {"application/x-jsonl": {"schema": {"type": "string"}}}
+    if body is _JSONL:
+        # Lines of JSON: a string to OpenAPI 3.1, each line a MessageBatchIndividualResponse.
+        content: dict[str, Any] = {
+            "application/x-jsonl": {
+                "schema": {"type": "string", "x-jsonl-line": _ref(_JSONL)},
+            }
+        }
     else:
         content = {"application/json": {"schema": _ref(body)}}
     if (method, path) == ("post", "/v1/messages"):
@@ -84,7 +115,7 @@ def _responses(method: str, path: str) -> dict[str, Any]:
         responses[str(status)] = {
             "description": _DESCRIPTIONS[status],
             "headers": _REQUEST_ID,
-            "content": {"application/json": {"schema": _ref("ErrorResponse")}},
+            "content": {"application/json": {"schema": _ref(ErrorResponse)}},
         }
     return responses
 
@@ -115,7 +146,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
             if (method, path) in PUBLIC:
                 operation["security"] = []
     document["components"] = {
-        "schemas": SCHEMAS,
+        "schemas": schemas(),
         "securitySchemes": {
             "ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
             "Bearer": {"type": "http", "scheme": "bearer"},

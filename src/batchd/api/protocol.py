@@ -24,9 +24,10 @@ import asyncio
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from batchd.api.errors import envelope, error_headers
+from batchd.api.errors import error_headers
 from batchd.config import Settings
 from batchd.ids import new_request_id
+from batchd.schemas.errors import error_envelope
 
 
 class _HeadTooLarge(Exception):
@@ -130,7 +131,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         request_id = new_request_id()
         message = f"the request line and headers exceed the limit of {self.max_head_bytes} bytes"
-        body = msgspec.json.encode(envelope("request_too_large", message, request_id))
+        body = msgspec.json.encode(error_envelope("request_too_large", message, request_id))
         headers = {
             **error_headers(431, request_id),
             "content-type": "application/json",

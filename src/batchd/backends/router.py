@@ -8,10 +8,13 @@ from fnmatch import fnmatchcase
 from batchd.backends.anthropic import AnthropicBackend
 from batchd.backends.base import Backend
 from batchd.backends.local.backend import transformers_backend, vllm_backend
+from batchd.backends.media import policy_for
 from batchd.backends.mock import MockBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
 from batchd.errors import InvalidRequest, NotFound
+from batchd.schemas.messages import CountTokensParams
+from batchd.validation import Params
 
 BUILTIN_MOCK = BackendConfig(name="mock", kind="mock", models=[MOCK_MODEL], max_concurrency=1024)
 
@@ -48,6 +51,7 @@ class Router:
         self._routes = [(pattern, c.name) for c in configs for pattern in c.models]
         self._cache: dict[str, str | None] = {}
         self._max_tokens = {c.name: c.output_token_limit() for c in configs}
+        self._url_policies = {c.name: policy_for(c.allowed_url_hosts) for c in configs}
 
     def route(self, model: str) -> str | None:
         if model not in self._cache:
@@ -70,6 +74,10 @@ class Router:
         if name is None:
             raise NotFound(f"model: {model!r} is not served here")
         return name
+
+    def check_urls(self, backend: str, params: Params | CountTokensParams) -> None:
+        """Refuse (InvalidRequest) a URL source the backend may not fetch."""
+        self._url_policies[backend].check(params)
 
     def model_names(self) -> list[str]:
         """Patterns that name one model exactly (no glob characters)."""

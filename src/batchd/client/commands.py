@@ -87,6 +87,7 @@ def submit(
         err.print(
             f"submitted {len(requests.encoded):,} requests as {len(batch_ids)} "
             f"batch{'es' if len(batch_ids) > 1 else ''}: {' '.join(batch_ids)}",
+            markup=False,
             highlight=False,
         )
         if wait:

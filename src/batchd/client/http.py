@@ -101,7 +101,8 @@ class BatchdClient:
         return list(page["data"]), bool(page["has_more"])
 
     async def cancel(self, batch_id: str) -> Batch:
-        batch: Batch = await self._call("POST", f"{BATCHES}/{batch_id}/cancel")
+        headers = {"content-type": "application/json"}  # as the SDK sends it, body or none
+        batch: Batch = await self._call("POST", f"{BATCHES}/{batch_id}/cancel", headers=headers)
         return batch
 
     async def delete(self, batch_id: str) -> Batch:

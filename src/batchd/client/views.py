@@ -1,7 +1,13 @@
-"""Rendering for people (rich tables) and for scripts (JSON)."""
+"""Rendering for people (rich tables) and for scripts (JSON).
+
+Every table cell is plain text with its control characters removed: result text echoes
+untrusted input, and a cell must neither drive the terminal (escape sequences that clear
+it, retitle its window or write the clipboard) nor be read as rich markup (``[link=…]``).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -10,11 +16,21 @@ from typing import Any
 import msgspec
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from batchd.client.http import Batch
 from batchd.client.progress import STATES
 
 _STATUS_STYLE = {"in_progress": "blue", "canceling": "yellow", "ended": "green"}
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what is shown.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def cell(value: object, style: str = "") -> Text:
+    """``value`` as one table cell: plain text (no markup), controls removed, each run of
+    whitespace controls (newlines, tabs) shown as one space."""
+    text = " ".join(str(value).split())
+    return Text(_CONTROLS.sub("", text), style=style)
 
 
 def console(*, stderr: bool = False) -> Console:
@@ -33,9 +49,9 @@ def _when(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _status(batch: Batch) -> str:
+def _status(batch: Batch) -> Text:
     status = str(batch["processing_status"])
-    return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
+    return cell(status, _STATUS_STYLE.get(status, "white"))
 
 
 def batches_table(batches: Sequence[Batch]) -> Table:
@@ -43,25 +59,26 @@ def batches_table(batches: Sequence[Batch]) -> Table:
     for batch in batches:
         counts = batch["request_counts"]
         table.add_row(
-            batch["id"],
+            cell(batch["id"]),
             _status(batch),
-            _when(batch["created_at"]),
-            _when(batch["ended_at"]),
-            *(f"{counts[key]:,}" for key in ("processing", *STATES)),
+            cell(_when(batch["created_at"])),
+            cell(_when(batch["ended_at"])),
+            *(cell(f"{counts[key]:,}") for key in ("processing", *STATES)),
         )
     return table
 
 
 def batch_table(batch: Batch) -> Table:
     table = Table(show_header=False, box=None)
-    table.add_row("id", batch["id"])
-    table.add_row("status", _status(batch))
+    table.add_row(cell("id"), cell(batch["id"]))
+    table.add_row(cell("status"), _status(batch))
     for field in ("created_at", "cancel_initiated_at", "ended_at", "expires_at", "archived_at"):
-        table.add_row(field.removesuffix("_at").replace("_", " "), _when(batch.get(field)))
+        label = field.removesuffix("_at").replace("_", " ")
+        table.add_row(cell(label), cell(_when(batch.get(field))))
     counts = batch["request_counts"]
     for key in ("processing", *STATES):
-        table.add_row(key, f"{counts[key]:,}")
-    table.add_row("results", batch.get("results_url") or "-")
+        table.add_row(cell(key), cell(f"{counts[key]:,}"))
+    table.add_row(cell("results"), cell(batch.get("results_url") or "-"))
     return table
 
 
@@ -69,7 +86,7 @@ def results_table(rows: Iterable[tuple[str, str, str]]) -> Table:
     table = Table("custom_id", "result", "detail", box=None)
     for custom_id, kind, detail in rows:
         style = {"succeeded": "green", "errored": "red"}.get(kind, "yellow")
-        table.add_row(custom_id, f"[{style}]{kind}[/]", detail)
+        table.add_row(cell(custom_id), cell(kind, style), cell(detail))
     return table
 
 

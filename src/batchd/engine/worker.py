@@ -2,7 +2,9 @@
 
 One dispatcher per backend keeps up to ``max_concurrency`` requests in flight, claiming
 from the unfinished batches in turn (round-robin), so that a small batch submitted
-after a huge one is served at once. Results go through one writer that commits them in
+after a huge one is served at once. Several engines (``batchd worker`` processes) may share one
+database: ``SKIP LOCKED`` gives them disjoint rows of the same batch, so N engines serve
+every batch side by side. Results go through one writer that commits them in
 groups, fenced by (owner, attempt): a worker that lost its lease cannot overwrite a
 result. The heartbeat renews this worker's leases; the sweeper returns lost leases to
 the queue, expires batches past their deadline and ends finished batches.
@@ -25,7 +27,6 @@ from prometheus_client import Counter
 
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
-from batchd.backends.retry import RetryPolicy
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
@@ -71,7 +72,6 @@ class EngineSettings:
     poll_interval: float
     sweep_interval: float
     claim_chunk: int
-    retry: RetryPolicy
     shutdown_grace: float = 5.0
     max_attempts: int = 10  # claims of one request without a result before it ends errored
 

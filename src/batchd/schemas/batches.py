@@ -1,43 +1,108 @@
-"""MessageBatch, its list page and the deleted marker, as JSON-ready dicts."""
+"""Message batches on the wire: the create body, MessageBatch, its list page, the deleted marker.
+
+Each response type parses as the SDK's model of the same name (``anthropic.types.messages``).
+The create body is decoded straight into ``CreateBatchRequest`` (``validation.parse_create_body``),
+which keeps each request's ``params`` as the exact bytes received.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
+
+import msgspec
 
 from batchd.domain import Batch, ProcessingStatus, rfc3339
+from batchd.schemas import Count, Time
+
+CUSTOM_ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
+MAX_DOCUMENTED_REQUESTS = 100_000  # the default of ``max_requests_per_batch``
+
+BatchId = Annotated[str, msgspec.Meta(pattern="^msgbatch_")]
 
 
-def batch_to_wire(batch: Batch, *, origin: str, retention: float, now: float) -> dict[str, Any]:
+# -- received ---------------------------------------------------------------------------------
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    custom_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=CUSTOM_ID_PATTERN)]
+    # Any object: params that break ``MessageParams`` make that request ``errored``, never
+    # the create. Kept raw; ``validation`` checks that it is an object.
+    params: Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"type": "object"})]
+
+
+class CreateBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The create body. Also unique custom_ids, and at most ``max_requests_per_batch``
+    requests (the document names the default); JSON Schema cannot say the first, the
+    second is the server's setting."""
+
+    requests: Annotated[
+        list[BatchRequest],
+        # minItems checked after the decode, so that an unknown key beside an empty list
+        # is the fault named (``validation``)
+        msgspec.Meta(extra_json_schema={"minItems": 1, "maxItems": MAX_DOCUMENTED_REQUESTS}),
+    ]
+
+
+# -- sent -------------------------------------------------------------------------------------
+
+
+class MessageBatchRequestCounts(msgspec.Struct, forbid_unknown_fields=True):
+    processing: Count
+    succeeded: Count
+    errored: Count
+    canceled: Count
+    expired: Count
+
+
+class MessageBatch(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="message_batch"
+):
+    id: BatchId
+    processing_status: ProcessingStatus
+    request_counts: MessageBatchRequestCounts
+    ended_at: Time | None
+    created_at: Time
+    expires_at: Time
+    archived_at: Time | None
+    cancel_initiated_at: Time | None
+    results_url: str | None
+
+
+class MessageBatchList(msgspec.Struct, forbid_unknown_fields=True):
+    data: list[MessageBatch]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class DeletedMessageBatch(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="message_batch_deleted"
+):
+    id: str
+
+
+def batch_to_wire(batch: Batch, *, origin: str, retention: float, now: float) -> MessageBatch:
     ended = batch.processing_status is ProcessingStatus.ENDED
     counts = batch.counts
-    return {
-        "id": batch.id,
-        "type": "message_batch",
-        "processing_status": batch.processing_status.value,
-        "request_counts": {
-            "processing": counts.processing,
-            "succeeded": counts.succeeded,
-            "errored": counts.errored,
-            "canceled": counts.canceled,
-            "expired": counts.expired,
-        },
-        "ended_at": rfc3339(batch.ended_at),
-        "created_at": rfc3339(batch.created_at),
-        "expires_at": rfc3339(batch.expires_at),
-        "archived_at": rfc3339(batch.archived_at(retention, now)),
-        "cancel_initiated_at": rfc3339(batch.cancel_initiated_at),
-        "results_url": f"{origin}/v1/messages/batches/{batch.id}/results" if ended else None,
-    }
+    return MessageBatch(
+        id=batch.id,
+        processing_status=batch.processing_status,
+        request_counts=MessageBatchRequestCounts(
+            counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired
+        ),
+        ended_at=rfc3339(batch.ended_at),
+        created_at=rfc3339(batch.created_at),
+        expires_at=rfc3339(batch.expires_at),
+        archived_at=rfc3339(batch.archived_at(retention, now)),
+        cancel_initiated_at=rfc3339(batch.cancel_initiated_at),
+        results_url=f"{origin}/v1/messages/batches/{batch.id}/results" if ended else None,
+    )
 
 
-def page_to_wire(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "data": data,
-        "has_more": has_more,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
-
-
-def deleted_to_wire(batch_id: str) -> dict[str, str]:
-    return {"id": batch_id, "type": "message_batch_deleted"}
+def page_to_wire(data: list[MessageBatch], has_more: bool) -> MessageBatchList:
+    return MessageBatchList(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )

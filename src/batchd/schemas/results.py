@@ -1,7 +1,10 @@
-"""JSONL result lines, built by splicing bytes.
+"""JSONL result lines: their shape as types, their bytes spliced.
 
-``custom_id`` matches ``[a-zA-Z0-9_-]{1,64}``, so it needs no JSON escaping; a stored
-message is compact JSON already. Each line is one compact object with no newline.
+``MessageBatchIndividualResponse`` is one line, as the SDK's model of the same name. Lines
+are built by splicing bytes, faster than encoding the types (0.4 against 0.7 µs a canceled
+line, 2.4 against 2.7 µs a short succeeded one): ``custom_id`` matches
+``[a-zA-Z0-9_-]{1,64}``, so it needs no JSON escaping, and a stored message is compact
+JSON already. ``tests/test_wire.py`` proves each splice decodes as the type.
 """
 
 from __future__ import annotations
@@ -10,7 +13,48 @@ from typing import Any
 
 import msgspec
 
+from batchd.errors import ErrorType
+from batchd.schemas.errors import ErrorResponse, error_envelope
+from batchd.schemas.messages import Message
+
 _encode = msgspec.json.encode
+
+
+class MessageBatchSucceededResult(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="succeeded"
+):
+    message: Message
+
+
+class MessageBatchErroredResult(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="errored"
+):
+    error: ErrorResponse
+
+
+class MessageBatchCanceledResult(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="canceled"
+):
+    pass
+
+
+class MessageBatchExpiredResult(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="expired"
+):
+    pass
+
+
+MessageBatchResult = (
+    MessageBatchSucceededResult
+    | MessageBatchErroredResult
+    | MessageBatchCanceledResult
+    | MessageBatchExpiredResult
+)
+
+
+class MessageBatchIndividualResponse(msgspec.Struct, forbid_unknown_fields=True):
+    custom_id: str
+    result: MessageBatchResult
 
 
 def succeeded_line(custom_id: str, message: dict[str, Any]) -> bytes:
@@ -20,15 +64,10 @@ def succeeded_line(custom_id: str, message: dict[str, Any]) -> bytes:
     )
 
 
-def errored_line(custom_id: str, error_type: str, message: str) -> bytes:
-    error = {
-        "type": "error",
-        "error": {"type": error_type, "message": message},
-        "request_id": None,
-    }
+def errored_line(custom_id: str, error_type: ErrorType, message: str) -> bytes:
     return b'{"custom_id":"%s","result":{"type":"errored","error":%s}}' % (
         custom_id.encode(),
-        _encode(error),
+        _encode(error_envelope(error_type, message, None)),
     )
 
 

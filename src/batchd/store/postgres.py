@@ -374,11 +374,17 @@ class PostgresStore:
     async def create_key(self, key: ApiKey, key_hash: str) -> None:
         async with self._tx() as db:
             await db.execute(
-                Q["insert_key"], key.id, key.name, key.workspace, key_hash, key.created_at
+                Q["insert_key"],
+                key.id,
+                key.name,
+                key.workspace,
+                key_hash,
+                key.created_at,
+                int(key.operator),
             )
 
     async def list_keys(self) -> list[ApiKey]:
-        return [_key_from_row(r) for r in await self._fetch(Q["list_keys"])]
+        return [ApiKey.from_row(r) for r in await self._fetch(Q["list_keys"])]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         async with self._tx() as db:
@@ -386,15 +392,11 @@ class PostgresStore:
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None:
         rows = await self._fetch(Q["find_key"], key_hash)
-        return (_key_from_row(rows[0]), rows[0]["key_hash"]) if rows else None
+        return (ApiKey.from_row(rows[0]), rows[0]["key_hash"]) if rows else None
 
     async def count_active_keys(self) -> int:
         [row] = await self._fetch(Q["count_active_keys"])
         return int(row[0])
-
-
-def _key_from_row(row: Record) -> ApiKey:
-    return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"])
 
 
 async def _migrate(db: Connection, *, apply: bool) -> None:

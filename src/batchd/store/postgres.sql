@@ -151,18 +151,19 @@ ORDER BY seq;
 SELECT pg_notify('batchd_work', '');
 
 -- name: insert_key
--- $1 id, $2 name, $3 workspace, $4 key_hash, $5 created_at
-INSERT INTO api_keys (id, name, workspace, key_hash, created_at) VALUES ($1, $2, $3, $4, $5);
+-- $1 id, $2 name, $3 workspace, $4 key_hash, $5 created_at, $6 is_operator
+INSERT INTO api_keys (id, name, workspace, key_hash, created_at, is_operator)
+VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: list_keys
-SELECT id, name, workspace, created_at, revoked_at FROM api_keys ORDER BY created_at;
+SELECT id, name, workspace, created_at, revoked_at, is_operator FROM api_keys ORDER BY created_at;
 
 -- name: revoke_key
 -- $1 id, $2 now
 UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL;
 
 -- name: find_key
-SELECT id, name, workspace, created_at, revoked_at, key_hash FROM api_keys
+SELECT id, name, workspace, created_at, revoked_at, is_operator, key_hash FROM api_keys
 WHERE key_hash = $1 AND revoked_at IS NULL;
 
 -- name: count_active_keys

@@ -43,5 +43,6 @@ CREATE TABLE api_keys (
     workspace TEXT NOT NULL,
     key_hash TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    is_operator INTEGER NOT NULL DEFAULT 0
 );

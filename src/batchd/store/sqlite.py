@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -56,6 +57,16 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix) :])
 
 
+def _create_private(path: Path) -> None:
+    """Create a new database file readable by its owner only (0600, whatever the umask).
+
+    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they are
+    private too. An existing file keeps the mode its owner gave it.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 async def _connect(path: Path, *, readonly: bool) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = aiosqlite.Row
@@ -86,6 +97,7 @@ class SQLiteStore:
     async def open(cls, url: str, *, migrate: bool) -> SQLiteStore:
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         writer = await _connect(path, readonly=False)
         try:
             await _migrate(writer, apply=migrate)
@@ -423,11 +435,12 @@ class SQLiteStore:
                     "workspace": key.workspace,
                     "key_hash": key_hash,
                     "created_at": key.created_at,
+                    "is_operator": int(key.operator),
                 },
             )
 
     async def list_keys(self) -> list[ApiKey]:
-        return [_key_from_row(r) for r in await self._read(Q["list_keys"])]
+        return [ApiKey.from_row(r) for r in await self._read(Q["list_keys"])]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         async with self._write() as db:
@@ -436,15 +449,11 @@ class SQLiteStore:
 
     async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None:
         rows = await self._read(Q["find_key"], {"key_hash": key_hash})
-        return (_key_from_row(rows[0]), rows[0]["key_hash"]) if rows else None
+        return (ApiKey.from_row(rows[0]), rows[0]["key_hash"]) if rows else None
 
     async def count_active_keys(self) -> int:
         rows = await self._read(Q["count_active_keys"])
         return int(rows[0][0])
-
-
-def _key_from_row(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], row["revoked_at"])
 
 
 async def _migrate(db: aiosqlite.Connection, *, apply: bool) -> None:

@@ -111,17 +111,17 @@ SELECT seq FROM batches
 WHERE processing_status != 'ended' AND processing_status = 'in_progress' AND expires_at <= :now;
 
 -- name: insert_key
-INSERT INTO api_keys (id, name, workspace, key_hash, created_at)
-VALUES (:id, :name, :workspace, :key_hash, :created_at);
+INSERT INTO api_keys (id, name, workspace, key_hash, created_at, is_operator)
+VALUES (:id, :name, :workspace, :key_hash, :created_at, :is_operator);
 
 -- name: list_keys
-SELECT id, name, workspace, created_at, revoked_at FROM api_keys ORDER BY created_at;
+SELECT id, name, workspace, created_at, revoked_at, is_operator FROM api_keys ORDER BY created_at;
 
 -- name: revoke_key
 UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
 
 -- name: find_key
-SELECT id, name, workspace, created_at, revoked_at, key_hash FROM api_keys
+SELECT id, name, workspace, created_at, revoked_at, is_operator, key_hash FROM api_keys
 WHERE key_hash = :key_hash AND revoked_at IS NULL;
 
 -- name: count_active_keys

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from batchd.backends.router import Router
 from batchd.domain import Batch, ProcessingStatus, RequestState
-from batchd.errors import InvalidRequest, NotFound
+from batchd.errors import ErrorType, InvalidRequest, NotFound
 from batchd.ids import new_batch_id
 from batchd.schemas.results import canceled_line, errored_line, expired_line
 from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, Store
@@ -71,6 +71,7 @@ class BatchService:
                 message = f"model: {params.model!r} is not served here"
                 return _errored(item, "not_found_error", message)
             self._router.check_max_tokens(backend, params.max_tokens)
+            self._router.check_urls(backend, params)
         except InvalidRequest as exc:
             return _errored(item, "invalid_request_error", exc.message)
         return NewRequest(item.custom_id, backend, item.params, RequestState.QUEUED)
@@ -130,7 +131,7 @@ class BatchService:
             yield b"".join([r[3] + b"\n" if r[3] is not None else _line(r[1], r[2]) for r in page])
 
 
-def _errored(item: BatchItem, error_type: str, message: str) -> NewRequest:
+def _errored(item: BatchItem, error_type: ErrorType, message: str) -> NewRequest:
     line = errored_line(item.custom_id, error_type, message)
     return NewRequest(item.custom_id, None, item.params, RequestState.ERRORED, line)
 

@@ -29,6 +29,7 @@ class MessageService:
         params = check_params(body, in_batch=False)
         name = self._router.backend_for(params.model)
         self._router.check_max_tokens(name, params.max_tokens)
+        self._router.check_urls(name, params)
         runner = self._runners[name]
         raw = body
         if params.stream:  # the upstream call is never streamed; the API layer streams

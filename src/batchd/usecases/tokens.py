@@ -40,6 +40,7 @@ class TokenService:
     async def count(self, body: bytes) -> int:
         params = check_count_tokens(body)
         name = self._router.backend_for(params.model)
+        self._router.check_urls(name, params)  # /tokenize may fetch them too
         request = msgspec.json.decode(body)
         local = self._in_process.get(name)
         if isinstance(local, TokenCounter):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,18 +12,23 @@ from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 from batchd.domain import Batch
 from batchd.errors import InvalidRequest
-from batchd.schemas.batches import batch_to_wire, deleted_to_wire, page_to_wire
+from batchd.schemas.batches import (
+    DeletedMessageBatch,
+    MessageBatch,
+    batch_to_wire,
+    page_to_wire,
+)
 
 router = APIRouter(prefix="/v1/messages/batches", tags=["message batches"])
 
 
-def _wire(request: Request, services: ServicesDep, batch: Batch) -> dict[str, object]:
+def _wire(request: Request, services: ServicesDep, batch: Batch) -> MessageBatch:
     settings = services.settings
     return batch_to_wire(
         batch,
         origin=origin(request, settings),
         retention=settings.results_retention_seconds,
-        now=time.time(),
+        now=services.clock(),
     )
 
 
@@ -81,7 +85,7 @@ async def cancel_batch(
 @router.delete("/{batch_id}")
 async def delete_batch(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
     await services.batches.delete(workspace, batch_id)
-    return JSON(deleted_to_wire(batch_id))
+    return JSON(DeletedMessageBatch(batch_id))
 
 
 @router.get("/{batch_id}/results")

@@ -9,6 +9,7 @@ from batchd.api.deps import CallerDep, ServicesDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 from batchd.backends.pdf import owned_by
+from batchd.schemas.messages import MessageTokensCount
 
 router = APIRouter(tags=["messages"])
 
@@ -22,4 +23,4 @@ async def count_tokens(
     settings = services.settings
     with services.bodies.holding(caller) as held, owned_by(tenant(caller)):
         body = await read_body(request, settings, held, settings.max_message_body_bytes)
-        return JSON({"input_tokens": await services.tokens.count(bytes(body))})
+        return JSON(MessageTokensCount(await services.tokens.count(bytes(body))))

@@ -1,7 +1,8 @@
-"""/metrics: Prometheus text format, behind the same keys as the API.
+"""/metrics: Prometheus text format, for operator keys only.
 
-Any valid key may scrape (the figures are server-wide, not per workspace); a server in
-open loopback mode (no keys) serves it to anyone, like the rest of the API.
+The figures are server-wide (every workspace's volumes), so only a key created with
+``batchd keys create NAME --operator`` may scrape; in open loopback mode (no keys) the
+local user is the operator.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.deps import OperatorDep, ServicesDep
 from batchd.backends.router import backend_configs
 from batchd.usecases.figures import exposition
 
@@ -18,7 +19,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/metrics", include_in_schema=False)
-async def scrape(services: ServicesDep, _workspace: WorkspaceDep) -> Response:
+async def scrape(services: ServicesDep, _operator: OperatorDep) -> Response:
     figures = await services.overview.figures()
     backends = [config.name for config in backend_configs(services.settings)]
     body = exposition(services.metrics.registry, figures, backends)

@@ -185,7 +185,10 @@ async function loadBatch(id) {
 async function cancelBatch(id) {
   if (!confirm(`Cancel ${id}? Queued requests will not run.`)) return;
   $("cancel").disabled = true;
-  await api(`${API}/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+  await api(`${API}/${encodeURIComponent(id)}/cancel`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+  });
   $("action-note").textContent = "Cancel requested.";
   await refresh();
 }

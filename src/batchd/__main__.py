@@ -1,0 +1,5 @@
+"""``python -m batchd``: the ``batchd`` command."""
+
+from batchd.cli import main
+
+main()

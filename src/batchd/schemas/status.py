@@ -1,0 +1,26 @@
+"""batchd's own operator routes on the wire: GET /status/backends and GET /healthz."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+
+class BackendState(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="backend"):
+    """One backend's pacing as it stands (``backends.pacing.BackendStatus``), by name."""
+
+    name: str
+    limit: int
+    in_flight: int
+    waiting: int
+    retries: int
+    last_error: dict[str, Any] | None
+
+
+class BackendStateList(msgspec.Struct, forbid_unknown_fields=True):
+    data: list[BackendState]
+
+
+class Health(msgspec.Struct, forbid_unknown_fields=True):
+    status: Literal["ok"]
