@@ -134,7 +134,13 @@ def test_a_body_that_ends_in_time_keeps_its_connection(keyed: StartServer) -> No
     with rawhttp.connect(server.port, timeout=10) as sock:
         sock.sendall(
             rawhttp.head(
-                "POST", "/v1/messages/batches", {"x-api-key": "sk-wrong", "Content-Length": "4"}
+                "POST",
+                "/v1/messages/batches",
+                {
+                    "x-api-key": "sk-wrong",
+                    "content-type": "application/json",
+                    "Content-Length": "4",
+                },
             )
         )
         first = rawhttp.read_reply(sock)
