@@ -53,6 +53,7 @@ def _message(raw: bytes) -> dict[str, Any]:
         succeeded_line("a_2", _message(_TOOL_PARAMS)),  # a tool call
         errored_line("b", "invalid_request_error", 'max_tokens: "quoted" \\ and \n'),
         errored_line("c", "api_error", "request left in state running"),
+        errored_line("c2", "request_too_large", "an upstream's 413"),  # not in the SDK's union
         canceled_line("d"),
         expired_line("e"),
     ],
@@ -81,6 +82,15 @@ def test_an_errored_line_holds_the_same_envelope_without_request_id() -> None:
 
     expected = msgspec.json.encode(error_envelope("api_error", "boom", None))
     assert line["result"]["error"] == json.loads(expected)
+
+
+def test_an_upstreams_413_is_an_invalid_request_inside_a_result_line() -> None:
+    line = json.loads(errored_line("a", "request_too_large", "too big"))
+
+    assert line["result"]["error"]["error"] == {
+        "type": "invalid_request_error",
+        "message": "too big",
+    }
 
 
 def test_the_error_types_are_the_sdks() -> None:

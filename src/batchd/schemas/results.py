@@ -65,6 +65,11 @@ def succeeded_line(custom_id: str, message: dict[str, Any]) -> bytes:
 
 
 def errored_line(custom_id: str, error_type: ErrorType, message: str) -> bytes:
+    """An errored result. ``request_too_large`` is the type of an HTTP 413 answer only: the
+    SDK's result-line error is a union without it (strict parsing fails on it), so inside a
+    result line an upstream's 413 is the request's ``invalid_request_error``."""
+    if error_type == "request_too_large":
+        error_type = "invalid_request_error"
     return b'{"custom_id":"%s","result":{"type":"errored","error":%s}}' % (
         custom_id.encode(),
         _encode(error_envelope(error_type, message, None)),
