@@ -27,9 +27,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from batchd.api import create_app
+from batchd.api.bodies import BodyBudget
 from batchd.api.deps import Services
-from batchd.api.protocol import http_protocol
-from batchd.api.uploads import UploadSlots
+from batchd.api.serving import serving_options
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import BackendRunner, build_runners
@@ -124,7 +124,7 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         ),
         metrics=runtime.metrics,
         overview=Overview(store),
-        uploads=UploadSlots(settings.max_concurrent_uploads_per_key),
+        bodies=BodyBudget.from_settings(settings),
     )
 
 
@@ -146,7 +146,7 @@ def server_config(app: FastAPI, settings: Settings, *, log_level: str = "info") 
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        http=http_protocol(settings),
+        **serving_options(settings),
     )
 
 

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, cast
 
-from batchd.domain import FINAL_STATES, ApiKey, Batch, ClaimedRequest, Outcome, RequestState
+from batchd.domain import (
+    FINAL_STATES,
+    ApiKey,
+    Batch,
+    ClaimedRequest,
+    Outcome,
+    RawParams,
+    RequestState,
+)
 from batchd.errors import BatchdError
 from batchd.store.queries import Dialect, load_migrations
 
@@ -36,7 +44,7 @@ class NewRequest:
 
     custom_id: str
     backend: str | None
-    params: bytes
+    params: RawParams  # bytes, or a view into the create body
     state: RequestState
     result: bytes | None = None
 

@@ -66,12 +66,11 @@ class BatchService:
     def _prepare_one(self, item: BatchItem) -> NewRequest:
         try:
             params = check_params(item.params)
-        except InvalidRequest as exc:
-            return _errored(item, "invalid_request_error", exc.message)
-        backend = self._router.route(params.model)
-        if backend is None:
-            return _errored(item, "not_found_error", f"model: {params.model!r} is not served here")
-        try:
+            backend = self._router.route(params.model)
+            if backend is None:
+                message = f"model: {params.model!r} is not served here"
+                return _errored(item, "not_found_error", message)
+            self._router.check_max_tokens(backend, params.max_tokens)
             self._router.check_urls(backend, params)
         except InvalidRequest as exc:
             return _errored(item, "invalid_request_error", exc.message)
