@@ -79,6 +79,29 @@ async def test_counts_follow_results_and_batch_ends(store: Store) -> None:
     assert (done.processing_status, done.ended_at) == (ProcessingStatus.ENDED, T0 + 2)
 
 
+async def test_a_backlog_check_sees_the_workspace_and_a_refusal_stores_nothing(
+    store: Store,
+) -> None:
+    first = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
+    claim = await store.claim("b", [first.seq], "w1", 1, T0 + 30)
+    await store.record("w1", [_ok(claim.requests[0])], T0)
+    await store.create_batch("msgbatch_other", "other", T0, T0 + 60, _queued(5))
+    seen: list[tuple[int, int]] = []
+
+    def refuse(unfinished: int, queued: int) -> None:
+        seen.append((unfinished, queued))
+        raise RuntimeError("over quota")
+
+    with pytest.raises(RuntimeError):
+        await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, _queued(2), refuse)
+
+    assert seen == [(1, 2)]  # one unfinished batch of "ws", two of its requests not final
+    assert await store.get_batch("ws", "msgbatch_b") is None
+    listed = await store.list_batches("ws", 10, None, None)
+    assert listed is not None
+    assert [b.id for b in listed[0]] == ["msgbatch_a"]
+
+
 async def test_a_worker_that_lost_its_lease_cannot_write(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
     [first] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 5)).requests

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     # Create-batch uploads one key may have in progress at once; the next one gets 429.
     max_concurrent_uploads_per_key: int = Field(default=4, ge=1)
     max_requests_per_batch: int = Field(default=100_000, ge=1)
+    # Quotas (off when unset): what one workspace may have waiting at once, checked in the
+    # create's transaction (over either: 429 naming the limit, nothing stored), and the
+    # interactive calls (/v1/messages, count_tokens) one key may have in progress at once.
+    max_unfinished_batches_per_workspace: int | None = Field(default=None, ge=1)
+    max_queued_requests_per_workspace: int | None = Field(default=None, ge=1)
+    max_concurrent_calls_per_key: int | None = Field(default=None, ge=1)
 
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)

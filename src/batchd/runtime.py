@@ -108,6 +108,8 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         max_requests=settings.max_requests_per_batch,
         ttl_seconds=settings.batch_ttl_seconds,
         retention_seconds=settings.results_retention_seconds,
+        max_unfinished_batches=settings.max_unfinished_batches_per_workspace,
+        max_queued_requests=settings.max_queued_requests_per_workspace,
     )
     return Services(
         settings=settings,

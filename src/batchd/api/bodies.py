@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from batchd.config import Settings
 from batchd.errors import RateLimited, RequestTooLarge
@@ -45,11 +45,20 @@ class Held:
 
 
 class BodyBudget:
-    def __init__(self, *, uploads_per_key: int, bytes_per_key: int, bytes_total: int) -> None:
+    def __init__(
+        self,
+        *,
+        uploads_per_key: int,
+        bytes_per_key: int,
+        bytes_total: int,
+        calls_per_key: int | None = None,
+    ) -> None:
         self._uploads_per_key = uploads_per_key
+        self._calls_per_key = calls_per_key
         self._bytes_per_key = bytes_per_key
         self._bytes_total = bytes_total
         self._uploads: Counter[str] = Counter()
+        self._calls: Counter[str] = Counter()
         self._bytes: Counter[str] = Counter()
         self._total = 0
 
@@ -59,28 +68,23 @@ class BodyBudget:
             uploads_per_key=settings.max_concurrent_uploads_per_key,
             bytes_per_key=settings.max_body_bytes_per_key,
             bytes_total=settings.max_body_bytes_total,
+            calls_per_key=settings.max_concurrent_calls_per_key,
         )
 
     @property
     def held_bytes(self) -> int:
         return self._total
 
-    @contextmanager
-    def upload(self, caller: Caller) -> Iterator[None]:
+    def upload(self, caller: Caller) -> AbstractContextManager[None]:
         """Take one of the caller's create-batch upload slots, or raise RateLimited (429)."""
-        who = tenant(caller)
-        if self._uploads[who] >= self._uploads_per_key:
-            raise RateLimited(
-                f"this key already has {self._uploads_per_key} batch uploads in progress; "
-                "retry once one of them has been answered"
-            )
-        self._uploads[who] += 1
-        try:
-            yield
-        finally:
-            self._uploads[who] -= 1
-            if not self._uploads[who]:
-                del self._uploads[who]
+        return _slot(self._uploads, tenant(caller), self._uploads_per_key, "batch uploads")
+
+    def calling(self, caller: Caller) -> AbstractContextManager[None]:
+        """Take one of the caller's interactive call slots (``max_concurrent_calls_per_key``:
+        /v1/messages, count_tokens), or raise RateLimited (429)."""
+        if self._calls_per_key is None:
+            return nullcontext()
+        return _slot(self._calls, tenant(caller), self._calls_per_key, "interactive calls")
 
     @contextmanager
     def holding(self, caller: Caller) -> Iterator[Held]:
@@ -115,3 +119,19 @@ class BodyBudget:
         self._total -= size
         if not self._bytes[tenant]:
             del self._bytes[tenant]
+
+
+@contextmanager
+def _slot(held: Counter[str], who: str, limit: int, what: str) -> Iterator[None]:
+    if held[who] >= limit:
+        raise RateLimited(
+            f"this key already has {limit} {what} in progress; retry once one of them has "
+            "been answered"
+        )
+    held[who] += 1
+    try:
+        yield
+    finally:
+        held[who] -= 1
+        if not held[who]:
+            del held[who]

@@ -114,3 +114,8 @@ SELECT coalesce(max(version), 0) FROM schema_migrations;
 
 -- name: add_migration
 INSERT INTO schema_migrations (version, applied_at) VALUES (:version, :now);
+
+-- name: workspace_backlog
+-- A workspace's unfinished batches and their requests not yet final.
+SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT)
+FROM batches WHERE workspace = :workspace AND processing_status != 'ended';

@@ -49,6 +49,10 @@ SELECT pg_try_advisory_xact_lock(hashtext('batchd.sweep'));
 -- name: migration_lock
 SELECT pg_advisory_xact_lock(hashtext('batchd.migrate'));
 
+-- name: lock_workspace
+-- One quota-checked create of a workspace at a time, so that two cannot both fit under it.
+SELECT pg_advisory_xact_lock(hashtext('batchd.quota.' || :workspace));
+
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations
     (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL);

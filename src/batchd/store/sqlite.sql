@@ -35,5 +35,9 @@ SELECT 1;
 -- name: migration_lock
 SELECT 1;
 
+-- name: lock_workspace
+-- (the store's one writer already holds the database's write lock)
+SELECT 1;
+
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -179,10 +179,17 @@ class Store:
         created_at: float,
         expires_at: float,
         requests: Sequence[NewRequest],
+        check_backlog: Callable[[int, int], None] | None = None,
     ) -> Batch:
+        """``check_backlog(unfinished batches, requests not yet final)`` sees the workspace's
+        backlog before this batch, one create of a workspace at a time; it raises to refuse."""
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
         times = {"created_at": created_at, "expires_at": expires_at}
         async with self.driver.transaction() as tx:
+            if check_backlog is not None:
+                await tx.fetch("lock_workspace", {"workspace": workspace})
+                [backlog] = await tx.fetch("workspace_backlog", {"workspace": workspace})
+                check_backlog(*backlog)
             [[seq]] = await tx.fetch("insert_batch", batch | times)
             rows = [(seq, r.custom_id, r.backend, r.params, r.state, r.result) for r in requests]
             await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)

@@ -21,6 +21,7 @@ async def count_tokens(
     caller: CallerDep,
 ) -> JSON:
     settings = services.settings
-    with services.bodies.holding(caller) as held, owned_by(tenant(caller)):
+    bodies = services.bodies
+    with bodies.calling(caller), bodies.holding(caller) as held, owned_by(tenant(caller)):
         body = await read_body(request, settings, held, settings.max_message_body_bytes)
         return JSON(MessageTokensCount(await services.tokens.count(bytes(body))))

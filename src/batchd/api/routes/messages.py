@@ -25,7 +25,8 @@ async def create_message(
     caller: CallerDep,
 ) -> JSON | StreamingResponse:
     settings = services.settings
-    with services.bodies.holding(caller) as held, owned_by(tenant(caller)):
+    bodies = services.bodies
+    with bodies.calling(caller), bodies.holding(caller) as held, owned_by(tenant(caller)):
         body = await read_body(request, settings, held, settings.max_message_body_bytes)
         params, message = await services.messages.create(bytes(body))
     if params.stream:
