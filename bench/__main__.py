@@ -27,6 +27,7 @@ from bench import local, postgres, scenarios
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
         "ingest": [200],
+        "ingest_mib": 8,
         "engine": [500],
         "fanout": [8],
         "latency": 0.05,
@@ -38,6 +39,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "default": {
         "ingest": [1_000, 10_000, 100_000],
+        "ingest_mib": 200,
         "engine": [20_000],
         "fanout": [64, 256, 1_024],
         "latency": 0.2,
@@ -49,6 +51,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "full": {
         "ingest": [1_000, 10_000, 100_000],
+        "ingest_mib": 200,
         "engine": [100_000],
         "fanout": [64, 256, 1_024],
         "latency": 0.2,
@@ -65,7 +68,9 @@ def plan(
     size: dict[str, Any], repeat: int, workdir: Path, databases: postgres.Databases
 ) -> dict[str, Callable[[], Any]]:
     return {
-        "ingest": lambda: scenarios.ingest(size["ingest"], repeat, workdir),
+        "ingest": lambda: scenarios.ingest(
+            size["ingest"], repeat, workdir, padded_mib=size["ingest_mib"]
+        ),
         "engine": lambda: scenarios.engine(size["engine"], repeat, workdir),
         "fanout": lambda: scenarios.fanout(size["fanout"], repeat, workdir, size["latency"]),
         "results": lambda: scenarios.results(size["results"], repeat, workdir),

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from batchd.backends.mock import mock_message
-from batchd.store.sqlite import MIGRATIONS
+from batchd.store.queries import load_migrations
 from batchd.validation import check_params
 from bench import harness, workload
 
@@ -42,13 +42,25 @@ def batch_body(n: int) -> bytes:
     return json.dumps({"requests": workload.requests(n)}, separators=(",", ":")).encode()
 
 
+def padded_batch_body(mib: int) -> bytes:
+    """A create body of about ``mib`` MiB: realistic requests (at most the 100,000 a batch
+    may hold), each padded by a ``metadata.user_id`` to reach the size."""
+    target = mib * 2**20
+    requests = workload.requests(min(100_000, max(1, target // 2048)))
+    natural = len(json.dumps({"requests": requests}, separators=(",", ":")))
+    pad = max(0, (target - natural) // len(requests) - len(',"metadata":{"user_id":""}'))
+    for request in requests:
+        request["params"]["metadata"] = {"user_id": "u" * pad}
+    return json.dumps({"requests": requests}, separators=(",", ":")).encode()
+
+
 def _fresh_db(path: Path) -> sqlite3.Connection:
     """A database with batchd's own schema, for the baselines."""
     path.unlink(missing_ok=True)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
-    for _, script in MIGRATIONS:
+    for _, script in load_migrations("sqlite"):
         db.executescript(script)
     db.execute(
         "INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at)"
@@ -114,25 +126,35 @@ def ingest(
     *,
     store: Store | None = None,
     raw_ingest: Callable[[bytes], float] | None = None,
+    padded_mib: int | None = None,
 ) -> list[Row]:
-    """``store`` and ``raw_ingest`` name another database and its baseline (PostgreSQL)."""
+    """``store`` and ``raw_ingest`` name another database and its baseline (PostgreSQL);
+    ``padded_mib`` adds a row for one create of that many MiB (``padded_batch_body``).
+
+    ``peak_rss_mib`` is the server's peak resident memory; ``growth_over_body``, how much it
+    grew over its idle size during the create, per byte of body."""
 
     def baseline(body: bytes) -> float:
         return raw_ingest(body) if raw_ingest else _raw_ingest(body, workdir / "raw.db")
 
+    bodies = [(n, batch_body(n)) for n in sizes]
+    if padded_mib is not None:
+        body = padded_batch_body(padded_mib)
+        bodies.append((len(msgspec.json.decode(body)["requests"]), body))
     rows = []
-    for n in sizes:
-        body = batch_body(n)
+    for n, body in bodies:
 
-        def run(body: bytes = body) -> tuple[float, float]:
+        def run(body: bytes = body) -> tuple[float, float, float]:
             with harness.batchd(
                 workdir / "ingest", engine=False, backends=[MOCK], database=_fresh(store)
             ) as server:
+                idle = harness.peak_rss_mib(server.pid)
                 started = time.perf_counter()
                 harness.post_json(f"{server.url}/v1/messages/batches", body)
-                return time.perf_counter() - started, harness.peak_rss_mib(server.pid)
+                took = time.perf_counter() - started
+                return took, harness.peak_rss_mib(server.pid), idle
 
-        took, rss = harness.median_of(repeat, run, key=lambda r: r[0])
+        took, rss, idle = harness.median_of(repeat, run, key=lambda r: r[0])
         raw = harness.median_of(repeat, functools.partial(baseline, body), key=float)
         mib = len(body) / 2**20
         rows.append(
@@ -144,6 +166,7 @@ def ingest(
                 "ratio": round(took / raw, 2),
                 "peak_rss_mib": round(rss, 1),
                 "rss_over_body": round(rss / mib, 2),
+                "growth_over_body": round((rss - idle) / mib, 2),
             }
         )
     return rows

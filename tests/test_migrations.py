@@ -5,86 +5,125 @@ from __future__ import annotations
 import re
 import sqlite3
 from contextlib import closing
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from batchd.store import SchemaMismatch, open_store
-from batchd.store.postgres import SCHEMA_VERSION as PG_VERSION
-from batchd.store.postgres import PostgresStore
-from batchd.store.queries import load_schema
-from batchd.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from batchd.store.queries import load_migrations
 from tests.support.postgres import PostgresServer
 
+DECLARED = files("batchd.store").joinpath("schema.txt")
+_PG_TYPES = {"bigint": "INTEGER", "text": "TEXT", "bytea": "BLOB", "double precision": "REAL"}
 _PG_COLUMNS = """
-SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity
-FROM information_schema.columns
-WHERE table_schema = 'public' AND table_name != 'schema_migrations' ORDER BY 1, 2
-"""
-_PG_INDEXES = """
-SELECT indexname, indexdef FROM pg_indexes
-WHERE schemaname = 'public' AND tablename != 'schema_migrations' ORDER BY 1
+SELECT table_name, column_name, data_type, is_nullable = 'NO', column_default
+FROM information_schema.columns WHERE table_schema = 'public' AND table_name != 'schema_migrations'
 """
 _PG_CONSTRAINTS = """
-SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
-WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text != 'schema_migrations'
-ORDER BY 1, 2
+SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE connamespace = 'public'::regnamespace
+"""
+_PG_INDEXES = """
+SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'
+AND indexname NOT IN (SELECT conname FROM pg_constraint)
 """
 
 
-def _sqlite_schema(path: Path) -> list[tuple[Any, ...]]:
+def _declared() -> list[str]:
+    """The declared schema: one line per column and per index (store/schema.txt)."""
+    lines = DECLARED.read_text(encoding="utf-8").splitlines()
+    return sorted(line for line in lines if line and not line.startswith("#"))
+
+
+def _column(table: str, name: str, type_: str, *flags: tuple[bool, str]) -> str:
+    return " ".join([f"{table}.{name} {type_}", *(text for on, text in flags if on)])
+
+
+def _sqlite_schema(path: Path) -> list[str]:
+    """Each column and index as the declared schema writes it."""
+    lines = []
     with closing(sqlite3.connect(path)) as db:
-        rows = db.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master "
-            "WHERE name NOT IN ('schema_migrations', 'sqlite_sequence') ORDER BY name"
-        ).fetchall()
-    # Whitespace is insignificant, also beside punctuation: ALTER TABLE ADD COLUMN writes
-    # "last\n, added)" where the declared schema has "last,\n    added\n)".
-    return [(*row[:3], re.sub(r"\s*([(),])\s*|\s+", _one_space, row[3] or "")) for row in rows]
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN "
+        for [table] in db.execute(tables + "('schema_migrations', 'sqlite_sequence')").fetchall():
+            refs = {
+                r[3]: f"{r[2]} ({r[4]})" for r in db.execute(f"PRAGMA foreign_key_list({table})")
+            }
+            unique = {
+                db.execute(f"PRAGMA index_info({r[1]})").fetchone()[2]
+                for r in db.execute(f"PRAGMA index_list({table})")
+                if r[3] == "u"
+            }
+            for _, name, type_, notnull, default, pk in db.execute(f"PRAGMA table_info({table})"):
+                lines.append(
+                    _column(
+                        table,
+                        name,
+                        type_,
+                        (bool(notnull or pk), "NOT NULL"),
+                        (default is not None, f"DEFAULT {default}"),
+                        (bool(pk), "PRIMARY KEY"),
+                        (name in unique, "UNIQUE"),
+                        (name in refs, f"REFERENCES {refs.get(name)}"),
+                    )
+                )
+        indexes = "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        lines += [re.sub(r"\s+", " ", sql).removeprefix("CREATE ") for [sql] in db.execute(indexes)]
+    return sorted(lines)
 
 
-def _one_space(match: re.Match[str]) -> str:
-    return match[1] or " "
-
-
-async def _pg_schema(url: str) -> list[list[tuple[Any, ...]]]:
+async def _pg_schema(url: str) -> list[str]:
+    """The same lines from a PostgreSQL database."""
     conn = await asyncpg.connect(url)
     try:
-        return [
-            [tuple(r) for r in await conn.fetch(q)]
-            for q in (_PG_COLUMNS, _PG_INDEXES, _PG_CONSTRAINTS)
-        ]
+        columns = await conn.fetch(_PG_COLUMNS)
+        constraints = await conn.fetch(_PG_CONSTRAINTS)
+        indexes = [r[0] for r in await conn.fetch(_PG_INDEXES)]
     finally:
         await conn.close()
+    marks: dict[tuple[str, str], dict[str, str]] = {}
+    for table, definition in constraints:
+        constraint = r"(PRIMARY KEY|UNIQUE|FOREIGN KEY) \((\w+)\)(?: REFERENCES (\w+)\((\w+)\))?"
+        match = re.fullmatch(constraint, definition)
+        assert match is not None, definition
+        kind, column, ref_table, ref_column = match.groups()
+        marks.setdefault((table, column), {})[kind] = f"{ref_table} ({ref_column})"
+    lines = []
+    for table, name, type_, notnull, default in columns:
+        mark = marks.get((table, name), {})
+        lines.append(
+            _column(
+                table,
+                name,
+                _PG_TYPES[type_],
+                (notnull, "NOT NULL"),
+                (default is not None, f"DEFAULT {default}"),
+                ("PRIMARY KEY" in mark, "PRIMARY KEY"),
+                ("UNIQUE" in mark, "UNIQUE"),
+                ("FOREIGN KEY" in mark, f"REFERENCES {mark.get('FOREIGN KEY')}"),
+            )
+        )
+    for index in indexes:
+        index = re.sub(r"::text|public\.| USING btree", "", index).replace(" <> ", " != ")
+        lines.append(re.sub(r" WHERE \((.*)\)$", r" WHERE \1", index).removeprefix("CREATE "))
+    return sorted(lines)
 
 
 async def test_sqlite_migrations_give_the_declared_schema(tmp_path: Path) -> None:
-    await (await SQLiteStore.open(f"sqlite:///{tmp_path}/m.db", migrate=True)).close()
-    with closing(sqlite3.connect(tmp_path / "d.db")) as db:
-        db.executescript(load_schema("sqlite"))
-    assert _sqlite_schema(tmp_path / "m.db") == _sqlite_schema(tmp_path / "d.db")
+    await (await open_store(f"sqlite:///{tmp_path}/m.db", migrate=True)).close()
+    assert _sqlite_schema(tmp_path / "m.db") == _declared()
 
 
 async def test_postgres_migrations_give_the_declared_schema(postgres: PostgresServer) -> None:
     migrated = await postgres.new_database(migrated=False)
-    await (await PostgresStore.open(migrated, migrate=True)).close()
-    declared = await postgres.new_database(migrated=False)
-    conn = await asyncpg.connect(declared)
-    try:
-        await conn.execute(load_schema("postgresql"))
-    finally:
-        await conn.close()
-    schema = await _pg_schema(migrated)
-    assert schema == await _pg_schema(declared)
-    assert tuple(name for name, sql in schema[1] if "(backend, batch_seq, id)" in sql) == (
-        "requests_queued",
-    )
+    await (await open_store(migrated, migrate=True)).close()
+    assert await _pg_schema(migrated) == _declared()
 
 
 async def test_both_dialects_share_one_history() -> None:
-    assert PG_VERSION == SCHEMA_VERSION
+    versions = [v for v, _ in load_migrations("sqlite")]
+    assert [v for v, _ in load_migrations("postgresql")] == versions
 
 
 async def test_postgres_needs_an_explicit_migrate(postgres: PostgresServer) -> None:
@@ -102,7 +141,8 @@ async def test_postgres_refuses_a_newer_schema(postgres: PostgresServer) -> None
     url = await postgres.new_database()
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", PG_VERSION + 1)
+        newer = load_migrations("postgresql")[-1][0] + 1
+        await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", newer)
     finally:
         await conn.close()
     with pytest.raises(SchemaMismatch, match="newer than this batchd"):
@@ -111,7 +151,7 @@ async def test_postgres_refuses_a_newer_schema(postgres: PostgresServer) -> None
 
 async def test_sqlite_still_migrates_on_open_by_default(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path}/auto.db")
-    assert isinstance(store, SQLiteStore)
+    assert store.driver.dialect == "sqlite"
     await store.close()
 
 

@@ -128,3 +128,41 @@ async def test_token_bucket_charges_the_true_cost_later() -> None:
     started = time.monotonic()
     await asyncio.wait_for(bucket.take(5.5), timeout=5)
     assert time.monotonic() - started >= 0.4  # only 5 were left
+
+
+async def test_a_huge_take_charges_at_most_a_full_bucket() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=10.0, capacity=100.0, clock=clock)
+    assert await bucket.take(10**18) == 100.0  # an absurd max_tokens: one bucket, not 1e18
+    clock.now += 1.0  # ten tokens' refill later
+    await asyncio.wait_for(bucket.take(10), timeout=5)  # ready at once: no sleep needed
+    assert bucket.level == 0.0
+
+
+async def test_a_refund_wakes_the_waiter_at_once() -> None:
+    clock = Clock()  # never advances: only the refund can let the waiter through
+    bucket = TokenBucket(rate=1.0, capacity=100.0, clock=clock)
+    await bucket.take(100)
+    waiter = asyncio.create_task(bucket.take(50))  # would wait 50 s for the refill
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    bucket.adjust(-80)  # the first call used only 20 of its estimate
+    assert await asyncio.wait_for(waiter, timeout=5) == 50.0
+    assert bucket.level == 30.0
+
+
+async def test_takers_are_served_in_order_and_charges_never_sink_below_a_bucket() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=1.0, capacity=10.0, clock=clock)
+    await bucket.take(10)
+    bucket.adjust(10**9)  # a true cost far over the estimate: the debt stops at one bucket
+    assert bucket.level == -10.0
+    first = asyncio.create_task(bucket.take(5))
+    second = asyncio.create_task(bucket.take(1))
+    await asyncio.sleep(0)
+    bucket.adjust(-15)  # level 5: the first in line gets it, the second keeps waiting
+    await asyncio.wait_for(first, timeout=5)
+    await asyncio.sleep(0)
+    assert not second.done()
+    bucket.adjust(-1)
+    await asyncio.wait_for(second, timeout=5)

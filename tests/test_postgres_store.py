@@ -10,13 +10,13 @@ import pytest
 
 from batchd.domain import ClaimedRequest, Outcome, RequestState
 from batchd.schemas.results import succeeded_line
-from batchd.store import NewRequest
-from batchd.store.postgres import PostgresStore, Q
+from batchd.store import NewRequest, Store, open_store
+from batchd.store.queries import load_queries
 from tests.support.invariants import pg_count_mismatches
 from tests.support.postgres import PostgresServer
 
 T0 = 1_800_000_000.0
-OpenStore = Callable[[], Awaitable[PostgresStore]]
+OpenStore = Callable[[], Awaitable[Store]]
 
 
 @pytest.fixture
@@ -29,10 +29,10 @@ async def url(postgres: PostgresServer) -> AsyncIterator[str]:
 @pytest.fixture
 async def open_worker(url: str) -> AsyncIterator[OpenStore]:
     """Open another store on the same database, as another worker process would."""
-    stores: list[PostgresStore] = []
+    stores: list[Store] = []
 
-    async def open_one() -> PostgresStore:
-        stores.append(await PostgresStore.open(url, migrate=False))
+    async def open_one() -> Store:
+        stores.append(await open_store(url))
         return stores[-1]
 
     yield open_one
@@ -52,7 +52,7 @@ async def test_concurrent_claims_never_hand_out_a_request_twice(open_worker: Ope
     workers = [await open_worker() for _ in range(4)]
     batch = await workers[0].create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(2000))
 
-    async def drain(i: int, store: PostgresStore) -> list[int]:
+    async def drain(i: int, store: Store) -> list[int]:
         taken: list[int] = []
         while claimed := (await store.claim("b", [batch.seq], f"w{i}", 37, T0 + 30)).requests:
             taken += [c.id for c in claimed]
@@ -112,7 +112,9 @@ async def test_claims_start_at_the_watermark_in_the_queue_index(url: str) -> Non
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("SET enable_seqscan = off")
-        rows = await conn.fetch("EXPLAIN " + Q["claim"], "b", 1, "w", 1.0, 0, 10)
+        claim = load_queries("postgresql")["claim"]
+        params = {"backend": "b", "seq": 1, "owner": "w", "until": 1.0, "mark": 0, "limit": 10}
+        rows = await conn.fetch("EXPLAIN " + claim.sql, *[params[n] for n in claim.params])
     finally:
         await conn.close()
     plan = "\n".join(r[0] for r in rows)

@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,12 +22,13 @@ from batchd.store import (
     SchemaMismatch,
     Store,
     Sweep,
+    open_store,
 )
-from batchd.store.postgres import PostgresStore
-from batchd.store.sqlite import SCHEMA_VERSION, Q, SQLiteStore
+from batchd.store.queries import load_migrations, load_queries
 from tests.support.invariants import count_mismatches, pg_count_mismatches
 
 T0 = 1_800_000_000.0
+LATEST = load_migrations()[-1][0]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -42,11 +42,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
-    s: Store
-    if store_url.startswith("sqlite"):
-        s = await SQLiteStore.open(store_url, migrate=True)
-    else:
-        s = await PostgresStore.open(store_url, migrate=False)
+    s = await open_store(store_url, migrate=store_url.startswith("sqlite"))
     yield s
     await s.close()
     if store_url.startswith("sqlite"):
@@ -56,8 +52,8 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = await SQLiteStore.open(f"sqlite:///{tmp_path}/s.db", migrate=True)
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(f"sqlite:///{tmp_path}/s.db")
     yield s
     await s.close()
 
@@ -81,6 +77,29 @@ async def test_counts_follow_results_and_batch_ends(store: Store) -> None:
     done = await store.get_batch("ws", "msgbatch_a")
     assert done is not None
     assert (done.processing_status, done.ended_at) == (ProcessingStatus.ENDED, T0 + 2)
+
+
+async def test_a_backlog_check_sees_the_workspace_and_a_refusal_stores_nothing(
+    store: Store,
+) -> None:
+    first = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
+    claim = await store.claim("b", [first.seq], "w1", 1, T0 + 30)
+    await store.record("w1", [_ok(claim.requests[0])], T0)
+    await store.create_batch("msgbatch_other", "other", T0, T0 + 60, _queued(5))
+    seen: list[tuple[int, int]] = []
+
+    def refuse(unfinished: int, queued: int) -> None:
+        seen.append((unfinished, queued))
+        raise RuntimeError("over quota")
+
+    with pytest.raises(RuntimeError):
+        await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, _queued(2), refuse)
+
+    assert seen == [(1, 2)]  # one unfinished batch of "ws", two of its requests not final
+    assert await store.get_batch("ws", "msgbatch_b") is None
+    listed = await store.list_batches("ws", 10, None, None)
+    assert listed is not None
+    assert [b.id for b in listed[0]] == ["msgbatch_a"]
 
 
 async def test_a_worker_that_lost_its_lease_cannot_write(store: Store) -> None:
@@ -196,18 +215,21 @@ async def test_list_pages_both_ways(store: Store) -> None:
 async def test_migrations_apply_once_and_refuse_a_newer_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/m.db"
     for _ in range(2):  # the second open finds nothing to do
-        await (await SQLiteStore.open(url, migrate=True)).close()
+        await (await open_store(url, migrate=True)).close()
     with closing(sqlite3.connect(tmp_path / "m.db")) as db, db:
-        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == (
-            SCHEMA_VERSION
-        )
-        db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == (LATEST)
+        db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (LATEST + 1,))
     with pytest.raises(SchemaMismatch, match="newer than this batchd"):
-        await SQLiteStore.open(url, migrate=True)
+        await open_store(url, migrate=True)
 
 
 PARAMS = [
     "ids",
+    "seqs",
+    "mark",
+    "state",
+    "result",
+    "attempt",
     "now",
     "seq",
     "owner",
@@ -229,6 +251,8 @@ HOT_QUERIES = [
     "claim",
     "renew_leases",
     "record_result",
+    "settle_queued",
+    "lock_batches",
     "requeue_lost",
     "expiring_batches",
     "finalize_all",
@@ -240,11 +264,9 @@ HOT_QUERIES = [
 
 
 @pytest.mark.parametrize("name", HOT_QUERIES)
-async def test_hot_queries_use_an_index(
-    sqlite_store: SQLiteStore, name: str, tmp_path: Path
-) -> None:
-    sql = Q[name]
-    params: Any = (1,) * sql.count("?") if "?" in sql else dict.fromkeys(PARAMS, 1)
+async def test_hot_queries_use_an_index(sqlite_store: Store, name: str, tmp_path: Path) -> None:
+    sql = load_queries("sqlite")[name].sql
+    params = dict.fromkeys(PARAMS, 1)
     with closing(sqlite3.connect(tmp_path / "s.db")) as db:
         plan = [row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
     full_scans = [  # a scan of json_each() walks a list passed in, not a table
@@ -312,11 +334,74 @@ async def test_a_read_sees_every_commit_made_before_it_began(store: Store) -> No
     assert missed == []
 
 
+def test_both_dialects_offer_the_same_queries() -> None:
+    assert load_queries("sqlite").keys() == load_queries("postgresql").keys()
+
+
+async def test_a_new_batch_counts_its_requests_that_are_final_already(store: Store) -> None:
+    rows = [*_queued(1), NewRequest("bad", None, b"{}", RequestState.ERRORED, b"e")]
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
+    assert (batch.counts.processing, batch.counts.errored) == (1, 1)
+    only_bad = rows[1:]
+    done = await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, only_bad)
+    assert (done.processing_status, done.counts.errored) == (ProcessingStatus.ENDED, 1)
+
+
+async def test_a_fenced_result_among_applied_ones_is_not_counted(store: Store) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
+    lost, *held = (await store.claim("b", [batch.seq], "w1", 3, T0 + 5)).requests
+    await store.renew_leases("w1", T0 + 50, [c.id for c in held])
+    assert (await store.sweep(T0 + 6)).requeued == 1  # only ``lost`` went back
+    [again] = (await store.claim("b", [batch.seq], "w2", 1, T0 + 50)).requests
+    assert await store.record("w1", [_ok(c) for c in [lost, *held]], T0 + 7) == Recorded(2, 0)
+    assert await store.record("w2", [_ok(again)], T0 + 8) == Recorded(1, 1)
+
+
+async def test_a_result_recorded_after_its_batch_was_canceled_counts(store: Store) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(3))
+    [running] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 30)).requests
+    await store.cancel_batch("ws", "msgbatch_a", T0 + 1)
+    assert await store.record("w1", [_ok(running)], T0 + 2) == Recorded(1, 1)
+    ended = await store.get_batch("ws", "msgbatch_a")
+    assert ended is not None
+    assert (ended.counts.succeeded, ended.counts.canceled) == (1, 2)
+
+
+async def test_counts_hold_when_records_cancels_sweeps_and_releases_interleave(
+    store: Store,
+) -> None:
+    """Every writer at once, on batches past their deadline with leases lost and held: each
+    request is counted once (the fixture checks every counter against the rows)."""
+    seqs = [
+        (await store.create_batch(f"msgbatch_{i}", "ws", T0, T0 + 10, _queued(40))).seq
+        for i in range(3)
+    ]
+    lost = (await store.claim("b", seqs, "dead", 30, T0 + 5, share=10)).requests
+    held = (await store.claim("b", seqs, "w1", 30, T0 + 50, share=10)).requests
+    await asyncio.gather(
+        *(store.record("w1", [_ok(c)], T0 + 11) for c in held),
+        *(store.record("dead", [_ok(c)], T0 + 11) for c in lost[::2]),
+        store.cancel_batch("ws", "msgbatch_1", T0 + 11),
+        store.sweep(T0 + 11),
+        store.sweep(T0 + 12),
+        store.release_leases("dead"),
+    )
+    await store.sweep(T0 + 13)
+    figures = await store.request_figures()
+    assert sum(figures.by_state.values()) == 120
+    assert figures.by_state[RequestState.SUCCEEDED] >= 30  # w1's leases were never lost
+    assert (figures.by_state[RequestState.QUEUED], figures.by_state[RequestState.RUNNING]) == (0, 0)
+    for i in range(3):
+        batch = await store.get_batch("ws", f"msgbatch_{i}")
+        assert batch is not None
+        assert batch.processing_status is ProcessingStatus.ENDED
+
+
 async def test_a_new_sqlite_database_and_its_wal_are_private(tmp_path: Path) -> None:
     """Prompts and results are readable by the server's own user only, whatever the umask."""
     old = os.umask(0o022)
     try:
-        store = await SQLiteStore.open(f"sqlite:///{tmp_path}/p.db", migrate=True)
+        store = await open_store(f"sqlite:///{tmp_path}/p.db")
     finally:
         os.umask(old)
     try:

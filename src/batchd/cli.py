@@ -77,8 +77,6 @@ def _configure_logging(log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # aiosqlite's debug lines carry every SQL parameter: key hashes, prompts, answers.
-    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
 
 
 @main.command()

@@ -6,6 +6,7 @@ TOML file named by ``--config`` / ``BATCHD_CONFIG``, the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,10 @@ from pydantic_settings import (
 from pydantic_settings.sources import InitSettingsSource
 
 MOCK_MODEL = "mock"
+# The largest max_tokens an upstream backend accepts unless its table says otherwise: the
+# most any hosted model generates in one answer today.
+DEFAULT_MAX_OUTPUT_TOKENS = 128_000
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 # Kinds that run the model inside batchd's own process (``model_path`` instead of base_url).
 LOCAL_KINDS = frozenset({"transformers", "vllm"})
 
@@ -44,6 +49,16 @@ class BackendConfig(BaseModel):
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     timeout_seconds: float = Field(default=600.0, gt=0)
+    # The largest max_tokens a request may ask of this backend (a larger one is refused as
+    # invalid_request_error); default: a local model's context length, else 128,000.
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    # openai: base64 PDFs are read in child processes, within these bounds (see
+    # backends/pdf.py); a PDF over one is that request's invalid_request_error.
+    pdf_max_pages: int = Field(default=100, ge=1)
+    pdf_max_characters: int = Field(default=1_000_000, ge=1)
+    pdf_cpu_seconds: float = Field(default=10.0, gt=0)
+    pdf_workers: int = Field(default=2, ge=1)  # children at once for this backend
+    pdf_workers_per_key: int = Field(default=1, ge=1)  # ... for one key (or one batch)
     # Hosts whose image/document URLs this backend may be asked to fetch (patterns such as
     # "*.cdn.example"); default: any public host, never a loopback/private/link-local one.
     allowed_url_hosts: list[str] | None = None
@@ -79,8 +94,31 @@ class BackendConfig(BaseModel):
             )
         return self
 
+    def output_token_limit(self) -> int:
+        """The largest ``max_tokens`` a request may ask of this backend."""
+        if self.max_output_tokens is not None:
+            return self.max_output_tokens
+        if self.kind in LOCAL_KINDS and self.model_path:
+            return _context_length(Path(self.model_path)) or DEFAULT_MAX_OUTPUT_TOKENS
+        return DEFAULT_MAX_OUTPUT_TOKENS
+
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+def _context_length(model_path: Path) -> int | None:
+    """The context length a Hugging Face model directory's config.json declares, if any."""
+    try:
+        declared = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(declared.get("text_config"), dict):  # multimodal models nest it
+        declared = {**declared["text_config"], **declared}
+    for key in _CONTEXT_KEYS:
+        value = declared.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 class Settings(BaseSettings):
@@ -95,16 +133,34 @@ class Settings(BaseSettings):
 
     batch_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
     results_retention_seconds: float = Field(default=29 * 24 * 3600.0, gt=0)
-    max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)  # a create-batch body
+    # A POST /v1/messages or count_tokens body (the hosted API takes 32 MB).
+    max_message_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Request bodies held at once, by the requests of one key and by all (else 429).
+    max_body_bytes_per_key: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_body_bytes_total: int = Field(default=1024 * 1024 * 1024, gt=0)
     # A body that stops arriving for this long is answered 408 and dropped.
     body_idle_timeout_seconds: float = Field(default=30.0, gt=0)
     # The request line and headers: at most this many bytes, complete within this many
     # seconds of the connection opening (or of a later request's first byte); else 431 / closed.
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     header_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Connections served at once (kept below the open-file limit); a request over it: 503.
+    max_connections: int = Field(default=4096, ge=1)
+    # A request answered before its body arrived (a 401, a 413) has the rest of the body
+    # read for at most this long and this many bytes; then its connection is closed.
+    # (Draining lets a client that writes its whole body before reading see the answer.)
+    drain_seconds: float = Field(default=10.0, gt=0)
+    drain_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
     # Create-batch uploads one key may have in progress at once; the next one gets 429.
     max_concurrent_uploads_per_key: int = Field(default=4, ge=1)
     max_requests_per_batch: int = Field(default=100_000, ge=1)
+    # Quotas (off when unset): what one workspace may have waiting at once, checked in the
+    # create's transaction (over either: 429 naming the limit, nothing stored), and the
+    # interactive calls (/v1/messages, count_tokens) one key may have in progress at once.
+    max_unfinished_batches_per_workspace: int | None = Field(default=None, ge=1)
+    max_queued_requests_per_workspace: int | None = Field(default=None, ge=1)
+    max_concurrent_calls_per_key: int | None = Field(default=None, ge=1)
 
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)

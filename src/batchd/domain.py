@@ -13,6 +13,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, overload
 
+import msgspec
+
+# One request's params as received: bytes, or a view into the create body (msgspec.Raw reads
+# as a buffer, and the databases store it as it is), so a body is not copied on its way in.
+RawParams = bytes | msgspec.Raw
+
 
 class RequestState(StrEnum):
     QUEUED = "queued"

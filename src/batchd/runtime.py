@@ -27,9 +27,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from batchd.api import create_app
+from batchd.api.bodies import BodyBudget
 from batchd.api.deps import Services
-from batchd.api.protocol import http_protocol
-from batchd.api.uploads import UploadSlots
+from batchd.api.serving import serving_options
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import BackendRunner, build_runners
@@ -108,6 +108,8 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         max_requests=settings.max_requests_per_batch,
         ttl_seconds=settings.batch_ttl_seconds,
         retention_seconds=settings.results_retention_seconds,
+        max_unfinished_batches=settings.max_unfinished_batches_per_workspace,
+        max_queued_requests=settings.max_queued_requests_per_workspace,
     )
     return Services(
         settings=settings,
@@ -124,7 +126,7 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         ),
         metrics=runtime.metrics,
         overview=Overview(store),
-        uploads=UploadSlots(settings.max_concurrent_uploads_per_key),
+        bodies=BodyBudget.from_settings(settings),
     )
 
 
@@ -146,7 +148,7 @@ def server_config(app: FastAPI, settings: Settings, *, log_level: str = "info") 
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        http=http_protocol(settings),
+        **serving_options(settings),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from batchd.domain import RawParams
 from batchd.errors import InvalidRequest
 from batchd.schemas.batches import CUSTOM_ID_PATTERN, BatchRequest, CreateBatchRequest
 from batchd.schemas.messages import Content, CountTokensParams, InputMessage, MessageParams
@@ -38,7 +39,7 @@ _PHRASES = [
 @dataclass(frozen=True, slots=True)
 class BatchItem:
     custom_id: str
-    params: bytes
+    params: RawParams
 
 
 Params = MessageParams  # the name the backends know it by
@@ -46,6 +47,10 @@ Params = MessageParams  # the name the backends know it by
 _envelope_decoder = msgspec.json.Decoder(CreateBatchRequest)
 _params_decoder = msgspec.json.Decoder(MessageParams)
 _count_tokens_decoder = msgspec.json.Decoder(CountTokensParams)
+_any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+# Arrays and objects nested deeper than this in one request's params are refused, so that
+# no later walk over the JSON (estimates, translation, encoders) meets unbounded nesting.
+MAX_DEPTH = 128
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -76,7 +81,7 @@ def _in_api_words(message: str) -> str:
     return message
 
 
-def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | bytearray, what: str) -> T:
+def _decode(decoder: msgspec.json.Decoder[T], raw: RawParams | bytearray, what: str) -> T:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -89,7 +94,7 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | bytearray, what: str)
 
 def parse_create_body(body: bytes | bytearray, *, max_requests: int) -> list[BatchItem]:
     """Decode and check a create-batch body; raise InvalidRequest with the first fault."""
-    if not body.strip():
+    if not body or body.isspace():  # (strip() would copy the whole body)
         raise InvalidRequest("request body is empty: expected a JSON object with `requests`")
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of small objects: the collector would dominate the parse
@@ -125,16 +130,16 @@ def _check_items(requests: list[BatchRequest], max_requests: int) -> list[BatchI
                 "each request in a batch needs a unique custom_id"
             )
         seen.add(custom_id)
-        params = bytes(item.params)
-        if not params.startswith(b"{"):
+        if memoryview(item.params)[:1].tobytes() != b"{":
             raise InvalidRequest(f"requests.{i}.params: Input should be a valid dictionary")
-        items.append(BatchItem(custom_id, params))
+        items.append(BatchItem(custom_id, item.params))
     return items
 
 
-def check_params(raw: bytes, *, in_batch: bool = True) -> MessageParams:
+def check_params(raw: RawParams, *, in_batch: bool = True) -> MessageParams:
     """Check one request's Messages params; raise InvalidRequest naming the field."""
     params = _decode(_params_decoder, raw, "params")
+    check_depth(raw, "params")
     if params.stream and in_batch:
         raise InvalidRequest("stream: streaming is not supported for batch requests")
     _check_content(params.messages, params.system, params.tools)
@@ -156,8 +161,32 @@ def stored_params(raw: bytes) -> MessageParams:
 def check_count_tokens(raw: bytes) -> CountTokensParams:
     """Check a count_tokens body; raise InvalidRequest naming the field."""
     params = _decode(_count_tokens_decoder, raw, "request body")
+    check_depth(raw, "request body")
     _check_content(params.messages, params.system, params.tools)
     return params
+
+
+def check_depth(raw: RawParams | bytearray, what: str, limit: int = MAX_DEPTH) -> None:
+    """Raise InvalidRequest when the JSON ``raw`` nests arrays and objects over ``limit`` deep.
+
+    Walked with a stack of its own, never by recursion; a document with fewer brackets than
+    the limit cannot nest that deep and is not walked at all.
+    """
+    data = raw if isinstance(raw, bytes | bytearray) else memoryview(raw).tobytes()
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return
+    stack: list[tuple[Any, int]] = [(_decode(_any_decoder, raw, what), 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            raise InvalidRequest(f"{what} is nested too deeply (more than {limit} levels)")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _check_content(

@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from batchd.store.postgres import PostgresStore
+from batchd.store import open_store
 from tests.support.cluster import free_port
 
 TEMPLATE = "batchd_template"
@@ -146,5 +146,5 @@ async def _make_template(server: PostgresServer) -> None:
         await conn.execute(f"CREATE DATABASE {TEMPLATE}")
     finally:
         await conn.close()
-    store = await PostgresStore.open(server.url(TEMPLATE), migrate=True)
+    store = await open_store(server.url(TEMPLATE), migrate=True)
     await store.close()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from batchd.api.uploads import UploadSlots
+from batchd.api.bodies import BodyBudget
 from batchd.backends.router import Router
 from batchd.backends.runner import BackendRunner
 from batchd.config import Settings
@@ -33,7 +33,7 @@ class Services:
     tokens: TokenService
     metrics: Metrics
     overview: Overview
-    uploads: UploadSlots
+    bodies: BodyBudget
 
 
 def get_services(request: Request) -> Services:

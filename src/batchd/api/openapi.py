@@ -47,7 +47,7 @@ _DESCRIPTIONS = {
     408: "The request body stopped arriving",
     413: "The request body is over the server's limit",
     415: "A POST whose body is not declared application/json",
-    429: "Too many uploads in progress for this key, or the upstream's rate limit",
+    429: "Too many uploads or request bodies in progress, or the upstream's rate limit",
     500: "An unexpected error",
     502: "The upstream failed or refused batchd's credentials",
     503: "The database or the upstream is unavailable for now",

@@ -26,21 +26,22 @@ _NOT_TEXT = frozenset(
 
 
 def _characters(value: Any) -> tuple[int, int]:
-    """(characters of text, images) in one JSON value."""
-    if isinstance(value, str):
-        return len(value), 0
-    if isinstance(value, list):
-        pairs = [_characters(item) for item in value]
-        return sum(c for c, _ in pairs), sum(i for _, i in pairs)
-    if isinstance(value, Mapping):
-        kind = value.get("type")
-        if kind in _IMAGE_TYPES:
-            return 0, 1
-        if kind == "base64":  # a PDF or other payload: bytes, not text
-            return 0, 0
-        pairs = [_characters(v) for k, v in value.items() if k not in _NOT_TEXT]
-        return sum(c for c, _ in pairs), sum(i for _, i in pairs)
-    return 0, 0
+    """(characters of text, images) in one JSON value, walked with a stack (no recursion)."""
+    characters = images = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            characters += len(item)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, Mapping):
+            kind = item.get("type")
+            if kind in _IMAGE_TYPES:
+                images += 1
+            elif kind != "base64":  # a PDF or other payload: bytes, not text
+                stack.extend(v for k, v in item.items() if k not in _NOT_TEXT)
+    return characters, images
 
 
 def tokens_of_length(characters: int) -> int:

@@ -7,7 +7,6 @@ counts come from ``/tokenize`` beside ``/v1`` (vLLM, SGLang), else from an estim
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -23,6 +22,7 @@ from batchd.backends.openai_translate import (
     error_from_openai,
     message_from_body,
 )
+from batchd.backends.pdf import PdfExtractor, PdfLimits
 from batchd.config import BackendConfig
 from batchd.errors import UpstreamError
 from batchd.validation import Params
@@ -50,6 +50,15 @@ class OpenAIBackend:
         self._model = config.upstream_model
         self._chat_url = f"{api_base(config.base_url)}/chat/completions"
         self._tokenize_url = f"{server_root(config.base_url)}/tokenize"
+        self._pdfs = PdfExtractor(
+            PdfLimits(
+                max_pages=config.pdf_max_pages,
+                max_characters=config.pdf_max_characters,
+                cpu_seconds=config.pdf_cpu_seconds,
+                workers=config.pdf_workers,
+                workers_per_key=config.pdf_workers_per_key,
+            )
+        )
         headers = {"content-type": "application/json"}
         if key := config.api_key():
             headers["authorization"] = f"Bearer {key}"
@@ -67,11 +76,9 @@ class OpenAIBackend:
 
     async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:
         request = msgspec.json.decode(raw)
-        model = self._model or params.model
-        if b"application/pdf" in raw:  # text extraction is CPU work: keep the loop free
-            body = await asyncio.to_thread(chat_request, request, model=model)
-        else:
-            body = chat_request(request, model=model)
+        if b"application/pdf" in raw:  # read in a child process, under limits
+            request = await self._pdfs.inline_pdfs(request)
+        body = chat_request(request, model=self._model or params.model)
         answer = await self._http.post(self._chat_url, msgspec.json.encode(body))
         if answer.status >= 300:
             raise error_from_openai(answer.status, answer.body, answer.headers, time.time())
@@ -82,9 +89,8 @@ class OpenAIBackend:
     async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:
         """The upstream's own count from ``/tokenize``, else an estimate (see estimate.py)."""
         if b"application/pdf" in raw:
-            messages = await asyncio.to_thread(chat_messages, request)
-        else:
-            messages = chat_messages(request)
+            request = await self._pdfs.inline_pdfs(request)
+        messages = chat_messages(request)
         tools = chat_tools(request)
         tokenize: dict[str, Any] = {"model": self._model or request["model"], "messages": messages}
         if tools:

@@ -6,7 +6,7 @@ and these content parts:
 
     image block (base64 | url)          an ``image_url`` part (base64 as a ``data:`` URL)
     document block, text source         a ``text`` part (titled ``[document 'title']``)
-    document block, base64 PDF          its text, extracted here with pypdf and marked
+    document block, base64 PDF          its text, marked (extracted by ``backends/pdf.py``)
 
 and the rest of the body field by field:
 
@@ -29,20 +29,17 @@ type and whether a retry may help, by the same table and rule as every backend
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import io
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from pypdf import PdfReader
 
 from batchd.backends.chat import ChatDialect, function_tools
 from batchd.backends.chat import chat_messages as translate_messages
 from batchd.backends.http import error_from_answer
+from batchd.backends.pdf import marked, pdf_text
 from batchd.errors import InvalidRequest, UpstreamError
 
 _SAMPLING = ("temperature", "top_p", "top_k")
@@ -131,33 +128,11 @@ def _document_text(block: Mapping[str, Any], where: str) -> str:
     if kind == "text" and isinstance(source.get("data"), str):
         return f"[document {title!r}]\n{source['data']}" if title else str(source["data"])
     if kind == "base64" and source.get("media_type") == "application/pdf":
-        mark = f"PDF document {title!r}" if title else "PDF document"
-        return f"[{mark}, text extracted by batchd]\n{pdf_text(source.get('data'), where)}"
+        return marked(title, pdf_text(source.get("data"), where))  # backends inline PDFs first
     raise InvalidRequest(
         f"{where}.source: a document with source {kind!r} cannot be sent to an "
         "OpenAI-compatible backend; send a text source or a base64 PDF"
     )
-
-
-def pdf_text(data: Any, where: str) -> str:
-    """The text of a base64 PDF, page by page; InvalidRequest when there is none to read."""
-    try:
-        pdf = base64.b64decode(data, validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise InvalidRequest(f"{where}.source.data: the PDF is not valid base64") from None
-    try:
-        pages = [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
-    except Exception as exc:  # pypdf raises many kinds on a malformed or encrypted file
-        raise InvalidRequest(
-            f"{where}: the PDF could not be read ({exc.__class__.__name__}: {exc})"
-        ) from None
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
-    if not text:
-        raise InvalidRequest(
-            f"{where}: the PDF has no extractable text (a scanned document?); an "
-            "OpenAI-compatible backend can take only its text"
-        )
-    return text
 
 
 # -- response ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ and tokens per minute under a budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -29,7 +30,14 @@ _BUCKET_SECONDS = 10.0  # a budget bucket holds this many seconds' worth of its 
 
 
 class TokenBucket:
-    """``rate`` units per second, bursting to ``capacity``; takers wait in order."""
+    """``rate`` units per second, bursting to ``capacity``; takers wait in order.
+
+    A take charges at most ``capacity`` (one huge estimate cannot push the level so far
+    below zero that everyone after it waits for hours), and the level never falls below
+    ``-capacity`` whatever is charged later. Waiters hold no lock while they wait: each
+    sleeps until the refill it needs is due or until the level changes (a refund through
+    ``adjust``), whichever comes first, and then looks again.
+    """
 
     def __init__(self, rate: float, capacity: float, clock: Callable[[], float]) -> None:
         self.rate = rate
@@ -37,27 +45,47 @@ class TokenBucket:
         self._clock = clock
         self._level = capacity
         self._stamp = clock()
-        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()  # set, and replaced, whenever the level may be enough
+        self._queue: deque[object] = deque()  # takers in arrival order; the head may charge
+
+    @property
+    def level(self) -> float:
+        self._refill()
+        return self._level
 
     def _refill(self) -> None:
         now = self._clock()
         self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
         self._stamp = now
 
-    async def take(self, amount: float) -> None:
-        """Wait until ``amount`` is available (at most a full bucket is waited for)."""
-        async with self._lock:
-            self._refill()
-            needed = min(amount, self.capacity)
-            while self._level < needed:
-                await asyncio.sleep((needed - self._level) / self.rate)
-                self._refill()
-            self._level -= amount
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def take(self, amount: float) -> float:
+        """Wait until ``amount`` (at most a full bucket) is available; return what was charged."""
+        charge = max(0.0, min(amount, self.capacity))
+        turn = object()
+        self._queue.append(turn)
+        try:
+            while self._queue[0] is not turn or self.level < charge:
+                # The head sleeps until its refill is due; the others until the head is served.
+                due = (charge - self._level) / self.rate if self._queue[0] is turn else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), due)
+            self._level -= charge
+        finally:
+            self._queue.remove(turn)
+            self._notify()
+        return charge
 
     def adjust(self, amount: float) -> None:
-        """Charge ``amount`` more (or refund, when negative) once the true cost is known."""
+        """Charge ``amount`` more (or refund, when negative) once the true cost is known;
+        a waiter looks at the new level at once."""
         self._refill()
-        self._level = min(self.capacity, self._level - amount)
+        self._level = max(-self.capacity, min(self.capacity, self._level - amount))
+        if amount < 0:
+            self._notify()
 
 
 @dataclass(eq=False)

@@ -12,7 +12,7 @@ from batchd.backends.media import policy_for
 from batchd.backends.mock import MockBackend
 from batchd.backends.openai import OpenAIBackend
 from batchd.config import MOCK_MODEL, BackendConfig, Settings
-from batchd.errors import NotFound
+from batchd.errors import InvalidRequest, NotFound
 from batchd.schemas.messages import CountTokensParams
 from batchd.validation import Params
 
@@ -50,6 +50,7 @@ class Router:
     def __init__(self, configs: list[BackendConfig]) -> None:
         self._routes = [(pattern, c.name) for c in configs for pattern in c.models]
         self._cache: dict[str, str | None] = {}
+        self._max_tokens = {c.name: c.output_token_limit() for c in configs}
         self._url_policies = {c.name: policy_for(c.allowed_url_hosts) for c in configs}
 
     def route(self, model: str) -> str | None:
@@ -58,6 +59,14 @@ class Router:
                 (name for pattern, name in self._routes if fnmatchcase(model, pattern)), None
             )
         return self._cache[model]
+
+    def check_max_tokens(self, name: str, max_tokens: int) -> None:
+        """Raise InvalidRequest when ``max_tokens`` is more than backend ``name`` allows."""
+        limit = self._max_tokens[name]
+        if max_tokens > limit:
+            raise InvalidRequest(
+                f"max_tokens: {max_tokens} is more than this model allows here ({limit})"
+            )
 
     def backend_for(self, model: str) -> str:
         """The name of the backend serving ``model``; NotFound when none does."""

@@ -65,15 +65,16 @@ class BackendRunner:
         async def attempt() -> dict[str, Any]:
             if self.pacer.requests is not None:
                 await self.pacer.requests.take(1)
+            charged = 0.0  # of the token budget: at most a full bucket of the estimate
             if self.pacer.tokens is not None:
-                await self.pacer.tokens.take(estimate)
+                charged = await self.pacer.tokens.take(estimate)
             started = self._clock()
             try:
                 message = await self.backend.create_message(params, raw)
             except UpstreamError as exc:
-                self._observe_failure(exc, self._clock() - started, estimate)
+                self._observe_failure(exc, self._clock() - started, charged)
                 raise
-            self._observe_success(message, self._clock() - started, estimate)
+            self._observe_success(message, self._clock() - started, charged)
             return message
 
         async def wait(exc: UpstreamError, delay: float) -> None:
@@ -85,14 +86,14 @@ class BackendRunner:
 
         return await call_with_retries(attempt, policy or self.policy, wait=wait)
 
-    def _observe_failure(self, exc: UpstreamError, latency: float, estimate: int) -> None:
+    def _observe_failure(self, exc: UpstreamError, latency: float, charged: float) -> None:
         self._latency.observe(latency)
         self._metrics.upstream_errors.labels(self.name, exc.error_type).inc()
         self.pacer.failed(exc.error_type, exc.message)
         if self.pacer.tokens is not None:
-            self.pacer.tokens.adjust(-estimate)  # nothing was generated: give the budget back
+            self.pacer.tokens.adjust(-charged)  # nothing was generated: give the budget back
 
-    def _observe_success(self, message: dict[str, Any], latency: float, estimate: int) -> None:
+    def _observe_success(self, message: dict[str, Any], latency: float, charged: float) -> None:
         self._latency.observe(latency)
         self.pacer.succeeded(latency)
         usage = message.get("usage")
@@ -100,7 +101,7 @@ class BackendRunner:
         self._tokens_in.inc(used_in)
         self._tokens_out.inc(used_out)
         if self.pacer.tokens is not None:
-            self.pacer.tokens.adjust(used_in + used_out - estimate)
+            self.pacer.tokens.adjust(used_in + used_out - charged)
 
 
 def build_runners(

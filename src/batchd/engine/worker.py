@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from batchd.backends.pacing import Slot
+from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
@@ -265,7 +266,8 @@ class Engine:
             )
         try:
             params = stored_params(request.params)
-            message = await runner.run(params, request.params, slot, interactive=False)
+            with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
+                message = await runner.run(params, request.params, slot, interactive=False)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
             return Outcome(request, RequestState.ERRORED, line)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from batchd.backends.router import Router
 from batchd.domain import Batch, ProcessingStatus, RequestState
-from batchd.errors import ErrorType, InvalidRequest, NotFound
+from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
 from batchd.schemas.results import canceled_line, errored_line, expired_line
 from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, Store
@@ -22,6 +22,33 @@ class BatchLimits:
     max_requests: int
     ttl_seconds: float
     retention_seconds: float
+    # A workspace's quotas (None: none): its unfinished batches, and their requests not yet
+    # final, counting the batch being created.
+    max_unfinished_batches: int | None = None
+    max_queued_requests: int | None = None
+
+    def backlog_check(self, new_requests: int) -> Callable[[int, int], None] | None:
+        """What the store checks a workspace's backlog with before it stores a new batch."""
+        if self.max_unfinished_batches is None and self.max_queued_requests is None:
+            return None
+
+        def check(unfinished: int, queued: int) -> None:
+            batches = self.max_unfinished_batches
+            if batches is not None and unfinished + 1 > batches:
+                raise RateLimited(
+                    f"this workspace has {unfinished} unfinished message batches, at most "
+                    f"{batches} at once (max_unfinished_batches_per_workspace); retry once "
+                    "one of them has ended"
+                )
+            requests = self.max_queued_requests
+            if requests is not None and queued + new_requests > requests:
+                raise RateLimited(
+                    f"this workspace has {queued} requests waiting and this batch adds "
+                    f"{new_requests}: at most {requests} at once "
+                    "(max_queued_requests_per_workspace); retry once some have finished"
+                )
+
+        return check
 
 
 def _not_found(batch_id: str) -> NotFound:
@@ -47,8 +74,14 @@ class BatchService:
         items = parse_create_body(body, max_requests=self._limits.max_requests)
         rows = self._prepare(items)
         now = self._clock()
+        queued = sum(row.state is RequestState.QUEUED for row in rows)
         batch = await self._store.create_batch(
-            new_batch_id(), workspace, now, now + self._limits.ttl_seconds, rows
+            new_batch_id(),
+            workspace,
+            now,
+            now + self._limits.ttl_seconds,
+            rows,
+            self._limits.backlog_check(queued),
         )
         self._on_created()
         return batch
@@ -66,12 +99,11 @@ class BatchService:
     def _prepare_one(self, item: BatchItem) -> NewRequest:
         try:
             params = check_params(item.params)
-        except InvalidRequest as exc:
-            return _errored(item, "invalid_request_error", exc.message)
-        backend = self._router.route(params.model)
-        if backend is None:
-            return _errored(item, "not_found_error", f"model: {params.model!r} is not served here")
-        try:
+            backend = self._router.route(params.model)
+            if backend is None:
+                message = f"model: {params.model!r} is not served here"
+                return _errored(item, "not_found_error", message)
+            self._router.check_max_tokens(backend, params.max_tokens)
             self._router.check_urls(backend, params)
         except InvalidRequest as exc:
             return _errored(item, "invalid_request_error", exc.message)

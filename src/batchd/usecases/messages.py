@@ -28,6 +28,7 @@ class MessageService:
     async def create(self, body: bytes) -> tuple[Params, dict[str, Any]]:
         params = check_params(body, in_batch=False)
         name = self._router.backend_for(params.model)
+        self._router.check_max_tokens(name, params.max_tokens)
         self._router.check_urls(name, params)
         runner = self._runners[name]
         raw = body

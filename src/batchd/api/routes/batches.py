@@ -34,8 +34,9 @@ def _wire(request: Request, services: ServicesDep, batch: Batch) -> MessageBatch
 
 @router.post("")
 async def create_batch(request: Request, services: ServicesDep, caller: CallerDep) -> JSON:
-    with services.uploads.hold(caller):
-        body = await read_body(request, services.settings)
+    settings = services.settings
+    with services.bodies.upload(caller), services.bodies.holding(caller) as held:
+        body = await read_body(request, settings, held, settings.max_body_bytes)
         batch = await services.batches.create(caller.workspace, body)
     return JSON(_wire(request, services, batch))
 

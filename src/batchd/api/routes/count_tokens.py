@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.bodies import tenant
+from batchd.api.deps import CallerDep, ServicesDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
+from batchd.backends.pdf import owned_by
 from batchd.schemas.messages import MessageTokensCount
 
 router = APIRouter(tags=["messages"])
@@ -16,7 +18,10 @@ router = APIRouter(tags=["messages"])
 async def count_tokens(
     request: Request,
     services: ServicesDep,
-    workspace: WorkspaceDep,  # noqa: ARG001  (authenticates the caller)
+    caller: CallerDep,
 ) -> JSON:
-    body = await read_body(request, services.settings)
-    return JSON(MessageTokensCount(await services.tokens.count(bytes(body))))
+    settings = services.settings
+    bodies = services.bodies
+    with bodies.calling(caller), bodies.holding(caller) as held, owned_by(tenant(caller)):
+        body = await read_body(request, settings, held, settings.max_message_body_bytes)
+        return JSON(MessageTokensCount(await services.tokens.count(bytes(body))))

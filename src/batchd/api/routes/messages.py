@@ -9,9 +9,11 @@ import msgspec
 from fastapi import APIRouter, Request
 from starlette.responses import StreamingResponse
 
-from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.bodies import tenant
+from batchd.api.deps import CallerDep, ServicesDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
+from batchd.backends.pdf import owned_by
 
 router = APIRouter(tags=["messages"])
 
@@ -20,10 +22,13 @@ router = APIRouter(tags=["messages"])
 async def create_message(
     request: Request,
     services: ServicesDep,
-    workspace: WorkspaceDep,  # noqa: ARG001  (authenticates the caller)
+    caller: CallerDep,
 ) -> JSON | StreamingResponse:
-    body = await read_body(request, services.settings)
-    params, message = await services.messages.create(bytes(body))
+    settings = services.settings
+    bodies = services.bodies
+    with bodies.calling(caller), bodies.holding(caller) as held, owned_by(tenant(caller)):
+        body = await read_body(request, settings, held, settings.max_message_body_bytes)
+        params, message = await services.messages.create(bytes(body))
     if params.stream:
         return StreamingResponse(sse_events(message), media_type="text/event-stream")
     return JSON(message)

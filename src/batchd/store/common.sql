@@ -1,0 +1,121 @@
+-- Named SQL that both dialects run as written. Each query starts with "-- name: NAME" and
+-- takes named parameters (:name). A query whose text differs between the dialects stands
+-- in sqlite.sql and postgres.sql instead, with the same name and meaning in both.
+
+-- name: insert_batch
+INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at)
+VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at)
+RETURNING seq;
+
+-- name: get_batch
+SELECT * FROM batches WHERE id = :id AND workspace = :workspace;
+
+-- name: get_batch_by_seq
+SELECT * FROM batches WHERE seq = :seq;
+
+-- name: list_newest
+SELECT * FROM batches WHERE workspace = :workspace ORDER BY seq DESC LIMIT :limit;
+
+-- name: list_older
+SELECT * FROM batches WHERE workspace = :workspace AND seq < :seq ORDER BY seq DESC LIMIT :limit;
+
+-- name: list_newer
+SELECT * FROM batches WHERE workspace = :workspace AND seq > :seq ORDER BY seq ASC LIMIT :limit;
+
+-- name: start_cancel
+UPDATE batches SET processing_status = 'canceling', cancel_initiated_at = :now
+WHERE seq = :seq AND processing_status = 'in_progress';
+
+-- name: settle_queued
+-- (the store adds the row count to the batch's counter of :state in the same transaction;
+-- a concurrent settle finds the rows no longer queued and counts nothing)
+UPDATE requests SET state = :state WHERE batch_seq = :seq AND state = 'queued';
+
+-- name: add_counts
+UPDATE batches SET succeeded = succeeded + :succeeded, errored = errored + :errored,
+                   canceled = canceled + :canceled, expired = expired + :expired
+WHERE seq = :seq;
+
+-- name: finalize_batch
+UPDATE batches SET processing_status = 'ended', ended_at = :now
+WHERE seq = :seq AND processing_status != 'ended'
+  AND succeeded + errored + canceled + expired = total;
+
+-- name: finalize_all
+UPDATE batches SET processing_status = 'ended', ended_at = :now
+WHERE processing_status != 'ended' AND succeeded + errored + canceled + expired = total;
+
+-- name: delete_requests
+DELETE FROM requests WHERE batch_seq = :seq;
+
+-- name: delete_batch
+DELETE FROM batches WHERE seq = :seq;
+
+-- name: results_page
+SELECT id, custom_id, state, result FROM requests
+WHERE batch_seq = :seq AND id > :after ORDER BY id LIMIT :limit;
+
+-- name: errored_page
+SELECT id, custom_id, state, result FROM requests
+WHERE batch_seq = :seq AND state = 'errored' ORDER BY id LIMIT :limit;
+
+-- name: claimable_batches
+-- (the != 'ended' term lets SQLite use the partial index batches_unfinished)
+SELECT seq FROM batches
+WHERE processing_status != 'ended' AND processing_status = 'in_progress' AND expires_at > :now
+ORDER BY seq;
+
+-- name: expiring_batches
+SELECT seq FROM batches
+WHERE processing_status != 'ended' AND processing_status = 'in_progress' AND expires_at <= :now
+ORDER BY seq;
+
+-- name: requeue_lost
+UPDATE requests SET state = 'queued', lease_owner = NULL, lease_expires = NULL
+WHERE state = 'running' AND lease_expires < :now
+RETURNING batch_seq;
+
+-- name: release_leases
+UPDATE requests SET state = 'queued', lease_owner = NULL, lease_expires = NULL
+WHERE state = 'running' AND lease_owner = :owner
+RETURNING batch_seq;
+
+-- name: queued_by_backend
+SELECT backend, count(*) AS n FROM requests WHERE state = 'queued' GROUP BY backend;
+
+-- name: running_count
+SELECT count(*) FROM requests WHERE state = 'running';
+
+-- name: final_totals
+-- (one row per batch, read per /metrics scrape: the small table, not the requests)
+SELECT coalesce(sum(succeeded), 0) AS succeeded, coalesce(sum(errored), 0) AS errored,
+       coalesce(sum(canceled), 0) AS canceled, coalesce(sum(expired), 0) AS expired
+FROM batches;
+
+-- name: insert_key
+INSERT INTO api_keys (id, name, workspace, key_hash, created_at, is_operator)
+VALUES (:id, :name, :workspace, :key_hash, :created_at, :is_operator);
+
+-- name: list_keys
+SELECT id, name, workspace, created_at, revoked_at, is_operator FROM api_keys ORDER BY created_at;
+
+-- name: revoke_key
+UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- name: find_key
+SELECT id, name, workspace, created_at, revoked_at, is_operator, key_hash FROM api_keys
+WHERE key_hash = :key_hash AND revoked_at IS NULL;
+
+-- name: count_active_keys
+SELECT count(*) FROM api_keys WHERE revoked_at IS NULL;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM schema_migrations;
+
+-- name: add_migration
+INSERT INTO schema_migrations (version, applied_at) VALUES (:version, :now);
+
+-- name: workspace_backlog
+-- A workspace's unfinished batches and their requests not yet final.
+SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT)
+FROM batches WHERE workspace = :workspace AND processing_status != 'ended';

@@ -1,0 +1,431 @@
+"""The Store: every rule of batches, requests and keys in the database, written once over a
+dialect's driver (store/sqlite.py, store/postgres.py) and its named SQL (store/*.sql).
+
+Request counts: a batch's counters always equal its rows by state. Every statement that moves
+requests to a final state reports what it moved (its row count, or a row per request), and
+the counters move by exactly that in its transaction: a concurrent statement that finds the
+rows already moved reports nothing, so no request is counted twice. Claims start after a
+per-(backend, batch) watermark kept in this process, so that PostgreSQL does not walk the
+dead index entries of every row claimed before (O(n^2) over a batch); rows below it
+(requeued, or skipped while another claim held them) are found by a second look from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol, cast
+
+from batchd.domain import (
+    FINAL_STATES,
+    ApiKey,
+    Batch,
+    ClaimedRequest,
+    Outcome,
+    RawParams,
+    RequestState,
+)
+from batchd.errors import BatchdError
+from batchd.store.queries import Dialect, load_migrations
+
+
+class SchemaMismatch(BatchdError):
+    """The database schema is not the version this code expects."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request to insert; ``result`` is set when it is already final (bad params)."""
+
+    custom_id: str
+    backend: str | None
+    params: RawParams  # bytes, or a view into the create body
+    state: RequestState
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    custom_id: str
+    state: RequestState
+    result: bytes | None
+
+
+# One row of a results page, as the driver returns it (no object per row on this hot path):
+# (id, custom_id, state, result line or None for canceled/expired requests).
+ResultRecord = tuple[int, str, str, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    requests: list[ClaimedRequest]
+    exhausted: list[int]  # batches that had fewer queued requests than asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    applied: int  # results written; the others were fenced off (their lease was lost)
+    ended: int  # batches these results completed
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    requeued: int  # running requests whose lease had expired, back in the queue
+    expired: int  # batches past their deadline whose queued requests became expired
+    ended: int  # batches that had nothing left to do and are now ended
+
+
+class Row(Protocol):  # read by position or column name: sqlite3.Row, asyncpg.Record
+    def __getitem__(self, key: Any, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFigures:
+    """Server-wide figures for /metrics: stored requests by state, queued ones per backend."""
+
+    by_state: dict[RequestState, int]
+    queued_by_backend: dict[str, int]
+
+
+class CancelOutcome(Enum):
+    CANCELED = "canceled"  # this call started cancellation
+    ALREADY_CANCELING = "already_canceling"
+    ALREADY_ENDED = "already_ended"
+
+
+class DeleteOutcome(Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    NOT_ENDED = "not_ended"
+
+
+Params = Mapping[str, Any]
+NO_PARAMS: Params = {}
+Rows = list[Row]  # plain tuples where ``plain`` is asked for, on the hot paths
+
+
+class Tx(Protocol):  # one transaction of a driver, running the named queries of store/*.sql
+    async def fetch(self, query: str, params: Params = NO_PARAMS) -> list[Row]: ...
+    async def execute(self, query: str, params: Params = NO_PARAMS) -> int: ...  # rows changed
+    # The query once per row of ``rows`` (with ``shared`` too): every row the runs returned.
+    async def fetch_each(self, query: str, rows: Sequence[Params], shared: Params) -> list[Row]: ...
+    async def bulk_insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None: ...
+    async def notify(self) -> None: ...  # wake the waiting workers once this commits
+    async def run_script(self, sql: str) -> None: ...
+
+
+class Driver(Protocol):  # what a dialect gives the Store; its errors leave as StoreUnavailable
+    dialect: Dialect
+
+    async def fetch(self, query: str, params: Params = NO_PARAMS, plain: bool = False) -> Rows: ...
+    # Not durable: bookkeeping whose loss in a power cut only means a request runs again.
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Tx]: ...
+    # Until work may have been queued here (or, where the dialect can tell, in another process).
+    async def wait_for_work(self, seconds: float) -> bool: ...
+    async def close(self) -> None: ...
+
+
+async def wait_for(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` and clear it; False after ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    event.clear()
+    return True
+
+
+REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
+
+
+class Store:
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.close, self.wait_for_work = driver.close, driver.wait_for_work
+        self._marks: dict[tuple[str, int], int] = {}  # claim watermarks: (backend, seq) -> id
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool | None = None) -> Store:
+        """The store a database URL names (``sqlite:///PATH``, ``postgresql://...``), its schema
+        checked. ``migrate=None`` is each dialect's default: SQLite applies pending migrations
+        (zero set-up), PostgreSQL never does (run ``batchd migrate``)."""
+        driver: Driver
+        if url.startswith(("postgresql://", "postgres://")):
+            from batchd.store.postgres import PostgresDriver
+
+            driver = await PostgresDriver.open(url)
+        else:
+            from batchd.store.sqlite import SQLiteDriver
+
+            driver = await SQLiteDriver.open(url)
+        try:
+            await _migrate(driver, apply=driver.dialect == "sqlite" if migrate is None else migrate)
+        except BaseException:
+            await driver.close()
+            raise
+        return cls(driver)
+
+    async def create_batch(
+        self,
+        batch_id: str,
+        workspace: str,
+        created_at: float,
+        expires_at: float,
+        requests: Sequence[NewRequest],
+        check_backlog: Callable[[int, int], None] | None = None,
+    ) -> Batch:
+        """``check_backlog(unfinished batches, requests not yet final)`` sees the workspace's
+        backlog before this batch, one create of a workspace at a time; it raises to refuse."""
+        batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
+        times = {"created_at": created_at, "expires_at": expires_at}
+        async with self.driver.transaction() as tx:
+            if check_backlog is not None:
+                await tx.fetch("lock_workspace", {"workspace": workspace})
+                [backlog] = await tx.fetch("workspace_backlog", {"workspace": workspace})
+                check_backlog(*backlog)
+            [[seq]] = await tx.fetch("insert_batch", batch | times)
+            rows = [(seq, r.custom_id, r.backend, r.params, r.state, r.result) for r in requests]
+            await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)
+            await _add_counts(tx, seq, Counter(r.state for r in requests))  # the final ones
+            await tx.execute("finalize_batch", {"seq": seq, "now": created_at})
+            await tx.notify()
+            return await _batch_by_seq(tx, seq)
+
+    async def get_batch(self, workspace: str, batch_id: str) -> Batch | None:
+        rows = await self.driver.fetch("get_batch", {"id": batch_id, "workspace": workspace})
+        return Batch.from_row(rows[0]) if rows else None
+
+    async def list_batches(
+        self, workspace: str, limit: int, after_id: str | None, before_id: str | None
+    ) -> tuple[list[Batch], bool] | None:
+        """Newest first; None when a cursor id is unknown in this workspace."""
+        params: dict[str, object] = {"workspace": workspace, "limit": limit + 1}
+        cursor_id = before_id or after_id
+        if cursor_id is not None:
+            anchor = await self.get_batch(workspace, cursor_id)
+            if anchor is None:
+                return None
+            params["seq"] = anchor.seq
+        query = "list_newer" if before_id else "list_older" if after_id else "list_newest"
+        batches = [Batch.from_row(r) for r in await self.driver.fetch(query, params)]
+        return (batches[:limit][::-1] if before_id else batches[:limit]), len(batches) > limit
+
+    async def cancel_batch(
+        self, workspace: str, batch_id: str, now: float
+    ) -> tuple[Batch, CancelOutcome] | None:
+        async with self.driver.transaction() as tx:
+            rows = await tx.fetch("lock_batch", {"id": batch_id, "workspace": workspace})
+            if not rows:
+                return None
+            batch = Batch.from_row(rows[0])
+            if not await tx.execute("start_cancel", {"seq": batch.seq, "now": now}):
+                outcome = CancelOutcome.ALREADY_CANCELING
+                if batch.processing_status == "ended":
+                    outcome = CancelOutcome.ALREADY_ENDED
+                return batch, outcome
+            await _settle_queued(tx, batch.seq, RequestState.CANCELED)
+            return await _batch_by_seq(tx, batch.seq), CancelOutcome.CANCELED
+
+    async def delete_batch(self, workspace: str, batch_id: str) -> DeleteOutcome:
+        async with self.driver.transaction() as tx:
+            rows = await tx.fetch("lock_batch", {"id": batch_id, "workspace": workspace})
+            if not rows:
+                return DeleteOutcome.NOT_FOUND
+            if rows[0]["processing_status"] != "ended":
+                return DeleteOutcome.NOT_ENDED
+            await tx.execute("delete_requests", {"seq": rows[0]["seq"]})
+            await tx.execute("delete_batch", {"seq": rows[0]["seq"]})
+            return DeleteOutcome.DELETED
+
+    async def iter_results(
+        self, batch_seq: int, page_size: int
+    ) -> AsyncIterator[list[ResultRecord]]:
+        """A batch's rows in request order, a page at a time."""
+        after = 0
+        while True:
+            params = {"seq": batch_seq, "after": after, "limit": page_size}
+            rows = cast(list[ResultRecord], await self.driver.fetch("results_page", params, True))
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield rows
+            if len(rows) < page_size:
+                return
+
+    async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
+        """The first ``limit`` errored requests of a batch, in request order."""
+        rows = await self.driver.fetch("errored_page", {"seq": batch_seq, "limit": limit})
+        return [ResultRow(r["custom_id"], RequestState(r["state"]), r["result"]) for r in rows]
+
+    async def request_figures(self) -> RequestFigures:
+        queued = {r["backend"]: r["n"] for r in await self.driver.fetch("queued_by_backend")}
+        [running] = await self.driver.fetch("running_count")
+        [totals] = await self.driver.fetch("final_totals")
+        by_state = {RequestState.QUEUED: sum(queued.values()), RequestState.RUNNING: running[0]}
+        by_state |= {s: int(totals[s.value]) for s in FINAL_STATES}
+        return RequestFigures(by_state, queued)
+
+    async def claimable_batches(self, now: float) -> list[int]:
+        return [r[0] for r in await self.driver.fetch("claimable_batches", {"now": now})]
+
+    async def claim(
+        self,
+        backend: str,
+        batch_seqs: Sequence[int],
+        owner: str,
+        limit: int,
+        lease_until: float,
+        *,
+        share: int | None = None,
+    ) -> Claim:
+        """In one transaction, lease up to ``limit`` queued requests for ``backend``,
+        at most ``share`` from each batch, taking the batches in the order given."""
+        claimed: list[ClaimedRequest] = []
+        exhausted: list[int] = []
+        async with self.driver.transaction(durable=False) as tx:
+            for seq in batch_seqs:
+                want = min(share or limit, limit - len(claimed))
+                if want <= 0:
+                    break
+                # From the watermark on; when that finds too few, look again from the start.
+                params = {"backend": backend, "seq": seq, "owner": owner, "until": lease_until}
+                mark = self._marks.get((backend, seq), 0)
+                rows = await tx.fetch("claim", params | {"mark": mark, "limit": want})
+                if len(rows) < want and mark > 0:
+                    rows += await tx.fetch("claim", params | {"mark": 0, "limit": want - len(rows)})
+                if len(rows) < want:
+                    exhausted.append(seq)
+                rows.sort(key=lambda r: cast(int, r[0]))
+                if rows:
+                    self._marks[(backend, seq)] = max(mark, rows[-1][0])
+                claimed += [ClaimedRequest(r[0], seq, r[1], r[2], r[3]) for r in rows]
+        if len(self._marks) > 10_000:  # forget the marks of batches no longer asked for
+            asked = {(backend, s) for s in batch_seqs}
+            self._marks = {k: v for k, v in self._marks.items() if k in asked}
+        return Claim(claimed, exhausted)
+
+    async def renew_leases(self, owner: str, lease_until: float, ids: Sequence[int]) -> int:
+        """Extend the leases of these requests, where ``owner`` still holds them."""
+        params = {"owner": owner, "until": lease_until, "ids": list(ids)}
+        async with self.driver.transaction(durable=False) as tx:
+            return await tx.execute("renew_leases", params)
+
+    async def record(self, owner: str, outcomes: Sequence[Outcome], now: float) -> Recorded:
+        """Write final results fenced by (owner, attempt), and end the batches they complete."""
+        if not outcomes:
+            return Recorded(0, 0)
+        ordered = sorted(outcomes, key=lambda o: o.request.id)  # lock rows in one order
+        rows = [
+            dict(id=o.request.id, attempt=o.request.attempt, state=o.state, result=o.line)
+            for o in ordered
+        ]
+        tallies: dict[int, Counter[str]] = {}
+        ended = 0
+        async with self.driver.transaction() as tx:
+            written = await tx.fetch_each("record_result", rows, {"owner": owner})
+            for seq, state in written:
+                tallies.setdefault(seq, Counter())[state] += 1
+            for seq in sorted(tallies):  # in batch order, so that writers lock batches alike
+                await _add_counts(tx, seq, tallies[seq])
+                ended += await tx.execute("finalize_batch", {"seq": seq, "now": now})
+        return Recorded(len(written), ended)
+
+    async def sweep(self, now: float) -> Sweep:
+        """In one transaction: requeue lost leases, expire overdue batches, end finished ones."""
+        async with self.driver.transaction(durable=False) as tx:
+            [lock] = await tx.fetch("sweep_lock")
+            if not lock[0]:
+                return Sweep(requeued=0, expired=0, ended=0)  # another worker is sweeping
+            requeued = await _requeue(tx, "requeue_lost", {"now": now})
+            expiring = [r[0] for r in await tx.fetch("expiring_batches", {"now": now})]
+            for seq in expiring:
+                await _settle_queued(tx, seq, RequestState.EXPIRED)
+            ended = await tx.execute("finalize_all", {"now": now})
+            return Sweep(requeued=requeued, expired=len(expiring), ended=ended)
+
+    async def release_leases(self, owner: str) -> int:
+        """Return this owner's running requests to the queue (a graceful stop)."""
+        async with self.driver.transaction(durable=False) as tx:
+            return await _requeue(tx, "release_leases", {"owner": owner})
+
+    async def create_key(self, key: ApiKey, key_hash: str) -> None:
+        params = {"id": key.id, "name": key.name, "workspace": key.workspace, "key_hash": key_hash}
+        async with self.driver.transaction() as tx:
+            await tx.execute(
+                "insert_key",
+                params | {"created_at": key.created_at, "is_operator": int(key.operator)},
+            )
+
+    async def list_keys(self) -> list[ApiKey]:
+        return [ApiKey.from_row(r) for r in await self.driver.fetch("list_keys")]
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        async with self.driver.transaction() as tx:
+            return await tx.execute("revoke_key", {"id": key_id, "now": now}) == 1
+
+    async def find_key(self, key_hash: str) -> tuple[ApiKey, str] | None:
+        rows = await self.driver.fetch("find_key", {"key_hash": key_hash})
+        return (ApiKey.from_row(rows[0]), rows[0]["key_hash"]) if rows else None
+
+    async def count_active_keys(self) -> int:
+        [row] = await self.driver.fetch("count_active_keys")
+        return int(row[0])
+
+
+async def _batch_by_seq(tx: Tx, seq: int) -> Batch:
+    [row] = await tx.fetch("get_batch_by_seq", {"seq": seq})
+    return Batch.from_row(row)
+
+
+async def _add_counts(tx: Tx, seq: int, moved: Counter[str]) -> None:
+    """Add the requests just moved to a final state to their batch's counters."""
+    await tx.execute("add_counts", {"seq": seq} | {s.value: moved[s] for s in FINAL_STATES})
+
+
+async def _settle_queued(tx: Tx, seq: int, state: RequestState) -> None:
+    """A batch's queued requests become ``state`` (canceled or expired), counted as moved."""
+    moved = await tx.execute("settle_queued", {"seq": seq, "state": state})
+    await _add_counts(tx, seq, Counter({state.value: moved}))
+
+
+async def _requeue(tx: Tx, query: str, params: Params) -> int:
+    """Return running requests to the queue; a canceling batch's are canceled."""
+    seqs = Counter(r[0] for r in await tx.fetch(query, params))
+    if not seqs:
+        return 0
+    for seq, status in await tx.fetch("lock_batches", {"seqs": sorted(seqs)}):
+        if status == "canceling":
+            await _settle_queued(tx, seq, RequestState.CANCELED)
+    await tx.notify()
+    return seqs.total()
+
+
+async def _migrate(driver: Driver, *, apply: bool) -> None:
+    """Apply pending migrations in one transaction, one migrating process at a time."""
+    migrations = load_migrations(driver.dialect)
+    latest = migrations[-1][0]
+    async with driver.transaction() as tx:
+        await tx.fetch("migration_lock")
+        await tx.execute("create_migrations_table")
+        [[current]] = await tx.fetch("schema_version")
+        if current > latest:
+            raise SchemaMismatch(
+                f"the database schema is version {current}, newer than this batchd "
+                f"(version {latest}); upgrade batchd"
+            )
+        pending = [(v, sql) for v, sql in migrations if v > current]
+        if pending and not apply:
+            raise SchemaMismatch(
+                f"the database schema is version {current}, older than this batchd expects "
+                f"({latest}); run `batchd migrate --db URL` first"
+            )
+        for version, sql in pending:
+            await tx.run_script(sql)
+            await tx.execute("add_migration", {"version": version, "now": time.time()})
