@@ -255,7 +255,15 @@ async def _sdk_gather(url: str, requests: list[dict[str, Any]], concurrency: int
     import anthropic  # what a user would write instead of running batchd
 
     semaphore = asyncio.Semaphore(concurrency)
-    async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as client:
+    # As a user running this many at once would set it: a connection for each call in
+    # flight, kept between calls (the default keeps 100 and reconnects for the rest).
+    limits = type(anthropic.DEFAULT_CONNECTION_LIMITS)(  # the SDK's own httpx's Limits
+        max_connections=concurrency, max_keepalive_connections=concurrency
+    )
+    http_client = anthropic.DefaultAsyncHttpxClient(limits=limits)
+    async with anthropic.AsyncAnthropic(
+        base_url=url, api_key="k", max_retries=0, http_client=http_client
+    ) as client:
 
         async def one(params: dict[str, Any]) -> None:
             rest = {k: v for k, v in params.items() if k not in ("model", "max_tokens", "messages")}
