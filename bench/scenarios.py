@@ -261,8 +261,9 @@ async def _sdk_gather(url: str, requests: list[dict[str, Any]], concurrency: int
         max_connections=concurrency, max_keepalive_connections=concurrency
     )
     http_client = anthropic.DefaultAsyncHttpxClient(limits=limits)
+    timeout = anthropic.Timeout(600.0, connect=60.0)  # 1,024 connects at once take a while
     async with anthropic.AsyncAnthropic(
-        base_url=url, api_key="k", max_retries=0, http_client=http_client
+        base_url=url, api_key="k", max_retries=0, http_client=http_client, timeout=timeout
     ) as client:
 
         async def one(params: dict[str, Any]) -> None:
