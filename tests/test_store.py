@@ -12,11 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from batchd.domain import ClaimedRequest, Outcome, ProcessingStatus, RequestState
+from batchd.domain import (
+    CancelOutcome,
+    ClaimedRequest,
+    DeleteOutcome,
+    Outcome,
+    ProcessingStatus,
+    RequestState,
+)
 from batchd.schemas.results import succeeded_line
 from batchd.store import (
-    CancelOutcome,
-    DeleteOutcome,
     NewRequest,
     Recorded,
     SchemaMismatch,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, overload
 
 import msgspec
@@ -32,6 +32,18 @@ class RequestState(StrEnum):
 FINAL_STATES = frozenset(
     {RequestState.SUCCEEDED, RequestState.ERRORED, RequestState.CANCELED, RequestState.EXPIRED}
 )
+
+
+class CancelOutcome(Enum):
+    CANCELED = "canceled"  # this call started cancellation
+    ALREADY_CANCELING = "already_canceling"
+    ALREADY_ENDED = "already_ended"
+
+
+class DeleteOutcome(Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    NOT_ENDED = "not_ended"
 
 
 class ProcessingStatus(StrEnum):

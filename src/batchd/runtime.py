@@ -105,11 +105,12 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
     settings, store, runners = runtime.settings, runtime.store, runtime.runners
     router = Router(runtime.configs)
     limits = BatchLimits(
-        max_requests=settings.max_requests_per_batch,
-        ttl_seconds=settings.batch_ttl_seconds,
-        retention_seconds=settings.results_retention_seconds,
-        max_unfinished_batches=settings.max_unfinished_batches_per_workspace,
-        max_queued_requests=settings.max_queued_requests_per_workspace,
+        settings.max_requests_per_batch,
+        settings.batch_ttl_seconds,
+        settings.results_retention_seconds,
+        # the workspace's quotas
+        settings.max_unfinished_batches_per_workspace,
+        settings.max_queued_requests_per_workspace,
     )
     return Services(
         settings=settings,

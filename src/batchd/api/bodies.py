@@ -53,13 +53,10 @@ class BodyBudget:
         bytes_total: int,
         calls_per_key: int | None = None,
     ) -> None:
-        self._uploads_per_key = uploads_per_key
-        self._calls_per_key = calls_per_key
-        self._bytes_per_key = bytes_per_key
-        self._bytes_total = bytes_total
-        self._uploads: Counter[str] = Counter()
-        self._calls: Counter[str] = Counter()
-        self._bytes: Counter[str] = Counter()
+        self._uploads_per_key, self._calls_per_key = uploads_per_key, calls_per_key
+        self._bytes_per_key, self._bytes_total = bytes_per_key, bytes_total
+        # in progress per tenant: create-batch uploads, interactive calls, body bytes
+        self._uploads, self._calls, self._bytes = Counter[str](), Counter[str](), Counter[str]()
         self._total = 0
 
     @classmethod

@@ -64,11 +64,7 @@ class AnthropicBackend:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if key := config.api_key():
             headers["x-api-key"] = key
-        self._http = UpstreamHttp(
-            max_connections=config.max_concurrency,
-            timeout_seconds=config.timeout_seconds,
-            headers=headers,
-        )
+        self._http = UpstreamHttp.for_backend(config, headers)
 
     async def start(self) -> None:
         await self._http.start()

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from batchd.config import BackendConfig
 from batchd.errors import UpstreamError
 
 
@@ -309,6 +310,15 @@ class UpstreamHttp:
         self._targets: dict[str, tuple[_Target, _Pool]] = {}
         self._tls: ssl.SSLContext | None = None
         self._started = False
+
+    @classmethod
+    def for_backend(cls, config: BackendConfig, headers: Mapping[str, str]) -> UpstreamHttp:
+        """The client of one backend: as many connections as it may have calls at once."""
+        return cls(
+            max_connections=config.max_concurrency,
+            timeout_seconds=config.timeout_seconds,
+            headers=headers,
+        )
 
     async def start(self) -> None:
         self._started = True

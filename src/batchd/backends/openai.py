@@ -62,11 +62,7 @@ class OpenAIBackend:
         headers = {"content-type": "application/json"}
         if key := config.api_key():
             headers["authorization"] = f"Bearer {key}"
-        self._http = UpstreamHttp(
-            max_connections=config.max_concurrency,
-            timeout_seconds=config.timeout_seconds,
-            headers=headers,
-        )
+        self._http = UpstreamHttp.for_backend(config, headers)
 
     async def start(self) -> None:
         await self._http.start()

@@ -1,8 +1,6 @@
 """Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.store import (
-    CancelOutcome,
-    DeleteOutcome,
     NewRequest,
     Recorded,
     RequestFigures,
@@ -12,8 +10,6 @@ from batchd.store.store import (
 )
 
 __all__ = [
-    "CancelOutcome",
-    "DeleteOutcome",
     "NewRequest",
     "Recorded",
     "RequestFigures",

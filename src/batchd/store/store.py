@@ -18,14 +18,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Protocol, cast
 
 from batchd.domain import (
     FINAL_STATES,
     ApiKey,
     Batch,
+    CancelOutcome,
     ClaimedRequest,
+    DeleteOutcome,
     Outcome,
     RawParams,
     RequestState,
@@ -91,18 +92,6 @@ class RequestFigures:
 
     by_state: dict[RequestState, int]
     queued_by_backend: dict[str, int]
-
-
-class CancelOutcome(Enum):
-    CANCELED = "canceled"  # this call started cancellation
-    ALREADY_CANCELING = "already_canceling"
-    ALREADY_ENDED = "already_ended"
-
-
-class DeleteOutcome(Enum):
-    DELETED = "deleted"
-    NOT_FOUND = "not_found"
-    NOT_ENDED = "not_ended"
 
 
 Params = Mapping[str, Any]
@@ -181,12 +170,10 @@ class Store:
         requests: Sequence[NewRequest],
         check_backlog: Callable[[int, int], None] | None = None,
     ) -> Batch:
-        """``check_backlog(unfinished batches, requests not yet final)`` sees the workspace's
-        backlog before this batch, one create of a workspace at a time; it raises to refuse."""
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
         times = {"created_at": created_at, "expires_at": expires_at}
         async with self.driver.transaction() as tx:
-            if check_backlog is not None:
+            if check_backlog is not None:  # sees the workspace's backlog, may raise to refuse
                 await tx.fetch("lock_workspace", {"workspace": workspace})
                 [backlog] = await tx.fetch("workspace_backlog", {"workspace": workspace})
                 check_backlog(*backlog)

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from batchd.backends.router import Router
-from batchd.domain import Batch, ProcessingStatus, RequestState
+from batchd.domain import Batch, CancelOutcome, DeleteOutcome, ProcessingStatus, RequestState
 from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
 from batchd.schemas.results import canceled_line, errored_line, expired_line
-from batchd.store import CancelOutcome, DeleteOutcome, NewRequest, Store
+from batchd.store import NewRequest, Store
 from batchd.validation import BatchItem, check_params, parse_create_body
 
 RESULTS_PAGE = 500
