@@ -202,7 +202,8 @@ def _subject(kind: str, stack: ExitStack, request: pytest.FixtureRequest) -> Sub
             kind,
             config,
             build_backend(config),
-            hang_config=_config(kind, model_path=str(endless)),
+            # max_tokens past the model's context, allowed here, so the call never ends by itself
+            hang_config=_config(kind, model_path=str(endless), max_output_tokens=1_000_000),
             hang_params={"max_tokens": 1_000_000},
             started=lambda _key: "generating 1 rows" in caplog.text,
         )

@@ -233,6 +233,9 @@ def test_ctrl_c_leaves_the_batches_running_and_says_how_to_resume(
         [*BATCHD, "submit", str(infile), "--model", "slow-1", "--wait", "--out", str(out),
          "--url", server.url, "--interval", "0.1"],
         stderr=subprocess.PIPE, text=True, env=env,
+        # Ctrl-C as a terminal delivers it, even where this suite runs with SIGINT ignored
+        # (a background job of a shell without job control)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert waiting.stderr is not None
     while "submitted" not in waiting.stderr.readline():
