@@ -245,6 +245,8 @@ PARAMS = [
     "id",
     "workspace",
     "key_hash",
+    "dialect",
+    "purpose",
 ]
 HOT_QUERIES = [
     "get_batch",
@@ -265,6 +267,10 @@ HOT_QUERIES = [
     "errored_page",
     "queued_by_backend",
     "running_count",
+    "get_file",
+    "list_files_desc",
+    "list_files_asc",
+    "file_chunks_page",
 ]
 
 

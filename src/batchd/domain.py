@@ -46,6 +46,19 @@ class DeleteOutcome(Enum):
     NOT_ENDED = "not_ended"
 
 
+class BatchDialect(StrEnum):
+    """The API a batch was created through, which its results are written in."""
+
+    ANTHROPIC = "anthropic"  # Message Batches
+    OPENAI = "openai"  # OpenAI's Files + Batches
+
+
+class FileRole(StrEnum):
+    UPLOAD = "upload"  # uploaded by a client, its bytes stored in chunks
+    OUTPUT = "output"  # a batch's succeeded lines, rendered from its requests
+    ERROR = "error"  # a batch's failed (and unfinished) lines, rendered from its requests
+
+
 class ProcessingStatus(StrEnum):
     IN_PROGRESS = "in_progress"
     CANCELING = "canceling"
@@ -85,6 +98,8 @@ class Batch:
     expires_at: float
     ended_at: float | None
     cancel_initiated_at: float | None
+    dialect: BatchDialect = BatchDialect.ANTHROPIC  # the face the batch was created on
+    dialect_fields: bytes | None = None  # that face's own fields (JSON), if it has any
 
     @classmethod
     def from_row(cls, row: Any) -> Batch:
@@ -100,6 +115,8 @@ class Batch:
             expires_at=row["expires_at"],
             ended_at=row["ended_at"],
             cancel_initiated_at=row["cancel_initiated_at"],
+            dialect=BatchDialect(row["dialect"]),
+            dialect_fields=row["dialect_fields"],
         )
 
     def archived_at(self, retention: float, now: float) -> float | None:
@@ -117,6 +134,7 @@ class ClaimedRequest:
     custom_id: str
     params: bytes
     attempt: int
+    endpoint: str | None = None  # an OpenAI request's endpoint; None: a Messages request
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +144,39 @@ class Outcome:
     request: ClaimedRequest
     state: RequestState
     line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file of the OpenAI face. A batch's output or error file is visible (``exists``)
+    once its batch has ended with at least one line of its kind; its size is measured the
+    first time it is read after that (``bytes`` None until then)."""
+
+    id: str
+    seq: int
+    workspace: str
+    purpose: str
+    filename: str
+    bytes: int | None
+    lines: int
+    created_at: float
+    expires_at: float | None
+    role: FileRole
+    batch_seq: int | None
+    exists: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> StoredFile:
+        role = FileRole(row["role"])
+        exists = role is FileRole.UPLOAD or (
+            row["processing_status"] == ProcessingStatus.ENDED
+            and (row["succeeded"] if role is FileRole.OUTPUT else row["failed"]) > 0
+        )
+        return cls(
+            row["id"], row["seq"], row["workspace"], row["purpose"], row["filename"],
+            row["bytes"], row["lines"], row["created_at"], row["expires_at"], role,
+            row["batch_seq"], exists,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 -- in sqlite.sql and postgres.sql instead, with the same name and meaning in both.
 
 -- name: insert_batch
-INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at)
-VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at)
+INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at, dialect,
+                     dialect_fields)
+VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at, :dialect,
+        :dialect_fields)
 RETURNING seq;
 
 -- name: get_batch
@@ -14,13 +16,16 @@ SELECT * FROM batches WHERE id = :id AND workspace = :workspace;
 SELECT * FROM batches WHERE seq = :seq;
 
 -- name: list_newest
-SELECT * FROM batches WHERE workspace = :workspace ORDER BY seq DESC LIMIT :limit;
+SELECT * FROM batches WHERE workspace = :workspace AND dialect = :dialect
+ORDER BY seq DESC LIMIT :limit;
 
 -- name: list_older
-SELECT * FROM batches WHERE workspace = :workspace AND seq < :seq ORDER BY seq DESC LIMIT :limit;
+SELECT * FROM batches WHERE workspace = :workspace AND dialect = :dialect AND seq < :seq
+ORDER BY seq DESC LIMIT :limit;
 
 -- name: list_newer
-SELECT * FROM batches WHERE workspace = :workspace AND seq > :seq ORDER BY seq ASC LIMIT :limit;
+SELECT * FROM batches WHERE workspace = :workspace AND dialect = :dialect AND seq > :seq
+ORDER BY seq ASC LIMIT :limit;
 
 -- name: start_cancel
 UPDATE batches SET processing_status = 'canceling', cancel_initiated_at = :now
@@ -119,3 +124,45 @@ INSERT INTO schema_migrations (version, applied_at) VALUES (:version, :now);
 -- A workspace's unfinished batches and their requests not yet final.
 SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT)
 FROM batches WHERE workspace = :workspace AND processing_status != 'ended';
+
+-- name: insert_file
+INSERT INTO files (id, workspace, purpose, filename, bytes, lines, created_at, expires_at, role,
+                   batch_seq)
+VALUES (:id, :workspace, :purpose, :filename, :bytes, :lines, :created_at, :expires_at, :role,
+        :batch_seq)
+RETURNING seq;
+
+-- name: get_file
+-- (a batch's output and error files come with their batch's status and counts: they are
+-- visible once it has ended with lines of their kind)
+SELECT f.*, b.processing_status, b.succeeded, b.errored + b.canceled + b.expired AS failed
+FROM files f LEFT JOIN batches b ON b.seq = f.batch_seq
+WHERE f.id = :id AND f.workspace = :workspace;
+
+-- name: list_files_desc
+SELECT f.*, b.processing_status, b.succeeded, b.errored + b.canceled + b.expired AS failed
+FROM files f LEFT JOIN batches b ON b.seq = f.batch_seq
+WHERE f.workspace = :workspace AND f.seq < :seq AND f.purpose = coalesce(:purpose, f.purpose)
+  AND (f.role = 'upload' OR (b.processing_status = 'ended' AND CASE f.role
+       WHEN 'output' THEN b.succeeded ELSE b.errored + b.canceled + b.expired END > 0))
+ORDER BY f.seq DESC LIMIT :limit;
+
+-- name: list_files_asc
+SELECT f.*, b.processing_status, b.succeeded, b.errored + b.canceled + b.expired AS failed
+FROM files f LEFT JOIN batches b ON b.seq = f.batch_seq
+WHERE f.workspace = :workspace AND f.seq > :seq AND f.purpose = coalesce(:purpose, f.purpose)
+  AND (f.role = 'upload' OR (b.processing_status = 'ended' AND CASE f.role
+       WHEN 'output' THEN b.succeeded ELSE b.errored + b.canceled + b.expired END > 0))
+ORDER BY f.seq ASC LIMIT :limit;
+
+-- name: file_chunks_page
+SELECT id, data FROM file_chunks WHERE file_seq = :seq AND id > :after ORDER BY id LIMIT :limit;
+
+-- name: measure_file
+UPDATE files SET bytes = :bytes, lines = :lines WHERE seq = :seq;
+
+-- name: delete_file_chunks
+DELETE FROM file_chunks WHERE file_seq = :seq;
+
+-- name: delete_file
+DELETE FROM files WHERE seq = :seq;

@@ -15,7 +15,7 @@ FROM (SELECT id FROM requests
       ORDER BY id LIMIT :limit
       FOR UPDATE SKIP LOCKED) AS picked
 WHERE r.id = picked.id
-RETURNING r.id, r.custom_id, r.params, r.attempts;
+RETURNING r.id, r.custom_id, r.params, r.attempts, r.endpoint;
 
 -- name: renew_leases
 UPDATE requests SET lease_expires = :until

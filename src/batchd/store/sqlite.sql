@@ -11,7 +11,7 @@ SET state = 'running', lease_owner = :owner, lease_expires = :until, attempts = 
 WHERE id IN (SELECT id FROM requests
              WHERE backend = :backend AND batch_seq = :seq AND state = 'queued' AND id > :mark
              ORDER BY id LIMIT :limit)
-RETURNING id, custom_id, params, attempts;
+RETURNING id, custom_id, params, attempts, endpoint;
 
 -- name: renew_leases
 UPDATE requests SET lease_expires = :until

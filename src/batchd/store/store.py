@@ -24,12 +24,15 @@ from batchd.domain import (
     FINAL_STATES,
     ApiKey,
     Batch,
+    BatchDialect,
     CancelOutcome,
     ClaimedRequest,
     DeleteOutcome,
+    FileRole,
     Outcome,
     RawParams,
     RequestState,
+    StoredFile,
 )
 from batchd.errors import BatchdError
 from batchd.store.queries import Dialect, load_migrations
@@ -48,6 +51,23 @@ class NewRequest:
     params: RawParams  # bytes, or a view into the create body
     state: RequestState
     result: bytes | None = None
+    endpoint: str | None = None  # an OpenAI request's endpoint; None: a Messages request
+
+
+@dataclass(frozen=True, slots=True)
+class NewFile:
+    """A file row to insert: an upload (its chunks given with it), or a batch's output or
+    error file (created with the batch, its lines rendered from the batch's requests)."""
+
+    id: str
+    workspace: str
+    purpose: str
+    filename: str
+    created_at: float
+    expires_at: float | None
+    role: FileRole
+    bytes: int | None = None
+    lines: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +151,8 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
+REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result", "endpoint")
+FILE_PAGE = 16  # chunks read at once
 
 
 class Store:
@@ -169,16 +190,27 @@ class Store:
         expires_at: float,
         requests: Sequence[NewRequest],
         check_backlog: Callable[[int, int], None] | None = None,
+        *,
+        dialect: BatchDialect = BatchDialect.ANTHROPIC,
+        dialect_fields: bytes | None = None,
+        files: Sequence[NewFile] = (),
     ) -> Batch:
+        """Insert a batch, its requests and (the OpenAI face) its output and error files."""
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
         times = {"created_at": created_at, "expires_at": expires_at}
+        face = {"dialect": dialect.value, "dialect_fields": dialect_fields}
         async with self.driver.transaction() as tx:
             if check_backlog is not None:  # sees the workspace's backlog, may raise to refuse
                 await tx.fetch("lock_workspace", {"workspace": workspace})
                 [backlog] = await tx.fetch("workspace_backlog", {"workspace": workspace})
                 check_backlog(*backlog)
-            [[seq]] = await tx.fetch("insert_batch", batch | times)
-            rows = [(seq, r.custom_id, r.backend, r.params, r.state, r.result) for r in requests]
+            [[seq]] = await tx.fetch("insert_batch", batch | times | face)
+            for file in files:
+                await tx.fetch("insert_file", _file_params(file, seq))
+            rows = [
+                (seq, r.custom_id, r.backend, r.params, r.state, r.result, r.endpoint)
+                for r in requests
+            ]
             await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)
             await _add_counts(tx, seq, Counter(r.state for r in requests))  # the final ones
             await tx.execute("finalize_batch", {"seq": seq, "now": created_at})
@@ -190,14 +222,23 @@ class Store:
         return Batch.from_row(rows[0]) if rows else None
 
     async def list_batches(
-        self, workspace: str, limit: int, after_id: str | None, before_id: str | None
+        self,
+        workspace: str,
+        limit: int,
+        after_id: str | None,
+        before_id: str | None,
+        dialect: BatchDialect = BatchDialect.ANTHROPIC,
     ) -> tuple[list[Batch], bool] | None:
-        """Newest first; None when a cursor id is unknown in this workspace."""
-        params: dict[str, object] = {"workspace": workspace, "limit": limit + 1}
+        """A face's batches, newest first; None when a cursor id is unknown there."""
+        params: dict[str, object] = {
+            "workspace": workspace,
+            "limit": limit + 1,
+            "dialect": dialect.value,
+        }
         cursor_id = before_id or after_id
         if cursor_id is not None:
             anchor = await self.get_batch(workspace, cursor_id)
-            if anchor is None:
+            if anchor is None or anchor.dialect is not dialect:
                 return None
             params["seq"] = anchor.seq
         query = "list_newer" if before_id else "list_older" if after_id else "list_newest"
@@ -205,11 +246,15 @@ class Store:
         return (batches[:limit][::-1] if before_id else batches[:limit]), len(batches) > limit
 
     async def cancel_batch(
-        self, workspace: str, batch_id: str, now: float
+        self,
+        workspace: str,
+        batch_id: str,
+        now: float,
+        dialect: BatchDialect = BatchDialect.ANTHROPIC,
     ) -> tuple[Batch, CancelOutcome] | None:
         async with self.driver.transaction() as tx:
             rows = await tx.fetch("lock_batch", {"id": batch_id, "workspace": workspace})
-            if not rows:
+            if not rows or rows[0]["dialect"] != dialect:
                 return None
             batch = Batch.from_row(rows[0])
             if not await tx.execute("start_cancel", {"seq": batch.seq, "now": now}):
@@ -223,7 +268,7 @@ class Store:
     async def delete_batch(self, workspace: str, batch_id: str) -> DeleteOutcome:
         async with self.driver.transaction() as tx:
             rows = await tx.fetch("lock_batch", {"id": batch_id, "workspace": workspace})
-            if not rows:
+            if not rows or rows[0]["dialect"] != BatchDialect.ANTHROPIC:
                 return DeleteOutcome.NOT_FOUND
             if rows[0]["processing_status"] != "ended":
                 return DeleteOutcome.NOT_ENDED
@@ -292,7 +337,7 @@ class Store:
                 rows.sort(key=lambda r: cast(int, r[0]))
                 if rows:
                     self._marks[(backend, seq)] = max(mark, rows[-1][0])
-                claimed += [ClaimedRequest(r[0], seq, r[1], r[2], r[3]) for r in rows]
+                claimed += [ClaimedRequest(r[0], seq, r[1], r[2], r[3], r[4]) for r in rows]
         if len(self._marks) > 10_000:  # forget the marks of batches no longer asked for
             asked = {(backend, s) for s in batch_seqs}
             self._marks = {k: v for k, v in self._marks.items() if k in asked}
@@ -342,6 +387,69 @@ class Store:
         async with self.driver.transaction(durable=False) as tx:
             return await _requeue(tx, "release_leases", {"owner": owner})
 
+    # -- files of the OpenAI face -------------------------------------------------------------
+
+    async def create_file(self, file: NewFile, chunks: Sequence[bytes]) -> StoredFile:
+        """Store an upload and its bytes, in one transaction."""
+        async with self.driver.transaction() as tx:
+            [[seq]] = await tx.fetch("insert_file", _file_params(file, None))
+            await tx.bulk_insert("file_chunks", ("file_seq", "data"), [(seq, c) for c in chunks])
+        stored = await self.get_file(file.workspace, file.id)
+        assert stored is not None
+        return stored
+
+    async def get_file(self, workspace: str, file_id: str) -> StoredFile | None:
+        rows = await self.driver.fetch("get_file", {"id": file_id, "workspace": workspace})
+        return StoredFile.from_row(rows[0]) if rows else None
+
+    async def list_files(
+        self,
+        workspace: str,
+        limit: int,
+        after_id: str | None,
+        *,
+        purpose: str | None,
+        newest_first: bool,
+    ) -> tuple[list[StoredFile], bool] | None:
+        """Visible files, by creation; None when the cursor id is unknown here."""
+        seq = 2**62 if newest_first else 0
+        if after_id is not None:
+            anchor = await self.get_file(workspace, after_id)
+            if anchor is None:
+                return None
+            seq = anchor.seq
+        params = {"workspace": workspace, "seq": seq, "purpose": purpose, "limit": limit + 1}
+        query = "list_files_desc" if newest_first else "list_files_asc"
+        found = [StoredFile.from_row(r) for r in await self.driver.fetch(query, params)]
+        return found[:limit], len(found) > limit
+
+    async def file_chunks(self, file_seq: int) -> AsyncIterator[bytes]:
+        """An upload's bytes, a chunk at a time."""
+        after = 0
+        while True:
+            params = {"seq": file_seq, "after": after, "limit": FILE_PAGE}
+            rows = await self.driver.fetch("file_chunks_page", params, True)
+            for row in rows:
+                yield bytes(row[1])
+            if len(rows) < FILE_PAGE:
+                return
+            after = rows[-1][0]
+
+    async def measure_file(self, file_seq: int, size: int, lines: int) -> None:
+        async with self.driver.transaction(durable=False) as tx:
+            await tx.execute("measure_file", {"seq": file_seq, "bytes": size, "lines": lines})
+
+    async def delete_file(self, workspace: str, file_id: str) -> bool:
+        async with self.driver.transaction() as tx:
+            rows = await tx.fetch("get_file", {"id": file_id, "workspace": workspace})
+            if not rows or not StoredFile.from_row(rows[0]).exists:
+                return False
+            await tx.execute("delete_file_chunks", {"seq": rows[0]["seq"]})
+            await tx.execute("delete_file", {"seq": rows[0]["seq"]})
+            return True
+
+    # -- keys -------------------------------------------------------------------------------
+
     async def create_key(self, key: ApiKey, key_hash: str) -> None:
         params = {"id": key.id, "name": key.name, "workspace": key.workspace, "key_hash": key_hash}
         async with self.driver.transaction() as tx:
@@ -364,6 +472,21 @@ class Store:
     async def count_active_keys(self) -> int:
         [row] = await self.driver.fetch("count_active_keys")
         return int(row[0])
+
+
+def _file_params(file: NewFile, batch_seq: int | None) -> dict[str, Any]:
+    return {
+        "id": file.id,
+        "workspace": file.workspace,
+        "purpose": file.purpose,
+        "filename": file.filename,
+        "bytes": file.bytes,
+        "lines": file.lines,
+        "created_at": file.created_at,
+        "expires_at": file.expires_at,
+        "role": file.role.value,
+        "batch_seq": batch_seq,
+    }
 
 
 async def _batch_by_seq(tx: Tx, seq: int) -> Batch:

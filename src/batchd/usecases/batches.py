@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from batchd.backends.router import Router
-from batchd.domain import Batch, CancelOutcome, DeleteOutcome, ProcessingStatus, RequestState
+from batchd.domain import (
+    Batch,
+    BatchDialect,
+    CancelOutcome,
+    DeleteOutcome,
+    ProcessingStatus,
+    RequestState,
+)
 from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
 from batchd.schemas.results import canceled_line, errored_line, expired_line
@@ -111,7 +118,7 @@ class BatchService:
 
     async def get(self, workspace: str, batch_id: str) -> Batch:
         batch = await self._store.get_batch(workspace, batch_id)
-        if batch is None:
+        if batch is None or batch.dialect is not BatchDialect.ANTHROPIC:
             raise _not_found(batch_id)
         return batch
 
