@@ -49,9 +49,12 @@ class BatchdError(Exception):
     status = 500
     retryable = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # What the OpenAI face's envelope adds: the parameter at fault and a machine code.
+        self.param = param
+        self.code = code
 
 
 class InvalidRequest(BatchdError):

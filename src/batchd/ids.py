@@ -1,6 +1,7 @@
 """Minting public ids.
 
-Batch ids are ``msgbatch_`` followed by 26 Crockford base32 characters: 48 bits of
+The OpenAI face's file and batch ids (``file-``, ``batch_``) carry the same 128 bits in
+hex. Batch ids are ``msgbatch_`` followed by 26 Crockford base32 characters: 48 bits of
 milliseconds then 80 random bits, so that ids sort by creation time to the millisecond
 (like ULIDs). Within one millisecond, each id one process mints adds a random step of up
 to 2**40 to the one before: still in creation order, but an id says nothing about its
@@ -48,6 +49,7 @@ class Minter:
 
 
 _batch_ids = Minter()
+_openai_ids = Minter()  # the OpenAI face's files and batches: 32 hex digits, by creation
 
 
 def batch_id(value: int) -> str:
@@ -56,6 +58,19 @@ def batch_id(value: int) -> str:
 
 def new_batch_id() -> str:
     return batch_id(_batch_ids.next())
+
+
+def new_file_id() -> str:
+    return f"file-{_openai_ids.next():032x}"
+
+
+def new_openai_batch_id() -> str:
+    return f"batch_{_openai_ids.next():032x}"
+
+
+def new_batch_request_id() -> str:
+    """The ``id`` of one line of an OpenAI batch's output or error file."""
+    return "batch_req_" + secrets.token_hex(16)
 
 
 def new_request_id() -> str:

@@ -38,8 +38,10 @@ from batchd.engine import Engine, EngineSettings
 from batchd.metrics import Metrics
 from batchd.store import Store, open_store
 from batchd.usecases.batches import BatchLimits, BatchService
+from batchd.usecases.files import FileLimits, FileService
 from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
+from batchd.usecases.openai_batches import OpenAIBatchService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
 
@@ -112,12 +114,11 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         settings.max_unfinished_batches_per_workspace,
         settings.max_queued_requests_per_workspace,
     )
+    on_created = _on_created(runtime.metrics, engine)
     return Services(
         settings=settings,
         clock=runtime.clock,
-        batches=BatchService(
-            store, router, limits, runtime.clock, _on_created(runtime.metrics, engine)
-        ),
+        batches=BatchService(store, router, limits, runtime.clock, on_created),
         messages=MessageService(router, runners),
         auth=Authenticator(store, open_mode=await decide_open_mode(store, settings.host)),
         router=router,
@@ -128,6 +129,10 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         metrics=runtime.metrics,
         overview=Overview(store),
         bodies=BodyBudget.from_settings(settings),
+        files=FileService(
+            store, FileLimits(settings.max_file_bytes, settings.max_file_lines), runtime.clock
+        ),
+        openai_batches=OpenAIBatchService(store, router, limits, runtime.clock, on_created),
     )
 
 

@@ -14,7 +14,15 @@ from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import JsonPostsMiddleware, RequestIdMiddleware
 from batchd.api.responses import JSON
-from batchd.api.routes import batches, count_tokens, messages, models, prometheus
+from batchd.api.routes import (
+    batches,
+    count_tokens,
+    files,
+    messages,
+    models,
+    openai_batches,
+    prometheus,
+)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -45,6 +53,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(models.router)
     app.include_router(prometheus.router)
+    app.include_router(files.router)
+    app.include_router(openai_batches.router)
     console.mount(app)
     openapi.install(app)
     return app

@@ -15,8 +15,10 @@ from batchd.config import Settings
 from batchd.errors import PermissionDenied
 from batchd.metrics import Metrics
 from batchd.usecases.batches import BatchService
+from batchd.usecases.files import FileService
 from batchd.usecases.keys import Authenticator, Caller
 from batchd.usecases.messages import MessageService
+from batchd.usecases.openai_batches import OpenAIBatchService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
 
@@ -34,6 +36,8 @@ class Services:
     metrics: Metrics
     overview: Overview
     bodies: BodyBudget
+    files: FileService  # the OpenAI face's files
+    openai_batches: OpenAIBatchService  # the OpenAI face's batches
 
 
 def get_services(request: Request) -> Services:

@@ -1,5 +1,9 @@
 """The one renderer of errors as HTTP answers: the API's error envelope
 (``schemas.errors.error_envelope``) with its status and the ``request-id`` header.
+
+On the OpenAI face's paths (``schemas.openai.OPENAI_PATHS``) the envelope is OpenAI's
+(``{"error": {"message", "type", "param", "code"}}``) with OpenAI's status, and the
+request id is also sent as ``x-request-id``, the header its SDK reads.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from starlette.routing import Match, Mount
 from batchd.api.responses import JSON
 from batchd.errors import BatchdError, ErrorType, StoreUnavailable, error_type_for
 from batchd.schemas.errors import error_envelope
+from batchd.schemas.openai import OPENAI_PATHS, openai_error, openai_status
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +46,38 @@ def error_response(
     extra_headers: Mapping[str, str] | None = None,
     *,
     retryable: bool = False,
+    param: str | None = None,
+    code: str | None = None,
 ) -> JSON:
     request_id = request.scope.get("state", {}).get("request_id")
+    headers = {**(extra_headers or {}), **error_headers(status, request_id, retryable=retryable)}
+    if is_openai_path(request.url.path):
+        if request_id:
+            headers["x-request-id"] = request_id
+        envelope = openai_error(error_type, message, param=param, code=code)
+        return JSON(envelope, status_code=openai_status(status), headers=headers)
     return JSON(
-        error_envelope(error_type, message, request_id),
-        status_code=status,
-        headers={**(extra_headers or {}), **error_headers(status, request_id, retryable=retryable)},
+        error_envelope(error_type, message, request_id), status_code=status, headers=headers
     )
+
+
+def is_openai_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
 
 
 async def _batchd_error(request: Request, exc: Exception) -> JSON:
     assert isinstance(exc, BatchdError)
     if isinstance(exc, StoreUnavailable):
         log.warning("store unavailable: %s", exc.message)
-    return error_response(request, exc.status, exc.error_type, exc.message, retryable=exc.retryable)
+    return error_response(
+        request,
+        exc.status,
+        exc.error_type,
+        exc.message,
+        retryable=exc.retryable,
+        param=exc.param,
+        code=exc.code,
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSON:

@@ -29,8 +29,12 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+UPLOAD_PATH = "/v1/files"
+
+
 class JsonPostsMiddleware:
-    """Every POST says ``content-type: application/json``, else 415 before any route runs.
+    """Every POST says ``content-type: application/json``, else 415 before any route runs;
+    but for the one multipart upload, ``POST /v1/files`` (OpenAI's Files API).
 
     A web page of another site may send a ``text/plain`` or form POST without asking the
     server first; a JSON one needs a CORS preflight, which batchd never grants. The SDK
@@ -47,7 +51,9 @@ class JsonPostsMiddleware:
             headers = Headers(scope=scope)
             declared = headers.get("content-type")
             media_type = (declared or "").partition(";")[0].strip().lower()
-            if media_type != "application/json" and (declared or _has_body(headers)):
+            if media_type == "multipart/form-data" and scope["path"] == UPLOAD_PATH:
+                pass  # the OpenAI face's file upload; its key is checked as every other
+            elif media_type != "application/json" and (declared or _has_body(headers)):
                 message = (
                     f"POST bodies must be JSON: send content-type: application/json "
                     f"(got {declared or 'none'!r})"

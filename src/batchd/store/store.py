@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -389,11 +389,12 @@ class Store:
 
     # -- files of the OpenAI face -------------------------------------------------------------
 
-    async def create_file(self, file: NewFile, chunks: Sequence[bytes]) -> StoredFile:
-        """Store an upload and its bytes, in one transaction."""
+    async def create_file(self, file: NewFile, chunks: Iterable[bytes]) -> StoredFile:
+        """Store an upload and its bytes, in one transaction, one chunk in memory at a time."""
         async with self.driver.transaction() as tx:
             [[seq]] = await tx.fetch("insert_file", _file_params(file, None))
-            await tx.bulk_insert("file_chunks", ("file_seq", "data"), [(seq, c) for c in chunks])
+            for chunk in chunks:
+                await tx.bulk_insert("file_chunks", ("file_seq", "data"), [(seq, chunk)])
         stored = await self.get_file(file.workspace, file.id)
         assert stored is not None
         return stored

@@ -1,0 +1,47 @@
+"""/v1/batches (the OpenAI face): create, list, retrieve, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from batchd.api.deps import CallerDep, ServicesDep, WorkspaceDep
+from batchd.api.responses import JSON
+from batchd.api.routes.body import read_body
+from batchd.schemas.openai import BatchPage
+from batchd.usecases.openai_batches import batch_to_wire
+
+router = APIRouter(prefix="/v1/batches", tags=["batches (OpenAI)"])
+
+
+@router.post("")
+async def create_batch(request: Request, services: ServicesDep, caller: CallerDep) -> JSON:
+    settings = services.settings
+    with services.bodies.holding(caller) as held:
+        body = await read_body(request, settings, held, settings.max_message_body_bytes)
+    batch = await services.openai_batches.create(caller.workspace, body)
+    return JSON(batch_to_wire(batch))
+
+
+@router.get("")
+async def list_batches(
+    services: ServicesDep,
+    workspace: WorkspaceDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> JSON:
+    batches, has_more = await services.openai_batches.list(workspace, limit, after)
+    data = [batch_to_wire(b) for b in batches]
+    first, last = (data[0].id, data[-1].id) if data else (None, None)
+    return JSON(BatchPage(data, first, last, has_more))
+
+
+@router.get("/{batch_id}")
+async def retrieve_batch(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    return JSON(batch_to_wire(await services.openai_batches.get(workspace, batch_id)))
+
+
+@router.post("/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    return JSON(batch_to_wire(await services.openai_batches.cancel(workspace, batch_id)))

@@ -1,0 +1,252 @@
+"""Batch use cases of the OpenAI face: create, retrieve, list, cancel. No HTTP, no SQL.
+
+An OpenAI batch is a batch of the one engine whose dialect is ``openai``: its requests are
+claimed, leased, retried, expired and cancelled as every other, and the engine writes their
+results in OpenAI's output format. The input file is validated inside the create call
+(``validating`` is passed before it answers): a bad file gives a batch that has ``failed``
+with ``errors`` naming each bad line, nothing run; a good one is ``in_progress`` at once.
+
+OpenAI's status is read from the engine's (``openai_status``): ``in_progress``,
+``cancelling`` while a cancel waits for the requests in flight, then ``cancelled``;
+``expired`` when the window closed on unfinished requests; else ``completed``. Results are
+ready when the batch ends, so ``finalizing`` is passed at that moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from batchd.backends.router import Router
+from batchd.domain import (
+    Batch,
+    BatchDialect,
+    CancelOutcome,
+    FileRole,
+    ProcessingStatus,
+    RequestState,
+)
+from batchd.errors import InvalidRequest, NotFound
+from batchd.ids import new_file_id, new_openai_batch_id
+from batchd.openai_input import InputReader
+from batchd.schemas.openai import (
+    BATCH_ENDPOINTS,
+    BatchErrors,
+    BatchFields,
+    BatchObject,
+    BatchStatus,
+    CreateBatch,
+    RequestCounts,
+)
+from batchd.store import NewFile, NewRequest, Store
+from batchd.usecases.batches import BatchLimits
+from batchd.usecases.files import FILE_EXPIRY_SECONDS
+from batchd.usecases.files import not_found as file_not_found
+
+_create_decoder = msgspec.json.Decoder(CreateBatch)
+_fields_decoder = msgspec.json.Decoder(BatchFields)
+MAX_METADATA = 16
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIBatch:
+    """A batch of the OpenAI face: the engine's batch and the face's own fields."""
+
+    batch: Batch
+    fields: BatchFields
+
+
+def _not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch found with id '{batch_id}'.", code="batch_not_found")
+
+
+def _parse_create(body: bytes | bytearray) -> CreateBatch:
+    try:
+        create = _create_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid request body: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if create.endpoint not in BATCH_ENDPOINTS:
+        raise InvalidRequest(
+            f"endpoint: {create.endpoint!r} is not supported here; use one of "
+            + ", ".join(BATCH_ENDPOINTS),
+            param="endpoint",
+        )
+    if create.completion_window != "24h":
+        raise InvalidRequest(
+            "completion_window: only '24h' is supported", param="completion_window"
+        )
+    metadata = create.metadata or {}
+    if len(metadata) > MAX_METADATA or any(
+        len(k) > 64 or len(v) > 512 for k, v in metadata.items()
+    ):
+        raise InvalidRequest(
+            "metadata: at most 16 pairs, keys of at most 64 characters, values of at most 512",
+            param="metadata",
+        )
+    expires = create.output_expires_after
+    if expires is not None and not 3600 <= expires.seconds <= 2_592_000:
+        raise InvalidRequest(
+            "output_expires_after.seconds: between 3600 and 2592000",
+            param="output_expires_after.seconds",
+        )
+    return create
+
+
+class OpenAIBatchService:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        limits: BatchLimits,
+        clock: Callable[[], float],
+        on_created: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._router = router
+        self._limits = limits
+        self._clock = clock
+        self._on_created = on_created
+
+    async def create(self, workspace: str, body: bytes | bytearray) -> OpenAIBatch:
+        create = _parse_create(body)
+        file = await self._store.get_file(workspace, create.input_file_id)
+        if file is None or file.role is not FileRole.UPLOAD:
+            raise file_not_found(create.input_file_id)
+        reader = InputReader(create.endpoint, self._router.route, self._limits.max_requests)
+        async for chunk in self._store.file_chunks(file.seq):
+            reader.feed(chunk)
+        errors = reader.finish()
+        models = {r.model for r in reader.requests}
+        now = self._clock()
+        fields = BatchFields(
+            endpoint=create.endpoint,
+            input_file_id=create.input_file_id,
+            completion_window=create.completion_window,
+            output_file_id=new_file_id(),
+            error_file_id=new_file_id(),
+            metadata=create.metadata,
+            model=models.pop() if len(models) == 1 else None,
+            errors=errors or None,
+        )
+        requests = [] if errors else reader.requests
+        rows = [
+            NewRequest(
+                r.custom_id, r.backend, r.body, RequestState.QUEUED, endpoint=create.endpoint
+            )
+            for r in requests
+        ]
+        lifetime = (
+            create.output_expires_after.seconds
+            if create.output_expires_after is not None
+            else FILE_EXPIRY_SECONDS
+        )
+        files = [
+            NewFile(file_id, workspace, "batch_output", name, now, now + lifetime, role)
+            for file_id, name, role in (
+                (fields.output_file_id, "batch_output.jsonl", FileRole.OUTPUT),
+                (fields.error_file_id, "batch_errors.jsonl", FileRole.ERROR),
+            )
+        ]
+        batch = await self._store.create_batch(
+            new_openai_batch_id(),
+            workspace,
+            now,
+            now + self._limits.ttl_seconds,
+            rows,
+            self._limits.backlog_check(len(rows)),
+            dialect=BatchDialect.OPENAI,
+            dialect_fields=msgspec.json.encode(fields),
+            files=[] if errors else files,
+        )
+        if rows:
+            self._on_created()
+        return OpenAIBatch(batch, fields)
+
+    async def get(self, workspace: str, batch_id: str) -> OpenAIBatch:
+        batch = await self._store.get_batch(workspace, batch_id)
+        if batch is None or batch.dialect is not BatchDialect.OPENAI:
+            raise _not_found(batch_id)
+        return _with_fields(batch)
+
+    async def list(
+        self, workspace: str, limit: int, after: str | None
+    ) -> tuple[list[OpenAIBatch], bool]:
+        page = await self._store.list_batches(
+            workspace, limit, after, None, dialect=BatchDialect.OPENAI
+        )
+        if page is None:
+            raise _not_found(after or "")
+        batches, has_more = page
+        return [_with_fields(b) for b in batches], has_more
+
+    async def cancel(self, workspace: str, batch_id: str) -> OpenAIBatch:
+        found = await self._store.cancel_batch(
+            workspace, batch_id, self._clock(), BatchDialect.OPENAI
+        )
+        if found is None:
+            raise _not_found(batch_id)
+        batch, outcome = found
+        if outcome is CancelOutcome.ALREADY_ENDED:
+            status = openai_status(_with_fields(batch))
+            if status not in ("cancelled", "cancelling"):
+                raise InvalidRequest(
+                    f"Cannot cancel a batch with status '{status}'.", code="batch_not_cancellable"
+                )
+        return _with_fields(batch)
+
+
+def _with_fields(batch: Batch) -> OpenAIBatch:
+    assert batch.dialect_fields is not None
+    return OpenAIBatch(batch, _fields_decoder.decode(batch.dialect_fields))
+
+
+def openai_status(found: OpenAIBatch) -> BatchStatus:
+    batch = found.batch
+    if found.fields.errors:
+        return "failed"
+    if batch.processing_status is ProcessingStatus.IN_PROGRESS:
+        return "in_progress"
+    if batch.processing_status is ProcessingStatus.CANCELING:
+        return "cancelling"
+    if batch.cancel_initiated_at is not None:
+        return "cancelled"
+    return "expired" if batch.counts.expired else "completed"
+
+
+def batch_to_wire(found: OpenAIBatch) -> BatchObject:
+    batch, fields = found.batch, found.fields
+    status = openai_status(found)
+    created, ended = int(batch.created_at), _int(batch.ended_at)
+    counts = batch.counts
+    failed = counts.errored + counts.canceled + counts.expired
+    is_ = status.__eq__
+    return BatchObject(
+        id=batch.id,
+        endpoint=fields.endpoint,
+        input_file_id=fields.input_file_id,
+        completion_window=fields.completion_window,
+        status=status,
+        created_at=created,
+        in_progress_at=None if is_("failed") else created,
+        finalizing_at=ended if status in ("completed", "expired") else None,
+        completed_at=ended if is_("completed") else None,
+        failed_at=created if is_("failed") else None,
+        expired_at=ended if is_("expired") else None,
+        expires_at=int(batch.expires_at),
+        cancelling_at=_int(batch.cancel_initiated_at),
+        cancelled_at=ended if is_("cancelled") else None,
+        output_file_id=fields.output_file_id if ended and counts.succeeded else None,
+        error_file_id=fields.error_file_id if ended and failed else None,
+        errors=BatchErrors(fields.errors) if fields.errors else None,
+        request_counts=RequestCounts(counts.total, counts.succeeded, counts.errored),
+        metadata=fields.metadata,
+        model=fields.model,
+    )
+
+
+def _int(ts: float | None) -> int | None:
+    return None if ts is None else int(ts)
