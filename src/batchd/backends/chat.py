@@ -35,6 +35,18 @@ import msgspec
 from batchd.errors import InvalidRequest
 
 TOOL_ERROR_PREFIX = "[tool error] "
+# Messages' tool_choice types as chat.completions names them, both ways
+TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+# Messages' stop_reason as chat.completions' finish_reason (a tool call, a cut, a refusal)
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 Media = Callable[[Mapping[str, Any], str], dict[str, Any] | None]
