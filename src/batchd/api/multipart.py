@@ -45,31 +45,30 @@ def boundary_of(content_type: str) -> bytes:
 
 
 async def read_form(
-    stream: AsyncIterator[bytes], boundary: bytes, *, max_file_bytes: int, idle_timeout: float
+    stream: AsyncIterator[bytes],
+    boundary: bytes,
+    spool: BinaryIO,
+    *,
+    max_file_bytes: int,
+    idle_timeout: float,
 ) -> Form:
-    """The form's fields and its ``file`` part (spooled to a temporary file, rewound)."""
-    form = Form()
+    """The form's fields; its ``file`` part written to ``spool`` (rewound)."""
+    form = Form(spool)
     parser = _Parser(form, boundary, max_file_bytes)
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await anext(stream)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise RequestTimedOut(
-                    f"no part of the upload arrived for {idle_timeout:g} s; send it without pausing"
-                ) from None
-            parser.feed(chunk)
-        parser.end()
-    except BaseException:
-        if form.file is not None:
-            form.file.close()
-        raise
-    if form.file is not None:
-        form.file.seek(0)
-        form.lines += form._last != b"\n"
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise RequestTimedOut(
+                f"no part of the upload arrived for {idle_timeout:g} s; send it without pausing"
+            ) from None
+        parser.feed(chunk)
+    parser.end()
+    spool.seek(0)
+    form.lines += form._last != b"\n"
     return form
 
 

@@ -22,21 +22,39 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 from prometheus_client import Counter
 
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState
-from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
+from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
+from batchd.schemas.openai import output_line, refused_line
 from batchd.schemas.results import errored_line, succeeded_line
 from batchd.store import Store
 from batchd.validation import stored_params
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Lines:
+    """How a dialect writes a request's result line."""
+
+    succeeded: Callable[[str, dict[str, Any]], bytes]
+    failed: Callable[[str, BatchdError], bytes]
+
+
+_MESSAGES_LINES = _Lines(
+    succeeded_line, lambda custom_id, exc: errored_line(custom_id, exc.error_type, exc.message)
+)
+_OPENAI_LINES = _Lines(output_line, refused_line)
+_body_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
 
 WRITE_GROUP = 256  # results committed in one transaction at most
 MAX_UNWRITTEN = 4096  # no more claims while this many results wait to be written
@@ -249,6 +267,9 @@ class Engine:
         self._outcomes.put_nowait(outcome)
 
     async def _execute(self, runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> Outcome:
+        """Run one request; its result line is in its batch's dialect (``request.endpoint``
+        set: an OpenAI request, its line in OpenAI's output or error format)."""
+        lines = _OPENAI_LINES if request.endpoint is not None else _MESSAGES_LINES
         custom_id = request.custom_id
         if request.attempt > self._settings.max_attempts:
             log.error(
@@ -262,20 +283,31 @@ class Engine:
                 "the worker running this request stopped each time before it finished"
             )
             return Outcome(
-                request, RequestState.ERRORED, errored_line(custom_id, "api_error", reason)
+                request, RequestState.ERRORED, lines.failed(custom_id, BatchdError(reason))
             )
         try:
-            params = stored_params(request.params)
             with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
-                message = await runner.run(params, request.params, slot, interactive=False)
+                answer = await self._call(runner, request, slot)
         except (InvalidRequest, UpstreamError) as exc:
-            line = errored_line(custom_id, exc.error_type, exc.message)
-            return Outcome(request, RequestState.ERRORED, line)
+            return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, exc))
         except Exception:  # one broken request must not take the engine down
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
-            line = errored_line(custom_id, "api_error", "internal error while running the request")
-            return Outcome(request, RequestState.ERRORED, line)
-        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message))
+            error = BatchdError("internal error while running the request")
+            return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, error))
+        return Outcome(request, RequestState.SUCCEEDED, lines.succeeded(custom_id, answer))
+
+    @staticmethod
+    async def _call(runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> dict[str, Any]:
+        if request.endpoint is None:
+            params = stored_params(request.params)
+            return await runner.run(params, request.params, slot, interactive=False)
+        try:
+            body = _body_decoder.decode(request.params)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"stored body no longer decodes: {exc}") from None
+        return await runner.run_openai(
+            request.endpoint, body, request.params, slot, interactive=False
+        )
 
     # -- recording -----------------------------------------------------------------------
 

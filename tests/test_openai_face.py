@@ -1,0 +1,417 @@
+"""The OpenAI Files + Batches face, driven through the official `openai` SDK over real HTTP.
+
+Every answer is parsed by the SDK in strict mode, and every line of an output or error file
+with the SDK's own types (``BatchRequestOutput`` is gone from the SDK: its body types are
+checked instead, ``ChatCompletion`` and ``CreateEmbeddingResponse``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import anthropic
+import openai
+import pytest
+from openai.types import Batch, CreateEmbeddingResponse, FileDeleted, FileObject
+from openai.types.chat import ChatCompletion
+
+from tests.conftest import StartServer, mock_request
+from tests.support.keys import make_keys
+from tests.support.server import RunningServer
+
+Endpoint = Literal["/v1/chat/completions", "/v1/embeddings"]
+CHAT: Endpoint = "/v1/chat/completions"
+EMBEDDINGS: Endpoint = "/v1/embeddings"
+SLOW_BACKEND = {
+    "name": "slow",
+    "kind": "mock",
+    "models": ["slow-*"],
+    "max_concurrency": 1,
+    "adaptive_concurrency": False,
+    "latency_ms": 100,
+}
+
+
+def sdk(server: RunningServer, key: str = "sk-test") -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=server.url + "/v1", api_key=key, max_retries=0, _strict_response_validation=True
+    )
+
+
+@pytest.fixture
+def oai(start_server: StartServer) -> Iterator[openai.OpenAI]:
+    with sdk(start_server(backends=[SLOW_BACKEND])) as client:
+        yield client
+
+
+def chat_line(
+    custom_id: str, text: str = "hello", model: str = "mock", **body: Any
+) -> dict[str, Any]:
+    messages = [{"role": "user", "content": text}]
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": model, "messages": messages, "max_tokens": 16} | body,
+    }
+
+
+def embedding_line(custom_id: str, text: str = "hello") -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": EMBEDDINGS,
+        "body": {"model": "mock", "input": text},
+    }
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def upload(client: openai.OpenAI, lines: list[dict[str, Any]] | bytes) -> FileObject:
+    data = lines if isinstance(lines, bytes) else jsonl(lines)
+    return client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch")
+
+
+def run_batch(
+    client: openai.OpenAI, lines: list[dict[str, Any]] | bytes, endpoint: Endpoint = CHAT
+) -> Batch:
+    file = upload(client, lines)
+    batch = client.batches.create(
+        input_file_id=file.id,
+        endpoint=endpoint,
+        completion_window="24h",
+    )
+    return wait_done(client, batch.id)
+
+
+def wait_done(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> Batch:
+    """Poll a batch until it is in a final status, as a user would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "expired", "cancelled"):
+            return batch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {batch_id} still {batch.status}")
+        time.sleep(0.05)
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    """An output or error file's lines by custom_id (each custom_id once)."""
+    if file_id is None:
+        return {}
+    lines = [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+    by_id = {line["custom_id"]: line for line in lines}
+    assert len(by_id) == len(lines), "a custom_id twice"
+    for line in lines:
+        assert set(line) == {"id", "custom_id", "response", "error"}
+        assert line["id"].startswith("batch_req_")
+    return by_id
+
+
+# --- the happy path ----------------------------------------------------------------------
+
+
+def test_upload_answers_a_file_object(oai: openai.OpenAI) -> None:
+    file = upload(oai, [chat_line("a"), chat_line("b")])
+
+    assert isinstance(file, FileObject)
+    assert file.id.startswith("file-")
+    assert (file.purpose, file.filename, file.status) == ("batch", "input.jsonl", "processed")
+    assert file.bytes == len(jsonl([chat_line("a"), chat_line("b")]))
+    assert oai.files.retrieve(file.id) == file
+    assert oai.files.content(file.id).content == jsonl([chat_line("a"), chat_line("b")])
+
+
+def test_chat_batch_completes_with_one_output_line_per_request(oai: openai.OpenAI) -> None:
+    batch = run_batch(oai, [chat_line(f"r{i}", f"hello {i}") for i in range(5)])
+
+    assert batch.status == "completed"
+    assert batch.id.startswith("batch_")
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed) == (5, 5)
+    assert batch.request_counts.failed == 0
+    assert batch.in_progress_at
+    assert batch.finalizing_at
+    assert batch.completed_at
+    assert batch.error_file_id is None
+    assert batch.model == "mock"
+    output = lines_of(oai, batch.output_file_id)
+    assert sorted(output) == [f"r{i}" for i in range(5)]
+    for custom_id, line in output.items():
+        assert line["response"]["status_code"] == 200
+        assert line["error"] is None
+        completion = ChatCompletion.model_validate(line["response"]["body"], strict=False)
+        assert completion.choices[0].message.content == f"Mock reply: hello {custom_id[1:]}"
+
+
+def test_embeddings_batch_completes(oai: openai.OpenAI) -> None:
+    batch = run_batch(oai, [embedding_line(f"e{i}", f"text {i}") for i in range(3)], EMBEDDINGS)
+
+    assert batch.status == "completed"
+    for line in lines_of(oai, batch.output_file_id).values():
+        body = CreateEmbeddingResponse.model_validate(line["response"]["body"])
+        assert len(body.data) == 1
+        assert body.data[0].embedding
+
+
+def test_a_refused_request_is_a_line_of_the_error_file(oai: openai.OpenAI) -> None:
+    refused = chat_line("bad") | {"body": {"model": "mock", "messages": "not a list"}}
+    batch = run_batch(oai, [chat_line("ok"), refused])
+
+    assert batch.status == "completed"
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
+    assert list(lines_of(oai, batch.output_file_id)) == ["ok"]
+    [line] = lines_of(oai, batch.error_file_id).values()
+    assert line["custom_id"] == "bad"
+    assert line["error"] is None
+    assert line["response"]["status_code"] == 400
+    assert set(line["response"]["body"]["error"]) == {"message", "type", "param", "code"}
+
+
+def test_output_and_error_files_are_files(oai: openai.OpenAI) -> None:
+    refused = chat_line("bad") | {"body": {"model": "mock", "messages": "not a list"}}
+    batch = run_batch(oai, [chat_line("ok"), refused])
+    assert batch.output_file_id is not None
+    assert batch.error_file_id is not None
+
+    output = oai.files.retrieve(batch.output_file_id)
+    assert output.purpose == "batch_output"
+    assert output.bytes == len(oai.files.content(output.id).content)
+    listed = {f.id for f in oai.files.list(purpose="batch_output")}
+    assert listed == {batch.output_file_id, batch.error_file_id}
+
+
+def test_metadata_and_batch_list_with_auto_pagination(oai: openai.OpenAI) -> None:
+    file = upload(oai, [chat_line("a")])
+    created = [
+        oai.batches.create(
+            input_file_id=file.id,
+            endpoint=CHAT,
+            completion_window="24h",
+            metadata={"n": str(i)},
+        )
+        for i in range(5)
+    ]
+
+    listed = list(oai.batches.list(limit=2))
+    assert [b.id for b in listed] == [b.id for b in reversed(created)]
+    assert [b.metadata for b in listed] == [{"n": str(i)} for i in reversed(range(5))]
+    page = oai.batches.list(limit=2)
+    assert page.has_more
+    assert len(page.data) == 2
+
+
+def test_file_list_pages_in_either_order(oai: openai.OpenAI) -> None:
+    ids = [upload(oai, [chat_line(str(i))]).id for i in range(5)]
+
+    assert [f.id for f in oai.files.list(limit=2)] == ids[::-1]
+    assert [f.id for f in oai.files.list(limit=2, order="asc")] == ids
+    page = oai.files.list(limit=3, order="asc", after=ids[0])
+    assert [f.id for f in page.data] == ids[1:4]
+    assert page.has_more
+
+
+def test_a_deleted_file_is_gone(oai: openai.OpenAI) -> None:
+    file = upload(oai, [chat_line("a")])
+
+    deleted = oai.files.delete(file.id)
+    assert isinstance(deleted, FileDeleted)
+    assert (deleted.id, deleted.deleted) == (file.id, True)
+    with pytest.raises(openai.NotFoundError):
+        oai.files.retrieve(file.id)
+    with pytest.raises(openai.NotFoundError):
+        oai.files.delete(file.id)
+    assert file.id not in {f.id for f in oai.files.list()}
+
+
+# --- cancel ------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_running_batch_keeps_the_finished_lines(oai: openai.OpenAI) -> None:
+    file = upload(oai, [chat_line(f"r{i}", model="slow-1") for i in range(40)])
+    batch = oai.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    while oai.batches.retrieve(batch.id).request_counts.completed < 2:  # type: ignore[union-attr]
+        time.sleep(0.02)
+
+    cancelling = oai.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    assert cancelling.cancelling_at is not None
+    done = wait_done(oai, batch.id)
+
+    assert done.status == "cancelled"
+    assert done.cancelled_at is not None
+    output, errors = lines_of(oai, done.output_file_id), lines_of(oai, done.error_file_id)
+    assert len(output) >= 2
+    assert sorted(output | errors) == sorted(f"r{i}" for i in range(40))
+    assert {line["error"]["code"] for line in errors.values()} == {"batch_cancelled"}
+
+
+def test_cancel_of_a_completed_batch_is_refused(oai: openai.OpenAI) -> None:
+    batch = run_batch(oai, [chat_line("a")])
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.batches.cancel(batch.id)
+    assert "completed" in refused.value.message
+
+
+# --- bad input files ---------------------------------------------------------------------
+
+BAD_FILES = [
+    # a line that is not JSON
+    (jsonl([chat_line("a")]) + b"{not json\n", 2, "invalid_json_line"),
+    # a line whose url is not the batch's endpoint
+    (jsonl([chat_line("a"), embedding_line("b")]), 2, "url_mismatch"),
+    # the same custom_id twice
+    (jsonl([chat_line("a"), chat_line("a")]), 2, "duplicate_custom_id"),
+    # a model no backend serves
+    (jsonl([chat_line("a", model="gpt-nothing")]), 1, "model_not_found"),
+    # a method other than POST
+    (jsonl([chat_line("a") | {"method": "GET"}]), 1, "invalid_request"),
+    # a line without a body
+    (jsonl([{"custom_id": "a", "method": "POST", "url": CHAT}]), 1, "invalid_request"),
+    # a body without a model
+    (jsonl([chat_line("a") | {"body": {"messages": []}}]), 1, "invalid_request"),
+    # no line at all
+    (b"\n", None, "empty_file"),
+]
+
+
+@pytest.mark.parametrize(("data", "line", "code"), BAD_FILES)
+def test_a_bad_input_file_fails_the_batch_at_validation(
+    oai: openai.OpenAI, data: bytes, line: int | None, code: str
+) -> None:
+    batch = run_batch(oai, data)
+
+    assert batch.status == "failed"
+    assert batch.failed_at is not None
+    assert batch.errors is not None
+    assert batch.errors.data is not None
+    [error] = batch.errors.data
+    assert (error.line, error.code) == (line, code)
+    assert error.message
+    assert batch.output_file_id is None
+    assert batch.error_file_id is None
+    assert batch.request_counts is not None
+    assert batch.request_counts.total == 0
+
+
+def test_every_bad_line_is_named(oai: openai.OpenAI) -> None:
+    data = jsonl([chat_line("a"), chat_line("a"), embedding_line("b")]) + b"[]\n"
+
+    batch = run_batch(oai, data)
+
+    assert batch.errors is not None
+    assert batch.errors.data is not None
+    assert [(e.line, e.code) for e in batch.errors.data] == [
+        (2, "duplicate_custom_id"),
+        (3, "url_mismatch"),
+        (4, "invalid_request"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("create", "status", "param"),
+    [
+        ({"input_file_id": "file-nothing", "endpoint": CHAT}, 404, "file_id"),
+        ({"endpoint": "/v1/images/edits"}, 400, "endpoint"),
+        ({"endpoint": CHAT, "completion_window": "1h"}, 400, "completion_window"),
+        ({"endpoint": CHAT, "metadata": {str(i): "" for i in range(17)}}, 400, "metadata"),
+    ],
+)
+def test_a_bad_create_is_refused_with_openai_error(
+    oai: openai.OpenAI, create: dict[str, Any], status: int, param: str
+) -> None:
+    file = upload(oai, [chat_line("a")])
+    params: dict[str, Any] = {"input_file_id": file.id, "completion_window": "24h"} | create
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        oai.batches.create(**params)
+
+    assert refused.value.status_code == status
+    assert refused.value.param == param
+    assert isinstance(refused.value.body, dict)
+    assert set(refused.value.body) == {"message", "type", "param", "code"}
+
+
+def test_an_upload_for_another_purpose_is_refused(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+    assert refused.value.param == "purpose"
+
+
+def test_an_upload_over_the_line_limit_is_refused(start_server: StartServer) -> None:
+    with sdk(start_server(max_file_lines=2)) as client:
+        with pytest.raises(openai.BadRequestError):
+            upload(client, [chat_line(str(i)) for i in range(3)])
+        assert upload(client, [chat_line(str(i)) for i in range(2)]).bytes > 0
+
+
+def test_an_upload_over_the_size_limit_is_refused(start_server: StartServer) -> None:
+    with sdk(start_server(max_file_bytes=1000)) as client:
+        with pytest.raises(openai.APIStatusError) as refused:
+            upload(client, b"x" * 1001)
+        assert refused.value.status_code == 413
+        assert list(client.files.list()) == []
+
+
+def test_unknown_ids_and_routes_answer_openai_404(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as batch:
+        oai.batches.retrieve("batch_nothing")
+    assert batch.value.code == "batch_not_found"
+    with pytest.raises(openai.NotFoundError):
+        oai.files.content("file-nothing")
+    with pytest.raises(openai.NotFoundError):
+        oai.files.list(after="file-nothing")
+
+
+# --- the two faces and the workspaces ----------------------------------------------------
+
+
+def test_the_faces_do_not_see_each_others_batches(start_server: StartServer) -> None:
+    server = start_server()
+    with sdk(server) as oai, anthropic.Anthropic(base_url=server.url, api_key="k") as claude:
+        openai_batch = run_batch(oai, [chat_line("a")])
+        message_batch = claude.messages.batches.create(requests=[mock_request("a")])
+
+        with pytest.raises(anthropic.NotFoundError):
+            claude.messages.batches.retrieve(openai_batch.id)
+        with pytest.raises(openai.NotFoundError):
+            oai.batches.retrieve(message_batch.id)
+        assert [b.id for b in oai.batches.list()] == [openai_batch.id]
+        assert [b.id for b in claude.messages.batches.list()] == [message_batch.id]
+
+
+def test_another_workspaces_ids_answer_404(start_server: StartServer, tmp_path: Path) -> None:
+    keys = make_keys(tmp_path / "batchd.db", {"alice": "team-a", "bob": "team-b"})
+    server = start_server()
+    with sdk(server, keys["alice"]) as alice, sdk(server, keys["bob"]) as bob:
+        batch = run_batch(alice, [chat_line("a")])
+        assert batch.output_file_id is not None
+        for file_id in (batch.input_file_id, batch.output_file_id):
+            with pytest.raises(openai.NotFoundError):
+                bob.files.retrieve(file_id)
+            with pytest.raises(openai.NotFoundError):
+                bob.files.content(file_id)
+            with pytest.raises(openai.NotFoundError):
+                bob.files.delete(file_id)
+        with pytest.raises(openai.NotFoundError):
+            bob.batches.retrieve(batch.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.batches.cancel(batch.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.batches.create(
+                input_file_id=batch.input_file_id, endpoint=CHAT, completion_window="24h"
+            )
+        assert list(bob.files.list()) == []
+        assert list(bob.batches.list()) == []
+        with pytest.raises(openai.AuthenticationError):
+            sdk(server, "sk-wrong").files.list()
