@@ -16,12 +16,15 @@ from typing import Any
 
 import anthropic
 import httpx2 as httpx
+import openai
 import pytest
 
+from batchd.schemas.openai import is_openai_path
 from tests.conftest import mock_request, wait_ended
 from tests.support.keys import make_keys
 from tests.support.routes import served_routes
 from tests.support.server import built_app, make_settings, serve_batchd
+from tests.test_openai_face import CHAT, chat_line, run_batch
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,19 @@ class World:
     url: str
     keys: dict[str, str]  # alice, bob
     batch_id: str  # Alice's, ended, one request errored
+    openai_batch_id: str  # Alice's through the OpenAI face, ended, one line refused
+    file_id: str  # that batch's output file
     alice_secrets: tuple[str, ...]  # what Bob must never see: ids, custom_ids, workspace
 
-    def call(self, who: str | None, method: str, path: str, body: Any = None) -> httpx.Response:
+    def call(
+        self, who: str | None, method: str, path: str, body: Any = None, **kwargs: Any
+    ) -> httpx.Response:
         headers = {"x-api-key": self.keys[who]} if who else {}
-        path = path.format(batch_id=self.batch_id, path="console.js")
-        return httpx.request(method, f"{self.url}{path}", headers=headers, json=body, timeout=30)
+        batch_id = self.openai_batch_id if path.startswith("/v1/batches") else self.batch_id
+        path = path.format(batch_id=batch_id, file_id=self.file_id, path="console.js")
+        return httpx.request(
+            method, f"{self.url}{path}", headers=headers, json=body, timeout=30, **kwargs
+        )
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +56,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             requests = [mock_request("alice-ok"), mock_request("alice-bad", max_tokens="x")]
             batch = alice.messages.batches.create(requests=requests)
             wait_ended(alice, batch.id)
-        secrets = (batch.id, "alice-ok", "alice-bad", "team-a", keys["alice"])
-        yield World(server.url, keys, batch.id, secrets)
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=keys["alice"]) as oai:
+            refused = chat_line("alice-oai-bad") | {"body": {"model": "mock", "messages": "x"}}
+            openai_batch = run_batch(oai, [chat_line("alice-oai-ok"), refused])
+        assert openai_batch.output_file_id is not None
+        secrets = (
+            batch.id, "alice-ok", "alice-bad", "team-a", keys["alice"], openai_batch.id,
+            openai_batch.input_file_id, openai_batch.output_file_id, "alice-oai-ok",
+        )  # fmt: skip
+        yield World(
+            server.url, keys, batch.id, openai_batch.id, openai_batch.output_file_id, secrets
+        )
 
 
 def assert_not_found(reply: httpx.Response) -> None:
     assert reply.status_code == 404, reply.text
-    assert reply.json()["error"]["type"] == "not_found_error"
+    if is_openai_path(reply.url.path):  # OpenAI's envelope has no not-found type
+        assert reply.json()["error"]["type"] == "invalid_request_error"
+    else:
+        assert reply.json()["error"]["type"] == "not_found_error"
 
 
 def refused_as_unknown(world: World, method: str, path: str) -> None:
@@ -78,6 +100,45 @@ def bobs_batch_is_not_alices(world: World, method: str, path: str) -> None:
     assert_not_found(world.call("alice", "GET", f"{path}/{created.json()['id']}"))
     alices = world.call("alice", "GET", path).json()["data"]
     assert [b["id"] for b in alices] == [world.batch_id]
+
+
+def openai_refused_as_unknown(world: World, method: str, path: str) -> None:
+    """The OpenAI face: Bob gets the 404 an unknown id gets; Alice's batch is unchanged."""
+    before = world.call("alice", "GET", "/v1/batches/{batch_id}").json()
+
+    assert_not_found(world.call("bob", method, path))
+    assert world.call("alice", "GET", "/v1/batches/{batch_id}").json() == before
+
+
+def openai_list_is_his_own(world: World, method: str, path: str) -> None:
+    listed = world.call("bob", method, path)
+    assert listed.status_code == 200
+    for secret in world.alice_secrets:
+        assert secret not in listed.text
+    first_id = world.openai_batch_id if path == "/v1/batches" else world.file_id
+    assert_not_found(world.call("bob", method, f"{path}?after={first_id}"))
+
+
+def openai_create_is_bobs(world: World, method: str, path: str) -> None:
+    """Bob cannot name Alice's file as his input; what he creates Alice cannot see."""
+    body = {"input_file_id": world.file_id, "endpoint": CHAT, "completion_window": "24h"}
+    if path == "/v1/batches":
+        assert_not_found(world.call("bob", method, path, body))
+    upload = world.call(
+        "bob",
+        "POST",
+        "/v1/files",
+        None,
+        files={"file": ("x.jsonl", b"{}")},
+        data={"purpose": "batch"},
+    )
+    assert upload.status_code == 200, upload.text
+    if path == "/v1/files":
+        assert_not_found(world.call("alice", "GET", f"/v1/files/{upload.json()['id']}"))
+        return
+    created = world.call("bob", method, path, body | {"input_file_id": upload.json()["id"]})
+    assert created.status_code == 200, created.text
+    assert_not_found(world.call("alice", "GET", f"/v1/batches/{created.json()['id']}"))
 
 
 def leaks_nothing(world: World, method: str, path: str) -> None:
@@ -118,6 +179,16 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("DELETE", "/v1/messages/batches/{batch_id}"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/results"): (refused_as_unknown, True),
     ("GET", "/console/api/batches/{batch_id}/errors"): (refused_as_unknown, True),
+    # the OpenAI face
+    ("POST", "/v1/files"): (openai_create_is_bobs, True),
+    ("GET", "/v1/files"): (openai_list_is_his_own, True),
+    ("GET", "/v1/files/{file_id}"): (openai_refused_as_unknown, True),
+    ("GET", "/v1/files/{file_id}/content"): (openai_refused_as_unknown, True),
+    ("DELETE", "/v1/files/{file_id}"): (openai_refused_as_unknown, True),
+    ("POST", "/v1/batches"): (openai_create_is_bobs, True),
+    ("GET", "/v1/batches"): (openai_list_is_his_own, True),
+    ("GET", "/v1/batches/{batch_id}"): (openai_refused_as_unknown, True),
+    ("POST", "/v1/batches/{batch_id}/cancel"): (openai_refused_as_unknown, True),
     # server-wide, holding no workspace's data
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),
@@ -155,6 +226,9 @@ def test_no_key_no_data(world: World, method: str, path: str) -> None:
 
     if needs_key:
         assert reply.status_code == 401, reply.text
-        assert reply.json()["error"]["type"] == "authentication_error"
+        if is_openai_path(path):
+            assert reply.json()["error"]["code"] == "invalid_api_key"
+        else:
+            assert reply.json()["error"]["type"] == "authentication_error"
     else:
         assert reply.status_code == 200

@@ -20,7 +20,7 @@ from starlette.routing import Match, Mount
 from batchd.api.responses import JSON
 from batchd.errors import BatchdError, ErrorType, StoreUnavailable, error_type_for
 from batchd.schemas.errors import error_envelope
-from batchd.schemas.openai import OPENAI_PATHS, openai_error, openai_status
+from batchd.schemas.openai import is_openai_path, openai_error, openai_status
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ def error_response(
     return JSON(
         error_envelope(error_type, message, request_id), status_code=status, headers=headers
     )
-
-
-def is_openai_path(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
 
 
 async def _batchd_error(request: Request, exc: Exception) -> JSON:

@@ -5,7 +5,8 @@ under a size limit), answer msgspec-encoded JSON and every error through one ren
 the bodies are named here by their wire types (``batchd.schemas``), whose JSON Schemas
 msgspec generates: each operation's request body, its success body, and the statuses it
 can fail with, all in the error envelope with a ``request-id`` header. FastAPI's own 422 is
-dropped: batchd answers 400.
+dropped: batchd answers 400. The OpenAI face's paths (``schemas.openai.OPENAI_PATHS``)
+answer their errors in OpenAI's envelope.
 
 Three rules JSON Schema cannot say: custom_ids are unique within a batch; ``after_id`` and
 ``before_id`` are not given together; an integer is written as one (``5``, not ``5.0``).
@@ -28,6 +29,16 @@ from batchd.schemas.batches import (
 from batchd.schemas.errors import ErrorResponse
 from batchd.schemas.messages import CountTokensParams, Message, MessageParams, MessageTokensCount
 from batchd.schemas.models import ModelList
+from batchd.schemas.openai import (
+    BatchObject,
+    BatchPage,
+    CreateBatch,
+    FileDeleted,
+    FileObject,
+    FilePage,
+    OpenAIErrorResponse,
+    is_openai_path,
+)
 from batchd.schemas.results import MessageBatchIndividualResponse
 from batchd.schemas.status import BackendStateList, Health
 
@@ -56,6 +67,8 @@ _DESCRIPTIONS = {
 }
 
 _BATCH = "/v1/messages/batches/{batch_id}"
+_FILE = "/v1/files/{file_id}"
+_OPENAI_BATCH = "/v1/batches/{batch_id}"
 _UPSTREAM = (404, 408, 413, 429, 502, 503, 504, 529)
 _JSONL = MessageBatchIndividualResponse  # results: application/x-jsonl, one of these a line
 # (method, path): (the success body's type, its error statuses besides 401 and 500)
@@ -71,12 +84,35 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("get", "/v1/models"): (ModelList, ()),
     ("get", "/status/backends"): (BackendStateList, (403,)),
     ("get", "/healthz"): (Health, ()),
+    # the OpenAI face: its errors in OpenAI's envelope
+    ("post", "/v1/files"): (FileObject, (400, 408, 413, 415, 429, 503)),
+    ("get", "/v1/files"): (FilePage, (400, 404, 503)),
+    ("get", _FILE): (FileObject, (404, 503)),
+    ("delete", _FILE): (FileDeleted, (404, 503)),
+    ("get", f"{_FILE}/content"): (FileObject, (404, 503)),  # the file's bytes (_BYTES)
+    ("post", "/v1/batches"): (BatchObject, (400, 404, 408, 413, 415, 429, 503)),
+    ("get", "/v1/batches"): (BatchPage, (400, 404, 503)),
+    ("get", _OPENAI_BATCH): (BatchObject, (404, 503)),
+    ("post", f"{_OPENAI_BATCH}/cancel"): (BatchObject, (400, 404, 415, 503)),
 }
+_BYTES = {("get", f"{_FILE}/content")}  # answered as the stored bytes
+_UPLOAD = ("post", "/v1/files")  # multipart/form-data: purpose, file
 PUBLIC = {("get", "/healthz")}
 REQUEST_BODIES: dict[tuple[str, str], type[msgspec.Struct]] = {
     ("post", "/v1/messages/batches"): CreateBatchRequest,
     ("post", "/v1/messages"): MessageParams,
     ("post", "/v1/messages/count_tokens"): CountTokensParams,
+    ("post", "/v1/batches"): CreateBatch,
+}
+_UPLOAD_FORM = {
+    "type": "object",
+    "required": ["purpose", "file"],
+    "properties": {
+        "purpose": {"type": "string", "enum": ["batch"]},
+        "file": {"type": "string", "format": "binary"},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
+    },
 }
 _REF_TEMPLATE = "#/components/schemas/{name}"
 
@@ -87,7 +123,12 @@ def _ref(kind: type[msgspec.Struct]) -> dict[str, str]:
 
 def schemas() -> dict[str, Any]:
     """The JSON Schema of every type the document names, by name, as msgspec writes it."""
-    kinds = {ErrorResponse, *REQUEST_BODIES.values(), *(body for body, _ in OPERATIONS.values())}
+    kinds = {
+        ErrorResponse,
+        OpenAIErrorResponse,
+        *REQUEST_BODIES.values(),
+        *(body for body, _ in OPERATIONS.values()),
+    }
     _, components = msgspec.json.schema_components(
         sorted(kinds, key=lambda kind: kind.__name__), ref_template=_REF_TEMPLATE
     )
@@ -103,6 +144,8 @@ def _responses(method: str, path: str) -> dict[str, Any]:
                 "schema": {"type": "string", "x-jsonl-line": _ref(_JSONL)},
             }
         }
+    elif (method, path) in _BYTES:
+        content = {"application/octet-stream": {"schema": {"type": "string"}}}
     else:
         content = {"application/json": {"schema": _ref(body)}}
     if (method, path) == ("post", "/v1/messages"):
@@ -111,11 +154,12 @@ def _responses(method: str, path: str) -> dict[str, Any]:
         "200": {"description": _DESCRIPTIONS[200], "headers": _REQUEST_ID, "content": content}
     }
     statuses = sorted({*errors, 500} | (set() if (method, path) in PUBLIC else {401}))
+    envelope = OpenAIErrorResponse if is_openai_path(path) else ErrorResponse
     for status in statuses:
         responses[str(status)] = {
             "description": _DESCRIPTIONS[status],
             "headers": _REQUEST_ID,
-            "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+            "content": {"application/json": {"schema": _ref(envelope)}},
         }
     return responses
 
@@ -136,6 +180,11 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             operation["responses"] = _responses(method, path)
+            if (method, path) == _UPLOAD:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": _UPLOAD_FORM}},
+                }
             if (method, path) in REQUEST_BODIES:
                 schema = _ref(REQUEST_BODIES[(method, path)])
                 operation["requestBody"] = {

@@ -8,7 +8,7 @@ proves it through the SDK. Output and error lines are ``BatchRequestOutput``: ``
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -28,9 +28,14 @@ BatchStatus = Literal[
     "cancelled",
 ]
 # The endpoints an OpenAI batch may name, and the synchronous routes of the same paths.
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
+BATCH_ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
 # Paths whose errors are written in OpenAI's envelope (the rest of /v1 is Anthropic's).
 OPENAI_PATHS = ("/v1/files", "/v1/batches", *BATCH_ENDPOINTS)
+
+
+def is_openai_path(path: str) -> bool:
+    """A path of the OpenAI face, whose errors are written in OpenAI's envelope."""
+    return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -126,14 +131,22 @@ class RequestCounts(msgspec.Struct):
 
 class OutputExpiresAfter(msgspec.Struct, forbid_unknown_fields=True):
     anchor: Literal["created_at"]
-    seconds: int
+    seconds: Annotated[int, msgspec.Meta(ge=3600, le=2_592_000)]
+
+
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/embeddings", "/v1/completions"]
+# "Set of 16 key-value pairs": keys of at most 64 characters, values of at most 512
+Metadata = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=16),
+]
 
 
 class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
     input_file_id: str
-    endpoint: str
-    completion_window: str
-    metadata: dict[str, str] | None = None
+    endpoint: BatchEndpoint
+    completion_window: Literal["24h"]
+    metadata: Metadata | None = None
     output_expires_after: OutputExpiresAfter | None = None
 
 

@@ -32,7 +32,6 @@ from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import new_file_id, new_openai_batch_id
 from batchd.openai_input import InputReader
 from batchd.schemas.openai import (
-    BATCH_ENDPOINTS,
     BatchErrors,
     BatchFields,
     BatchObject,
@@ -47,7 +46,6 @@ from batchd.usecases.files import not_found as file_not_found
 
 _create_decoder = msgspec.json.Decoder(CreateBatch)
 _fields_decoder = msgspec.json.Decoder(BatchFields)
-MAX_METADATA = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,36 +62,13 @@ def _not_found(batch_id: str) -> NotFound:
 
 def _parse_create(body: bytes | bytearray) -> CreateBatch:
     try:
-        create = _create_decoder.decode(body)
+        return _create_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid request body: {exc}") from None
+        # "... - at `$.output_expires_after.seconds`" names the parameter at fault
+        param = str(exc).rpartition("at `$.")[2].rstrip("`") if "at `$." in str(exc) else None
+        raise InvalidRequest(f"invalid request body: {exc}", param=param) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
-    if create.endpoint not in BATCH_ENDPOINTS:
-        raise InvalidRequest(
-            f"endpoint: {create.endpoint!r} is not supported here; use one of "
-            + ", ".join(BATCH_ENDPOINTS),
-            param="endpoint",
-        )
-    if create.completion_window != "24h":
-        raise InvalidRequest(
-            "completion_window: only '24h' is supported", param="completion_window"
-        )
-    metadata = create.metadata or {}
-    if len(metadata) > MAX_METADATA or any(
-        len(k) > 64 or len(v) > 512 for k, v in metadata.items()
-    ):
-        raise InvalidRequest(
-            "metadata: at most 16 pairs, keys of at most 64 characters, values of at most 512",
-            param="metadata",
-        )
-    expires = create.output_expires_after
-    if expires is not None and not 3600 <= expires.seconds <= 2_592_000:
-        raise InvalidRequest(
-            "output_expires_after.seconds: between 3600 and 2592000",
-            param="output_expires_after.seconds",
-        )
-    return create
 
 
 class OpenAIBatchService:

@@ -21,12 +21,12 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 def _expires_after(fields: dict[str, str]) -> float | None:
     anchor = fields.get("expires_after[anchor]")
     seconds = fields.get("expires_after[seconds]")
-    if anchor is None and seconds is None:
-        return None
-    if anchor != "created_at" or seconds is None or not seconds.isdigit():
-        raise InvalidRequest(
-            "expires_after: anchor 'created_at' and whole seconds", param="expires_after"
-        )
+    if anchor not in (None, "created_at"):
+        raise InvalidRequest("expires_after.anchor: only 'created_at'", param="expires_after")
+    if seconds is None:
+        return None  # the default lifetime
+    if not seconds.isdigit():
+        raise InvalidRequest("expires_after.seconds: whole seconds", param="expires_after.seconds")
     if not 3600 <= int(seconds) <= 2_592_000:
         raise InvalidRequest(
             "expires_after.seconds: between 3600 and 2592000", param="expires_after.seconds"
