@@ -148,6 +148,22 @@ def _tool_call(block: Mapping[str, Any], where: str, dialect: ChatDialect) -> di
     }
 
 
+def call_arguments(call: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """(name, arguments object) of a chat tool call (arguments as JSON text): the reverse of
+    ``_tool_call``'s wire form; InvalidRequest when either is missing or not an object."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+        raise InvalidRequest(f"{where}.function.name: Field required")
+    arguments = function.get("arguments") or "{}"
+    try:
+        decoded = msgspec.json.decode(arguments) if isinstance(arguments, str) else None
+    except msgspec.DecodeError:
+        decoded = None
+    if not isinstance(decoded, dict):
+        raise InvalidRequest(f"{where}.function.arguments: must be a JSON object (as text)")
+    return function["name"], decoded
+
+
 def _user_turn(
     blocks: Sequence[Mapping[str, Any]], where: str, dialect: ChatDialect
 ) -> list[dict[str, Any]]:

@@ -44,7 +44,12 @@ from typing import Any
 
 import msgspec
 
-from batchd.backends.chat import FINISH_REASONS, TOOL_CHOICES, TOOL_ERROR_PREFIX
+from batchd.backends.chat import (
+    FINISH_REASONS,
+    TOOL_CHOICES,
+    TOOL_ERROR_PREFIX,
+    call_arguments,
+)
 from batchd.errors import InvalidRequest
 
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.S)
@@ -93,7 +98,7 @@ def messages_request(
     for key, value in body.items():
         if key not in _TRANSLATED and key not in _DROPPED and value is not None:
             raise InvalidRequest(f"{key}: not supported on {TARGET}")
-    _check_plain(body)
+    check_plain(body, TARGET)
     system, messages = _conversation(body.get("messages"))
     params: dict[str, Any] = {
         "model": model,
@@ -121,13 +126,15 @@ def messages_request(
     return params
 
 
-def _check_plain(body: Mapping[str, Any]) -> None:
-    """The keys we take only at the value that needs no translation."""
+def check_plain(body: Mapping[str, Any], target: str) -> None:
+    """The keys a target that answers one plain-text choice takes only at their default."""
     if body.get("n") not in (None, 1):
-        raise InvalidRequest(f"n: {TARGET} answers one choice only")
+        raise InvalidRequest(f"n: {target} answers one choice only")
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
-        raise InvalidRequest(f"response_format: only 'text' can be sent to {TARGET}")
+        raise InvalidRequest(f"response_format: only 'text' can be sent to {target}")
+    if body.get("logprobs"):
+        raise InvalidRequest(f"logprobs: {target} does not return log probabilities")
 
 
 def _max_tokens(body: Mapping[str, Any], default: int) -> Any:
@@ -255,19 +262,10 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
 
 
 def _tool_use(call: Any, where: str) -> dict[str, Any]:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
-        raise InvalidRequest(f"{where}.function.name: Field required")
+    name, arguments = call_arguments(call, where)
     if not isinstance(call.get("id"), str):
         raise InvalidRequest(f"{where}.id: Field required")
-    arguments = function.get("arguments") or "{}"
-    try:
-        decoded = msgspec.json.decode(arguments) if isinstance(arguments, str) else None
-    except msgspec.DecodeError:
-        decoded = None
-    if not isinstance(decoded, dict):
-        raise InvalidRequest(f"{where}.function.arguments: must be a JSON object (as text)")
-    return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": decoded}
+    return {"type": "tool_use", "id": call["id"], "name": name, "input": arguments}
 
 
 def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -172,10 +172,11 @@ class TransformersGenerator:
         self._tokenizer = tokenizer
         self._device = pick_device(device)
         self._max_batch = max_batch
-        self._batcher: PaddedBatcher | None = None
+        self._batcher: PaddedBatcher[Generated] | None = None
+        self.model: Any = None  # once started; the embeddings engine shares it
 
     async def start(self) -> None:
-        model = await asyncio.to_thread(self._load)
+        self.model = model = await asyncio.to_thread(self._load)
         run_batch = PaddedGenerate(model, self._tokenizer, self._device, share=self._share)
         self._batcher = PaddedBatcher(run_batch, self._max_batch, by_prefix=self._share)
         self._batcher.start()
