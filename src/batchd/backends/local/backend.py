@@ -174,18 +174,22 @@ class LocalBackend:
         ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
+    def _generating(self) -> Generator:
+        if self._generator is None:
+            raise InvalidRequest(
+                f"model: backend {self.name!r} computes embeddings only; it does not generate"
+            )
+        return self._generator
+
     async def _generate(
         self, prompt: list[int], max_tokens: int, stops: tuple[str, ...], sampling: Sampling
     ) -> Generated:
-        if self._generator is None:
-            raise InvalidRequest(
-                f"model: {self.model_path} computes embeddings only; it does not generate"
-            )
         if max_tokens == 0:
             return Generated([], Finish.LENGTH)
-        return await self._generator.generate(Job(prompt, max_tokens, stops, sampling))
+        return await self._generating().generate(Job(prompt, max_tokens, stops, sampling))
 
     async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:  # noqa: ARG002
+        self._generating()
         turns = [(m.role, m.content) for m in params.messages]
         prompt = self.prompt_tokens(params.system, turns, params.tools)
         stops = tuple(s for s in params.stop_sequences or () if s)
@@ -203,6 +207,7 @@ class LocalBackend:
         model = body.get("model")
         if not isinstance(model, str):
             raise InvalidRequest("model: Field required (a string)")
+        self._generating()
         check_plain(body, "a local model")
         chat, tools = template_chat(body)
         prompt = self._template_tokens(chat, tools)
