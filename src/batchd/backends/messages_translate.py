@@ -26,7 +26,8 @@ Request (``messages_request``):
     temperature (0-1), top_p, top_k     the same; a temperature above 1 is refused
     user                                ``metadata.user_id``
     n = 1, seed, store, metadata, service_tier, stream_options, reasoning_effort,
-    prompt_cache_key, safety_identifier, a message's ``name``      dropped
+    prompt_cache_key, safety_identifier, verbosity, a message's ``name``,
+    penalties at 0, logprobs false                                  dropped
     anything else (n > 1, logprobs, penalties, logit_bias, response_format other than
     text, audio, modalities, prediction, web_search_options, unknown keys)   InvalidRequest
 
@@ -85,6 +86,12 @@ _TRANSLATED = frozenset(
         "response_format",
     }
 )
+# keys taken at their default value only (and then dropped): what many clients always send
+_DEFAULTS: dict[str, Any] = {
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "logprobs": False,
+}
 _REVERSE_TOOL_CHOICES = {chat: messages for messages, chat in TOOL_CHOICES.items()}
 TARGET = "an Anthropic backend"
 
@@ -95,10 +102,7 @@ def messages_request(
     body: Mapping[str, Any], *, model: str, default_max_tokens: int
 ) -> dict[str, Any]:
     """The Messages params for a chat.completions ``body``, sent as ``model``."""
-    for key, value in body.items():
-        if key not in _TRANSLATED and key not in _DROPPED and value is not None:
-            raise InvalidRequest(f"{key}: not supported on {TARGET}")
-    check_plain(body, TARGET)
+    _check_keys(body)
     system, messages = _conversation(body.get("messages"))
     params: dict[str, Any] = {
         "model": model,
@@ -124,6 +128,16 @@ def messages_request(
         if (choice := _tool_choice(body)) is not None:
             params["tool_choice"] = choice
     return params
+
+
+def _check_keys(body: Mapping[str, Any]) -> None:
+    """Refuse what would be lost: a key not translated, nor dropped, nor at its default."""
+    for key, value in body.items():
+        if key in _TRANSLATED or key in _DROPPED or value is None:
+            continue
+        if key not in _DEFAULTS or value != _DEFAULTS[key]:
+            raise InvalidRequest(f"{key}: not supported on {TARGET}")
+    check_plain(body, TARGET)
 
 
 def check_plain(body: Mapping[str, Any], target: str) -> None:
