@@ -50,6 +50,7 @@ from batchd.backends.chat import (
     TOOL_CHOICES,
     TOOL_ERROR_PREFIX,
     call_arguments,
+    content_texts,
 )
 from batchd.errors import InvalidRequest
 
@@ -248,22 +249,8 @@ def _text_only(content: Any, where: str) -> str:
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    content = message.get("content")
-    if isinstance(content, str):
-        if content:
-            blocks.append({"type": "text", "text": content})
-    elif isinstance(content, list):
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            text = part.get(kind) if kind in ("text", "refusal") else None
-            if not isinstance(text, str):
-                raise InvalidRequest(
-                    f"{where}.content.{j}.type: only text and refusal parts are assistant content"
-                )
-            blocks.append({"type": "text", "text": text})
-    elif content is not None:
-        raise InvalidRequest(f"{where}.content: a string, a list of parts or null")
+    texts = content_texts(message.get("content"), f"{where}.content", TARGET)
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in texts if t]
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         blocks.append({"type": "text", "text": message["refusal"]})
     if message.get("function_call") is not None:

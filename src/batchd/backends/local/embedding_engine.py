@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -35,7 +34,7 @@ from transformers import AutoModel
 from batchd.backends.local.backend import is_decoder
 from batchd.backends.local.batching import PaddedBatcher
 from batchd.backends.local.generation import Job
-from batchd.backends.local.transformers_engine import cpu_threads, pick_device
+from batchd.backends.local.transformers_engine import load_model, pick_device
 
 
 class Pooling(StrEnum):
@@ -145,12 +144,7 @@ class TransformersEmbedder:
     def _load(self) -> Any:
         if self._shared is not None:
             return self._shared.base_model
-        if self._device == "cpu":
-            torch.set_num_threads(cpu_threads(self._threads, os.cpu_count()))
-        dtype = "auto" if self._device != "cpu" else torch.float32
-        auto: Any = AutoModel  # untyped factory
-        model = auto.from_pretrained(self._model_path, dtype=dtype)
-        return model.to(self._device).eval()
+        return load_model(AutoModel, str(self._model_path), self._device, self._threads)
 
     async def embed(self, tokens: list[int]) -> list[float]:
         assert self._batcher is not None, "start() first"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from batchd.backends.chat import ChatDialect, call_arguments, function_tools
+from batchd.backends.chat import ChatDialect, call_arguments, content_texts, function_tools
 from batchd.backends.chat import chat_messages as translate_messages
 from batchd.errors import InvalidRequest
 
@@ -78,20 +78,7 @@ def _template_message(message: Any, where: str) -> dict[str, Any]:
 
 
 def _template_text(content: Any, where: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            text = part.get(kind) if kind in ("text", "refusal") else None
-            if not isinstance(text, str):
-                raise InvalidRequest(
-                    f"{where}.{j}.type: content part {kind!r} cannot be sent to {TEMPLATE.target}"
-                )
-            texts.append(text)
-        return "\n\n".join(texts)
-    raise InvalidRequest(f"{where}: a string, a list of parts or null")
+    return "\n\n".join(content_texts(content, where, TEMPLATE.target))
 
 
 def _template_call(call: Any, where: str) -> dict[str, Any]:
