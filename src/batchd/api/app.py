@@ -21,6 +21,7 @@ from batchd.api.routes import (
     messages,
     models,
     openai_batches,
+    openai_calls,
     prometheus,
 )
 
@@ -52,6 +53,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(count_tokens.router)
     app.include_router(messages.router)
     app.include_router(models.router)
+    app.include_router(openai_calls.router)
     app.include_router(prometheus.router)
     app.include_router(files.router)
     app.include_router(openai_batches.router)

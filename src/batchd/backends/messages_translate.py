@@ -26,7 +26,8 @@ Request (``messages_request``):
     temperature (0-1), top_p, top_k     the same; a temperature above 1 is refused
     user                                ``metadata.user_id``
     n = 1, seed, store, metadata, service_tier, stream_options, reasoning_effort,
-    prompt_cache_key, safety_identifier, a message's ``name``      dropped
+    prompt_cache_key, safety_identifier, verbosity, a message's ``name``,
+    penalties at 0, logprobs false                                  dropped
     anything else (n > 1, logprobs, penalties, logit_bias, response_format other than
     text, audio, modalities, prediction, web_search_options, unknown keys)   InvalidRequest
 
@@ -44,7 +45,13 @@ from typing import Any
 
 import msgspec
 
-from batchd.backends.chat import FINISH_REASONS, TOOL_CHOICES, TOOL_ERROR_PREFIX
+from batchd.backends.chat import (
+    FINISH_REASONS,
+    TOOL_CHOICES,
+    TOOL_ERROR_PREFIX,
+    call_arguments,
+    content_texts,
+)
 from batchd.errors import InvalidRequest
 
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.S)
@@ -80,6 +87,12 @@ _TRANSLATED = frozenset(
         "response_format",
     }
 )
+# keys taken at their default value only (and then dropped): what many clients always send
+_DEFAULTS: dict[str, Any] = {
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "logprobs": False,
+}
 _REVERSE_TOOL_CHOICES = {chat: messages for messages, chat in TOOL_CHOICES.items()}
 TARGET = "an Anthropic backend"
 
@@ -90,10 +103,7 @@ def messages_request(
     body: Mapping[str, Any], *, model: str, default_max_tokens: int
 ) -> dict[str, Any]:
     """The Messages params for a chat.completions ``body``, sent as ``model``."""
-    for key, value in body.items():
-        if key not in _TRANSLATED and key not in _DROPPED and value is not None:
-            raise InvalidRequest(f"{key}: not supported on {TARGET}")
-    _check_plain(body)
+    _check_keys(body)
     system, messages = _conversation(body.get("messages"))
     params: dict[str, Any] = {
         "model": model,
@@ -121,13 +131,25 @@ def messages_request(
     return params
 
 
-def _check_plain(body: Mapping[str, Any]) -> None:
-    """The keys we take only at the value that needs no translation."""
+def _check_keys(body: Mapping[str, Any]) -> None:
+    """Refuse what would be lost: a key not translated, nor dropped, nor at its default."""
+    for key, value in body.items():
+        if key in _TRANSLATED or key in _DROPPED or value is None:
+            continue
+        if key not in _DEFAULTS or value != _DEFAULTS[key]:
+            raise InvalidRequest(f"{key}: not supported on {TARGET}")
+    check_plain(body, TARGET)
+
+
+def check_plain(body: Mapping[str, Any], target: str) -> None:
+    """The keys a target that answers one plain-text choice takes only at their default."""
     if body.get("n") not in (None, 1):
-        raise InvalidRequest(f"n: {TARGET} answers one choice only")
+        raise InvalidRequest(f"n: {target} answers one choice only")
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
-        raise InvalidRequest(f"response_format: only 'text' can be sent to {TARGET}")
+        raise InvalidRequest(f"response_format: only 'text' can be sent to {target}")
+    if body.get("logprobs"):
+        raise InvalidRequest(f"logprobs: {target} does not return log probabilities")
 
 
 def _max_tokens(body: Mapping[str, Any], default: int) -> Any:
@@ -227,22 +249,8 @@ def _text_only(content: Any, where: str) -> str:
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    content = message.get("content")
-    if isinstance(content, str):
-        if content:
-            blocks.append({"type": "text", "text": content})
-    elif isinstance(content, list):
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            text = part.get(kind) if kind in ("text", "refusal") else None
-            if not isinstance(text, str):
-                raise InvalidRequest(
-                    f"{where}.content.{j}.type: only text and refusal parts are assistant content"
-                )
-            blocks.append({"type": "text", "text": text})
-    elif content is not None:
-        raise InvalidRequest(f"{where}.content: a string, a list of parts or null")
+    texts = content_texts(message.get("content"), f"{where}.content", TARGET)
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in texts if t]
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         blocks.append({"type": "text", "text": message["refusal"]})
     if message.get("function_call") is not None:
@@ -255,19 +263,10 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, 
 
 
 def _tool_use(call: Any, where: str) -> dict[str, Any]:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
-        raise InvalidRequest(f"{where}.function.name: Field required")
+    name, arguments = call_arguments(call, where)
     if not isinstance(call.get("id"), str):
         raise InvalidRequest(f"{where}.id: Field required")
-    arguments = function.get("arguments") or "{}"
-    try:
-        decoded = msgspec.json.decode(arguments) if isinstance(arguments, str) else None
-    except msgspec.DecodeError:
-        decoded = None
-    if not isinstance(decoded, dict):
-        raise InvalidRequest(f"{where}.function.arguments: must be a JSON object (as text)")
-    return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": decoded}
+    return {"type": "tool_use", "id": call["id"], "name": name, "input": arguments}
 
 
 def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
