@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from random import Random
+from typing import Literal
 
 import openai
 import pytest
@@ -25,7 +26,7 @@ from tests.support.cluster import Cluster
 from tests.support.upstream import FakeUpstream, serve_upstream
 
 HANG = 90.0  # seconds: a batch that has not ended by then is hung
-CHAT = "/v1/chat/completions"
+CHAT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 
 
 @pytest.fixture
