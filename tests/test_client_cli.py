@@ -267,3 +267,31 @@ def test_the_readme_first_try_runs(server: RunningServer, tmp_path: Path) -> Non
     assert [(r["custom_id"], r["result"]["type"]) for r in results] == [
         ("line-1", "succeeded"), ("line-2", "succeeded"), ("line-3", "succeeded"),
     ]  # fmt: skip
+
+
+def test_submit_runs_a_vllm_run_batch_file_through_the_openai_face(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A `vllm run-batch` input file, unchanged: chat and embeddings lines mixed (one OpenAI
+    batch per url), results written in OpenAI's output format, in input order."""
+    chat = {"model": "mock", "messages": [{"role": "user", "content": "Hello world!"}]}
+    lines = [
+        {"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions", "body": chat},
+        {"custom_id": "request-2", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": "mock", "input": "You are a helpful assistant."}},
+        {"custom_id": "request-3", "method": "POST", "url": "/v1/chat/completions",
+         "body": chat | {"max_completion_tokens": 1000}},
+    ]  # fmt: skip
+    infile = _write(tmp_path / "vllm.jsonl", *lines)
+    out = tmp_path / "out.jsonl"
+
+    done = batchd("submit", str(infile), "--wait", "--out", str(out), url=server.url)
+
+    assert done.returncode == 0, done.stderr
+    results = _lines(out)
+    assert [r["custom_id"] for r in results] == ["request-1", "request-2", "request-3"]
+    assert all(r["response"]["status_code"] == 200 and r["error"] is None for r in results)
+    assert results[0]["response"]["body"]["object"] == "chat.completion"
+    assert results[1]["response"]["body"]["data"][0]["object"] == "embedding"
+    assert "as 2 batches" in done.stderr
+    assert "3 succeeded, 0 failed" in done.stderr

@@ -18,10 +18,10 @@ from typing import IO, TypeVar
 import click
 from rich.markup import escape
 
-from batchd.client import results, views
+from batchd.client import openai_batches, results, views
 from batchd.client.errors import Interrupted
 from batchd.client.http import Batch, BatchdClient
-from batchd.client.inputs import Defaults, read_requests
+from batchd.client.inputs import Defaults, is_openai_file, read_requests
 from batchd.client.progress import describe, tally, wait_for
 from batchd.client.submit import submit as create_batches
 
@@ -75,6 +75,9 @@ def submit(
     waiting: Waiting,
 ) -> None:
     err = views.console(stderr=True)
+    if is_openai_file(path):
+        submit_openai(server, path, wait=wait, waiting=waiting)
+        return
     requests = read_requests(path, defaults)
     if requests.generated:
         for line in views.generated_ids(requests.generated):
@@ -98,6 +101,36 @@ def submit(
     for batch_id in batch_ids:
         click.echo(batch_id)
     err.print(f"wait for the results with: {escape(resume_command(server, batch_ids, waiting))}")
+
+
+def submit_openai(server: Server, path: Path, *, wait: bool, waiting: Waiting) -> None:
+    """A file of OpenAI batch lines: one OpenAI batch per endpoint; results in its format."""
+    err = views.console(stderr=True)
+    found = openai_batches.read_openai_file(path)
+    created = server.call(lambda client: openai_batches.create(client, found, path.name))
+    batch_ids = [b["id"] for b in created]
+    err.print(
+        f"submitted {len(found.custom_ids):,} OpenAI requests as {len(batch_ids)} "
+        f"batch{'es' if len(batch_ids) > 1 else ''}: {' '.join(batch_ids)}",
+        markup=False,
+        highlight=False,
+    )
+    if not wait:
+        for batch_id in batch_ids:
+            click.echo(batch_id)
+        return
+
+    async def run(client: BatchdClient) -> tuple[list[bytes], dict[str, int]]:
+        ended = await openai_batches.wait(client, batch_ids, err, waiting.interval)
+        return await openai_batches.results(client, ended, found.custom_ids)
+
+    lines, counts = server.call(run)
+    openai_batches.write(lines, waiting.out)
+    err.print(
+        f"ended: {counts['succeeded']:,} succeeded, {counts['failed']:,} failed; wrote "
+        f"{len(lines):,} results to {escape(str(waiting.out or 'stdout'))}",
+        highlight=False,
+    )
 
 
 def _interrupted(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> Interrupted:

@@ -53,6 +53,14 @@ class BatchdClient:
     ) -> None:
         await self._session.close()
 
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any route: its JSON answer (the OpenAI face's files and batches)."""
+        return await self._call(method, path, **kwargs)
+
+    async def content(self, path: str) -> bytes:
+        async with self._request("GET", path) as response:
+            return await response.read()
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         async with self._request(method, path, **kwargs) as response:
             body = await response.read()

@@ -49,6 +49,21 @@ def generated_id(line: int) -> str:
     return f"line-{line}"
 
 
+def is_openai_file(path: Path) -> bool:
+    """Whether the file's first line is an OpenAI batch line (``url`` and ``body``), which
+    ``batchd submit`` runs through the OpenAI face (``client/openai_batches.py``)."""
+    try:
+        with path.open("rb") as lines:
+            first = next((line for line in lines if line.strip()), b"")
+    except OSError:
+        return False  # read_requests says what is wrong with it
+    try:
+        value = _decode(first)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(value, dict) and "url" in value and "body" in value
+
+
 def read_requests(path: Path, defaults: Defaults) -> Requests:
     try:
         with path.open("rb") as lines:
