@@ -52,9 +52,11 @@ def read_openai_file(path: Path) -> OpenAIFile:
         if not isinstance(value, dict) or not isinstance(value.get("url"), str):
             raise BadInput(str(path), number, 'expected {"custom_id", "method", "url", "body"}')
         url, custom_id = value["url"], value.get("custom_id")
-        if not isinstance(custom_id, str) or custom_id in seen:
-            problem = f"custom_id {custom_id!r} is already used on line {seen.get(custom_id)}"
-            raise BadInput(str(path), number, problem if custom_id in seen else "no custom_id")
+        if not isinstance(custom_id, str):
+            raise BadInput(str(path), number, "no custom_id (a string)")
+        if custom_id in seen:
+            problem = f"custom_id {custom_id!r} is already used on line {seen[custom_id]}"
+            raise BadInput(str(path), number, problem)
         seen[custom_id] = number
         found.by_endpoint.setdefault(url, []).append(line)
         found.custom_ids.append(custom_id)
