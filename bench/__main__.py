@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, postgres, scenarios
+from bench import local, openai, postgres, scenarios
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -35,6 +35,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100],
         "calls": 50,
         "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
+        "openai_file": (200, 1),  # lines, MiB
+        "openai_embeddings": 500,
         "repeat": 1,
     },
     "default": {
@@ -47,6 +49,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 300,
         "local": {"prompts": 256, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 32},
+        "openai_file": (50_000, 200),
+        "openai_embeddings": 100_000,
         "repeat": 3,
     },
     "full": {
@@ -59,6 +63,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 1_000,
         "local": {"prompts": 1024, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 64},
+        "openai_file": (50_000, 200),
+        "openai_embeddings": 100_000,
         "repeat": 3,
     },
 }
@@ -79,6 +85,10 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
+        "openai_ingest": lambda: openai.ingest(
+            size["openai_file"][0], size["openai_file"][1], repeat, workdir
+        ),
+        "openai_embeddings": lambda: openai.embeddings(size["openai_embeddings"], repeat, workdir),
     }
 
 
@@ -92,6 +102,8 @@ NAMES = [
     "pg_engine",
     "pg_results",
     "local",
+    "openai_ingest",
+    "openai_embeddings",
 ]
 
 

@@ -46,16 +46,18 @@ def batchd(
     engine: bool = True,
     backends: list[dict[str, Any]] | None = None,
     database: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Process]:
     """``batchd serve`` in its own process, on the SQLite file ``workdir / SQLITE_FILE``,
-    or on ``database`` (a PostgreSQL URL, brought up to date by ``batchd migrate`` first)."""
+    or on ``database`` (a PostgreSQL URL, brought up to date by ``batchd migrate`` first);
+    ``env``: more settings as ``BATCHD_*`` variables."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     db = database or f"sqlite:///{workdir / SQLITE_FILE}"
     config = workdir / "batchd.toml"
     config.write_text("\n".join(_backend_toml(b) for b in backends or []))
     log = workdir / "batchd.log"
-    env = {**os.environ, "BATCHD_ENGINE": "true" if engine else "false"}
+    env = {**os.environ, **(env or {}), "BATCHD_ENGINE": "true" if engine else "false"}
     command = [sys.executable, "-m", "batchd.cli"]
     if database is not None:
         migrate = subprocess.run(

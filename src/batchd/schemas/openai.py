@@ -1,6 +1,7 @@
 """The OpenAI face's wire shapes: files, batches, list pages, output lines, the error envelope.
 
-Each struct writes every key the ``openai`` SDK's type of the same name declares (``null``
+A line's ``response.request_id`` is ``req_`` and the hex of its ``batch_req_`` id. Each
+struct writes every key the ``openai`` SDK's type of the same name declares (``null``
 where there is no value), so that its strict mode parses them; ``tests/test_openai_face.py``
 proves it through the SDK. Output and error lines are ``BatchRequestOutput``: ``id``,
 ``custom_id``, ``response`` (``status_code``, ``request_id``, ``body``) and ``error``.
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from batchd.errors import BatchdError, ErrorType, UpstreamError
-from batchd.ids import new_batch_request_id, new_request_id
+from batchd.ids import new_batch_request_id
 
 _encode = msgspec.json.encode
 
@@ -199,10 +200,11 @@ class BatchPage(msgspec.Struct, tag_field="object", tag="list"):
 
 def output_line(custom_id: str, body: dict[str, Any]) -> bytes:
     """A line of the output file: the upstream's answer to one request."""
-    return b'{"id":"%s","custom_id":%s,"response":{"status_code":200,"request_id":"%s",' % (
-        new_batch_request_id().encode(),
+    line_id = new_batch_request_id()
+    return b'{"id":"%s","custom_id":%s,"response":{"status_code":200,"request_id":"req_%s",' % (
+        line_id.encode(),
         _encode(custom_id),
-        new_request_id().encode(),
+        line_id[10:].encode(),
     ) + b'"body":%s},"error":null}' % _encode(body)
 
 
@@ -210,11 +212,12 @@ def refused_line(custom_id: str, exc: BatchdError) -> bytes:
     """A line of the error file for a request that got an HTTP error: its status and
     OpenAI's error body, as the upstream (or batchd in its place) answered."""
     status = exc.upstream_status if isinstance(exc, UpstreamError) else exc.status
-    return b'{"id":"%s","custom_id":%s,"response":{"status_code":%d,"request_id":"%s",' % (
-        new_batch_request_id().encode(),
+    line_id = new_batch_request_id()
+    return b'{"id":"%s","custom_id":%s,"response":{"status_code":%d,"request_id":"req_%s",' % (
+        line_id.encode(),
         _encode(custom_id),
         status,
-        new_request_id().encode(),
+        line_id[10:].encode(),
     ) + b'"body":%s},"error":null}' % _encode(error_of(exc))
 
 

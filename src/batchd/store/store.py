@@ -152,7 +152,7 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
 
 
 REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result", "endpoint")
-FILE_PAGE = 16  # chunks read at once
+FILE_PAGE = 1  # chunks read at once: one, so that reading a file holds one chunk
 
 
 class Store:

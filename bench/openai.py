@@ -1,0 +1,232 @@
+"""The OpenAI face's scenarios, each beside its baseline in the same run.
+
+* ``openai_ingest``: upload (``POST /v1/files``, multipart) and create (``POST /v1/batches``)
+  of a file of chat lines, against a plain script that parses and checks the same lines and
+  bulk-inserts them into the same schema; and the server's peak RSS against the file.
+* ``openai_embeddings``: a batch of short embeddings inputs run by the engine on the instant
+  mock, against the raw claim -> execute -> record loop of the Message Batches face's
+  ``engine`` scenario with the same execute (the mock's embeddings, OpenAI's output line).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import secrets
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from batchd.backends.mock import mock_embeddings
+from batchd.schemas.openai import output_line
+from bench import harness, workload
+from bench.scenarios import MOCK, Row, _fresh_db
+
+CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
+
+
+def chat_file(lines: int, mib: float) -> bytes:
+    """``lines`` realistic chat lines, padded (``user``) to about ``mib`` MiB in all."""
+    requests = workload.requests(lines)
+    out = []
+    for request in requests:
+        params = request["params"]
+        messages = [{"role": "system", "content": params["system"]}] if "system" in params else []
+        for message in params["messages"]:
+            content = message["content"]
+            if isinstance(content, list):
+                content = " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+            messages.append({"role": message["role"], "content": content})
+        body = {"model": "mock", "messages": messages, "max_tokens": params["max_tokens"]}
+        out.append({"custom_id": request["custom_id"], "method": "POST", "url": CHAT, "body": body})
+    natural = sum(len(json.dumps(line, separators=(",", ":"))) + 1 for line in out)
+    pad = max(0, (int(mib * 2**20) - natural) // lines - len(',"user":""'))
+    for line in out:
+        line["body"]["user"] = "u" * pad
+    return b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in out)
+
+
+def embeddings_file(lines: int) -> bytes:
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": f"e{i}",
+                "method": "POST",
+                "url": EMBEDDINGS,
+                "body": {"model": "mock", "input": f"short input number {i}"},
+            },
+            separators=(",", ":"),
+        ).encode()
+        + b"\n"
+        for i in range(lines)
+    )
+
+
+def upload(url: str, data: bytes) -> dict[str, Any]:
+    """``POST /v1/files`` as the SDK sends it: multipart, purpose then file."""
+    boundary = secrets.token_hex(16)
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    body = head + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"{url}/v1/files",
+        data=body,
+        method="POST",
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def create(url: str, file_id: str, endpoint: str) -> dict[str, Any]:
+    body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
+    return harness.post_json(f"{url}/v1/batches", json.dumps(body).encode())
+
+
+def wait_done(url: str, batch_id: str, timeout: float = 900) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = harness.get_json(f"{url}/v1/batches/{batch_id}")
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            return batch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{batch_id} did not end")
+        time.sleep(0.02)
+
+
+# -- 1. upload + create ----------------------------------------------------------------------
+
+
+def _raw_ingest(data: bytes, path: Path) -> float:
+    """Parse and check each line as a careful plain script would, then bulk-insert."""
+    with closing(_fresh_db(path)) as db:
+        started = time.perf_counter()
+        gc.disable()
+        try:
+            rows, seen = [], set()
+            for line in data.splitlines():
+                item = msgspec.json.decode(line)
+                custom_id, body = item["custom_id"], item["body"]
+                if custom_id in seen or item["url"] != CHAT or item["method"] != "POST":
+                    raise ValueError(custom_id)
+                seen.add(custom_id)
+                if not isinstance(body.get("model"), str):
+                    raise ValueError(custom_id)
+                rows.append((custom_id, msgspec.json.encode(body)))
+        finally:
+            gc.enable()
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
+            " VALUES (1, ?, 'mock', ?, 'queued')",
+            rows,
+        )
+        db.execute("COMMIT")
+        return time.perf_counter() - started
+
+
+def ingest(lines: int, mib: float, repeat: int, workdir: Path) -> list[Row]:
+    data = chat_file(lines, mib)
+
+    def run() -> tuple[float, float, float]:
+        with harness.batchd(workdir / "openai_ingest", engine=False, backends=[MOCK]) as server:
+            idle = harness.peak_rss_mib(server.pid)
+            started = time.perf_counter()
+            file = upload(server.url, data)
+            batch = create(server.url, file["id"], CHAT)
+            took = time.perf_counter() - started
+            assert batch["status"] == "in_progress", batch
+            return took, harness.peak_rss_mib(server.pid), idle
+
+    took, rss, idle = harness.median_of(repeat, run, key=lambda r: r[0])
+    raw = harness.median_of(
+        repeat, functools.partial(_raw_ingest, data, workdir / "raw.db"), key=float
+    )
+    file_mib = len(data) / 2**20
+    return [
+        {
+            "lines": lines,
+            "file_mib": round(file_mib, 1),
+            "batchd_s": round(took, 3),
+            "raw_s": round(raw, 3),
+            "ratio": round(took / raw, 2),
+            "peak_rss_mib": round(rss, 1),
+            "rss_over_file": round(rss / file_mib, 2),
+            "growth_over_file": round((rss - idle) / file_mib, 2),
+        }
+    ]
+
+
+# -- 2. engine overhead on embeddings ----------------------------------------------------------
+
+
+def _raw_loop(data: bytes, path: Path) -> float:
+    """Claim -> execute (the mock's embeddings, OpenAI's output line) -> record, 256 at a
+    time, on the same schema: the ``engine`` scenario's loop."""
+    lines = [msgspec.json.decode(line) for line in data.splitlines()]
+    with closing(_fresh_db(path)) as db:
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
+            " VALUES (1, ?, 'mock', ?, 'queued')",
+            [(line["custom_id"], msgspec.json.encode(line["body"])) for line in lines],
+        )
+        db.execute("COMMIT")
+        started = time.perf_counter()
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            claimed = db.execute(
+                "UPDATE requests SET state = 'running', attempts = attempts + 1 WHERE id IN"
+                " (SELECT id FROM requests WHERE backend = 'mock' AND batch_seq = 1"
+                " AND state = 'queued' ORDER BY id LIMIT 256) RETURNING id, custom_id, params"
+            ).fetchall()
+            db.execute("COMMIT")
+            if not claimed:
+                return time.perf_counter() - started
+            results = [
+                (output_line(custom_id, mock_embeddings(msgspec.json.decode(raw))), row_id)
+                for row_id, custom_id, raw in claimed
+            ]
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE requests SET state = 'succeeded', result = ? WHERE id = ?", results
+            )
+            db.execute("COMMIT")
+
+
+def embeddings(lines: int, repeat: int, workdir: Path) -> list[Row]:
+    data = embeddings_file(lines)
+
+    def run() -> float:
+        with harness.batchd(
+            workdir / "openai_embeddings",
+            backends=[MOCK],
+            env={"BATCHD_MAX_FILE_LINES": str(lines), "BATCHD_MAX_REQUESTS_PER_BATCH": str(lines)},
+        ) as server:
+            file = upload(server.url, data)
+            batch = create(server.url, file["id"], EMBEDDINGS)
+            started = time.perf_counter()
+            done = wait_done(server.url, batch["id"])
+            took = time.perf_counter() - started
+            assert done["request_counts"]["completed"] == lines, done
+            return took
+
+    took = harness.median_of(repeat, run, key=float)
+    raw = harness.median_of(repeat, functools.partial(_raw_loop, data, workdir / "raw.db"), float)
+    return [
+        {
+            "inputs": lines,
+            "batchd_req_s": round(lines / took),
+            "raw_req_s": round(lines / raw),
+            "ratio": round(raw / took, 2),
+        }
+    ]
