@@ -146,3 +146,34 @@ def test_the_errors_route_keeps_to_the_workspace_of_the_key(
             }
         ]
     }
+
+
+def test_the_console_shows_the_openai_faces_batches_too(
+    start_server: StartServer, tmp_path: Path, browser: Browser
+) -> None:
+    import openai  # the OpenAI face: the same engine, the same console
+
+    from tests.test_openai_face import chat_line, run_batch
+
+    key = _create_key(tmp_path / "batchd.db", "team-a")
+    server = start_server()
+    with openai.OpenAI(base_url=server.url + "/v1", api_key=key) as client:
+        refused = chat_line("refused") | {"body": {"model": "mock", "messages": "x"}}
+        batch = run_batch(client, [chat_line("ok"), refused])
+    page: Page = browser.new_page(accept_downloads=True)
+    page.goto(f"{server.url}/console")
+    page.fill("#key", key)
+    page.click("#key-form button")
+    row = page.locator(f'tr[data-batch="{batch.id}"]')
+    expect(row).to_contain_text("ended")
+    expect(row).to_contain_text("1 succeeded · 1 errored")
+
+    page.click(f'a[href="/console/batches/{batch.id}"]')
+    expect(page.locator("#error-rows")).to_contain_text("refused")
+    expect(page.locator("#error-rows")).to_contain_text("invalid_request_error")
+    with page.expect_download() as download_info:
+        page.click("#download")
+    saved = tmp_path / "results.jsonl"
+    download_info.value.save_as(saved)
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines] == ["ok", "refused"]

@@ -137,8 +137,7 @@ class OpenAIBatchService:
             dialect_fields=msgspec.json.encode(fields),
             files=[] if errors else files,
         )
-        if rows:
-            self._on_created()
+        self._on_created()
         return OpenAIBatch(batch, fields)
 
     async def get(self, workspace: str, batch_id: str) -> OpenAIBatch:

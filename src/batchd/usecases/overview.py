@@ -34,21 +34,30 @@ class _Result(msgspec.Struct):
     error: _Envelope = msgspec.field(default_factory=_Envelope)
 
 
+class _Response(msgspec.Struct):  # an OpenAI error-file line's response
+    body: _Envelope = msgspec.field(default_factory=_Envelope)
+
+
 class _Line(msgspec.Struct):
-    result: _Result = msgspec.field(default_factory=_Result)
+    result: _Result | None = None  # a Message Batches result line
+    response: _Response | None = None  # an OpenAI output or error line
 
 
 _decode_line = msgspec.json.Decoder(_Line).decode
 
 
 def summarize_error(custom_id: str, line: bytes | None) -> ErrorSummary:
-    """The error type and message of one errored result line."""
+    """The error type and message of one errored result line, of either face."""
     if line is None:
         return ErrorSummary(custom_id, "api_error", "no result recorded")
     try:
-        error = _decode_line(line).result.error.error
+        decoded = _decode_line(line)
     except msgspec.DecodeError:
         return ErrorSummary(custom_id, "api_error", "unreadable result line")
+    if decoded.response is not None:
+        error = decoded.response.body.error
+    else:
+        error = (decoded.result or _Result()).error.error
     return ErrorSummary(custom_id, error.type, error.message)
 
 
@@ -58,7 +67,7 @@ class Overview:
 
     async def first_errors(self, workspace: str, batch_id: str, limit: int) -> list[ErrorSummary]:
         """The first errored requests of a batch this workspace owns (404 otherwise)."""
-        batch = await self._store.get_batch(workspace, batch_id)
+        batch = await self._store.get_batch(workspace, batch_id)  # of either face
         if batch is None:
             raise NotFound(f"message batch {batch_id!r} not found")
         rows = await self._store.errored_results(batch.seq, limit)

@@ -3,6 +3,8 @@
 
 const KEY = "batchd.api-key";
 const API = "/v1/messages/batches";
+const OPENAI_API = "/v1/batches"; // the OpenAI face's batches (ids batch_...), shown alike
+const OPENAI_FINAL = ["completed", "failed", "expired", "cancelled"];
 const STATES = ["succeeded", "errored", "canceled", "expired"];
 const FAST = 1000; // ms between refreshes while something runs
 const SLOW = 5000; // ms between refreshes of a quiet list (new batches still show up)
@@ -107,10 +109,45 @@ function schedule(load, running) {
   timer = setTimeout(load, running ? FAST : SLOW);
 }
 
+// -- the OpenAI face's batches, in the Message Batches shape ---------------------------
+
+const isOpenAI = (id) => id.startsWith("batch_");
+const iso = (seconds) => (seconds ? new Date(seconds * 1000).toISOString() : null);
+
+function fromOpenAI(batch) {
+  const c = batch.request_counts || { total: 0, completed: 0, failed: 0 };
+  const ended = OPENAI_FINAL.includes(batch.status);
+  const rest = c.total - c.completed - c.failed;
+  return {
+    id: batch.id,
+    openai_status: batch.status,
+    processing_status: ended ? "ended" : batch.status === "cancelling" ? "canceling" : "in_progress",
+    created_at: iso(batch.created_at),
+    ended_at: iso(batch.completed_at || batch.failed_at || batch.expired_at || batch.cancelled_at),
+    cancel_initiated_at: iso(batch.cancelling_at),
+    expires_at: iso(batch.expires_at),
+    archived_at: null,
+    files: [batch.output_file_id, batch.error_file_id].filter(Boolean),
+    request_counts: {
+      processing: ended ? 0 : rest,
+      succeeded: c.completed,
+      errored: c.failed,
+      canceled: batch.status === "cancelled" ? rest : 0,
+      expired: batch.status === "expired" ? rest : 0,
+    },
+  };
+}
+
 // -- the list -------------------------------------------------------------------------
 
 async function loadList() {
-  const page = await (await api(`${API}?limit=100`)).json();
+  const [messages, openai] = await Promise.all([
+    api(`${API}?limit=100`).then((r) => r.json()),
+    api(`${OPENAI_API}?limit=100`).then((r) => r.json()),
+  ]);
+  const batches = messages.data.concat(openai.data.map(fromOpenAI));
+  batches.sort((a, b) => new Date(b.created_at) - new Date(a.created_at));
+  const page = { data: batches.slice(0, 100) };
   showOnly("list");
   const rows = page.data.map((batch) =>
     el(
@@ -150,7 +187,9 @@ async function loadErrors(id, counts) {
 }
 
 async function loadBatch(id) {
-  const batch = await (await api(`${API}/${encodeURIComponent(id)}`)).json();
+  const batch = isOpenAI(id)
+    ? fromOpenAI(await (await api(`${OPENAI_API}/${encodeURIComponent(id)}`)).json())
+    : await (await api(`${API}/${encodeURIComponent(id)}`)).json();
   showOnly("detail");
   document.title = `${batch.id} · batchd`;
   const counts = batch.request_counts;
@@ -177,7 +216,7 @@ async function loadBatch(id) {
     ...factRows([["processing", counts.processing], ...STATES.map((s) => [s, counts[s]])].map(([n, v]) => [n, String(v)])),
   );
   $("cancel").disabled = batch.processing_status !== "in_progress";
-  $("download").disabled = !ended || Boolean(batch.archived_at);
+  $("download").disabled = !ended || Boolean(batch.archived_at) || (batch.files && !batch.files.length);
   await loadErrors(batch.id, counts);
   return !ended;
 }
@@ -185,7 +224,7 @@ async function loadBatch(id) {
 async function cancelBatch(id) {
   if (!confirm(`Cancel ${id}? Queued requests will not run.`)) return;
   $("cancel").disabled = true;
-  await api(`${API}/${encodeURIComponent(id)}/cancel`, {
+  await api(`${isOpenAI(id) ? OPENAI_API : API}/${encodeURIComponent(id)}/cancel`, {
     method: "POST",
     headers: { "content-type": "application/json" },
   });
@@ -193,8 +232,18 @@ async function cancelBatch(id) {
   await refresh();
 }
 
+async function openAIResults(id) {
+  // the output file's lines, then the error file's: every custom_id once
+  const batch = fromOpenAI(await (await api(`${OPENAI_API}/${encodeURIComponent(id)}`)).json());
+  const parts = [];
+  for (const file of batch.files) parts.push(await (await api(`/v1/files/${file}/content`)).blob());
+  return new Blob(parts, { type: "application/jsonl" });
+}
+
 async function downloadResults(id) {
-  const blob = await (await api(`${API}/${encodeURIComponent(id)}/results`)).blob();
+  const blob = isOpenAI(id)
+    ? await openAIResults(id)
+    : await (await api(`${API}/${encodeURIComponent(id)}/results`)).blob();
   const url = URL.createObjectURL(blob);
   const link = el("a", { href: url, download: `${id}_results.jsonl` });
   document.body.append(link);
