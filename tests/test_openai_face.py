@@ -7,6 +7,7 @@ checked instead, ``ChatCompletion`` and ``CreateEmbeddingResponse``).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -21,8 +22,10 @@ from openai.types import Batch, CreateEmbeddingResponse, FileDeleted, FileObject
 from openai.types.chat import ChatCompletion
 
 from tests.conftest import StartServer, mock_request
+from tests.support.invariants import pg_count_mismatches
 from tests.support.keys import make_keys
-from tests.support.server import RunningServer
+from tests.support.postgres import PostgresServer
+from tests.support.server import RunningServer, make_settings, serve_batchd
 
 Endpoint = Literal["/v1/chat/completions", "/v1/embeddings"]
 CHAT: Endpoint = "/v1/chat/completions"
@@ -415,3 +418,39 @@ def test_another_workspaces_ids_answer_404(start_server: StartServer, tmp_path: 
         assert list(bob.batches.list()) == []
         with pytest.raises(openai.AuthenticationError):
             sdk(server, "sk-wrong").files.list()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+def test_the_face_on_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
+    """The same store rules on PostgreSQL: files in chunks, their pages, the dialect filter,
+    output and error files, cancel."""
+    url = postgres.new_database_sync()
+    settings = make_settings(str(tmp_path / "unused.db"), db=url, backends=[SLOW_BACKEND])
+    with serve_batchd(settings) as server, sdk(server) as client:
+        refused = chat_line("bad") | {"body": {"model": "mock", "messages": "not a list"}}
+        batch = run_batch(client, [chat_line("ok"), refused])
+        assert batch.status == "completed"
+        assert list(lines_of(client, batch.output_file_id)) == ["ok"]
+        assert list(lines_of(client, batch.error_file_id)) == ["bad"]
+        uploads = [f.id for f in client.files.list(purpose="batch", order="asc", limit=1)]
+        assert uploads == [batch.input_file_id]
+        assert {f.id for f in client.files.list(purpose="batch_output")} == {
+            batch.output_file_id,
+            batch.error_file_id,
+        }
+        big = upload(client, [chat_line(f"r{i}", model="slow-1") for i in range(30)])
+        running = client.batches.create(
+            input_file_id=big.id, endpoint=CHAT, completion_window="24h"
+        )
+        client.batches.cancel(running.id)
+        done = wait_done(client, running.id)
+        assert done.status == "cancelled"
+        ids = lines_of(client, done.output_file_id) | lines_of(client, done.error_file_id)
+        assert sorted(ids) == sorted(f"r{i}" for i in range(30))
+        assert [b.id for b in client.batches.list()] == [running.id, batch.id]
+        client.files.delete(big.id)
+        with pytest.raises(openai.NotFoundError):
+            client.files.content(big.id)
+    assert asyncio.run(pg_count_mismatches(url)) == []
