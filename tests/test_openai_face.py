@@ -21,11 +21,13 @@ import pytest
 from openai.types import Batch, CreateEmbeddingResponse, FileDeleted, FileObject
 from openai.types.chat import ChatCompletion
 
-from tests.conftest import StartServer, mock_request
+from tests.conftest import StartServer, mock_request, wait_until
+from tests.support.clock import ManualClock
 from tests.support.invariants import pg_count_mismatches
 from tests.support.keys import make_keys
 from tests.support.postgres import PostgresServer
 from tests.support.server import RunningServer, make_settings, serve_batchd
+from tests.support.upstream import FakeUpstream
 
 Endpoint = Literal["/v1/chat/completions", "/v1/embeddings"]
 CHAT: Endpoint = "/v1/chat/completions"
@@ -454,3 +456,39 @@ def test_the_face_on_postgresql(postgres: PostgresServer, tmp_path: Path) -> Non
         with pytest.raises(openai.NotFoundError):
             client.files.content(big.id)
     assert asyncio.run(pg_count_mismatches(url)) == []
+
+
+def test_unrun_requests_expire_into_the_error_file(
+    start_server: StartServer, held: FakeUpstream
+) -> None:
+    clock = ManualClock()
+    backend = {
+        "name": "upstream",
+        "kind": "anthropic",
+        "base_url": held.url,
+        "models": ["claude-*"],
+        "max_concurrency": 1,
+        "adaptive_concurrency": False,
+    }
+    server = start_server(batch_ttl_seconds=3600.0, backends=[backend], clock=clock)
+    with sdk(server) as client:
+        file = upload(client, [chat_line(f"r{i}", model="claude-expiring") for i in range(10)])
+        batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+        held.release(2)
+        wait_until(lambda: completed(client, batch.id) == 2, "two requests did not complete")
+        clock.advance(3600.0)
+        done = wait_done(client, batch.id, timeout=30)
+        held.release()
+        output, errors = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
+
+    assert done.status == "expired"
+    assert done.expired_at is not None
+    assert len(output) == 2
+    assert sorted(output | errors) == sorted(f"r{i}" for i in range(10))
+    assert {line["error"]["code"] for line in errors.values()} == {"batch_expired"}
+
+
+def completed(client: openai.OpenAI, batch_id: str) -> int:
+    counts = client.batches.retrieve(batch_id).request_counts
+    assert counts is not None
+    return counts.completed
