@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, postgres, scenarios
+from bench import embeddings, local, postgres, scenarios
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -35,6 +35,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100],
         "calls": 50,
         "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
+        "embeddings": {"inputs": 128, "batch_size": 16, "per_request": 16, "clients": 2},
         "repeat": 1,
     },
     "default": {
@@ -47,6 +48,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 300,
         "local": {"prompts": 256, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 32},
+        "embeddings": {"inputs": 8_192, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
     "full": {
@@ -59,6 +61,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 1_000,
         "local": {"prompts": 1024, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 64},
+        "embeddings": {"inputs": 32_768, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
 }
@@ -79,6 +82,7 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
+        "embeddings": lambda: embeddings.embeddings(size["embeddings"], repeat, workdir),
     }
 
 
@@ -92,6 +96,7 @@ NAMES = [
     "pg_engine",
     "pg_results",
     "local",
+    "embeddings",
 ]
 
 
