@@ -48,7 +48,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 300,
         "local": {"prompts": 256, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 32},
-        "embeddings": {"inputs": 8_192, "batch_size": 64, "per_request": 64, "clients": 4},
+        "embeddings": {"inputs": 2_048, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
     "full": {
@@ -61,7 +61,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 1_000,
         "local": {"prompts": 1024, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 64},
-        "embeddings": {"inputs": 32_768, "batch_size": 64, "per_request": 64, "clients": 4},
+        "embeddings": {"inputs": 8_192, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
 }
