@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, openai, postgres, scenarios
+from bench import embeddings, local, openai, postgres, scenarios
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -37,6 +37,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
         "openai_file": (200, 1),  # lines, MiB
         "openai_embeddings": 500,
+        "embeddings": {"inputs": 128, "batch_size": 16, "per_request": 16, "clients": 2},
         "repeat": 1,
     },
     "default": {
@@ -51,6 +52,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "local": {"prompts": 256, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 32},
         "openai_file": (50_000, 200),
         "openai_embeddings": 100_000,
+        "embeddings": {"inputs": 2_048, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
     "full": {
@@ -65,6 +67,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "local": {"prompts": 1024, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 64},
         "openai_file": (50_000, 200),
         "openai_embeddings": 100_000,
+        "embeddings": {"inputs": 8_192, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
 }
@@ -89,6 +92,7 @@ def plan(
             size["openai_file"][0], size["openai_file"][1], repeat, workdir
         ),
         "openai_embeddings": lambda: openai.embeddings(size["openai_embeddings"], repeat, workdir),
+        "embeddings": lambda: embeddings.embeddings(size["embeddings"], repeat, workdir),
     }
 
 
@@ -104,6 +108,7 @@ NAMES = [
     "local",
     "openai_ingest",
     "openai_embeddings",
+    "embeddings",
 ]
 
 

@@ -6,6 +6,11 @@ interactive priority and limits (``usecases/messages.py``). A chat answer asked 
 the whole answer (no backend is called streaming): a first chunk with the role, one with
 the text, one per tool call, a last one with ``finish_reason``, a usage chunk when
 ``stream_options.include_usage`` asks for it, then ``data: [DONE]``.
+
+They are not in batchd's /openapi.json: their bodies are OpenAI's (the ``openai`` SDK's
+types and OpenAI's own OpenAPI document describe them), and which of those a request may
+use depends on the backend that serves its model (README, "OpenAI endpoints per backend
+kind").
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from batchd.usecases.messages import OpenAIRequest
 router = APIRouter(tags=["openai"])
 
 
-@router.post(OPENAI_CHAT, response_model=None)
+@router.post(OPENAI_CHAT, response_model=None, include_in_schema=False)
 async def create_chat_completion(
     request: Request, services: ServicesDep, caller: CallerDep
 ) -> JSON | StreamingResponse:
@@ -42,7 +47,7 @@ async def create_chat_completion(
     return JSON(completion)
 
 
-@router.post(OPENAI_EMBEDDINGS, response_model=None)
+@router.post(OPENAI_EMBEDDINGS, response_model=None, include_in_schema=False)
 async def create_embeddings(request: Request, services: ServicesDep, caller: CallerDep) -> JSON:
     _, answer = await _call(OPENAI_EMBEDDINGS, request, services, caller)
     return JSON(answer)

@@ -223,10 +223,9 @@ class LocalBackend:
         request = embeddings_request(body)
         if self._embedder is None:
             raise InvalidRequest(f"model: backend {self.name!r} does not compute embeddings")
-        inputs = [
-            item if isinstance(item, list) else self._tokenizer(item)["input_ids"]
-            for item in request.inputs
-        ]
+        texts = [item for item in request.inputs if isinstance(item, str)]
+        encoded = iter(self._tokenizer(texts)["input_ids"] if texts else ())  # one call
+        inputs = [item if isinstance(item, list) else next(encoded) for item in request.inputs]
         vocabulary, longest = len(self._tokenizer), self._embedder.max_length
         for i, tokens in enumerate(inputs):
             if longest is not None and len(tokens) > longest:
