@@ -25,9 +25,10 @@ import msgspec
 from batchd.backends.mock import mock_embeddings
 from batchd.schemas.openai import output_line
 from bench import harness, workload
-from bench.scenarios import MOCK, Row, _fresh_db
+from bench.scenarios import MOCK, Row, _fresh_db, claim_loop
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
+_decode: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
 
 
 def chat_file(lines: int, mib: float) -> bytes:
@@ -170,8 +171,8 @@ def ingest(lines: int, mib: float, repeat: int, workdir: Path) -> list[Row]:
 
 
 def _raw_loop(data: bytes, path: Path) -> float:
-    """Claim -> execute (the mock's embeddings, OpenAI's output line) -> record, 256 at a
-    time, on the same schema: the ``engine`` scenario's loop."""
+    """The ``engine`` scenario's raw loop, its execute the mock's embeddings and OpenAI's
+    output line."""
     lines = [msgspec.json.decode(line) for line in data.splitlines()]
     with closing(_fresh_db(path)) as db:
         db.execute("BEGIN")
@@ -181,26 +182,9 @@ def _raw_loop(data: bytes, path: Path) -> float:
             [(line["custom_id"], msgspec.json.encode(line["body"])) for line in lines],
         )
         db.execute("COMMIT")
-        started = time.perf_counter()
-        while True:
-            db.execute("BEGIN IMMEDIATE")
-            claimed = db.execute(
-                "UPDATE requests SET state = 'running', attempts = attempts + 1 WHERE id IN"
-                " (SELECT id FROM requests WHERE backend = 'mock' AND batch_seq = 1"
-                " AND state = 'queued' ORDER BY id LIMIT 256) RETURNING id, custom_id, params"
-            ).fetchall()
-            db.execute("COMMIT")
-            if not claimed:
-                return time.perf_counter() - started
-            results = [
-                (output_line(custom_id, mock_embeddings(msgspec.json.decode(raw))), row_id)
-                for row_id, custom_id, raw in claimed
-            ]
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "UPDATE requests SET state = 'succeeded', result = ? WHERE id = ?", results
-            )
-            db.execute("COMMIT")
+        return claim_loop(
+            db, lambda custom_id, raw: output_line(custom_id, mock_embeddings(_decode.decode(raw)))
+        )
 
 
 def embeddings(lines: int, repeat: int, workdir: Path) -> list[Row]:

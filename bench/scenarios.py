@@ -186,25 +186,27 @@ def _raw_loop(body: bytes, path: Path) -> float:
             [(r["custom_id"], msgspec.json.encode(r["params"])) for r in requests],
         )
         db.execute("COMMIT")
-        started = time.perf_counter()
-        while True:
-            db.execute("BEGIN IMMEDIATE")
-            claimed = db.execute(
-                "UPDATE requests SET state = 'running', attempts = attempts + 1 WHERE id IN"
-                " (SELECT id FROM requests WHERE backend = 'mock' AND batch_seq = 1"
-                " AND state = 'queued' ORDER BY id LIMIT 256) RETURNING id, custom_id, params"
-            ).fetchall()
-            db.execute("COMMIT")
-            if not claimed:
-                return time.perf_counter() - started
-            results = []
-            for row_id, custom_id, raw in claimed:
-                results.append((mock_line(custom_id, raw), row_id))
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "UPDATE requests SET state = 'succeeded', result = ? WHERE id = ?", results
-            )
-            db.execute("COMMIT")
+        return claim_loop(db, mock_line)
+
+
+def claim_loop(db: sqlite3.Connection, execute: Callable[[str, bytes], bytes]) -> float:
+    """The raw loop over a database's queued requests: claim 256, ``execute`` each (custom
+    id, params -> result line), record them; the seconds it took."""
+    started = time.perf_counter()
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        claimed = db.execute(
+            "UPDATE requests SET state = 'running', attempts = attempts + 1 WHERE id IN"
+            " (SELECT id FROM requests WHERE backend = 'mock' AND batch_seq = 1"
+            " AND state = 'queued' ORDER BY id LIMIT 256) RETURNING id, custom_id, params"
+        ).fetchall()
+        db.execute("COMMIT")
+        if not claimed:
+            return time.perf_counter() - started
+        results = [(execute(custom_id, raw), row_id) for row_id, custom_id, raw in claimed]
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("UPDATE requests SET state = 'succeeded', result = ? WHERE id = ?", results)
+        db.execute("COMMIT")
 
 
 def engine(

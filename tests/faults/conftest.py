@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import Cluster
 from tests.support.invariants import count_mismatches, pg_count_mismatches
 from tests.support.postgres import PostgresServer
+from tests.support.upstream import FakeUpstream, serve_upstream
 
 SEED_KEY = pytest.StashKey[int]()
 Tally = defaultdict[str, float]
@@ -93,3 +95,22 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     yield db
     if db.path is None or db.path.exists():
         assert db.mismatches() == []
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with serve_upstream(latency=0.05) as running:
+        yield running
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, database: Database, upstream: FakeUpstream) -> Iterator[Cluster]:
+    """``batchd serve`` with its engine and one ``batchd worker``, a few slots each (the
+    kill rounds of both faces)."""
+    running = Cluster(tmp_path, database.url, upstream.url, concurrency=8)
+    try:
+        running.start_api(engine=True)
+        running.start_workers(1)
+        yield running
+    finally:
+        running.stop()

@@ -13,13 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from random import Random
 
 import anthropic
-import pytest
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages import MessageBatch, MessageBatchRequestCounts
 from anthropic.types.messages.batch_create_params import Request
@@ -27,7 +25,7 @@ from anthropic.types.messages.batch_create_params import Request
 from tests.conftest import wait_ended
 from tests.faults.conftest import Database, Tally, rounds
 from tests.support.cluster import Cluster
-from tests.support.upstream import FakeUpstream, serve_upstream, slow
+from tests.support.upstream import FakeUpstream, slow
 
 POINTS = ("create", "mid-batch", "finalisation", "cancel")
 HANG = 90.0  # seconds: a batch that has not ended by then is hung
@@ -58,24 +56,6 @@ def batch_requests(ids: list[str], *, padded: bool = False) -> list[Request]:
             params["system"] = PADDING
         requests.append({"custom_id": i, "params": params})
     return requests
-
-
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with serve_upstream(latency=0.05) as running:
-        yield running
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, database: Database, upstream: FakeUpstream) -> Iterator[Cluster]:
-    """``batchd serve`` with its engine and one ``batchd worker``, a few slots each."""
-    running = Cluster(tmp_path, database.url, upstream.url, concurrency=8)
-    try:
-        running.start_api(engine=True)
-        running.start_workers(1)
-        yield running
-    finally:
-        running.stop()
 
 
 class Round:

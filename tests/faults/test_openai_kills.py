@@ -12,39 +12,17 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from random import Random
 from typing import Literal
 
 import openai
-import pytest
 from openai.types import Batch
 
 from tests.faults.conftest import Database, Tally
 from tests.support.cluster import Cluster
-from tests.support.upstream import FakeUpstream, serve_upstream
 
 HANG = 90.0  # seconds: a batch that has not ended by then is hung
 CHAT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
-
-
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    with serve_upstream(latency=0.05) as running:
-        yield running
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, database: Database, upstream: FakeUpstream) -> Iterator[Cluster]:
-    """``batchd serve`` with its engine and one ``batchd worker``, a few slots each."""
-    running = Cluster(tmp_path, database.url, upstream.url, concurrency=8)
-    try:
-        running.start_api(engine=True)
-        running.start_workers(1)
-        yield running
-    finally:
-        running.stop()
 
 
 def input_file(ids: list[str]) -> bytes:
