@@ -5,6 +5,7 @@ counts. ``batchd db stats`` says what the database holds."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
@@ -23,6 +24,8 @@ from tests.support.invariants import count_mismatches, pg_count_mismatches
 
 T0 = 1_800_000_000.0
 DAY = 24 * 3600.0
+SOAK_REQUESTS = 100  # a day's batch in the soak
+SOAK_BOUND = 1.25  # the soak's file, past retention, against its size on the first such day
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -164,3 +167,42 @@ def _purged(db: Path) -> int:
     with closing(sqlite3.connect(db)) as conn:
         [[n]] = conn.execute("SELECT count(*) FROM batches WHERE purged_at IS NOT NULL")
         return int(n)
+
+
+def test_soak_many_batches_past_retention_keep_the_file_under_a_bound(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A day a step on a compressed clock: each day a batch of SOAK_REQUESTS requests of
+    about 2 KB runs; from day 30 on the purger deletes the batches of 29 days before. The
+    file (with its WAL) stops growing: it stays under SOAK_BOUND times its size on the day
+    the first batch passed retention, however many days follow."""
+    days = int(os.environ.get("BATCHD_SOAK_DAYS", "60"))
+    retention_days = 29
+    clock = ManualClock()
+    server = start_server(clock=clock, purge_interval_seconds=0.05, batch_ttl_seconds=DAY)
+    db = tmp_path / "batchd.db"
+    sizes: list[int] = []
+    text = "lorem ipsum " * 170  # about 2 KB of params, and as much again in each result
+    with anthropic.Anthropic(base_url=server.url, api_key="sk-test") as client:
+        for day in range(days):
+            requests = [mock_request(f"d{day}-{i}", text) for i in range(SOAK_REQUESTS)]
+            batch = client.messages.batches.create(requests=requests)
+            wait_ended(client, batch.id)
+            clock.advance(DAY)
+            past = max(0, day + 1 - retention_days)  # batches now past retention
+            wait_until(lambda n=past: _purged(db) == n, f"day {day}: purge behind", timeout=60)
+            sizes.append(_bytes_on_disk(db))
+        listed = sum(1 for _ in client.messages.batches.list(limit=100))
+
+    plateau = sizes[retention_days]
+    figures = {d + 1: round(s / 2**20, 2) for d, s in enumerate(sizes)}
+    print(f"soak: days {days}, MiB on disk by day {figures}")  # noqa: T201  (the figures)
+    assert listed == min(days, 100)
+    assert max(sizes[retention_days:]) <= SOAK_BOUND * plateau, figures
+    if days > 2 * retention_days:  # without the purge it would have doubled by now
+        assert sizes[-1] < 1.5 * plateau, figures
+
+
+def _bytes_on_disk(db: Path) -> int:
+    wal = db.with_name(db.name + "-wal")
+    return db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
