@@ -14,6 +14,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -56,6 +57,24 @@ class PostgresServer:
     _options: str = ""
     _log: str = ""
     _names: Iterator[int] = field(default_factory=itertools.count)
+    data: Path | None = None  # the data folder
+
+    def _processes(self) -> list[int]:
+        """The postmaster's pid first, then its children (the backends, the helpers)."""
+        assert self.data is not None
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it hangs, answering nothing and accepting no one (the kernel
+        still completes TCP handshakes into the listen backlog)."""
+        for pid in self._processes():  # the postmaster first: it starts no child after
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in reversed(self._processes()):
+            os.kill(pid, signal.SIGCONT)
 
     def url(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -131,6 +150,7 @@ def ephemeral_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
             _ctl=_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data)]),
             _options=options,
             _log=str(root / "log"),
+            data=data,
         )
         server.start()
         try:
