@@ -9,6 +9,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import anthropic
@@ -163,6 +164,10 @@ def test_an_archived_batch_stays_listable_with_its_counts_once_its_requests_are_
     assert listed == [batch.id]
 
 
+def _purged_exactly(db: Path, n: int) -> bool:
+    return _purged(db) == n
+
+
 def _purged(db: Path) -> int:
     with closing(sqlite3.connect(db)) as conn:
         [[n]] = conn.execute("SELECT count(*) FROM batches WHERE purged_at IS NOT NULL")
@@ -190,7 +195,7 @@ def test_soak_many_batches_past_retention_keep_the_file_under_a_bound(
             wait_ended(client, batch.id)
             clock.advance(DAY)
             past = max(0, day + 1 - retention_days)  # batches now past retention
-            wait_until(lambda n=past: _purged(db) == n, f"day {day}: purge behind", timeout=60)
+            wait_until(partial(_purged_exactly, db, past), f"day {day}: purge behind", timeout=60)
             sizes.append(_bytes_on_disk(db))
         listed = sum(1 for _ in client.messages.batches.list(limit=100))
 
