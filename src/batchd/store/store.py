@@ -268,7 +268,8 @@ class Store:
                 return DeleteOutcome.NOT_ENDED
             await tx.execute("delete_requests", {"seq": rows[0]["seq"]})
             await tx.execute("delete_batch", {"seq": rows[0]["seq"]})
-            return DeleteOutcome.DELETED
+        await self.driver.reclaim_space(RECLAIM_PAGES)  # the space of its requests, back
+        return DeleteOutcome.DELETED
 
     async def iter_results(
         self, batch_seq: int, page_size: int
