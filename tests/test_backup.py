@@ -15,7 +15,7 @@ from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.cluster import run_batchd
 from tests.support.invariants import count_mismatches
 from tests.support.postgres import PostgresServer
-from tests.support.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream, backend_of
 
 N = 60
 
@@ -23,14 +23,7 @@ N = 60
 def test_a_backup_taken_while_a_batch_runs_is_consistent_and_finishes_its_batch(
     start_server: StartServer, held: FakeUpstream, tmp_path: Path
 ) -> None:
-    backend = {
-        "name": "upstream",
-        "kind": "anthropic",
-        "base_url": held.url,
-        "models": ["claude-*"],
-        "max_concurrency": 4,
-        "adaptive_concurrency": False,
-    }
+    backend = backend_of(held, max_concurrency=4, adaptive_concurrency=False)
     live = start_server(backends=[backend])
     copy = tmp_path / "copy" / "batchd.db"
     copy.parent.mkdir()

@@ -13,10 +13,7 @@ test as it is: it checks what the previous release wrote, whatever migrations fo
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -28,9 +25,10 @@ from typing import Any
 
 import anthropic
 import pytest
+from bench.harness import SQLITE_FILE, batchd
 
 from tests.conftest import mock_request, wait_ended
-from tests.support.cluster import free_port, run_batchd, wait_until_serving
+from tests.support.cluster import run_batchd
 from tests.support.invariants import count_mismatches, pg_count_mismatches
 from tests.support.postgres import PostgresServer
 from tests.support.server import make_settings, serve_batchd
@@ -56,11 +54,19 @@ def previous_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass(frozen=True)
 class Database:
-    url: str
-    path: Path | None  # SQLite only
+    url: str | None  # PostgreSQL; None: the SQLite file of bench.harness.batchd
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / SQLITE_FILE
+
+    @property
+    def db(self) -> str:
+        return self.url or f"sqlite:///{self.path}"
 
     def mismatches(self) -> list[str]:
-        if self.path is not None:
+        if self.url is None:
             return count_mismatches(self.path)
         return asyncio.run(pg_count_mismatches(self.url))
 
@@ -68,45 +74,21 @@ class Database:
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     if request.param == "sqlite":
-        return Database(f"sqlite:///{tmp_path / 'old.db'}", tmp_path / "old.db")
+        return Database(None, tmp_path)
     postgres: PostgresServer = request.getfixturevalue("postgres")
-    return Database(postgres.new_database_sync(migrated=False), None)
+    return Database(postgres.new_database_sync(migrated=False), tmp_path)
 
 
 @contextmanager
-def previous_batchd(src: Path, db: str, folder: Path, *, engine: bool) -> Iterator[str]:
-    """The previous release's ``batchd serve`` on ``db``; its URL."""
-    port = free_port()
-    env = {**os.environ, **QUICK, "PYTHONPATH": str(src)}
-    log = folder / "previous.log"
-    command = [sys.executable, "-m", "batchd", "serve", "--port", str(port), "--db", db]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [*command, *([] if engine else ["--no-engine"])],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(f"{url}/healthz", proc, log.read_text)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()
-
-
-def _migrate_with(src: Path, db: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    done = subprocess.run(
-        [sys.executable, "-m", "batchd", "migrate", "--db", db],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+def previous_batchd(src: Path, database: Database, *, engine: bool) -> Iterator[str]:
+    """The previous release's ``batchd serve`` on the database (PostgreSQL migrated by its
+    ``batchd migrate`` first); its URL."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", str(src))
+        for name, value in QUICK.items():
+            env.setenv(name, value)
+        with batchd(database.folder, engine=engine, database=database.url) as process:
+            yield process.url
 
 
 def _requests(prefix: str, n: int) -> list[Any]:
@@ -131,19 +113,17 @@ def _snapshot(client: anthropic.Anthropic) -> dict[str, dict[str, Any]]:
 
 
 def test_a_database_of_the_previous_release_migrates_and_keeps_serving(
-    previous_src: Path, database: Database, tmp_path: Path
+    previous_src: Path, database: Database
 ) -> None:
-    if database.path is None:  # PostgreSQL is never migrated by serve
-        _migrate_with(previous_src, database.url)
     with (
-        previous_batchd(previous_src, database.url, tmp_path, engine=True) as url,
+        previous_batchd(previous_src, database, engine=True) as url,
         anthropic.Anthropic(base_url=url, api_key="sk-test") as client,
     ):
         for name in ("done1", "done2"):
             batch = client.messages.batches.create(requests=_requests(name, 20))
             wait_ended(client, batch.id)
     with (
-        previous_batchd(previous_src, database.url, tmp_path, engine=False) as url,
+        previous_batchd(previous_src, database, engine=False) as url,
         anthropic.Anthropic(base_url=url, api_key="sk-test") as client,
     ):
         waiting = client.messages.batches.create(requests=_requests("waiting", 30))
@@ -156,9 +136,9 @@ def test_a_database_of_the_previous_release_migrates_and_keeps_serving(
         "canceling",
     }
 
-    done = run_batchd("migrate", "--db", database.url)
+    done = run_batchd("migrate", "--db", database.db)
     assert done.returncode == 0, done.stderr
-    settings = make_settings("unused", db=database.url)
+    settings = make_settings("unused", db=database.db)
     with (
         serve_batchd(settings) as server,
         anthropic.Anthropic(base_url=server.url, api_key="sk-test") as client,
