@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,10 +111,12 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 
 @contextmanager
-def ephemeral_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
+def ephemeral_postgres(
+    *, durable: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[PostgresServer]:
     """A new server in a temporary folder, with the migrated template database; ``durable``
     keeps fsync and synchronous commits on, as a deployment would (the benchmark), instead
-    of the tests' unsafe fast settings."""
+    of the tests' unsafe fast settings; ``settings`` are more of the server's (``-c``)."""
     bin_dir = require_bin()
     with tempfile.TemporaryDirectory(prefix="batchd-pg-") as tmp:
         root = Path(tmp)
@@ -145,6 +147,7 @@ def ephemeral_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         server = PostgresServer(
             port,
             _ctl=_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data)]),
