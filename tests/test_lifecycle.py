@@ -20,7 +20,7 @@ import anthropic
 import asyncpg
 import pytest
 
-from batchd.domain import ClaimedRequest, Outcome, RequestState
+from batchd.domain import ClaimedRequest, DeleteOutcome, Outcome, RequestState
 from batchd.schemas.results import succeeded_line
 from batchd.store import NewRequest, Purge, Store, open_store
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
@@ -115,6 +115,22 @@ async def test_sqlite_gives_the_space_of_deleted_requests_back(tmp_path: Path) -
     assert empty.used_bytes < 200_000
     assert empty.free_bytes == 0
     assert path.stat().st_size < 200_000  # the checkpoint at close truncated the file
+
+
+async def test_sqlite_gives_the_space_of_a_deleted_batch_back(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/s.db")
+    try:
+        batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + DAY, _requests(500, 4000))
+        await _finish(store, batch.seq, T0 + 1)
+        full = await store.stats()
+        assert await store.delete_batch("ws", "msgbatch_a") == DeleteOutcome.DELETED
+        empty = await store.stats()
+    finally:
+        await store.close()
+
+    assert full.used_bytes > 2_000_000
+    assert empty.used_bytes < 200_000
+    assert empty.free_bytes == 0
 
 
 def test_batchd_migrate_converts_a_file_made_without_incremental_vacuum(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ dead index entries of every row claimed before (O(n^2) over a batch); rows below
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ from batchd.domain import (
     RawParams,
     RequestState,
 )
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, StoreUnavailable
 from batchd.store.queries import Dialect, load_migrations
 
 
@@ -268,7 +269,8 @@ class Store:
                 return DeleteOutcome.NOT_ENDED
             await tx.execute("delete_requests", {"seq": rows[0]["seq"]})
             await tx.execute("delete_batch", {"seq": rows[0]["seq"]})
-        await self.driver.reclaim_space(RECLAIM_PAGES)  # the space of its requests, back
+        with contextlib.suppress(StoreUnavailable):  # deleted; the next purge gives it back
+            await self.driver.reclaim_space(RECLAIM_PAGES)  # the space of its requests
         return DeleteOutcome.DELETED
 
     async def iter_results(
