@@ -89,13 +89,7 @@ CANNOT: dict[tuple[str, str], str] = {
 
 
 # Behaviours a kind should show and does not yet: expected to fail until fixed.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("mock", "count tokens as usage does"): (
-        "the mock's answers estimate the message text alone (estimate_tokens), its "
-        "count_tokens the roles and tool definitions too (estimate_input_tokens), which "
-        "costs 10-25 us an answer on the instant mock's hot path as written"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _marks(kind: str, behaviour: str) -> list[pytest.MarkDecorator]:
