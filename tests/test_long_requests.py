@@ -21,8 +21,7 @@ from anthropic.types.messages import MessageBatchIndividualResponse, MessageBatc
 
 from batchd.backends.http import call_timeout
 from batchd.domain import ProcessingStatus
-from batchd.engine import Engine, EngineSettings
-from batchd.runtime import build_services, open_runtime
+from batchd.runtime import build_engine, build_services, open_runtime
 from batchd.store import Sweep
 from tests.support.clock import ManualClock
 from tests.support.server import make_settings
@@ -92,19 +91,7 @@ async def test_a_call_longer_than_its_lease_and_an_hour_is_renewed_not_run_again
                     await a_sweep.wait()
 
             monkeypatch.setattr(runtime.store, "sweep", counted_sweep)
-            engine = Engine(
-                runtime.store,
-                runtime.runners,
-                EngineSettings(
-                    lease_seconds=LEASE,
-                    poll_interval=settings.poll_interval_seconds,
-                    sweep_interval=settings.sweep_interval_seconds,
-                    claim_chunk=settings.claim_chunk,
-                    shutdown_grace=0.1,
-                ),
-                clock,
-                runtime.metrics,
-            )
+            engine = build_engine(runtime)
             batches = (await build_services(runtime, engine)).batches
             task = asyncio.create_task(engine.run())
             try:

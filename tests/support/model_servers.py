@@ -9,20 +9,17 @@ skipped, except in CI (``CI=true``), where that fails the run.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import free_port
+from tests.support.cluster import free_port, wait_until_serving
 
 
 def _require(module: str, package: str) -> None:
@@ -33,18 +30,10 @@ def _require(module: str, package: str) -> None:
         pytest.skip(message)
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextmanager
 def serve_transformers(model_dir: Path, log: Path) -> Iterator[str]:
     """``transformers serve MODEL_DIR`` on a loopback port until the block exits; yields its
-    origin once ``GET /health`` answers (the test's timeout bounds the wait)."""
+    origin once ``GET /health`` answers."""
     _require("accelerate", "accelerate")
     port = free_port()
     command = [
@@ -63,17 +52,9 @@ def serve_transformers(model_dir: Path, log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        while not _healthy(url):
-            if process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {log.read_text()[-2000:]}")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=0.2)  # returns early only if it dies
+    try:  # it loads torch and the model first: slow on 2 shared cores
+        wait_until_serving(f"{url}/health", process, log.read_text, timeout=110)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.kill()  # nothing of it is kept
+        process.wait()
