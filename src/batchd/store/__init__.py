@@ -1,23 +1,29 @@
 """Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.store import (
+    DatabaseStats,
     NewFile,
     NewRequest,
+    Purge,
     Recorded,
     RequestFigures,
     SchemaMismatch,
     Store,
     Sweep,
+    Timeouts,
 )
 
 __all__ = [
+    "DatabaseStats",
     "NewFile",
     "NewRequest",
+    "Purge",
     "Recorded",
     "RequestFigures",
     "SchemaMismatch",
     "Store",
     "Sweep",
+    "Timeouts",
     "open_store",
 ]
 
