@@ -75,6 +75,14 @@ def test_mock_chat_completion_streams_as_the_sdk_reads_it(connect: Connect) -> N
     assert chunks[-1].usage == whole.usage
 
 
+def test_mock_takes_sampling_it_has_no_use_for(connect: Connect) -> None:
+    client = connect()
+    completion = client.chat.completions.create(
+        model="mock", messages=USER, temperature=1.5, top_p=0.5, seed=3
+    )
+    assert completion.choices[0].message.content == "Mock reply: one two three four"
+
+
 def test_mock_tool_call_streams_its_arguments(connect: Connect) -> None:
     client = connect()
     tool: ChatCompletionFunctionToolParam = {
