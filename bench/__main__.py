@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import embeddings, local, postgres, scenarios
+from bench import local, postgres, scenarios
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -34,8 +34,16 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [500],
         "lookups": [100],
         "calls": 50,
-        "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
-        "embeddings": {"inputs": 128, "batch_size": 16, "per_request": 16, "clients": 2},
+        "local": {
+            "prompts": 16,
+            "new_tokens": 8,
+            "batch_size": 8,
+            "system": 100,
+            "single": 4,
+            "embed_inputs": 64,
+            "embed_per_request": 8,
+            "embed_clients": 2,
+        },
         "repeat": 1,
     },
     "default": {
@@ -47,8 +55,16 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [20_000],
         "lookups": [100, 10_000],
         "calls": 300,
-        "local": {"prompts": 256, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 32},
-        "embeddings": {"inputs": 2_048, "batch_size": 64, "per_request": 64, "clients": 4},
+        "local": {
+            "prompts": 256,
+            "new_tokens": 32,
+            "batch_size": 64,
+            "system": 300,
+            "single": 32,
+            "embed_inputs": 2_048,
+            "embed_per_request": 64,
+            "embed_clients": 4,
+        },
         "repeat": 3,
     },
     "full": {
@@ -60,8 +76,16 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [100_000],
         "lookups": [100, 10_000],
         "calls": 1_000,
-        "local": {"prompts": 1024, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 64},
-        "embeddings": {"inputs": 8_192, "batch_size": 64, "per_request": 64, "clients": 4},
+        "local": {
+            "prompts": 1024,
+            "new_tokens": 32,
+            "batch_size": 64,
+            "system": 300,
+            "single": 64,
+            "embed_inputs": 8_192,
+            "embed_per_request": 64,
+            "embed_clients": 4,
+        },
         "repeat": 3,
     },
 }
@@ -82,7 +106,6 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
-        "embeddings": lambda: embeddings.embeddings(size["embeddings"], repeat, workdir),
     }
 
 
@@ -96,7 +119,6 @@ NAMES = [
     "pg_engine",
     "pg_results",
     "local",
-    "embeddings",
 ]
 
 
