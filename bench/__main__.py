@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import embeddings, local, openai, postgres, scenarios
+from bench import local, openai, postgres, scenarios
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -34,10 +34,18 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [500],
         "lookups": [100],
         "calls": 50,
-        "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
+        "local": {
+            "prompts": 16,
+            "new_tokens": 8,
+            "batch_size": 8,
+            "system": 100,
+            "single": 4,
+            "embed_inputs": 64,
+            "embed_per_request": 8,
+            "embed_clients": 2,
+        },
         "openai_file": (200, 1),  # lines, MiB
         "openai_embeddings": 500,
-        "embeddings": {"inputs": 128, "batch_size": 16, "per_request": 16, "clients": 2},
         "repeat": 1,
     },
     "default": {
@@ -49,10 +57,18 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [20_000],
         "lookups": [100, 10_000],
         "calls": 300,
-        "local": {"prompts": 256, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 32},
+        "local": {
+            "prompts": 256,
+            "new_tokens": 32,
+            "batch_size": 64,
+            "system": 300,
+            "single": 32,
+            "embed_inputs": 2_048,
+            "embed_per_request": 64,
+            "embed_clients": 4,
+        },
         "openai_file": (50_000, 200),
         "openai_embeddings": 100_000,
-        "embeddings": {"inputs": 2_048, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
     "full": {
@@ -64,10 +80,18 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [100_000],
         "lookups": [100, 10_000],
         "calls": 1_000,
-        "local": {"prompts": 1024, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 64},
+        "local": {
+            "prompts": 1024,
+            "new_tokens": 32,
+            "batch_size": 64,
+            "system": 300,
+            "single": 64,
+            "embed_inputs": 8_192,
+            "embed_per_request": 64,
+            "embed_clients": 4,
+        },
         "openai_file": (50_000, 200),
         "openai_embeddings": 100_000,
-        "embeddings": {"inputs": 8_192, "batch_size": 64, "per_request": 64, "clients": 4},
         "repeat": 3,
     },
 }
@@ -92,7 +116,6 @@ def plan(
             size["openai_file"][0], size["openai_file"][1], repeat, workdir
         ),
         "openai_embeddings": lambda: openai.embeddings(size["openai_embeddings"], repeat, workdir),
-        "embeddings": lambda: embeddings.embeddings(size["embeddings"], repeat, workdir),
     }
 
 
@@ -108,7 +131,6 @@ NAMES = [
     "local",
     "openai_ingest",
     "openai_embeddings",
-    "embeddings",
 ]
 
 

@@ -1,4 +1,5 @@
-"""The in-process embeddings engine (kind = "transformers") against the library on its own.
+"""The in-process embeddings engine (kind = "transformers") against the library on its own:
+part of the ``local`` scenario (``bench/local.py``), in the same ``batchd serve``.
 
 On the tiny sentence-transformers encoder that the tests build
 (``tests/support/tiny_model.py``: a two-layer BERT, mean pooling), the same short texts
@@ -83,11 +84,8 @@ class Library:
         return len(inputs) / (time.perf_counter() - started)
 
 
-def embeddings(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
-    model = build_tiny_embedding_model(workdir / "tiny-embedding-model")
-    inputs = texts(size["inputs"])
-    batch_size, per_request, clients = size["batch_size"], size["per_request"], size["clients"]
-    backend = {
+def backend(model: Path, batch_size: int) -> dict[str, Any]:
+    return {
         "name": "embed",
         "kind": "transformers",
         "model_path": str(model),
@@ -95,27 +93,41 @@ def embeddings(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
         "max_batch_size": batch_size,
         "max_concurrency": 4 * batch_size,
     }
-    runs = []
-    with harness.batchd(workdir / "embeddings", backends=[backend]) as server:
-        _batchd_inputs_per_s(server.url, inputs[: 4 * per_request], per_request, clients)  # warm
-        for _ in range(repeat):
-            runs.append(_batchd_inputs_per_s(server.url, inputs, per_request, clients))
-    batchd = sorted(runs)[len(runs) // 2]
-    library = Library(model)
-    library.padded(inputs[: 4 * batch_size], batch_size, 1)  # warm
-    padded = max(
-        harness.median_of(
-            repeat, functools.partial(library.padded, inputs, batch_size, threads), key=float
+
+
+class Measure:
+    """The workload, and batchd's figures as ``local`` takes them in each of its runs."""
+
+    def __init__(self, size: dict[str, Any], workdir: Path) -> None:
+        self.model = build_tiny_embedding_model(workdir / "tiny-embedding-model")
+        self.inputs = texts(size["embed_inputs"])
+        self.batch_size = size["batch_size"]
+        self.per_request, self.clients = size["embed_per_request"], size["embed_clients"]
+        self.runs: list[float] = []
+
+    def run(self, url: str) -> None:
+        """One figure from a running batchd (warmed with a few requests first)."""
+        warm = self.inputs[: 4 * self.per_request]
+        _batchd_inputs_per_s(url, warm, self.per_request, self.clients)
+        self.runs.append(_batchd_inputs_per_s(url, self.inputs, self.per_request, self.clients))
+
+    def row(self, repeat: int) -> Row:
+        batchd = sorted(self.runs)[len(self.runs) // 2]
+        library = Library(self.model)
+        library.padded(self.inputs[: 4 * self.batch_size], self.batch_size, 1)  # warm
+        padded = max(
+            harness.median_of(
+                repeat,
+                functools.partial(library.padded, self.inputs, self.batch_size, threads),
+                key=float,
+            )
+            for threads in sorted({1, os.cpu_count() or 1})
         )
-        for threads in sorted({1, os.cpu_count() or 1})
-    )
-    return [
-        {
-            "inputs": len(inputs),
-            "per_request": per_request,
-            "clients": clients,
+        return {
+            "embed_inputs": len(self.inputs),
+            "per_request": self.per_request,
+            "clients": self.clients,
             "batchd_inputs_s": round(batchd),
             "padded_inputs_s": round(padded),
             "of_padded": round(batchd / padded, 2),
         }
-    ]

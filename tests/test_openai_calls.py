@@ -16,6 +16,7 @@ import torch
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import (
     ChatCompletion,
+    ChatCompletionContentPartImageParam,
     ChatCompletionFunctionToolParam,
     ChatCompletionMessageParam,
 )
@@ -73,6 +74,14 @@ def test_mock_chat_completion_streams_as_the_sdk_reads_it(connect: Connect) -> N
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None
     assert chunks[-1].usage == whole.usage
+
+
+def test_mock_takes_sampling_it_has_no_use_for(connect: Connect) -> None:
+    client = connect()
+    completion = client.chat.completions.create(
+        model="mock", messages=USER, temperature=1.5, top_p=0.5, seed=3
+    )
+    assert completion.choices[0].message.content == "Mock reply: one two three four"
 
 
 def test_mock_tool_call_streams_its_arguments(connect: Connect) -> None:
@@ -243,6 +252,25 @@ def test_openai_kind_embeddings(connect: Connect, fake_openai: FakeOpenAI) -> No
     assert answer.data[1].embedding == pytest.approx(embedding_for("c"))
     assert len(answer.data[0].embedding) == EMBEDDING_WIDTH
     assert fake_openai.requests("/embeddings")[0].body["encoding_format"] == "base64"
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        pytest.param("http://169.254.169.254/latest/meta-data", "169.254.169.254", id="metadata"),
+        pytest.param("http://localhost:8080/admin", "localhost", id="localhost"),
+    ],
+)
+def test_openai_kind_is_not_sent_an_internal_url(
+    connect: Connect, fake_openai: FakeOpenAI, url: str, host: str
+) -> None:
+    client = connect(openai_backend(fake_openai))
+    part: ChatCompletionContentPartImageParam = {"type": "image_url", "image_url": {"url": url}}
+    with pytest.raises(openai.BadRequestError, match=host):
+        client.chat.completions.create(
+            model="up-chat", messages=[{"role": "user", "content": [part]}]
+        )
+    assert fake_openai.requests() == []
 
 
 def test_openai_kind_upstream_refusal_reaches_the_client(connect: Connect) -> None:

@@ -24,6 +24,7 @@ from batchd.validation import Params, check_params
 
 MOCK_DIMENSIONS = 16
 MOCK_MAX_TOKENS = 4096  # a chat request's max_tokens when it names none
+_SAMPLING = ("temperature", "top_p", "top_k", "seed")
 
 
 def _text_of(content: str | list[dict[str, Any]]) -> str:
@@ -124,7 +125,8 @@ def mock_chat_completion(body: dict[str, Any], raw: bytes) -> dict[str, Any]:
     model = body.get("model")
     if not isinstance(model, str):
         raise InvalidRequest("model: Field required (a string)")
-    request = messages_request(body, model=model, default_max_tokens=MOCK_MAX_TOKENS)
+    unsampled = {k: v for k, v in body.items() if k not in _SAMPLING}  # the mock does not sample
+    request = messages_request(unsampled, model=model, default_max_tokens=MOCK_MAX_TOKENS)
     params = check_params(msgspec.json.encode(request), in_batch=False)
     message = mock_message(params, raw)
     return completion_from_message(message, model=model, created=int(time.time()))

@@ -64,6 +64,7 @@ class MessageService:
         request = _openai_request(endpoint, body)
         name = self._router.backend_for(request.body["model"])
         if endpoint == OPENAI_CHAT:
+            self._router.check_chat_urls(name, request.body)
             for key in ("max_completion_tokens", "max_tokens"):
                 if (limit := request.body.get(key)) is not None:
                     self._router.check_max_tokens(name, limit)
