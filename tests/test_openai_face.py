@@ -492,3 +492,21 @@ def completed(client: openai.OpenAI, batch_id: str) -> int:
     counts = client.batches.retrieve(batch_id).request_counts
     assert counts is not None
     return counts.completed
+
+
+def test_a_chat_line_naming_a_forbidden_url_is_refused_in_the_error_file(
+    oai: openai.OpenAI,
+) -> None:
+    """The URL policy of the synchronous routes holds for batch lines: a media URL on a
+    private address is that line's 400, its neighbours run."""
+    image = {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}
+    content = [{"type": "text", "text": "what is this?"}, image]
+    batch = run_batch(oai, [chat_line("ok"), chat_line("ssrf") | {"body": {
+        "model": "mock", "messages": [{"role": "user", "content": content}]}}])  # fmt: skip
+
+    assert batch.status == "completed"
+    assert list(lines_of(oai, batch.output_file_id)) == ["ok"]
+    [line] = lines_of(oai, batch.error_file_id).values()
+    assert line["custom_id"] == "ssrf"
+    assert line["response"]["status_code"] == 400
+    assert "169.254.169.254" in line["response"]["body"]["error"]["message"]

@@ -14,11 +14,14 @@ ready when the batch ends, so ``finalizing`` is passed at that moment.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
+from batchd.backends.base import OPENAI_CHAT
 from batchd.backends.router import Router
 from batchd.domain import (
     Batch,
@@ -30,7 +33,7 @@ from batchd.domain import (
 )
 from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import new_file_id, new_openai_batch_id
-from batchd.openai_input import InputReader
+from batchd.openai_input import InputReader, InputRequest
 from batchd.schemas.openai import (
     BatchErrors,
     BatchFields,
@@ -38,6 +41,7 @@ from batchd.schemas.openai import (
     BatchStatus,
     CreateBatch,
     RequestCounts,
+    refused_line,
 )
 from batchd.store import NewFile, NewRequest, Store
 from batchd.usecases.batches import BatchLimits
@@ -46,6 +50,8 @@ from batchd.usecases.files import not_found as file_not_found
 
 _create_decoder = msgspec.json.Decoder(CreateBatch)
 _fields_decoder = msgspec.json.Decoder(BatchFields)
+_body_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
+_URL_KEY = re.compile(rb'"url"')  # searched in the body's buffer, not copied
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +114,7 @@ class OpenAIBatchService:
             errors=errors or None,
         )
         requests = [] if errors else reader.requests
-        rows = [
-            NewRequest(
-                r.custom_id, r.backend, r.body, RequestState.QUEUED, endpoint=create.endpoint
-            )
-            for r in requests
-        ]
+        rows = [self._row(r, create.endpoint) for r in requests]
         lifetime = (
             create.output_expires_after.seconds
             if create.output_expires_after is not None
@@ -139,6 +140,24 @@ class OpenAIBatchService:
         )
         self._on_created()
         return OpenAIBatch(batch, fields)
+
+    def _row(self, request: InputRequest, endpoint: str) -> NewRequest:
+        """A line's request, queued; or already refused (the error file's 400 line) when its
+        chat body names a media URL its backend may not fetch (the URL policy of the
+        synchronous routes). Only a body that has a ``"url"`` key is decoded to look."""
+        if endpoint == OPENAI_CHAT and _URL_KEY.search(request.body):
+            try:
+                body = _body_decoder.decode(request.body)
+                self._router.check_chat_urls(request.backend, body)
+            except (InvalidRequest, msgspec.DecodeError) as exc:
+                error = exc if isinstance(exc, InvalidRequest) else InvalidRequest(str(exc))
+                line = refused_line(request.custom_id, error)
+                return NewRequest(
+                    request.custom_id, None, request.body, RequestState.ERRORED, line, endpoint
+                )
+        return NewRequest(
+            request.custom_id, request.backend, request.body, RequestState.QUEUED, endpoint=endpoint
+        )
 
     async def get(self, workspace: str, batch_id: str) -> OpenAIBatch:
         batch = await self._store.get_batch(workspace, batch_id)
