@@ -85,6 +85,8 @@ class Batch:
     expires_at: float
     ended_at: float | None
     cancel_initiated_at: float | None
+    retry_of: str | None = None  # the batch this one retries (POST .../retry), if any
+    reused: int = 0  # answers reused instead of calling the upstream (reuse_answers)
 
     @classmethod
     def from_row(cls, row: Any) -> Batch:
@@ -100,6 +102,8 @@ class Batch:
             expires_at=row["expires_at"],
             ended_at=row["ended_at"],
             cancel_initiated_at=row["cancel_initiated_at"],
+            retry_of=row["retry_of"],
+            reused=row["reused"],
         )
 
     def archived_at(self, retention: float, now: float) -> float | None:
@@ -126,6 +130,8 @@ class Outcome:
     request: ClaimedRequest
     state: RequestState
     line: bytes
+    answer_key: bytes | None = None  # its params' key, where its backend reuses answers
+    reused: bool = False  # answered from a stored answer, without an upstream call
 
 
 @dataclass(frozen=True, slots=True)

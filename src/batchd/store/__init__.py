@@ -1,6 +1,8 @@
 """Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.store import (
+    IdempotencyKey,
+    IdempotencyMismatch,
     NewRequest,
     Recorded,
     RequestFigures,
@@ -10,6 +12,8 @@ from batchd.store.store import (
 )
 
 __all__ = [
+    "IdempotencyKey",
+    "IdempotencyMismatch",
     "NewRequest",
     "Recorded",
     "RequestFigures",

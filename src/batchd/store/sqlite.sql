@@ -19,9 +19,10 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'running' AND lease_
 
 -- name: record_result
 -- (run once per result)
-UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL
+UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL,
+                    answer_key = :answer_key
 WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
-RETURNING batch_seq, state;
+RETURNING id, batch_seq, state;
 
 -- name: lock_batches
 -- (the store's one writer already holds the database's write lock)
@@ -41,3 +42,10 @@ SELECT 1;
 
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);
+
+-- name: mark_done
+UPDATE requests SET done_seq = :mark WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: lock_idempotency_key
+-- (the store's one writer already holds the database's write lock)
+SELECT 1;

@@ -60,6 +60,24 @@ class ResultRow:
 # One row of a results page, as the driver returns it (no object per row on this hot path):
 # (id, custom_id, state, result line or None for canceled/expired requests).
 ResultRecord = tuple[int, str, str, bytes | None]
+# A row of the results recorded so far: a ResultRecord and the mark that made it final.
+RecordedRecord = tuple[int, str, str, bytes | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A create's Idempotency-Key: the first create with it within the window is the one."""
+
+    key: str
+    body_hash: bytes
+    not_before: float  # keys used before this are forgotten (24 h ago)
+
+
+class IdempotencyMismatch(BatchdError):
+    """The key was used within its window for a create with a different body."""
+
+    error_type = "invalid_request_error"
+    status = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +149,7 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
+REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result", "done_seq")
 
 
 class Store:
@@ -169,16 +187,28 @@ class Store:
         expires_at: float,
         requests: Sequence[NewRequest],
         check_backlog: Callable[[int, int], None] | None = None,
+        *,
+        retry_of: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> Batch:
+        """Store a new batch; with ``idempotency``, the batch its key made within the window
+        instead, if any (IdempotencyMismatch when that create's body was another)."""
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
         times = {"created_at": created_at, "expires_at": expires_at}
         async with self.driver.transaction() as tx:
+            if idempotency is not None:
+                made = await _claim_idempotency_key(tx, workspace, batch, created_at, idempotency)
+                if made is not None:
+                    return made
             if check_backlog is not None:  # sees the workspace's backlog, may raise to refuse
                 await tx.fetch("lock_workspace", {"workspace": workspace})
                 [backlog] = await tx.fetch("workspace_backlog", {"workspace": workspace})
                 check_backlog(*backlog)
-            [[seq]] = await tx.fetch("insert_batch", batch | times)
-            rows = [(seq, r.custom_id, r.backend, r.params, r.state, r.result) for r in requests]
+            [[seq]] = await tx.fetch("insert_batch", batch | times | {"retry_of": retry_of})
+            rows = [
+                (seq, r.custom_id, r.backend, r.params, r.state, r.result, _created_mark(r))
+                for r in requests
+            ]
             await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)
             await _add_counts(tx, seq, Counter(r.state for r in requests))  # the final ones
             await tx.execute("finalize_batch", {"seq": seq, "now": created_at})
@@ -246,6 +276,73 @@ class Store:
             if len(rows) < page_size:
                 return
 
+    async def results_mark(self, batch_seq: int) -> int:
+        """The mark of the results recorded so far: every one with done_seq <= it is visible."""
+        [[mark]] = await self.driver.fetch("results_mark", {"seq": batch_seq})
+        return int(mark)
+
+    async def iter_recorded(
+        self, batch_seq: int, after: int, upto: int, page_size: int
+    ) -> AsyncIterator[list[RecordedRecord]]:
+        """The results made final after mark ``after`` up to mark ``upto``, in that order."""
+        mark, after_id = after, 0
+        while True:
+            params = {"seq": batch_seq, "mark": mark, "after": after_id, "upto": upto}
+            rows = cast(
+                list[RecordedRecord],
+                await self.driver.fetch("recorded_page", params | {"limit": page_size}, True),
+            )
+            if not rows:
+                return
+            mark, after_id = rows[-1][4], rows[-1][0]
+            yield rows
+            if len(rows) < page_size:
+                return
+
+    async def results_page(
+        self, batch_seq: int, *, after: int, limit: int, state: str = "", prefix: str = ""
+    ) -> list[ResultRecord]:
+        """Final results in request order after request ``after``: of one state ('' for any),
+        whose custom_id starts with ``prefix``."""
+        params = {"seq": batch_seq, "after": after, "limit": limit}
+        rows = await self.driver.fetch(
+            "filtered_page", params | {"state": state, "prefix": prefix}, True
+        )
+        return cast(list[ResultRecord], rows)
+
+    async def request_result(self, batch_seq: int, custom_id: str) -> ResultRecord | None:
+        """One request's final result; None when it has none yet (or no such request)."""
+        rows = await self.driver.fetch(
+            "request_result", {"seq": batch_seq, "custom_id": custom_id}, True
+        )
+        return cast(ResultRecord, rows[0]) if rows else None
+
+    async def iter_requests_in(
+        self, batch_seq: int, states: Sequence[RequestState], page_size: int
+    ) -> AsyncIterator[list[tuple[int, str, bytes]]]:
+        """The (id, custom_id, params) of a batch's requests in ``states`` (one to three)."""
+        named = {f"state{i + 1}": states[min(i, len(states) - 1)].value for i in range(3)}
+        after = 0
+        while True:
+            params = {"seq": batch_seq, "after": after, "limit": page_size} | named
+            rows = await self.driver.fetch("requests_in_states", params, True)
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [(r[0], r[1], bytes(r[2])) for r in rows]
+            if len(rows) < page_size:
+                return
+
+    async def retries_of(self, workspace: str, batch_id: str) -> list[str]:
+        """The ids of the batches that retry this one, oldest first."""
+        rows = await self.driver.fetch("retries_of", {"workspace": workspace, "id": batch_id})
+        return [r[0] for r in rows]
+
+    async def find_answer(self, key: bytes) -> bytes | None:
+        """The result line of a request that succeeded with this answer key, if any."""
+        rows = await self.driver.fetch("find_answer", {"key": key})
+        return bytes(rows[0][0]) if rows else None
+
     async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
         """The first ``limit`` errored requests of a batch, in request order."""
         rows = await self.driver.fetch("errored_page", {"seq": batch_seq, "limit": limit})
@@ -310,17 +407,28 @@ class Store:
             return Recorded(0, 0)
         ordered = sorted(outcomes, key=lambda o: o.request.id)  # lock rows in one order
         rows = [
-            dict(id=o.request.id, attempt=o.request.attempt, state=o.state, result=o.line)
+            dict(
+                id=o.request.id,
+                attempt=o.request.attempt,
+                state=o.state,
+                result=o.line,
+                answer_key=o.answer_key,
+            )
             for o in ordered
         ]
+        reused = {o.request.id for o in ordered if o.reused}
         tallies: dict[int, Counter[str]] = {}
+        ids: dict[int, list[int]] = {}
         ended = 0
         async with self.driver.transaction() as tx:
             written = await tx.fetch_each("record_result", rows, {"owner": owner})
-            for seq, state in written:
+            for request_id, seq, state in written:
                 tallies.setdefault(seq, Counter())[state] += 1
+                ids.setdefault(seq, []).append(request_id)
             for seq in sorted(tallies):  # in batch order, so that writers lock batches alike
-                await _add_counts(tx, seq, tallies[seq])
+                [[mark]] = await tx.fetch("next_mark", {"seq": seq})
+                await tx.execute("mark_done", {"mark": mark, "ids": ids[seq]})
+                await _add_counts(tx, seq, tallies[seq], sum(i in reused for i in ids[seq]))
                 ended += await tx.execute("finalize_batch", {"seq": seq, "now": now})
         return Recorded(len(written), ended)
 
@@ -371,15 +479,49 @@ async def _batch_by_seq(tx: Tx, seq: int) -> Batch:
     return Batch.from_row(row)
 
 
-async def _add_counts(tx: Tx, seq: int, moved: Counter[str]) -> None:
+async def _add_counts(tx: Tx, seq: int, moved: Counter[str], reused: int = 0) -> None:
     """Add the requests just moved to a final state to their batch's counters."""
-    await tx.execute("add_counts", {"seq": seq} | {s.value: moved[s] for s in FINAL_STATES})
+    counts = {s.value: moved[s] for s in FINAL_STATES}
+    await tx.execute("add_counts", {"seq": seq, "reused": reused} | counts)
+
+
+def _created_mark(request: NewRequest) -> int | None:
+    """A request final from the start is a result from the start (mark 0)."""
+    return None if request.state is RequestState.QUEUED else 0
 
 
 async def _settle_queued(tx: Tx, seq: int, state: RequestState) -> None:
     """A batch's queued requests become ``state`` (canceled or expired), counted as moved."""
-    moved = await tx.execute("settle_queued", {"seq": seq, "state": state})
+    [[mark]] = await tx.fetch("next_mark", {"seq": seq})
+    moved = await tx.execute("settle_queued", {"seq": seq, "state": state, "mark": mark})
     await _add_counts(tx, seq, Counter({state.value: moved}))
+
+
+async def _claim_idempotency_key(
+    tx: Tx, workspace: str, batch: Mapping[str, object], now: float, claim: IdempotencyKey
+) -> Batch | None:
+    """The batch this key made within its window (None: none, and the key is now this
+    batch's); IdempotencyMismatch when that batch was made from another body."""
+    params = {"workspace": workspace, "key": claim.key, "not_before": claim.not_before}
+    await tx.fetch("lock_idempotency_key", params)
+    found = await tx.fetch("find_idempotency_key", params)
+    if found:
+        body_hash, made_id = bytes(found[0][0]), found[0][1]
+        if body_hash != claim.body_hash:
+            raise IdempotencyMismatch(
+                f"Idempotency-Key {claim.key!r} was already used with a different request "
+                "body; use a new key for a different batch"
+            )
+        rows = await tx.fetch("get_batch", {"id": made_id, "workspace": workspace})
+        if rows:
+            return Batch.from_row(rows[0])
+    # A batch deleted since: the key makes a new one, as if it had not been used.
+    await tx.execute("forget_idempotency_keys", params)
+    await tx.execute(
+        "insert_idempotency_key",
+        params | {"body_hash": claim.body_hash, "batch_id": batch["id"], "created_at": now},
+    )
+    return None
 
 
 async def _requeue(tx: Tx, query: str, params: Params) -> int:
