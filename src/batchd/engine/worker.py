@@ -22,6 +22,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -29,12 +30,13 @@ from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState
+from batchd.engine.answers import answer_key, reusable, reused_line
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
 from batchd.schemas.results import errored_line, succeeded_line
 from batchd.store import Store
-from batchd.validation import stored_params
+from batchd.validation import Params, stored_params
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ class Engine:
         # long that the deadline it set is near; the sweeper renews them before it sweeps.
         self._leases_renewed = True
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
+        self._workspaces: dict[int, str] = {}  # batch seq -> workspace, for answer keys
 
     def wake(self) -> None:
         """New work may be queued: every dispatcher looks again."""
@@ -264,10 +267,16 @@ class Engine:
             return Outcome(
                 request, RequestState.ERRORED, errored_line(custom_id, "api_error", reason)
             )
+        key = None
         try:
             params = stored_params(request.params)
-            with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
-                message = await runner.run(params, request.params, slot, interactive=False)
+            if reusable(runner.reuse_answers, params):
+                key, stored = await self._stored_answer(runner, request)
+                if stored is not None:
+                    self._metrics.answers_reused.labels(runner.name).inc()
+                    line = reused_line(custom_id, stored, params.model)
+                    return Outcome(request, RequestState.SUCCEEDED, line, key, reused=True)
+            message = await self._call(runner, request, params, slot)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
             return Outcome(request, RequestState.ERRORED, line)
@@ -275,7 +284,31 @@ class Engine:
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             line = errored_line(custom_id, "api_error", "internal error while running the request")
             return Outcome(request, RequestState.ERRORED, line)
-        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message))
+        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message), key)
+
+    async def _call(
+        self, runner: BackendRunner, request: ClaimedRequest, params: Params, slot: Slot
+    ) -> dict[str, Any]:
+        with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
+            return await runner.run(params, request.params, slot, interactive=False)
+
+    async def _stored_answer(
+        self, runner: BackendRunner, request: ClaimedRequest
+    ) -> tuple[bytes | None, bytes | None]:
+        """The request's answer key and a stored answer for it; (None, None) while the store
+        is unavailable: the request is then run upstream, and its answer not kept for reuse."""
+        try:
+            workspace = self._workspaces.get(request.batch_seq)
+            if workspace is None:
+                if len(self._workspaces) > 10_000:
+                    self._workspaces.clear()
+                workspace = await self._store.batch_workspace(request.batch_seq)
+                self._workspaces[request.batch_seq] = workspace
+            key = answer_key(workspace, runner.name, request.params)
+            return key, await self._store.find_answer(key)
+        except StoreUnavailable as exc:
+            log.warning("answer reuse skipped for request %s: %s", request.custom_id, exc)
+            return None, None
 
     # -- recording -----------------------------------------------------------------------
 

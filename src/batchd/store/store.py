@@ -31,7 +31,7 @@ from batchd.domain import (
     RawParams,
     RequestState,
 )
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, InvalidRequest
 from batchd.store.queries import Dialect, load_migrations
 
 
@@ -73,11 +73,8 @@ class IdempotencyKey:
     not_before: float  # keys used before this are forgotten (24 h ago)
 
 
-class IdempotencyMismatch(BatchdError):
+class IdempotencyMismatch(InvalidRequest):
     """The key was used within its window for a create with a different body."""
-
-    error_type = "invalid_request_error"
-    status = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +282,7 @@ class Store:
         self, batch_seq: int, after: int, upto: int, page_size: int
     ) -> AsyncIterator[list[RecordedRecord]]:
         """The results made final after mark ``after`` up to mark ``upto``, in that order."""
-        mark, after_id = after, 0
+        mark, after_id = after, 2**62  # past every request of mark ``after``
         while True:
             params = {"seq": batch_seq, "mark": mark, "after": after_id, "upto": upto}
             rows = cast(
@@ -337,6 +334,10 @@ class Store:
         """The ids of the batches that retry this one, oldest first."""
         rows = await self.driver.fetch("retries_of", {"workspace": workspace, "id": batch_id})
         return [r[0] for r in rows]
+
+    async def batch_workspace(self, batch_seq: int) -> str:
+        [row] = await self.driver.fetch("get_batch_by_seq", {"seq": batch_seq})
+        return str(row["workspace"])
 
     async def find_answer(self, key: bytes) -> bytes | None:
         """The result line of a request that succeeded with this answer key, if any."""
