@@ -12,18 +12,11 @@ from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import StartServer, mock_request, wait_ended
 from tests.support.keys import make_keys
-from tests.support.upstream import FakeUpstream, serve_upstream
+from tests.support.upstream import FakeUpstream, serve_upstream, upstream_backend
 
 
 def _backend(upstream: FakeUpstream, reuse: str) -> dict[str, Any]:
-    return {
-        "name": "up",
-        "kind": "anthropic",
-        "base_url": upstream.url,
-        "models": ["claude-*"],
-        "max_concurrency": 64,
-        "reuse_answers": reuse,
-    }
+    return upstream_backend(upstream, max_concurrency=64, reuse_answers=reuse)
 
 
 def _requests(n: int, user: str = "u1", **params: Any) -> list[Request]:

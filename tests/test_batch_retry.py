@@ -12,7 +12,7 @@ import pytest
 from anthropic.types.messages import MessageBatch
 
 from tests.conftest import StartServer, body_of, mock_request, wait_ended
-from tests.support.upstream import FakeUpstream, Fault, invalid_request, serve_upstream
+from tests.support.upstream import Fault, invalid_request, serve_upstream, upstream_backend
 
 FAILING = {"r2", "r5", "r7"}
 
@@ -20,10 +20,6 @@ FAILING = {"r2", "r5", "r7"}
 def _fails_once(key: str, attempt: int) -> Fault | None:
     """The first call of each chosen request is a 400 (not retried by the engine)."""
     return invalid_request("chosen to fail") if key in FAILING and attempt == 1 else None
-
-
-def _backend(upstream: FakeUpstream) -> dict[str, Any]:
-    return {"name": "up", "kind": "anthropic", "base_url": upstream.url, "models": ["claude-*"]}
 
 
 def _retry(client: anthropic.Anthropic, batch_id: str, **body: Any) -> MessageBatch:
@@ -37,7 +33,7 @@ def test_a_retry_holds_exactly_the_failed_requests_and_links_back(
     start_server: StartServer,
 ) -> None:
     with serve_upstream(faults=_fails_once) as upstream:
-        server = start_server(backends=[_backend(upstream)])
+        server = start_server(backends=[upstream_backend(upstream)])
         with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
             requests = [mock_request(f"r{i}", f"r{i}", model="claude-1") for i in range(10)]
             first = client.messages.batches.create(requests=requests)

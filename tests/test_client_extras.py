@@ -14,19 +14,18 @@ from typing import Any
 import anthropic
 
 from tests.conftest import StartServer, mock_request, wait_until
-from tests.support.upstream import FakeUpstream, Fault, invalid_request, serve_upstream
+from tests.support.upstream import (
+    FakeUpstream,
+    Fault,
+    invalid_request,
+    serve_upstream,
+    upstream_backend,
+)
 from tests.test_client_cli import BATCHD, _write, batchd
 
 
 def _backend(upstream: FakeUpstream) -> dict[str, Any]:
-    return {
-        "name": "up",
-        "kind": "anthropic",
-        "base_url": upstream.url,
-        "models": ["claude-*"],
-        "max_concurrency": 2,
-        "adaptive_concurrency": False,
-    }
+    return upstream_backend(upstream, max_concurrency=2, adaptive_concurrency=False)
 
 
 def _prompts(path: Path, n: int) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import httpx2 as httpx
@@ -17,7 +16,13 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.keys import make_keys
-from tests.support.upstream import FakeUpstream, Fault, invalid_request, serve_upstream
+from tests.support.upstream import (
+    FakeUpstream,
+    Fault,
+    invalid_request,
+    serve_upstream,
+    upstream_backend,
+)
 from tests.test_console import browser
 
 __all__ = ["browser"]  # the fixture, used here too
@@ -67,9 +72,7 @@ def _rows(page: Page) -> list[str]:
 def test_the_results_view_pages_filters_finds_and_opens(
     start_server: StartServer, upstream: FakeUpstream, browser: Browser, tmp_path: Path
 ) -> None:
-    backend: dict[str, Any] = {"name": "up", "kind": "anthropic", "base_url": upstream.url,
-                               "models": ["claude-*"], "max_concurrency": 4,
-                               "adaptive_concurrency": False}  # fmt: skip
+    backend = upstream_backend(upstream, max_concurrency=4, adaptive_concurrency=False)
     server = start_server(backends=[backend])
     sdk = anthropic.Anthropic(base_url=server.url, api_key="k")
     batch = sdk.messages.batches.create(requests=_requests(30))

@@ -12,20 +12,13 @@ import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
-from tests.support.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream, upstream_backend
 
 CURSOR = "batchd-results-cursor"
 
 
 def _backend(upstream: FakeUpstream) -> dict[str, Any]:
-    return {
-        "name": "up",
-        "kind": "anthropic",
-        "base_url": upstream.url,
-        "models": ["claude-*"],
-        "max_concurrency": 2,
-        "adaptive_concurrency": False,
-    }
+    return upstream_backend(upstream, max_concurrency=2, adaptive_concurrency=False)
 
 
 def _partial(client: anthropic.Anthropic, batch_id: str, after: str | None) -> httpx.Response:

@@ -391,3 +391,9 @@ def serve_upstream(
     with serve_app(upstream.app) as running:
         upstream.url = running.url
         yield upstream
+
+
+def upstream_backend(upstream: FakeUpstream, **options: Any) -> dict[str, Any]:
+    """A backend table (as Settings takes it) sending models ``claude-*`` to ``upstream``."""
+    table: dict[str, Any] = {"name": "up", "kind": "anthropic", "base_url": upstream.url}
+    return table | {"models": ["claude-*"]} | options
