@@ -33,7 +33,7 @@ class World:
 
     def call(self, who: str | None, method: str, path: str, body: Any = None) -> httpx.Response:
         headers = {"x-api-key": self.keys[who]} if who else {}
-        path = path.format(batch_id=self.batch_id, path="console.js")
+        path = path.format(batch_id=self.batch_id, path="console.js", custom_id="alice-ok")
         return httpx.request(method, f"{self.url}{path}", headers=headers, json=body, timeout=30)
 
 
@@ -118,6 +118,11 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("DELETE", "/v1/messages/batches/{batch_id}"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/results"): (refused_as_unknown, True),
     ("GET", "/console/api/batches/{batch_id}/errors"): (refused_as_unknown, True),
+    # batchd's own: retry, details, the console's results
+    ("POST", "/v1/messages/batches/{batch_id}/retry"): (refused_as_unknown, True),
+    ("GET", "/v1/messages/batches/{batch_id}/details"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results/{custom_id}"): (refused_as_unknown, True),
     # server-wide, holding no workspace's data
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),
