@@ -46,11 +46,11 @@ UPDATE batches SET results_mark = results_mark + 1 WHERE seq = :seq RETURNING re
 SELECT results_mark FROM batches WHERE seq = :seq;
 
 -- name: recorded_page
--- The results recorded after (:mark, :after) up to mark :upto, in the order they were made final.
-SELECT id, custom_id, state, result, done_seq FROM requests
-WHERE batch_seq = :seq AND done_seq IS NOT NULL AND done_seq <= :upto
-  AND (done_seq > :mark OR (done_seq = :mark AND id > :after))
-ORDER BY done_seq, id LIMIT :limit;
+-- The results recorded after mark :mark up to mark :upto, in request order after :after
+-- (one pass over the batch per read: done_seq has no index, see migration 0006).
+SELECT id, custom_id, state, result FROM requests
+WHERE batch_seq = :seq AND id > :after AND done_seq > :mark AND done_seq <= :upto
+ORDER BY id LIMIT :limit;
 
 -- name: filtered_page
 -- A page of a batch's final results in request order, of one state ('' for any), whose

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations
     (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL);
 
 -- name: mark_done
+-- (the results mark of the requests record_result just made final, taken after them)
 UPDATE requests SET done_seq = :mark WHERE id = ANY(:ids::bigint[]);
 
 -- name: lock_idempotency_key

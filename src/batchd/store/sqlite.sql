@@ -18,9 +18,9 @@ UPDATE requests SET lease_expires = :until
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'running' AND lease_owner = :owner;
 
 -- name: record_result
--- (run once per result)
+-- (run once per result; :mark is its batch's results mark, taken first: see Store.record)
 UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL,
-                    answer_key = :answer_key
+                    answer_key = :answer_key, done_seq = :mark
 WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
 RETURNING id, batch_seq, state;
 
@@ -44,6 +44,7 @@ SELECT 1;
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);
 
 -- name: mark_done
+-- (PostgreSQL's record takes its marks after the results; SQLite's record_result sets them)
 UPDATE requests SET done_seq = :mark WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: lock_idempotency_key

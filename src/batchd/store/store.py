@@ -60,8 +60,6 @@ class ResultRow:
 # One row of a results page, as the driver returns it (no object per row on this hot path):
 # (id, custom_id, state, result line or None for canceled/expired requests).
 ResultRecord = tuple[int, str, str, bytes | None]
-# A row of the results recorded so far: a ResultRecord and the mark that made it final.
-RecordedRecord = tuple[int, str, str, bytes | None, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,18 +278,18 @@ class Store:
 
     async def iter_recorded(
         self, batch_seq: int, after: int, upto: int, page_size: int
-    ) -> AsyncIterator[list[RecordedRecord]]:
-        """The results made final after mark ``after`` up to mark ``upto``, in that order."""
-        mark, after_id = after, 2**62  # past every request of mark ``after``
+    ) -> AsyncIterator[list[ResultRecord]]:
+        """The results made final after mark ``after`` up to mark ``upto``, in request order."""
+        after_id = 0
         while True:
-            params = {"seq": batch_seq, "mark": mark, "after": after_id, "upto": upto}
+            params = {"seq": batch_seq, "mark": after, "after": after_id, "upto": upto}
             rows = cast(
-                list[RecordedRecord],
+                list[ResultRecord],
                 await self.driver.fetch("recorded_page", params | {"limit": page_size}, True),
             )
             if not rows:
                 return
-            mark, after_id = rows[-1][4], rows[-1][0]
+            after_id = rows[-1][0]
             yield rows
             if len(rows) < page_size:
                 return
@@ -421,14 +419,24 @@ class Store:
         tallies: dict[int, Counter[str]] = {}
         ids: dict[int, list[int]] = {}
         ended = 0
+        # SQLite has one writer: its marks are taken first and written with the results, in
+        # one statement. PostgreSQL takes them after, as every writer locks requests before
+        # their batches (the other order would deadlock with the sweeper's requeue).
+        marks_first = self.driver.dialect == "sqlite"
         async with self.driver.transaction() as tx:
+            marks: dict[int, int] = {}
+            for seq in sorted({o.request.batch_seq for o in ordered}) if marks_first else ():
+                [[marks[seq]]] = await tx.fetch("next_mark", {"seq": seq})
+            for row, outcome in zip(rows, ordered, strict=True):
+                row["mark"] = marks.get(outcome.request.batch_seq)
             written = await tx.fetch_each("record_result", rows, {"owner": owner})
             for request_id, seq, state in written:
                 tallies.setdefault(seq, Counter())[state] += 1
                 ids.setdefault(seq, []).append(request_id)
             for seq in sorted(tallies):  # in batch order, so that writers lock batches alike
-                [[mark]] = await tx.fetch("next_mark", {"seq": seq})
-                await tx.execute("mark_done", {"mark": mark, "ids": ids[seq]})
+                if not marks_first:
+                    [[mark]] = await tx.fetch("next_mark", {"seq": seq})
+                    await tx.execute("mark_done", {"mark": mark, "ids": ids[seq]})
                 await _add_counts(tx, seq, tallies[seq], sum(i in reused for i in ids[seq]))
                 ended += await tx.execute("finalize_batch", {"seq": seq, "now": now})
         return Recorded(len(written), ended)

@@ -19,6 +19,7 @@ from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
 from batchd.schemas.results import canceled_line, errored_line, expired_line
 from batchd.store import IdempotencyKey, NewRequest, Store
+from batchd.store.store import ResultRecord
 from batchd.validation import BatchItem, check_params, parse_create_body
 
 RESULTS_PAGE = 500
@@ -240,7 +241,7 @@ def _check_idempotency_key(key: str) -> None:
         )
 
 
-async def _jsonl(pages: AsyncIterator[Sequence[tuple[Any, ...]]]) -> AsyncIterator[bytes]:
+async def _jsonl(pages: AsyncIterator[list[ResultRecord]]) -> AsyncIterator[bytes]:
     async for page in pages:
         # Stored lines are spliced as they are; only canceled/expired ones are made here.
         yield b"".join([r[3] + b"\n" if r[3] is not None else _line(r[1], r[2]) for r in page])

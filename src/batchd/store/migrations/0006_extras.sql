@@ -4,11 +4,12 @@
 -- A request's done_seq orders the results recorded so far: every transaction that makes
 -- requests of a batch final takes the batch's next results_mark (the batch row's lock
 -- orders them) and gives it to those requests, so that marks become visible in order and a
--- reader that saw a batch's results_mark M sees every result with done_seq <= M.
+-- reader that saw a batch's results_mark M sees every result with done_seq <= M. Not
+-- indexed: a reader walks the batch by requests_by_batch (an index on done_seq made every
+-- recorded result cost an index insert, and the engine's record twice as long on SQLite).
 ALTER TABLE batches ADD COLUMN results_mark INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN done_seq INTEGER;
 UPDATE requests SET done_seq = 0 WHERE state IN ('succeeded', 'errored', 'canceled', 'expired');
-CREATE INDEX requests_done ON requests (batch_seq, done_seq, id) WHERE done_seq IS NOT NULL;
 
 -- The batch a retry batch retries (its id), and how many answers a batch reused.
 ALTER TABLE batches ADD COLUMN retry_of TEXT;
