@@ -34,7 +34,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [500],
         "lookups": [100],
         "calls": 50,
-        "reuse": [200],
+        "reuse": [50],
         "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
         "repeat": 1,
     },
