@@ -254,6 +254,7 @@ PARAMS = [
     "state3",
     "key",
     "not_before",
+    "keys",
 ]
 HOT_QUERIES = [
     "get_batch",
@@ -281,7 +282,7 @@ HOT_QUERIES = [
     "request_result",
     "requests_in_states",
     "retries_of",
-    "find_answer",
+    "find_answers",
     "find_idempotency_key",
 ]
 

@@ -130,7 +130,7 @@ class Outcome:
     request: ClaimedRequest
     state: RequestState
     line: bytes
-    answer_key: bytes | None = None  # its params' key, where its backend reuses answers
+    answer_key: str | None = None  # its params' key, where its backend reuses answers
     reused: bool = False  # answered from a stored answer, without an upstream call
 
 

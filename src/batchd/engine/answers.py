@@ -5,7 +5,8 @@ answered from that stored result instead of an upstream call.
 The canonical params are every key the client sent but ``metadata`` (model, messages,
 system, tools, sampling, ``max_tokens``, stop sequences, and whatever else changes the
 answer), with the backend the model is routed to and the workspace, encoded with sorted
-keys; the store keeps only their 16-byte BLAKE2b digest beside the succeeded result.
+keys; the store keeps only their 16-byte BLAKE2b digest (in hex) beside the succeeded
+result. The engine looks up the answers of a claim's requests in one query.
 A reused answer is a normal ``succeeded`` result with a new message id.
 """
 
@@ -31,12 +32,12 @@ def reusable(mode: ReuseMode, params: Params) -> bool:
     return mode == "deterministic" and params.temperature == 0
 
 
-def answer_key(workspace: str, backend: str, raw: bytes) -> bytes:
-    """The digest of a request's canonical params (``raw``: its params as sent)."""
+def answer_key(workspace: str, backend: str, raw: bytes) -> str:
+    """The digest of a request's canonical params (``raw``: its params as sent), in hex."""
     params = _decode_object.decode(raw)
     params.pop("metadata", None)
     canonical = msgspec.json.encode([workspace, backend, params], order="sorted")
-    return hashlib.blake2b(canonical, digest_size=16).digest()
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 class _Succeeded(msgspec.Struct):

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 WRITE_GROUP = 256  # results committed in one transaction at most
 MAX_UNWRITTEN = 4096  # no more claims while this many results wait to be written
 STORE_RETRY_MAX = 2.0  # seconds: the longest wait before trying an unavailable store again
+Answer = tuple[str, bytes | None]  # a request's answer key, and a stored answer for it
 
 
 class StoreBackoff:
@@ -223,25 +224,30 @@ class Engine:
             share=share,
         )
         lane.exhausted.update(claim.exhausted)
+        answers = {}
+        if lane.runner.reuse_answers != "off" and claim.requests:
+            answers = await self._stored_answers(lane.runner, claim.requests)
         for request in claim.requests:
-            self._start(lane, request)
+            self._start(lane, request, answers.get(request.id))
         if claim.requests and self._clock() - now > self._settings.lease_seconds / 2:
             self._leases_renewed = False  # the claim waited long: its leases are short
         if claim.requests:
             lane.last_seq = claim.requests[-1].batch_seq
         return len(claim.requests)
 
-    def _start(self, lane: _Lane, request: ClaimedRequest) -> None:
+    def _start(self, lane: _Lane, request: ClaimedRequest, answer: Answer | None = None) -> None:
         self._held.add(request.id)
-        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take()))
+        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take(), answer))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
     # -- running -------------------------------------------------------------------------
 
-    async def _run_one(self, lane: _Lane, request: ClaimedRequest, slot: Slot) -> None:
+    async def _run_one(
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> None:
         try:
-            outcome = await self._execute(lane.runner, request, slot)
+            outcome = await self._execute(lane.runner, request, slot, answer)
         finally:
             slot.release()
         finished = lane.finished.get(outcome.state)
@@ -251,7 +257,11 @@ class Engine:
         finished.inc()
         self._outcomes.put_nowait(outcome)
 
-    async def _execute(self, runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> Outcome:
+    async def _execute(
+        self, runner: BackendRunner, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> Outcome:
+        """Run one request; ``answer``: its answer key and stored answer, where its backend
+        may reuse one."""
         custom_id = request.custom_id
         if request.attempt > self._settings.max_attempts:
             log.error(
@@ -267,15 +277,13 @@ class Engine:
             return Outcome(
                 request, RequestState.ERRORED, errored_line(custom_id, "api_error", reason)
             )
-        key = None
+        key, stored = answer or (None, None)
         try:
             params = stored_params(request.params)
-            if reusable(runner.reuse_answers, params):
-                key, stored = await self._stored_answer(runner, request)
-                if stored is not None:
-                    self._metrics.answers_reused.labels(runner.name).inc()
-                    line = reused_line(custom_id, stored, params.model)
-                    return Outcome(request, RequestState.SUCCEEDED, line, key, reused=True)
+            if stored is not None:
+                self._metrics.answers_reused.labels(runner.name).inc()
+                line = reused_line(custom_id, stored, params.model)
+                return Outcome(request, RequestState.SUCCEEDED, line, key, reused=True)
             message = await self._call(runner, request, params, slot)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
@@ -292,23 +300,31 @@ class Engine:
         with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
             return await runner.run(params, request.params, slot, interactive=False)
 
-    async def _stored_answer(
-        self, runner: BackendRunner, request: ClaimedRequest
-    ) -> tuple[bytes | None, bytes | None]:
-        """The request's answer key and a stored answer for it; (None, None) while the store
-        is unavailable: the request is then run upstream, and its answer not kept for reuse."""
+    async def _stored_answers(
+        self, runner: BackendRunner, requests: list[ClaimedRequest]
+    ) -> dict[int, tuple[str, bytes | None]]:
+        """For each claimed request whose backend may reuse its answer: its answer key and a
+        stored answer, if any, looked up in one query. None while the store is unavailable:
+        those requests run upstream, and their answers are not kept for reuse."""
+        keys: dict[int, str] = {}
         try:
-            workspace = self._workspaces.get(request.batch_seq)
-            if workspace is None:
-                if len(self._workspaces) > 10_000:
-                    self._workspaces.clear()
-                workspace = await self._store.batch_workspace(request.batch_seq)
-                self._workspaces[request.batch_seq] = workspace
-            key = answer_key(workspace, runner.name, request.params)
-            return key, await self._store.find_answer(key)
+            for request in requests:
+                if not reusable(runner.reuse_answers, stored_params(request.params)):
+                    continue
+                workspace = self._workspaces.get(request.batch_seq)
+                if workspace is None:
+                    if len(self._workspaces) > 10_000:
+                        self._workspaces.clear()
+                    workspace = await self._store.batch_workspace(request.batch_seq)
+                    self._workspaces[request.batch_seq] = workspace
+                keys[request.id] = answer_key(workspace, runner.name, request.params)
+            stored = await self._store.find_answers(list(keys.values()))
+        except InvalidRequest:  # params that no longer decode: run (and fail) as usual
+            return {}
         except StoreUnavailable as exc:
-            log.warning("answer reuse skipped for request %s: %s", request.custom_id, exc)
-            return None, None
+            log.warning("answer reuse skipped for %d requests: %s", len(requests), exc)
+            return {}
+        return {request_id: (key, stored.get(key)) for request_id, key in keys.items()}
 
     # -- recording -----------------------------------------------------------------------
 

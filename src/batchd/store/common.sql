@@ -74,8 +74,6 @@ ORDER BY id LIMIT :limit;
 -- name: retries_of
 SELECT id FROM batches WHERE workspace = :workspace AND retry_of = :id ORDER BY seq;
 
--- name: find_answer
-SELECT result FROM requests WHERE answer_key = :key LIMIT 1;
 
 -- name: find_idempotency_key
 SELECT body_hash, batch_id FROM idempotency_keys

@@ -31,7 +31,7 @@ UPDATE requests r
 SET state = u.state, result = u.result, lease_owner = NULL, lease_expires = NULL,
     answer_key = u.answer_key
 FROM unnest(:id::bigint[], :state::text[], :result::bytea[], :attempt::bigint[],
-            :answer_key::bytea[])
+            :answer_key::text[])
      AS u (id, state, result, attempt, answer_key)
 WHERE r.id = u.id AND r.lease_owner = :owner AND r.attempts = u.attempt
 RETURNING r.id, r.batch_seq, r.state;
@@ -58,6 +58,9 @@ SELECT pg_advisory_xact_lock(hashtext('batchd.quota.' || :workspace));
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations
     (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL);
+
+-- name: find_answers
+SELECT answer_key, result FROM requests WHERE answer_key = ANY(:keys::text[]);
 
 -- name: mark_done
 -- (the results mark of the requests record_result just made final, taken after them)

@@ -43,6 +43,10 @@ SELECT 1;
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);
 
+-- name: find_answers
+SELECT answer_key, result FROM requests
+WHERE answer_key IN (SELECT value FROM json_each(:keys));
+
 -- name: mark_done
 -- (PostgreSQL's record takes its marks after the results; SQLite's record_result sets them)
 UPDATE requests SET done_seq = :mark WHERE id IN (SELECT value FROM json_each(:ids));

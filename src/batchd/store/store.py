@@ -337,10 +337,13 @@ class Store:
         [row] = await self.driver.fetch("get_batch_by_seq", {"seq": batch_seq})
         return str(row["workspace"])
 
-    async def find_answer(self, key: bytes) -> bytes | None:
-        """The result line of a request that succeeded with this answer key, if any."""
-        rows = await self.driver.fetch("find_answer", {"key": key})
-        return bytes(rows[0][0]) if rows else None
+    async def find_answers(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """A result line of a request that succeeded with each of these answer keys that one
+        did (the others are missing)."""
+        if not keys:
+            return {}
+        rows = await self.driver.fetch("find_answers", {"keys": sorted(set(keys))})
+        return {r[0]: bytes(r[1]) for r in rows}
 
     async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
         """The first ``limit`` errored requests of a batch, in request order."""

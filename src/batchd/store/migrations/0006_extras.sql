@@ -16,9 +16,9 @@ ALTER TABLE batches ADD COLUMN retry_of TEXT;
 ALTER TABLE batches ADD COLUMN reused INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX batches_retries ON batches (retry_of) WHERE retry_of IS NOT NULL;
 
--- A succeeded request's canonical params key (a hash, workspace and backend in it), where
--- its backend reuses answers.
-ALTER TABLE requests ADD COLUMN answer_key BLOB;
+-- A succeeded request's canonical params key (a hash, workspace and backend in it, in hex),
+-- where its backend reuses answers.
+ALTER TABLE requests ADD COLUMN answer_key TEXT;
 CREATE INDEX requests_answers ON requests (answer_key) WHERE answer_key IS NOT NULL;
 
 -- Idempotency-Key of a create: the same key and body give the batch made the first time.
