@@ -75,7 +75,8 @@ class OpenAIBackend:
         if b"application/pdf" in raw:  # read in a child process, under limits
             request = await self._pdfs.inline_pdfs(request)
         body = chat_request(request, model=self._model or params.model)
-        answer = await self._http.post(self._chat_url, msgspec.json.encode(body))
+        data = msgspec.json.encode(body)
+        answer = await self._http.post(self._chat_url, data, max_tokens=params.max_tokens)
         if answer.status >= 300:
             raise error_from_openai(answer.status, answer.body, answer.headers, time.time())
         return message_from_body(

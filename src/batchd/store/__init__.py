@@ -1,25 +1,31 @@
 """Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.store import (
+    DatabaseStats,
     IdempotencyKey,
     IdempotencyMismatch,
     NewRequest,
+    Purge,
     Recorded,
     RequestFigures,
     SchemaMismatch,
     Store,
     Sweep,
+    Timeouts,
 )
 
 __all__ = [
+    "DatabaseStats",
     "IdempotencyKey",
     "IdempotencyMismatch",
     "NewRequest",
+    "Purge",
     "Recorded",
     "RequestFigures",
     "SchemaMismatch",
     "Store",
     "Sweep",
+    "Timeouts",
     "open_store",
 ]
 

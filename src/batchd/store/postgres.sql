@@ -69,3 +69,15 @@ UPDATE requests SET done_seq = :mark WHERE id = ANY(:ids::bigint[]);
 -- name: lock_idempotency_key
 -- One create with a given key of a workspace at a time: the second sees the first's batch.
 SELECT pg_advisory_xact_lock(hashtext('batchd.idempotency.' || :workspace || '.' || :key));
+
+-- name: delete_request_chunk
+-- A short transaction that locks only the rows it deletes; rows another worker is deleting
+-- are skipped (the batch is marked purged once none is left).
+DELETE FROM requests
+WHERE id IN (SELECT id FROM requests WHERE batch_seq = :seq ORDER BY id LIMIT :limit
+             FOR UPDATE SKIP LOCKED);
+
+-- name: database_bytes
+-- The database's size on disk; the space of deleted rows is reused by later writes once
+-- autovacuum has passed, and is not given back to the file system (VACUUM FULL does that).
+SELECT pg_database_size(current_database()) AS used, CAST(NULL AS BIGINT) AS free;
