@@ -298,20 +298,26 @@ class Store:
             await self.driver.reclaim_space(RECLAIM_PAGES)  # the space of its requests
         return DeleteOutcome.DELETED
 
-    async def iter_results(
-        self, batch_seq: int, page_size: int
-    ) -> AsyncIterator[list[ResultRecord]]:
-        """A batch's rows in request order, a page at a time."""
+    async def _pages(self, query: str, params: Params, page_size: int) -> AsyncIterator[Rows]:
+        """A query's rows in id order (its first column), ``page_size`` at a time, by keyset."""
         after = 0
         while True:
-            params = {"seq": batch_seq, "after": after, "limit": page_size}
-            rows = cast(list[ResultRecord], await self.driver.fetch("results_page", params, True))
+            rows = await self.driver.fetch(
+                query, {**params, "after": after, "limit": page_size}, True
+            )
             if not rows:
                 return
             after = rows[-1][0]
             yield rows
             if len(rows) < page_size:
                 return
+
+    async def iter_results(
+        self, batch_seq: int, page_size: int
+    ) -> AsyncIterator[list[ResultRecord]]:
+        """A batch's rows in request order, a page at a time."""
+        async for rows in self._pages("results_page", {"seq": batch_seq}, page_size):
+            yield cast(list[ResultRecord], rows)
 
     async def results_mark(self, batch_seq: int) -> int:
         """The mark of the results recorded so far: every one with done_seq <= it is visible."""
@@ -322,19 +328,9 @@ class Store:
         self, batch_seq: int, after: int, upto: int, page_size: int
     ) -> AsyncIterator[list[ResultRecord]]:
         """The results made final after mark ``after`` up to mark ``upto``, in request order."""
-        after_id = 0
-        while True:
-            params = {"seq": batch_seq, "mark": after, "after": after_id, "upto": upto}
-            rows = cast(
-                list[ResultRecord],
-                await self.driver.fetch("recorded_page", params | {"limit": page_size}, True),
-            )
-            if not rows:
-                return
-            after_id = rows[-1][0]
-            yield rows
-            if len(rows) < page_size:
-                return
+        params = {"seq": batch_seq, "mark": after, "upto": upto}
+        async for rows in self._pages("recorded_page", params, page_size):
+            yield cast(list[ResultRecord], rows)
 
     async def results_page(
         self, batch_seq: int, *, after: int, limit: int, state: str = "", prefix: str = ""
@@ -359,16 +355,8 @@ class Store:
     ) -> AsyncIterator[list[tuple[int, str, bytes]]]:
         """The (id, custom_id, params) of a batch's requests in ``states`` (one to three)."""
         named = {f"state{i + 1}": states[min(i, len(states) - 1)].value for i in range(3)}
-        after = 0
-        while True:
-            params = {"seq": batch_seq, "after": after, "limit": page_size} | named
-            rows = await self.driver.fetch("requests_in_states", params, True)
-            if not rows:
-                return
-            after = rows[-1][0]
+        async for rows in self._pages("requests_in_states", {"seq": batch_seq} | named, page_size):
             yield [(r[0], r[1], bytes(r[2])) for r in rows]
-            if len(rows) < page_size:
-                return
 
     async def retries_of(self, workspace: str, batch_id: str) -> list[str]:
         """The ids of the batches that retry this one, oldest first."""
