@@ -163,3 +163,11 @@ def test_no_key_no_data(world: World, method: str, path: str) -> None:
         assert reply.json()["error"]["type"] == "authentication_error"
     else:
         assert reply.status_code == 200
+
+
+def test_partial_results_of_another_workspace_are_a_404(world: World) -> None:
+    path = "/v1/messages/batches/{batch_id}/results?partial=true"
+    reply = world.call("bob", "GET", path)
+    assert_not_found(reply)
+    assert "batchd-results-cursor" not in reply.headers
+    assert world.call("alice", "GET", path).status_code == 200

@@ -4,7 +4,6 @@ final results endpoint is unchanged."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -13,7 +12,6 @@ import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
-from tests.support.keys import make_keys
 from tests.support.upstream import FakeUpstream, upstream_backend
 
 CURSOR = "batchd-results-cursor"
@@ -112,16 +110,3 @@ def test_a_cursor_out_of_place_is_a_400(start_server: StartServer, query: str) -
             response = http.get(f"/v1/messages/batches/{batch.id}/results?{query}")
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
-
-
-def test_another_workspace_reads_no_partial_results(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    keys = make_keys(tmp_path / "batchd.db", {"alice": "team-a", "bob": "team-b"})
-    server = start_server()
-    with anthropic.Anthropic(base_url=server.url, api_key=keys["alice"]) as alice:
-        batch = alice.messages.batches.create(requests=[mock_request("a")])
-    with httpx.Client(base_url=server.url, headers={"x-api-key": keys["bob"]}) as bob:
-        response = bob.get(f"/v1/messages/batches/{batch.id}/results?partial=true")
-    assert response.status_code == 404
-    assert CURSOR not in response.headers
