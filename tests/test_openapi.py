@@ -43,6 +43,10 @@ UNDOCUMENTED = {
     ("GET", "/console/api/batches/{batch_id}/errors"),
     ("GET", "/console/api/batches/{batch_id}/results"),
     ("GET", "/console/api/batches/{batch_id}/results/{custom_id}"),
+    # OpenAI's synchronous calls: OpenAI's bodies, what a backend takes of them depends on
+    # its kind (README, "OpenAI endpoints per backend kind")
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
 }
 
 
