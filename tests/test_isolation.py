@@ -41,7 +41,9 @@ class World:
     ) -> httpx.Response:
         headers = {"x-api-key": self.keys[who]} if who else {}
         batch_id = self.openai_batch_id if path.startswith("/v1/batches") else self.batch_id
-        path = path.format(batch_id=batch_id, file_id=self.file_id, path="console.js")
+        path = path.format(
+            batch_id=batch_id, file_id=self.file_id, path="console.js", custom_id="alice-ok"
+        )
         return httpx.request(
             method, f"{self.url}{path}", headers=headers, json=body, timeout=30, **kwargs
         )
@@ -185,6 +187,11 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("DELETE", "/v1/messages/batches/{batch_id}"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/results"): (refused_as_unknown, True),
     ("GET", "/console/api/batches/{batch_id}/errors"): (refused_as_unknown, True),
+    # batchd's own: retry, details, the console's results
+    ("POST", "/v1/messages/batches/{batch_id}/retry"): (refused_as_unknown, True),
+    ("GET", "/v1/messages/batches/{batch_id}/details"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results/{custom_id}"): (refused_as_unknown, True),
     # the OpenAI face
     ("POST", "/v1/files"): (openai_create_is_bobs, True),
     ("GET", "/v1/files"): (openai_list_is_his_own, True),
@@ -240,3 +247,11 @@ def test_no_key_no_data(world: World, method: str, path: str) -> None:
             assert reply.json()["error"]["type"] == "authentication_error"
     else:
         assert reply.status_code == 200
+
+
+def test_partial_results_of_another_workspace_are_a_404(world: World) -> None:
+    path = "/v1/messages/batches/{batch_id}/results?partial=true"
+    reply = world.call("bob", "GET", path)
+    assert_not_found(reply)
+    assert "batchd-results-cursor" not in reply.headers
+    assert world.call("alice", "GET", path).status_code == 200

@@ -98,6 +98,8 @@ class Batch:
     expires_at: float
     ended_at: float | None
     cancel_initiated_at: float | None
+    retry_of: str | None = None  # the batch this one retries (POST .../retry), if any
+    reused: int = 0  # answers reused instead of calling the upstream (reuse_answers)
     dialect: BatchDialect = BatchDialect.ANTHROPIC  # the face the batch was created on
     dialect_fields: bytes | None = None  # that face's own fields (JSON), if it has any
 
@@ -115,6 +117,8 @@ class Batch:
             expires_at=row["expires_at"],
             ended_at=row["ended_at"],
             cancel_initiated_at=row["cancel_initiated_at"],
+            retry_of=row["retry_of"],
+            reused=row["reused"],
             dialect=BatchDialect(row["dialect"]),
             dialect_fields=row["dialect_fields"],
         )
@@ -144,6 +148,8 @@ class Outcome:
     request: ClaimedRequest
     state: RequestState
     line: bytes
+    answer_key: str | None = None  # its params' key, where its backend reuses answers
+    reused: bool = False  # answered from a stored answer, without an upstream call
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from batchd.schemas.batches import (
+    BatchDetails,
     CreateBatchRequest,
     DeletedMessageBatch,
     MessageBatch,
     MessageBatchList,
+    RetryBatchRequest,
 )
 from batchd.schemas.errors import ErrorResponse
 from batchd.schemas.messages import CountTokensParams, Message, MessageParams, MessageTokensCount
@@ -79,6 +81,9 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("post", f"{_BATCH}/cancel"): (MessageBatch, (400, 404, 415, 503)),
     ("delete", _BATCH): (DeletedMessageBatch, (400, 404, 503)),
     ("get", f"{_BATCH}/results"): (_JSONL, (400, 404, 503)),
+    # batchd's own (README "Beyond the hosted API")
+    ("post", f"{_BATCH}/retry"): (MessageBatch, (400, 404, 408, 413, 415, 429, 503)),
+    ("get", f"{_BATCH}/details"): (BatchDetails, (404, 503)),
     ("post", "/v1/messages"): (Message, (400, 415, *_UPSTREAM)),
     ("post", "/v1/messages/count_tokens"): (MessageTokensCount, (400, 415, *_UPSTREAM)),
     ("get", "/v1/models"): (ModelList, ()),
@@ -102,6 +107,7 @@ REQUEST_BODIES: dict[tuple[str, str], type[msgspec.Struct]] = {
     ("post", "/v1/messages/batches"): CreateBatchRequest,
     ("post", "/v1/messages"): MessageParams,
     ("post", "/v1/messages/count_tokens"): CountTokensParams,
+    ("post", f"{_BATCH}/retry"): RetryBatchRequest,
     ("post", "/v1/batches"): CreateBatch,
 }
 _UPLOAD_FORM = {
@@ -114,6 +120,7 @@ _UPLOAD_FORM = {
         "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
     },
 }
+OPTIONAL_BODIES = {("post", f"{_BATCH}/retry")}  # none: errored and expired
 _REF_TEMPLATE = "#/components/schemas/{name}"
 
 
@@ -188,7 +195,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
             if (method, path) in REQUEST_BODIES:
                 schema = _ref(REQUEST_BODIES[(method, path)])
                 operation["requestBody"] = {
-                    "required": True,
+                    "required": (method, path) not in OPTIONAL_BODIES,
                     "content": {"application/json": {"schema": schema}},
                 }
             _plain_query_strings(operation)

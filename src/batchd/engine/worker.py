@@ -32,13 +32,14 @@ from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState
+from batchd.engine.answers import answer_key, reusable, reused_line
 from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
 from batchd.schemas.openai import output_line, refused_line
 from batchd.schemas.results import errored_line, succeeded_line
 from batchd.store import Store
-from batchd.validation import stored_params
+from batchd.validation import Params, stored_params
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ _body_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[
 WRITE_GROUP = 256  # results committed in one transaction at most
 MAX_UNWRITTEN = 4096  # no more claims while this many results wait to be written
 STORE_RETRY_MAX = 2.0  # seconds: the longest wait before trying an unavailable store again
+Answer = tuple[str, bytes | None]  # a request's answer key, and a stored answer for it
 
 
 class StoreBackoff:
@@ -136,6 +138,7 @@ class Engine:
         self._leases_renewed = True
         self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
+        self._workspaces: dict[int, str] = {}  # batch seq -> workspace, for answer keys
 
     def wake(self) -> None:
         """New work may be queued: every dispatcher looks again."""
@@ -246,25 +249,30 @@ class Engine:
             share=share,
         )
         lane.exhausted.update(claim.exhausted)
+        answers = {}
+        if lane.runner.reuse_answers != "off" and claim.requests:
+            answers = await self._stored_answers(lane.runner, claim.requests)
         for request in claim.requests:
-            self._start(lane, request)
+            self._start(lane, request, answers.get(request.id))
         if claim.requests and self._clock() - now > self._settings.lease_seconds / 2:
             self._leases_renewed = False  # the claim waited long: its leases are short
         if claim.requests:
             lane.last_seq = claim.requests[-1].batch_seq
         return len(claim.requests)
 
-    def _start(self, lane: _Lane, request: ClaimedRequest) -> None:
+    def _start(self, lane: _Lane, request: ClaimedRequest, answer: Answer | None = None) -> None:
         self._held.add(request.id)
-        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take()))
+        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take(), answer))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
     # -- running -------------------------------------------------------------------------
 
-    async def _run_one(self, lane: _Lane, request: ClaimedRequest, slot: Slot) -> None:
+    async def _run_one(
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> None:
         try:
-            outcome = await self._execute(lane.runner, request, slot)
+            outcome = await self._execute(lane.runner, request, slot, answer)
         finally:
             slot.release()
         finished = lane.finished.get(outcome.state)
@@ -274,9 +282,12 @@ class Engine:
         finished.inc()
         self._outcomes.put_nowait(outcome)
 
-    async def _execute(self, runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> Outcome:
-        """Run one request; its result line is in its batch's dialect (``request.endpoint``
-        set: an OpenAI request, its line in OpenAI's output or error format)."""
+    async def _execute(
+        self, runner: BackendRunner, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> Outcome:
+        """Run one request; ``answer``: its answer key and stored answer, where its backend
+        may reuse one. Its result line is in its batch's dialect (``request.endpoint`` set:
+        an OpenAI request, its line in OpenAI's output or error format)."""
         lines = _OPENAI_LINES if request.endpoint is not None else _MESSAGES_LINES
         custom_id = request.custom_id
         if request.attempt > self._settings.max_attempts:
@@ -293,29 +304,72 @@ class Engine:
             return Outcome(
                 request, RequestState.ERRORED, lines.failed(custom_id, BatchdError(reason))
             )
+        key, stored = answer or (None, None)
         try:
-            with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
-                answer = await self._call(runner, request, slot)
+            if request.endpoint is not None:
+                body = await self._call_openai(runner, request, slot)
+                return Outcome(request, RequestState.SUCCEEDED, output_line(custom_id, body))
+            params = stored_params(request.params)
+            if stored is not None:
+                self._metrics.answers_reused.labels(runner.name).inc()
+                line = reused_line(custom_id, stored, params.model)
+                return Outcome(request, RequestState.SUCCEEDED, line, key, reused=True)
+            message = await self._call(runner, request, params, slot)
         except (InvalidRequest, UpstreamError) as exc:
             return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, exc))
         except Exception:  # one broken request must not take the engine down
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             error = BatchdError("internal error while running the request")
             return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, error))
-        return Outcome(request, RequestState.SUCCEEDED, lines.succeeded(custom_id, answer))
+        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message), key)
+
+    async def _call(
+        self, runner: BackendRunner, request: ClaimedRequest, params: Params, slot: Slot
+    ) -> dict[str, Any]:
+        with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
+            return await runner.run(params, request.params, slot, interactive=False)
 
     @staticmethod
-    async def _call(runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> dict[str, Any]:
-        if request.endpoint is None:
-            params = stored_params(request.params)
-            return await runner.run(params, request.params, slot, interactive=False)
+    async def _call_openai(
+        runner: BackendRunner, request: ClaimedRequest, slot: Slot
+    ) -> dict[str, Any]:
+        assert request.endpoint is not None
         try:
             body = _body_decoder.decode(request.params)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"stored body no longer decodes: {exc}") from None
-        return await runner.run_openai(
-            request.endpoint, body, request.params, slot, interactive=False
-        )
+        with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
+            return await runner.run_openai(
+                request.endpoint, body, request.params, slot, interactive=False
+            )
+
+    async def _stored_answers(
+        self, runner: BackendRunner, requests: list[ClaimedRequest]
+    ) -> dict[int, tuple[str, bytes | None]]:
+        """For each claimed request whose backend may reuse its answer: its answer key and a
+        stored answer, if any, looked up in one query. None while the store is unavailable:
+        those requests run upstream, and their answers are not kept for reuse."""
+        keys: dict[int, str] = {}
+        try:
+            for request in requests:
+                if request.endpoint is not None:  # OpenAI requests are not reused (yet)
+                    continue
+                if not reusable(runner.reuse_answers, stored_params(request.params)):
+                    continue
+                workspace = self._workspaces.get(request.batch_seq)
+                if workspace is None:
+                    if len(self._workspaces) > 10_000:
+                        self._workspaces.clear()
+                    workspace = await self._store.batch_workspace(request.batch_seq)
+                    self._workspaces[request.batch_seq] = workspace
+                keys[request.id] = answer_key(workspace, runner.name, request.params)
+            stored = await self._store.find_answers(list(keys.values()))
+        except InvalidRequest:  # params that no longer decode: run (and fail) as usual
+            return {}
+        except StoreUnavailable as exc:
+            log.warning("answer reuse skipped for %d requests: %s", len(requests), exc)
+            return {}
+        return {request_id: (key, stored.get(key)) for request_id, key in keys.items()}
 
     # -- recording -----------------------------------------------------------------------
 

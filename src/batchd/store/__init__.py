@@ -2,6 +2,8 @@
 
 from batchd.store.store import (
     DatabaseStats,
+    IdempotencyKey,
+    IdempotencyMismatch,
     NewFile,
     NewRequest,
     Purge,
@@ -15,6 +17,8 @@ from batchd.store.store import (
 
 __all__ = [
     "DatabaseStats",
+    "IdempotencyKey",
+    "IdempotencyMismatch",
     "NewFile",
     "NewRequest",
     "Purge",
