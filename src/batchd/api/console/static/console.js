@@ -205,7 +205,7 @@ async function loadBatch(id) {
     ? fromOpenAI(await (await api(`${OPENAI_API}/${encodeURIComponent(id)}`)).json())
     : await (await api(`${API}/${encodeURIComponent(id)}`)).json();
   const details = openai // batchd's own details: the Message Batches face's
-    ? { reused_answers: 0 }
+    ? { reused_answers: 0, retry_of: null, retried_by: [] }
     : await (await api(`${API}/${encodeURIComponent(id)}/details`)).json();
   showOnly("detail");
   document.title = `${batch.id} · batchd`;
@@ -241,7 +241,7 @@ async function loadBatch(id) {
   $("cancel").disabled = batch.processing_status !== "in_progress";
   $("download").disabled = !ended || Boolean(batch.archived_at) || (batch.files && !batch.files.length);
   await loadErrors(batch.id, counts);
-  await loadResults(batch.id);
+  if (!openai) await loadResults(batch.id); // the paged results are the Message Batches face's
   return !ended;
 }
 
