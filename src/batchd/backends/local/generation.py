@@ -47,6 +47,8 @@ class Job:
 class Generated:
     tokens: list[int]  # generated token ids, the end-of-turn token included
     finish: Finish
+    cache_read: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    cache_write: int = 0  # prompt tokens computed into the prefix cache (for other rows)
 
 
 class Generator(Protocol):
