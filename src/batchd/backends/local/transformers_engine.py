@@ -88,8 +88,9 @@ class PrefixCache:
         """The longest cached prefix of ``prompt`` (leaving it one token of its own), as a
         length and that many tokens' keys and values; (0, None) below MIN_SHARED."""
         best, found = 0, None
-        for tokens in self._by_head.get(tuple(prompt[:MIN_SHARED]), ()):
-            n = min(common_length(tokens, prompt), len(prompt) - 1)
+        mine = tuple(prompt)  # (a tuple is never equal to a list: compare like with like)
+        for tokens in self._by_head.get(mine[:MIN_SHARED], ()):
+            n = min(common_length(tokens, mine), len(prompt) - 1)
             if n > best:
                 best, found = n, tokens
         if best < MIN_SHARED or found is None:
