@@ -39,6 +39,7 @@ class Job:
     max_tokens: int
     stop: tuple[str, ...] = ()
     sampling: Sampling = Sampling()
+    priority: int = 0  # lower runs sooner, where the engine schedules by priority (vLLM's)
     # set when nobody waits for the answer any more: an engine may stop generating it
     abandoned: threading.Event = field(default_factory=threading.Event, compare=False)
 
