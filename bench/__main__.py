@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, postgres, scenarios
+from bench import local, postgres, scenarios, vllm
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -109,6 +109,7 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
+        "vllm": lambda: vllm.vllm(size["local"], repeat, workdir),
     }
 
 
@@ -122,6 +123,7 @@ NAMES = [
     "pg_engine",
     "pg_results",
     "local",
+    "vllm",
 ]
 
 
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if name.startswith("pg_") and not args.only and find_bin() is None:
                 console.print(f"{name} skipped: no PostgreSQL server installed")
+                continue
+            if name == "vllm" and not args.only and not vllm.installed():
+                console.print(f"{name} skipped: vllm is not installed (GPU machines)")
                 continue
             started = time.perf_counter()
             rows = run()

@@ -125,7 +125,9 @@ def _backends(model: Path, batch_size: int, cache_tokens: int) -> list[dict[str,
     ]
 
 
-def _run(url: str, bodies: list[dict[str, Any]], model: str) -> tuple[float, list[dict[str, Any]]]:
+def run_batch(
+    url: str, bodies: list[dict[str, Any]], model: str
+) -> tuple[float, list[dict[str, Any]]]:
     """Output tokens per second of one batch, from create to ended, and its results."""
     requests = [
         {"custom_id": f"r{i}", "params": {**b, "model": model}} for i, b in enumerate(bodies)
@@ -148,7 +150,7 @@ def _run(url: str, bodies: list[dict[str, Any]], model: str) -> tuple[float, lis
 
 
 def _tokens_per_s(url: str, bodies: list[dict[str, Any]], model: str) -> float:
-    return _run(url, bodies, model)[0]
+    return run_batch(url, bodies, model)[0]
 
 
 def computed_prompt_tokens(lines: list[dict[str, Any]]) -> int:
@@ -269,10 +271,10 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
             note("short", _tokens_per_s(server.url, short, MODEL))
             note("mixed", _tokens_per_s(server.url, mixed, MODEL))
             for variant in ("", "-fifo", "-unshared"):
-                rate, lines = _run(server.url, shared, MODEL + variant)
+                rate, lines = run_batch(server.url, shared, MODEL + variant)
                 note("shared" + variant, rate)
                 computed["shared" + variant] = computed_prompt_tokens(lines)
-            rate, lines = _run(server.url, tools, f"{MODEL}-tools")
+            rate, lines = run_batch(server.url, tools, f"{MODEL}-tools")
             parsed = tool_calls_read(lines, tools)
     median = {name: sorted(values)[len(values) // 2] for name, values in figures.items()}
     thread_counts = sorted({1, os.cpu_count() or 1})
