@@ -119,3 +119,23 @@ INSERT INTO schema_migrations (version, applied_at) VALUES (:version, :now);
 -- A workspace's unfinished batches and their requests not yet final.
 SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT)
 FROM batches WHERE workspace = :workspace AND processing_status != 'ended';
+
+-- name: purgeable_batches
+-- Ended batches whose results passed the retention time and whose requests are not yet
+-- all deleted, oldest first (the partial index batches_unpurged).
+SELECT seq FROM batches
+WHERE purged_at IS NULL AND created_at <= :cutoff AND processing_status = 'ended'
+ORDER BY created_at LIMIT :limit;
+
+-- name: mark_purged
+-- (only once no request of the batch is left: a chunk another worker held is not missed)
+UPDATE batches SET purged_at = :now
+WHERE seq = :seq AND purged_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM requests WHERE batch_seq = :seq);
+
+-- name: batches_by_status
+SELECT processing_status, count(*) AS n, count(purged_at) AS purged
+FROM batches GROUP BY processing_status ORDER BY processing_status;
+
+-- name: requests_by_state
+SELECT state, count(*) AS n FROM requests GROUP BY state ORDER BY state;
