@@ -112,6 +112,17 @@ def _llama3(text: str) -> ParsedTurn:
     return ParsedTurn("", calls)
 
 
+def arguments_object(arguments: Any) -> dict[str, Any] | None:
+    """A tool call's arguments as an object: given as one, or as a string holding one (an
+    empty string is no arguments); None when they are neither."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 def _call(source: str, arguments_key: str) -> ToolCall:
     try:
         value = json.loads(source)
@@ -126,12 +137,8 @@ def _checked(value: Any, arguments_key: str) -> ToolCall:
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         raise MalformedToolCall(f"a tool call without a name: {value!r:.200}")
     arguments = value.get(arguments_key, value.get("arguments", value.get("parameters", {})))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            arguments = None
-    if not isinstance(arguments, dict):
+    arguments = arguments_object(arguments)
+    if arguments is None:
         raise MalformedToolCall(
             f"tool {value['name']!r} called with arguments that are not a JSON object: "
             f"{value.get(arguments_key)!r:.200}"
