@@ -20,7 +20,8 @@ Workloads, one row each:
 * ``mixed``: the same prompts, ``max_tokens`` drawn from 8 to ``mixed_max`` (continuous
   batching refills a finished row; a padded group runs to its longest row);
 * ``shared``: BatchLLM-like: ``prefixes`` long system prompts, interleaved in the batch
-  file, with a prefix cache that holds ``cache_prefixes`` of them at once; batchd in its
+  file, ``max_tokens`` from 8 to twice ``new_tokens``, with a prefix cache that holds
+  ``cache_prefixes`` of them at once; batchd in its
   prefix-key claim order beside its own first-in-first-out order (a backend with
   ``prefix_order = false``) and with prefix sharing off, and the prompt tokens each
   computed against the least possible (each distinct prefix once);
@@ -246,7 +247,8 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
     n, new, batch_size = size["prompts"], size["new_tokens"], size["batch_size"]
     short = workload(n, new, 0)
     mixed = workload(n, (8, size["mixed_max"]), 0)
-    shared = workload(n, new, size["system"], size["prefixes"])
+    # answers of varied length: rows end, and are refilled, a few at a time
+    shared = workload(n, (8, 2 * new), size["system"], size["prefixes"])
     tools = tool_workload(size["tools"])
     shared_prompts = [library.prompt(b) for b in shared]
     # the prefix cache holds ``cache_prefixes`` of the shared prompts' prefixes at once
