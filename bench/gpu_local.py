@@ -16,7 +16,7 @@ Workloads (the issue's, token-level), output tokens per second:
 * ``mixed``: the same prompts, ``max_tokens`` drawn from 8 to 256;
 * ``shared``: BatchLLM-like: every prompt is one of ``prefixes`` long shared prefixes plus
   a few tokens of its own, the prefixes interleaved in the batch (request i has prefix
-  i mod P), ``max_tokens`` 32. batchd runs it fed in the batch's order (``fifo``) and in
+  i mod P), ``max_tokens`` from 8 to 64. batchd runs it fed in the batch's order (``fifo``) and in
   prefix-key order (``planned``: what its claim order gives the engine), and reports the
   prompt tokens it computed against the least possible (each distinct prefix once).
 
@@ -118,7 +118,7 @@ def workloads(size: dict[str, int], seed: int = 1) -> dict[str, list[Request]]:
     return {
         "short": [(p, 64) for p in short],
         "mixed": [(p, rng.randint(8, 256)) for p in short],
-        "shared": [(p, 32) for p in shared],
+        "shared": [(p, rng.randint(8, 64)) for p in shared],
     }
 
 
