@@ -257,6 +257,18 @@ class ContinuousBatcher:
         if self._share:
             reused = [self._prefixes.longest(p) for p in prompts]
             self._compute_shared(joining, reused)
+        # Rows starting from a cached prefix and rows without are prefilled apart: together,
+        # a short own part after a long prefix is padded to the longest whole prompt, and
+        # that padding would stay in the batch's cache, between the row's two parts.
+        for part in (
+            [i for i, (n, _) in enumerate(reused) if n],
+            [i for i, (n, _) in enumerate(reused) if not n],
+        ):
+            if part:
+                self._prefill([joining[i] for i in part], [reused[i] for i in part])
+
+    def _prefill(self, joining: list[_Row], reused: list[tuple[int, _KV | None]]) -> None:
+        prompts = [row.job.prompt for row in joining]
         lengths = [n for n, _ in reused]
         past_width = max(lengths)
         own = [p[n:] for p, n in zip(prompts, lengths, strict=True)]
