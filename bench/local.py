@@ -27,6 +27,8 @@ Workloads, one row each:
   computed against the least possible (each distinct prefix once);
 * ``tools``: every request's output forced into a Hermes tool call by the scripted
   logits processor (``tests/support/scripted.py``): the fraction read as ``tool_use``.
+* ``embeddings``: the in-process embeddings engine against the library's batched forward
+  pass (``bench/embeddings.py``), on another backend of the same ``batchd serve``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any
 
 from tests.support.tiny_model import build_tiny_model
 
-from bench import harness
+from bench import embeddings, harness
 from bench.gpu_local import least_prompt_tokens
 
 MODEL = "tiny"
@@ -243,6 +245,8 @@ class Library:
 
 def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
     model = build_tiny_model(workdir / "tiny-model")
+    embedding = embeddings.Measure(size, workdir)
+    embedding = embeddings.Measure(size, workdir)
     library = Library(model)
     n, new, batch_size = size["prompts"], size["new_tokens"], size["batch_size"]
     short = workload(n, new, 0)
@@ -264,7 +268,8 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
         figures.setdefault(name, []).append(value)
 
     for _ in range(repeat):
-        backends = _backends(model, batch_size, cache_tokens)
+        embedder = embeddings.backend(embedding.model, batch_size)
+        backends = [*_backends(model, batch_size, cache_tokens), embedder]
         with harness.batchd(workdir / "local", backends=backends) as server:
             # The first full-size batches into torch are slow (measured: whichever of the
             # backends ran first lost 25-40% with a warm-up of 8 requests): warm each.
@@ -278,6 +283,7 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
                 computed["shared" + variant] = computed_prompt_tokens(lines)
             rate, lines = run_batch(server.url, tools, f"{MODEL}-tools")
             parsed = tool_calls_read(lines, tools)
+            embedding.run(server.url)
     median = {name: sorted(values)[len(values) // 2] for name, values in figures.items()}
     thread_counts = sorted({1, os.cpu_count() or 1})
 
@@ -318,4 +324,5 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
             row["least_computed"] = least_prompt_tokens(shared_prompts)
         rows.append(row)
     rows.append({"workload": "tools", "prompts": len(tools), "tool_calls_read": parsed})
+    rows.append(embedding.row(repeat))
     return rows

@@ -393,6 +393,8 @@ class Store:
             expiring = [r[0] for r in await tx.fetch("expiring_batches", {"now": now})]
             for seq in expiring:
                 await _settle_queued(tx, seq, RequestState.EXPIRED)
+                moved = await tx.execute("expire_running", {"seq": seq})
+                await _add_counts(tx, seq, Counter({RequestState.EXPIRED.value: moved}))
             ended = await tx.execute("finalize_all", {"now": now})
             return Sweep(requeued=requeued, expired=len(expiring), ended=ended)
 

@@ -74,6 +74,16 @@ def pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_model(auto: Any, model_path: str, device: str, threads: int | None) -> Any:
+    """``auto.from_pretrained`` (an untyped factory) on ``device``, for inference: float32
+    on the CPU with ``cpu_threads`` threads, the checkpoint's own dtype elsewhere."""
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads(threads, os.cpu_count()))
+    dtype = "auto" if device != "cpu" else torch.float32
+    model = auto.from_pretrained(model_path, dtype=dtype)
+    return model.to(device).eval()
+
+
 class PrefixCache:
     """Keys and values of prompt prefixes, up to ``capacity`` tokens, least recently used
     out first; looked up by their first MIN_SHARED tokens."""
@@ -514,26 +524,21 @@ class TransformersGenerator:
             "prefix_cache_tokens": prefix_cache_tokens,
             "logits_processors": logits_processors,
         }
-        self._model = model  # already loaded (bench/gpu_local.py), else loaded by start
+        # the model: already loaded (bench/gpu_local.py), else loaded by start; the
+        # embeddings engine shares it
+        self.model: Any = model
         self.batcher: ContinuousBatcher | None = None
         self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        if self._model is None:
-            self._model = await asyncio.to_thread(self._load)
-        self.batcher = ContinuousBatcher(
-            self._model, self._tokenizer, self._device, **self._options
-        )
+        if self.model is None:
+            self.model = await asyncio.to_thread(self._load)
+        self.batcher = ContinuousBatcher(self.model, self._tokenizer, self._device, **self._options)
         self._thread = threading.Thread(target=self.batcher.run, name="transformers-engine")
         self._thread.start()
 
     def _load(self) -> Any:
-        if self._device == "cpu":
-            torch.set_num_threads(cpu_threads(self._threads, os.cpu_count()))
-        dtype = "auto" if self._device != "cpu" else torch.float32
-        auto: Any = AutoModelForCausalLM  # untyped factory
-        model = auto.from_pretrained(self._model_path, dtype=dtype)
-        return model.to(self._device).eval()
+        return load_model(AutoModelForCausalLM, self._model_path, self._device, self._threads)
 
     async def generate(self, job: Job) -> Generated:
         assert self.batcher is not None, "start() first"
