@@ -23,7 +23,7 @@ Workloads (the issue's, token-level), output tokens per second:
 Baselines: the library's ``generate`` over left-padded groups of ``batch`` prompts, in
 the batch's order and sorted by ``max_tokens`` then length (the better one is its
 "best"), and where it runs, the library's own continuous batching (``generate_batch``,
-uniform ``max_tokens`` only). A section is skipped, and says so, once ``--budget``
+one ``max_tokens`` for a call: the ``short`` workload only). A section is skipped, and says so, once ``--budget``
 seconds have gone.
 """
 
@@ -284,7 +284,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             say(f"    {rows[-1][3]}")
     measure("shared", "generate, padded, batch order", lambda: library.padded(shared))
     measure("shared", "generate, padded, sorted", lambda: library.padded(planned))
-    measure("shared", "generate_batch (paged)", lambda: library.generate_batch(shared))
 
     say("\n| workload | method | output tokens/s | note |\n|---|---|---|---|")
     for workload, method, rate, note in rows:
