@@ -23,8 +23,8 @@ Workloads (the issue's, token-level), output tokens per second:
 Baselines: the library's ``generate`` over left-padded groups of ``batch`` prompts, in
 the batch's order and sorted by ``max_tokens`` then length (the better one is its
 "best"), and where it runs, the library's own continuous batching (``generate_batch``,
-one ``max_tokens`` for a call: the ``short`` workload only). A section is skipped, and says so, once ``--budget``
-seconds have gone.
+one ``max_tokens`` for a call: the ``short`` workload only). A section is skipped, and
+says so, once ``--budget`` seconds have gone.
 """
 
 from __future__ import annotations
