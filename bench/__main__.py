@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, openai, postgres, scenarios
+from bench import local, openai, postgres, scenarios, vllm
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -41,6 +41,10 @@ SIZES: dict[str, dict[str, Any]] = {
             "batch_size": 8,
             "system": 100,
             "single": 4,
+            "mixed_max": 32,
+            "prefixes": 4,
+            "cache_prefixes": 1,
+            "tools": 8,
             "embed_inputs": 64,
             "embed_per_request": 8,
             "embed_clients": 2,
@@ -65,6 +69,10 @@ SIZES: dict[str, dict[str, Any]] = {
             "batch_size": 64,
             "system": 300,
             "single": 32,
+            "mixed_max": 256,
+            "prefixes": 8,
+            "cache_prefixes": 2,
+            "tools": 64,
             "embed_inputs": 2_048,
             "embed_per_request": 64,
             "embed_clients": 4,
@@ -89,6 +97,10 @@ SIZES: dict[str, dict[str, Any]] = {
             "batch_size": 64,
             "system": 300,
             "single": 64,
+            "mixed_max": 256,
+            "prefixes": 16,
+            "cache_prefixes": 4,
+            "tools": 256,
             "embed_inputs": 8_192,
             "embed_per_request": 64,
             "embed_clients": 4,
@@ -116,6 +128,7 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
+        "vllm": lambda: vllm.vllm(size["local"], repeat, workdir),
         "openai_ingest": lambda: openai.ingest(
             size["openai_file"][0], size["openai_file"][1], repeat, workdir
         ),
@@ -134,6 +147,7 @@ NAMES = [
     "pg_engine",
     "pg_results",
     "local",
+    "vllm",
     "openai_ingest",
     "openai_embeddings",
 ]
@@ -170,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if name.startswith("pg_") and not args.only and find_bin() is None:
                 console.print(f"{name} skipped: no PostgreSQL server installed")
+                continue
+            if name == "vllm" and not args.only and not vllm.installed():
+                console.print(f"{name} skipped: vllm is not installed (GPU machines)")
                 continue
             started = time.perf_counter()
             rows = run()

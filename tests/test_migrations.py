@@ -98,6 +98,7 @@ async def _pg_schema(url: str) -> list[str]:
                 name,
                 _PG_TYPES[type_],
                 (notnull, "NOT NULL"),
+                # a text default reads back with its cast: '' is ''::text
                 (default is not None, f"DEFAULT {str(default).removesuffix('::text')}"),
                 ("PRIMARY KEY" in mark, "PRIMARY KEY"),
                 ("UNIQUE" in mark, "UNIQUE"),

@@ -78,8 +78,18 @@ class BackendConfig(BaseModel):
     model_path: str | None = None
     max_batch_size: int = Field(default=32, ge=1)  # sequences generated at once
     device: str | None = None  # transformers: "cpu", "cuda", "cuda:1"; default: CUDA if present
-    share_prefixes: bool = True  # transformers: a group's common prompt prefix computed once
+    share_prefixes: bool = True  # transformers: a shared prompt prefix computed once
+    # transformers: prompt tokens of shared prefixes kept (keys and values) for later rows
+    prefix_cache_tokens: int = Field(default=32_768, ge=0)
     cpu_threads: int | None = Field(default=None, ge=1)  # transformers on CPU: default cores-1
+    # local kinds: how the model writes tool calls ("auto": as its chat template teaches)
+    tool_call_format: Literal["auto", "hermes", "llama3", "none"] = "auto"
+    # transformers: "module:factory" paths; each factory(tokenizer) gives a function
+    # (prompt ids, generated ids, scores) -> scores applied to every row (batchd's own)
+    logits_processors: list[str] = Field(default_factory=list)
+    # claim each batch's requests in prefix-key order (requests sharing a prompt prefix
+    # together) rather than in the order of the batch file
+    prefix_order: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -109,14 +119,14 @@ class BackendConfig(BaseModel):
         if self.max_output_tokens is not None:
             return self.max_output_tokens
         if self.kind in LOCAL_KINDS and self.model_path:
-            return _context_length(Path(self.model_path)) or DEFAULT_MAX_OUTPUT_TOKENS
+            return context_length(Path(self.model_path)) or DEFAULT_MAX_OUTPUT_TOKENS
         return DEFAULT_MAX_OUTPUT_TOKENS
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
-def _context_length(model_path: Path) -> int | None:
+def context_length(model_path: Path) -> int | None:
     """The context length a Hugging Face model directory's config.json declares, if any."""
     try:
         declared = json.loads((model_path / "config.json").read_text())

@@ -6,16 +6,19 @@ SELECT * FROM batches WHERE id = :id AND workspace = :workspace FOR UPDATE;
 
 -- name: claim
 -- Short and lock-free for other claimers: rows another worker is claiming are skipped, and
--- the scan starts after the watermark (the index is (backend, batch_seq, id) WHERE queued),
--- so that it does not walk the dead index entries of the rows claimed before.
+-- the scan starts after the watermark (the index is (backend, batch_seq, prefix_key, id)
+-- WHERE queued), so that it does not walk the dead index entries of the rows claimed
+-- before. In (prefix_key, id) order: requests sharing a prompt prefix together (the key
+-- holds only lowercase hex digits, which every collation orders as Python's str does).
 UPDATE requests r
 SET state = 'running', lease_owner = :owner, lease_expires = :until, attempts = r.attempts + 1
 FROM (SELECT id FROM requests
-      WHERE backend = :backend AND batch_seq = :seq AND state = 'queued' AND id > :mark
-      ORDER BY id LIMIT :limit
+      WHERE backend = :backend AND batch_seq = :seq AND state = 'queued'
+        AND (prefix_key, id) > (:mark_key, :mark)
+      ORDER BY prefix_key, id LIMIT :limit
       FOR UPDATE SKIP LOCKED) AS picked
 WHERE r.id = picked.id
-RETURNING r.id, r.custom_id, r.params, r.attempts, r.endpoint;
+RETURNING r.id, r.custom_id, r.params, r.attempts, r.prefix_key, r.endpoint;
 
 -- name: renew_leases
 UPDATE requests SET lease_expires = :until

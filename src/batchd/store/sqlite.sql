@@ -6,12 +6,14 @@
 SELECT * FROM batches WHERE id = :id AND workspace = :workspace;
 
 -- name: claim
+-- In (prefix_key, id) order from the watermark: requests sharing a prompt prefix together.
 UPDATE requests
 SET state = 'running', lease_owner = :owner, lease_expires = :until, attempts = attempts + 1
 WHERE id IN (SELECT id FROM requests
-             WHERE backend = :backend AND batch_seq = :seq AND state = 'queued' AND id > :mark
-             ORDER BY id LIMIT :limit)
-RETURNING id, custom_id, params, attempts, endpoint;
+             WHERE backend = :backend AND batch_seq = :seq AND state = 'queued'
+               AND (prefix_key, id) > (:mark_key, :mark)
+             ORDER BY prefix_key, id LIMIT :limit)
+RETURNING id, custom_id, params, attempts, prefix_key, endpoint;
 
 -- name: renew_leases
 UPDATE requests SET lease_expires = :until

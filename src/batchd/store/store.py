@@ -8,6 +8,8 @@ rows already moved reports nothing, so no request is counted twice. Claims start
 per-(backend, batch) watermark kept in this process, so that PostgreSQL does not walk the
 dead index entries of every row claimed before (O(n^2) over a batch); rows below it
 (requeued, or skipped while another claim held them) are found by a second look from the start.
+Within a batch, claims go in (prefix key, id) order: requests whose prompts start alike
+come together (batchd/prefix.py), the batch file's order where keys are equal.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class NewRequest:
     params: RawParams  # bytes, or a view into the create body
     state: RequestState
     result: bytes | None = None
+    prefix_key: str = ""  # its place in the claim order (batchd/prefix.py)
     endpoint: str | None = None  # an OpenAI request's endpoint; None: a Messages request
 
 
@@ -202,8 +205,17 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
 
 RECLAIM_PAGES = 10_000  # free pages given back after each purged chunk, at most
 REQUEST_COLUMNS = (
-    "batch_seq", "custom_id", "backend", "params", "state", "result", "done_seq", "endpoint",
+    "batch_seq", "custom_id", "backend", "params", "state", "result", "done_seq", "prefix_key",
+    "endpoint",
 )  # fmt: skip
+_START = ("", 0)  # a claim watermark before every row
+
+
+def _claim_order(row: Row) -> tuple[str, int]:
+    """A claimed row's place in the claim order: (prefix_key, id)."""
+    return cast(str, row[4]), cast(int, row[0])
+
+
 FILE_PAGE = 1  # chunks read at once: one, so that reading a file holds one chunk
 
 
@@ -212,7 +224,8 @@ class Store:
         self.driver = driver
         self.close, self.wait_for_work = driver.close, driver.wait_for_work
         self.backup, self.enable_reclaim = driver.backup, driver.enable_reclaim
-        self._marks: dict[tuple[str, int], int] = {}  # claim watermarks: (backend, seq) -> id
+        # claim watermarks: (backend, seq) -> (prefix_key, id) of the last row claimed
+        self._marks: dict[tuple[str, int], tuple[str, int]] = {}
 
     @classmethod
     async def open(
@@ -279,6 +292,7 @@ class Store:
                     r.state,
                     r.result,
                     _created_mark(r),
+                    r.prefix_key,
                     r.endpoint,
                 )
                 for r in requests
@@ -464,16 +478,18 @@ class Store:
                     break
                 # From the watermark on; when that finds too few, look again from the start.
                 params = {"backend": backend, "seq": seq, "owner": owner, "until": lease_until}
-                mark = self._marks.get((backend, seq), 0)
-                rows = await tx.fetch("claim", params | {"mark": mark, "limit": want})
-                if len(rows) < want and mark > 0:
-                    rows += await tx.fetch("claim", params | {"mark": 0, "limit": want - len(rows)})
+                mark = self._marks.get((backend, seq), _START)
+                after = {"mark_key": mark[0], "mark": mark[1]}
+                rows = await tx.fetch("claim", params | after | {"limit": want})
+                if len(rows) < want and mark > _START:
+                    start = {"mark_key": _START[0], "mark": _START[1], "limit": want - len(rows)}
+                    rows += await tx.fetch("claim", params | start)
                 if len(rows) < want:
                     exhausted.append(seq)
-                rows.sort(key=lambda r: cast(int, r[0]))
+                rows.sort(key=_claim_order)
                 if rows:
-                    self._marks[(backend, seq)] = max(mark, rows[-1][0])
-                claimed += [ClaimedRequest(r[0], seq, r[1], r[2], r[3], r[4]) for r in rows]
+                    self._marks[(backend, seq)] = max(mark, _claim_order(rows[-1]))
+                claimed += [ClaimedRequest(r[0], seq, r[1], r[2], r[3], r[5]) for r in rows]
         if len(self._marks) > 10_000:  # forget the marks of batches no longer asked for
             asked = {(backend, s) for s in batch_seqs}
             self._marks = {k: v for k, v in self._marks.items() if k in asked}

@@ -153,7 +153,12 @@ class OpenAIBatchService:
                 error = exc if isinstance(exc, InvalidRequest) else InvalidRequest(str(exc))
                 line = refused_line(request.custom_id, error)
                 return NewRequest(
-                    request.custom_id, None, request.body, RequestState.ERRORED, line, endpoint
+                    request.custom_id,
+                    None,
+                    request.body,
+                    RequestState.ERRORED,
+                    line,
+                    endpoint=endpoint,
                 )
         return NewRequest(
             request.custom_id, request.backend, request.body, RequestState.QUEUED, endpoint=endpoint
