@@ -19,9 +19,11 @@ from batchd.client.inputs import DEFAULT_MAX_TOKENS, Defaults
 from batchd.client.results import RESULT_TYPES
 from batchd.client.submit import MAX_REQUESTS
 from batchd.config import Settings, load_settings
+from batchd.domain import rfc3339
 from batchd.errors import BatchdError
 from batchd.store import Store, open_store
 from batchd.usecases.keys import create_key, is_loopback
+from batchd.usecases.webhooks import EVENT_TYPES, WebhookService
 
 T = TypeVar("T")
 
@@ -194,6 +196,95 @@ def keys_revoke(key_id: str, db: str | None) -> None:
     if not _with_store(settings.db, lambda store: store.revoke_key(key_id, time.time())):
         raise click.ClickException(f"no active key with id {key_id}")
     click.echo(f"revoked {key_id}")
+
+
+# -- webhooks (batchd's own): on the database, like keys ----------------------------------------
+
+
+def _with_webhooks(settings: Settings, action: Callable[[WebhookService], Awaitable[T]]) -> T:
+    import time
+
+    allow = settings.webhook_allow_private_urls
+    return _with_store(
+        settings.db,
+        lambda store: action(WebhookService(store, time.time, allow_private_urls=allow)),
+    )
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook endpoints: signed events when a workspace's batches end (batchd's own)."""
+
+
+@webhooks.command("create")
+@click.argument("url")
+@click.option(
+    "--events",
+    multiple=True,
+    help=f"Event types, repeatable or comma-separated [default: all of {', '.join(EVENT_TYPES)}]",
+)
+@click.option("--workspace", default="default", show_default=True)
+@_db_option
+@_config_option
+def webhooks_create(
+    url: str, events: tuple[str, ...], workspace: str, db: str | None, config: Path | None
+) -> None:
+    """Create an endpoint; prints its id and its signing secret (shown once)."""
+    settings = _settings(db=db, config=config)
+    wanted = [e.strip() for item in events for e in item.split(",") if e.strip()]
+    endpoint, secret = _with_webhooks(settings, lambda w: w.create(workspace, url, wanted))
+    click.echo(
+        f"created webhook endpoint {endpoint.id} in workspace {workspace} for "
+        f"{', '.join(endpoint.events)}; its signing secret is shown once:",
+        err=True,
+    )
+    click.echo(endpoint.id)
+    click.echo(secret)
+
+
+@webhooks.command("list")
+@click.option("--workspace", help="Only this workspace's endpoints")
+@_db_option
+def webhooks_list(workspace: str | None, db: str | None) -> None:
+    """List endpoints (never their secrets)."""
+    settings = _settings(db=db)
+    for e in _with_webhooks(settings, lambda w: w.endpoints(workspace)):
+        state = f"disabled: {e.disabled_reason}" if e.disabled_at else "active"
+        click.echo(f"{e.id}\t{e.workspace}\t{e.url}\t{','.join(e.events)}\t{state}")
+
+
+@webhooks.command("delete")
+@click.argument("endpoint_id")
+@_db_option
+def webhooks_delete(endpoint_id: str, db: str | None) -> None:
+    """Delete an endpoint and its deliveries."""
+    _with_webhooks(_settings(db=db), lambda w: w.delete(None, endpoint_id))
+    click.echo(f"deleted {endpoint_id}")
+
+
+@webhooks.command("test")
+@click.argument("endpoint_id")
+@_db_option
+def webhooks_test(endpoint_id: str, db: str | None) -> None:
+    """Queue a webhook.test event to the endpoint (a running engine sends it)."""
+    webhook_id = _with_webhooks(_settings(db=db), lambda w: w.test(None, endpoint_id))
+    click.echo(f"queued webhook.test {webhook_id} to {endpoint_id}")
+
+
+@webhooks.command("deliveries")
+@click.argument("endpoint_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@_db_option
+def webhooks_deliveries(endpoint_id: str, limit: int, db: str | None) -> None:
+    """An endpoint's deliveries, newest first, and how they went."""
+    settings = _settings(db=db)
+    deliveries = _with_webhooks(settings, lambda w: w.deliveries(None, endpoint_id, limit))
+    for d in deliveries:
+        outcome = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "")
+        click.echo(
+            f"{d.webhook_id}\t{d.event_type}\t{d.state}\tattempts={d.attempts}\t"
+            f"{rfc3339(d.created_at)}\t{outcome}"
+        )
 
 
 # -- the client: talking to a server over HTTP ------------------------------------------------

@@ -173,6 +173,16 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=0.5, ge=0)
     retry_max_seconds: float = Field(default=60.0, ge=0)
 
+    # Webhooks (batchd's own): receivers on loopback, private or link-local addresses are
+    # refused unless allowed here; each attempt waits at most webhook_timeout_seconds; a
+    # failed delivery is tried again after retry_base, doubling up to retry_max, for
+    # retry_window (24 h); an endpoint failing that long is disabled.
+    webhook_allow_private_urls: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+
     backends: list[BackendConfig] = Field(default_factory=list)
 
     @field_validator("backends")

@@ -35,6 +35,7 @@ from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import BackendRunner, build_runners
 from batchd.config import BackendConfig, Settings
 from batchd.engine import Engine, EngineSettings
+from batchd.engine.webhooks import WebhookSender, WebhookSettings
 from batchd.metrics import Metrics
 from batchd.store import Store, open_store
 from batchd.usecases.batches import BatchLimits, BatchService
@@ -42,6 +43,7 @@ from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
+from batchd.usecases.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,21 @@ def build_engine(runtime: Runtime) -> Engine:
         claim_chunk=settings.claim_chunk,
         max_attempts=settings.max_attempts,
     )
-    return Engine(runtime.store, runtime.runners, engine_settings, runtime.clock, runtime.metrics)
+    sender = WebhookSender(runtime.store, webhook_settings(settings), runtime.clock)
+    return Engine(
+        runtime.store, runtime.runners, engine_settings, runtime.clock, runtime.metrics, sender
+    )
+
+
+def webhook_settings(settings: Settings) -> WebhookSettings:
+    return WebhookSettings(
+        timeout_seconds=settings.webhook_timeout_seconds,
+        retry_base_seconds=settings.webhook_retry_base_seconds,
+        retry_max_seconds=settings.webhook_retry_max_seconds,
+        retry_window_seconds=settings.webhook_retry_window_seconds,
+        allow_private_urls=settings.webhook_allow_private_urls,
+        poll_interval=settings.poll_interval_seconds,
+    )
 
 
 async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
@@ -128,6 +144,9 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         metrics=runtime.metrics,
         overview=Overview(store),
         bodies=BodyBudget.from_settings(settings),
+        webhooks=WebhookService(
+            store, runtime.clock, allow_private_urls=settings.webhook_allow_private_urls
+        ),
     )
 
 

@@ -14,7 +14,7 @@ from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import JsonPostsMiddleware, RequestIdMiddleware
 from batchd.api.responses import JSON
-from batchd.api.routes import batches, count_tokens, messages, models, prometheus
+from batchd.api.routes import batches, count_tokens, messages, models, prometheus, webhooks
 
 
 def create_app(services: Services) -> FastAPI:
@@ -45,6 +45,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(models.router)
     app.include_router(prometheus.router)
+    app.include_router(webhooks.router)
     console.mount(app)
     openapi.install(app)
     return app

@@ -19,6 +19,7 @@ from batchd.usecases.keys import Authenticator, Caller
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
+from batchd.usecases.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class Services:
     metrics: Metrics
     overview: Overview
     bodies: BodyBudget
+    webhooks: WebhookService
 
 
 def get_services(request: Request) -> Services:

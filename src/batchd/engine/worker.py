@@ -22,13 +22,15 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
-from batchd.domain import ClaimedRequest, Outcome, RequestState
+from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.engine.webhooks import WebhookSender
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
@@ -99,8 +101,10 @@ class Engine:
         settings: EngineSettings,
         clock: Callable[[], float],
         metrics: Metrics,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.owner = new_worker_id()
+        self._webhooks = webhooks
         self._store = store
         self._settings = settings
         self._clock = clock
@@ -144,6 +148,8 @@ class Engine:
                     group.create_task(self._every(self._settings.sweep_interval, self._sweep)),
                     group.create_task(self._listen(), name="listen"),
                 ]
+                if self._webhooks is not None:  # the outbox's sender, beside the sweeper
+                    side.append(group.create_task(self._webhooks.run(), name="webhooks"))
                 await self._stop.wait()
                 await self._finish_in_flight()
                 self._drained.set()
@@ -152,7 +158,7 @@ class Engine:
                     task.cancel()
         finally:
             with contextlib.suppress(StoreUnavailable):
-                released = await self._store.release_leases(self.owner)
+                released = await self._store.release_leases(self.owner, self._clock())
                 if released:
                     log.info(
                         "engine %s returned %d unfinished requests to the queue",
@@ -264,18 +270,21 @@ class Engine:
             return Outcome(
                 request, RequestState.ERRORED, errored_line(custom_id, "api_error", reason)
             )
+        model = ""
         try:
             params = stored_params(request.params)
+            model = params.model
             with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
                 message = await runner.run(params, request.params, slot, interactive=False)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
-            return Outcome(request, RequestState.ERRORED, line)
+            return Outcome(request, RequestState.ERRORED, line, model)
         except Exception:  # one broken request must not take the engine down
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             line = errored_line(custom_id, "api_error", "internal error while running the request")
-            return Outcome(request, RequestState.ERRORED, line)
-        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message))
+            return Outcome(request, RequestState.ERRORED, line, model)
+        line = succeeded_line(custom_id, message)
+        return Outcome(request, RequestState.SUCCEEDED, line, model, usage_of(message))
 
     # -- recording -----------------------------------------------------------------------
 
@@ -377,3 +386,18 @@ class Engine:
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()
+
+
+def usage_of(message: dict[str, Any]) -> TokenUsage:
+    """The tokens a message's ``usage`` reports (absent figures count as 0)."""
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return TokenUsage()
+
+    def figure(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and value > 0 else 0
+
+    return TokenUsage(
+        figure("input_tokens"), figure("output_tokens"), figure("cache_read_input_tokens")
+    )
