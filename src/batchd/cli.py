@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from batchd.client import commands
+from batchd.client import commands, views
 from batchd.client.errors import ClientError
 from batchd.client.inputs import DEFAULT_MAX_TOKENS, Defaults
 from batchd.client.results import RESULT_TYPES
@@ -285,6 +285,39 @@ def webhooks_deliveries(endpoint_id: str, limit: int, db: str | None) -> None:
             f"{d.webhook_id}\t{d.event_type}\t{d.state}\tattempts={d.attempts}\t"
             f"{rfc3339(d.created_at)}\t{outcome}"
         )
+
+
+@main.command()
+@click.option("--workspace", help="Only this workspace [default: every workspace]")
+@click.option("--since", help="First UTC day, YYYY-MM-DD [default: 30 days ago]")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts")
+@_db_option
+@_config_option
+def usage(
+    workspace: str | None, since: str | None, as_json: bool, db: str | None, config: Path | None
+) -> None:
+    """Tokens, requests and cost per UTC day, workspace and model (batchd's own)."""
+    import time
+
+    from batchd.runtime import prices_of
+    from batchd.usecases.usage import since_day
+
+    settings = _settings(db=db, config=config)
+    prices = prices_of(settings)
+    try:
+        first = since_day(since, time.time())
+    except BatchdError as exc:
+        raise click.ClickException(exc.message) from exc
+    days = _with_store(settings.db, lambda store: store.daily_usage(workspace, first))
+    priced = [(d, prices.cost(d.model, d.tokens) if prices else None) for d in days]
+    if as_json:
+        from batchd.schemas.usage import daily_to_wire
+
+        wire = [daily_to_wire(d, cost, prices.currency) for d, cost in priced]
+        click.echo(views.to_json(wire))
+        return
+    currency = prices.currency if prices else None
+    views.console().print(views.daily_usage_table(priced, currency))
 
 
 # -- the client: talking to a server over HTTP ------------------------------------------------

@@ -43,6 +43,7 @@ from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
+from batchd.usecases.usage import Prices, UsageService
 from batchd.usecases.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,12 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         webhooks=WebhookService(
             store, runtime.clock, allow_private_urls=settings.webhook_allow_private_urls
         ),
+        usage=UsageService(store, prices_of(settings), runtime.clock),
     )
+
+
+def prices_of(settings: Settings) -> Prices:
+    return Prices(settings.prices, settings.price_currency)
 
 
 def _on_created(metrics: Metrics, engine: Engine | None) -> Callable[[], None]:

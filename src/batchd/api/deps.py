@@ -19,6 +19,7 @@ from batchd.usecases.keys import Authenticator, Caller
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
+from batchd.usecases.usage import UsageService
 from batchd.usecases.webhooks import WebhookService
 
 
@@ -36,6 +37,7 @@ class Services:
     overview: Overview
     bodies: BodyBudget
     webhooks: WebhookService
+    usage: UsageService
 
 
 def get_services(request: Request) -> Services:

@@ -153,7 +153,18 @@ def list_batches(server: Server, limit: int, *, as_json: bool) -> None:
 
 
 def show(server: Server, batch_id: str, *, as_json: bool) -> None:
-    _show_batch(server.call(lambda client: client.retrieve(batch_id)), as_json=as_json)
+    """A batch, then its usage and cost."""
+
+    async def both(client: BatchdClient) -> tuple[Batch, dict[str, object]]:
+        return await client.retrieve(batch_id), await client.usage(batch_id)
+
+    batch, usage = server.call(both)
+    if as_json:
+        _print_json(batch | {"usage": usage})
+        return
+    out = views.console()
+    out.print(views.batch_table(batch))
+    out.print(views.usage_table(usage))
 
 
 def cancel(server: Server, batch_id: str, *, as_json: bool) -> None:

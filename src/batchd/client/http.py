@@ -100,6 +100,11 @@ class BatchdClient:
         page = await self._call("GET", BATCHES, params=params)
         return list(page["data"]), bool(page["has_more"])
 
+    async def usage(self, batch_id: str) -> dict[str, Any]:
+        """A batch's usage and cost (batchd's own route)."""
+        usage: dict[str, Any] = await self._call("GET", f"{BATCHES}/{batch_id}/usage")
+        return usage
+
     async def cancel(self, batch_id: str) -> Batch:
         headers = {"content-type": "application/json"}  # as the SDK sends it, body or none
         batch: Batch = await self._call("POST", f"{BATCHES}/{batch_id}/cancel", headers=headers)

@@ -20,6 +20,8 @@ from rich.text import Text
 
 from batchd.client.http import Batch
 from batchd.client.progress import STATES
+from batchd.domain import DailyUsage
+from batchd.usecases.usage import Cost
 
 _STATUS_STYLE = {"in_progress": "blue", "canceling": "yellow", "ended": "green"}
 # C0 and C1 controls, DEL, and the bidirectional overrides that reorder what is shown.
@@ -79,6 +81,48 @@ def batch_table(batch: Batch) -> Table:
     for key in ("processing", *STATES):
         table.add_row(cell(key), cell(f"{counts[key]:,}"))
     table.add_row(cell("results"), cell(batch.get("results_url") or "-"))
+    return table
+
+
+def _cost(cost: Any) -> str:
+    if not cost:
+        return "-"
+    text = f"{cost['batch']:,.4f} {cost['currency']} (interactive {cost['interactive']:,.4f})"
+    if cost["unpriced_models"]:
+        text += f"; no price for {', '.join(cost['unpriced_models'])}"
+    return text
+
+
+def usage_table(usage: dict[str, Any]) -> Table:
+    """A batch's tokens and cost (``GET .../usage``), then one line per model."""
+    table = Table(show_header=False, box=None)
+    table.add_row(cell("input tokens"), cell(f"{usage['input_tokens']:,}"))
+    table.add_row(cell("output tokens"), cell(f"{usage['output_tokens']:,}"))
+    table.add_row(cell("cache-read tokens"), cell(f"{usage['cache_read_input_tokens']:,}"))
+    table.add_row(cell("cost"), cell(_cost(usage["cost"])))
+    for model in usage["models"]:
+        tokens = f"{model['input_tokens']:,} in / {model['output_tokens']:,} out"
+        line = f"{model['requests']:,} requests, {tokens}, cost {_cost(model['cost'])}"
+        table.add_row(cell(f"model {model['model'] or '-'}"), cell(line))
+    return table
+
+
+def daily_usage_table(
+    rows: Iterable[tuple[DailyUsage, Cost | None]], currency: str | None
+) -> Table:
+    """Usage per day, workspace and model (``batchd usage``)."""
+    columns = ["day", "workspace", "model", "requests", "input", "output", "cache read"]
+    table = Table(*columns, *([f"cost {currency}", "interactive"] if currency else []), box=None)
+    for row, priced in rows:
+        requests = " ".join(f"{k}={v:,}" for k, v in sorted(row.requests.items()) if v)
+        tokens = row.tokens
+        cost = [f"{priced.batch:,.4f}", f"{priced.interactive:,.4f}"] if priced else []
+        table.add_row(
+            *(cell(v) for v in (row.day, row.workspace, row.model or "-", requests or "-")),
+            *(cell(f"{t:,}") for t in (tokens.input_tokens, tokens.output_tokens)),
+            cell(f"{tokens.cache_read_tokens:,}"),
+            *(cell(c) for c in cost),
+        )
     return table
 
 

@@ -226,4 +226,4 @@ GROUP BY day, workspace, model ORDER BY day, workspace, model;
 SELECT workspace, backend, CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
        CAST(sum(cache_read_tokens) AS BIGINT) AS cache_read_tokens
-FROM usage_daily GROUP BY workspace, backend ORDER BY workspace, backend;
+FROM usage_daily WHERE backend != '' GROUP BY workspace, backend ORDER BY workspace, backend;

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from batchd.domain import (
@@ -102,6 +102,8 @@ class RequestFigures:
 
     by_state: dict[RequestState, int]
     queued_by_backend: dict[str, int]
+    # (workspace, backend, tokens) summed as results were recorded, over all time
+    tokens_by_workspace: list[tuple[str, str, TokenUsage]] = field(default_factory=list)
 
 
 Params = Mapping[str, Any]
@@ -278,7 +280,7 @@ class Store:
         [totals] = await self.driver.fetch("final_totals")
         by_state = {RequestState.QUEUED: sum(queued.values()), RequestState.RUNNING: running[0]}
         by_state |= {s: int(totals[s.value]) for s in FINAL_STATES}
-        return RequestFigures(by_state, queued)
+        return RequestFigures(by_state, queued, await self.tokens_by_workspace())
 
     async def claimable_batches(self, now: float) -> list[int]:
         return [r[0] for r in await self.driver.fetch("claimable_batches", {"now": now})]

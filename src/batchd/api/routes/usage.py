@@ -1,0 +1,41 @@
+"""Usage and cost (batchd's own): a batch's, and a workspace's per day."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.responses import JSON
+from batchd.schemas.usage import UsageList, batch_usage_to_wire, daily_to_wire
+from batchd.usecases.usage import since_day
+
+router = APIRouter(tags=["usage (batchd's own)"])
+
+
+@router.get("/v1/messages/batches/{batch_id}/usage")
+async def batch_usage(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    """Tokens and requests of a batch as its results were recorded, and their cost."""
+    usage_service = services.usage
+    usage = await usage_service.batch(workspace, batch_id)
+    costs = [usage_service.cost(m.model, m.tokens) for m in usage.models]
+    return JSON(batch_usage_to_wire(usage, costs, usage_service.prices.currency))
+
+
+@router.get("/v1/usage")
+async def daily_usage(
+    services: ServicesDep,
+    workspace: WorkspaceDep,
+    since: Annotated[str | None, Query(description="first UTC day, YYYY-MM-DD")] = None,
+) -> JSON:
+    """This workspace's usage per UTC day and model (the last 30 days unless ``since``)."""
+    usage_service = services.usage
+    days = await usage_service.daily(workspace, since_day(since, services.clock()))
+    currency = usage_service.prices.currency
+    return JSON(
+        UsageList(
+            [daily_to_wire(d, usage_service.cost(d.model, d.tokens), currency) for d in days],
+            currency if usage_service.prices else None,
+        )
+    )
