@@ -199,3 +199,34 @@ def test_usage_survives_kill_9_and_equals_the_result_lines(tmp_path: Path) -> No
     assert f"{tokens.input_tokens:,}" in shown
     series = 'batchd_workspace_tokens_total{backend="mock",kind="input",workspace="default"}'
     assert f"{series} {float(tokens.input_tokens)}" in metrics
+
+
+def test_submit_estimate_counts_through_the_backend_and_creates_nothing(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server(prices=[PriceConfig(models=["mock"], input=1, output=2)])
+    prompts = ["Say hi.", "Name three primes, and say why each is one.", "Count to ten."]
+    lines = [json.dumps(mock_request(f"p{i}", p, max_tokens=100)) for i, p in enumerate(prompts)]
+    lines.append(json.dumps({"model": "nowhere", "max_tokens": 5, "messages": []}))
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    shown = subprocess.run(
+        [sys.executable, "-m", "batchd", "submit", str(path), "--estimate", "--url", server.url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+        counted = sum(
+            client.messages.count_tokens(
+                model="mock", messages=[{"role": "user", "content": p}]
+            ).input_tokens
+            for p in prompts
+        )
+        assert client.messages.batches.list().data == []
+    interactive = (counted * 1 + 300 * 2) / 1e6
+    total = [line for line in shown.splitlines() if line.lstrip().startswith("all")]
+    assert total, shown
+    assert f"{counted:,}" in total[0]
+    assert " 300 " in total[0]
+    assert "refused: 1" in total[0]
+    assert f"{interactive / 2:,.4f} / {interactive:,.4f} USD" in total[0]
+    assert "estimate" in shown  # the mock counts by the documented estimate

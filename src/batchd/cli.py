@@ -372,6 +372,11 @@ _interval_option = click.option("--interval", type=float, default=1.0, hidden=Tr
 @click.option(
     "--wait", is_flag=True, help="Show progress until the batches end, then write results"
 )
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Print the input tokens, the output bound and the cost; create nothing",
+)
 @_out_option
 @_only_option
 @click.option(
@@ -389,6 +394,7 @@ def submit(
     model: str | None,
     max_tokens: int,
     wait: bool,
+    estimate: bool,
     out: Path | None,
     only: tuple[str, ...],
     max_batch_requests: int,
@@ -399,6 +405,11 @@ def submit(
     Each line is a batch request {"custom_id", "params"}, bare Messages params (custom ids
     are generated from line numbers), or a plain-text prompt for --model.
     """
+    if estimate:
+        commands.estimate(
+            server, file, Defaults(model, max_tokens), max_batch_requests=max_batch_requests
+        )
+        return
     commands.submit(
         server,
         file,

@@ -39,6 +39,7 @@ from batchd.engine.webhooks import WebhookSender, WebhookSettings
 from batchd.metrics import Metrics
 from batchd.store import Store, open_store
 from batchd.usecases.batches import BatchLimits, BatchService
+from batchd.usecases.estimate import EstimateService
 from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
@@ -121,6 +122,9 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
     """The use cases the API serves; a batch created wakes ``engine``, if this process has one."""
     settings, store, runners = runtime.settings, runtime.store, runtime.runners
     router = Router(runtime.configs)
+    tokens = TokenService(
+        router, runtime.configs, {name: runner.backend for name, runner in runners.items()}
+    )
     limits = BatchLimits(
         settings.max_requests_per_batch,
         settings.batch_ttl_seconds,
@@ -139,9 +143,7 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         auth=Authenticator(store, open_mode=await decide_open_mode(store, settings.host)),
         router=router,
         runners=runners,
-        tokens=TokenService(
-            router, runtime.configs, {name: runner.backend for name, runner in runners.items()}
-        ),
+        tokens=tokens,
         metrics=runtime.metrics,
         overview=Overview(store),
         bodies=BodyBudget.from_settings(settings),
@@ -149,6 +151,9 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
             store, runtime.clock, allow_private_urls=settings.webhook_allow_private_urls
         ),
         usage=UsageService(store, prices_of(settings), runtime.clock),
+        estimates=EstimateService(
+            router, tokens, prices_of(settings), settings.max_requests_per_batch
+        ),
     )
 
 

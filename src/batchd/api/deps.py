@@ -15,6 +15,7 @@ from batchd.config import Settings
 from batchd.errors import PermissionDenied
 from batchd.metrics import Metrics
 from batchd.usecases.batches import BatchService
+from batchd.usecases.estimate import EstimateService
 from batchd.usecases.keys import Authenticator, Caller
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
@@ -38,6 +39,7 @@ class Services:
     bodies: BodyBudget
     webhooks: WebhookService
     usage: UsageService
+    estimates: EstimateService
 
 
 def get_services(request: Request) -> Services:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 from rich.markup import escape
@@ -21,8 +21,9 @@ from rich.markup import escape
 from batchd.client import results, views
 from batchd.client.errors import Interrupted
 from batchd.client.http import Batch, BatchdClient
-from batchd.client.inputs import Defaults, read_requests
+from batchd.client.inputs import Defaults, chunks, read_requests
 from batchd.client.progress import describe, tally, wait_for
+from batchd.client.submit import MAX_BYTES
 from batchd.client.submit import submit as create_batches
 
 T = TypeVar("T")
@@ -98,6 +99,18 @@ def submit(
     for batch_id in batch_ids:
         click.echo(batch_id)
     err.print(f"wait for the results with: {escape(resume_command(server, batch_ids, waiting))}")
+
+
+def estimate(server: Server, path: Path, defaults: Defaults, *, max_batch_requests: int) -> None:
+    """Count what the file would take, batch by batch as submit would split it; create
+    nothing."""
+    requests = read_requests(path, defaults)
+
+    async def each(client: BatchdClient) -> list[dict[str, Any]]:
+        split = chunks(requests, max_batch_requests, MAX_BYTES)
+        return [await client.estimate(chunk) for chunk in split]
+
+    views.console().print(views.estimate_table(server.call(each)))
 
 
 def _interrupted(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> Interrupted:

@@ -107,6 +107,35 @@ def usage_table(usage: dict[str, Any]) -> Table:
     return table
 
 
+def estimate_table(estimates: Sequence[dict[str, Any]]) -> Table:
+    """Per model, then in all: requests, input tokens, the output bound and their cost."""
+    table = Table("model", "backend", "counted by", "requests", "input tokens", "max output",
+                  "cost (batch / interactive)", box=None)  # fmt: skip
+    totals = [0, 0, 0, 0, 0.0, 0.0]
+    currency = ""
+    for estimate in estimates:
+        totals[3] += estimate["refused"]
+        for m in estimate["models"]:
+            table.add_row(
+                *(cell(m[k]) for k in ("model", "backend", "method")),
+                *(cell(f"{m[k]:,}") for k in ("requests", "input_tokens", "max_output_tokens")),
+                cell(_cost(m["cost"])),
+            )
+            totals[0] += m["requests"]
+            totals[1] += m["input_tokens"]
+            totals[2] += m["max_output_tokens"]
+        if estimate["cost"]:
+            totals[4] += estimate["cost"]["batch"]
+            totals[5] += estimate["cost"]["interactive"]
+            currency = estimate["cost"]["currency"]
+    cost = f"{totals[4]:,.4f} / {totals[5]:,.4f} {currency}" if currency else "-"
+    table.add_row(
+        cell("all", "bold"), cell(""), cell(f"refused: {totals[3]:,}" if totals[3] else ""),
+        *(cell(f"{int(t):,}", "bold") for t in totals[:3]), cell(cost, "bold"),
+    )  # fmt: skip
+    return table
+
+
 def daily_usage_table(
     rows: Iterable[tuple[DailyUsage, Cost | None]], currency: str | None
 ) -> Table:

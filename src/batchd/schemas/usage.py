@@ -7,6 +7,7 @@ import msgspec
 
 from batchd.domain import DailyUsage, TokenUsage
 from batchd.schemas.batches import MessageBatchRequestCounts
+from batchd.usecases.estimate import BatchEstimate
 from batchd.usecases.usage import BatchUsage, Cost
 
 
@@ -87,4 +88,49 @@ def daily_to_wire(day: DailyUsage, cost: Cost | None, currency: str) -> DailyUsa
     return DailyUsageOut(
         day.day, day.workspace, day.model, day.requests, *_tokens(day.tokens),
         cost_to_wire(cost, currency),
+    )  # fmt: skip
+
+
+class ModelEstimateOut(msgspec.Struct, forbid_unknown_fields=True):
+    model: str
+    backend: str
+    method: str  # tokenizer (exact), upstream, or estimate (about 4 characters a token)
+    requests: int
+    input_tokens: int
+    max_output_tokens: int
+    cost: CostOut | None  # at max_output_tokens
+
+
+class MessageBatchEstimate(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="message_batch_estimate"
+):
+    requests: int
+    refused: int  # would be errored at create
+    input_tokens: int
+    max_output_tokens: int
+    models: list[ModelEstimateOut]
+    cost: CostOut | None
+
+
+def estimate_to_wire(estimate: BatchEstimate, currency: str, priced: bool) -> MessageBatchEstimate:
+    models = [
+        ModelEstimateOut(
+            m.model,
+            m.backend,
+            m.method,
+            m.requests,
+            m.input_tokens,
+            m.max_output_tokens,
+            cost_to_wire(m.cost, currency),
+        )
+        for m in estimate.models
+    ]
+    total: Cost | None = None
+    if priced:
+        total = Cost(0.0, 0.0)
+        for m in estimate.models:
+            total += m.cost or Cost(0.0, 0.0)
+    return MessageBatchEstimate(
+        estimate.requests, estimate.refused, estimate.input_tokens, estimate.max_output_tokens,
+        models, cost_to_wire(total, currency),
     )  # fmt: skip

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.deps import CallerDep, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
-from batchd.schemas.usage import UsageList, batch_usage_to_wire, daily_to_wire
+from batchd.api.routes.body import read_body
+from batchd.schemas.usage import UsageList, batch_usage_to_wire, daily_to_wire, estimate_to_wire
 from batchd.usecases.usage import since_day
 
 router = APIRouter(tags=["usage (batchd's own)"])
+
+
+@router.post("/v1/messages/batches/estimate")
+async def estimate_batch(request: Request, services: ServicesDep, caller: CallerDep) -> JSON:
+    """What a create-batch body would take (input tokens, the output bound, their cost),
+    creating nothing."""
+    settings = services.settings
+    with services.bodies.upload(caller), services.bodies.holding(caller) as held:
+        body = await read_body(request, settings, held, settings.max_body_bytes)
+        estimate = await services.estimates.estimate(body)
+    prices = services.usage.prices
+    return JSON(estimate_to_wire(estimate, prices.currency, bool(prices)))
 
 
 @router.get("/v1/messages/batches/{batch_id}/usage")
