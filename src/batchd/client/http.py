@@ -104,7 +104,7 @@ class BatchdClient:
         """What these requests would take as a batch (batchd's own route); creates nothing."""
         body = b'{"requests":[' + b",".join(encoded_requests) + b"]}"
         headers = {"content-type": "application/json"}
-        path = f"{BATCHES}/estimate"
+        path = "/v1/messages/batch_estimate"
         estimate: dict[str, Any] = await self._call("POST", path, data=body, headers=headers)
         return estimate
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
 from batchd.domain import Delivery, WebhookEndpoint, rfc3339
 from batchd.errors import InvalidRequest
 
+EventType = Literal["message_batch.ended", "message_batch.canceled", "message_batch.expired"]
+
 
 class CreateWebhookEndpoint(msgspec.Struct, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-    events: list[str] = msgspec.field(default_factory=list)  # none: every batch event
+    """The URL must also name a public host unless the server allows private ones."""
+
+    url: Annotated[str, msgspec.Meta(max_length=2048, pattern="^[hH][tT][tT][pP][sS]?://")]
+    events: list[EventType] = msgspec.field(default_factory=list)  # none: every batch event
 
 
 class WebhookEndpointOut(
@@ -49,8 +53,18 @@ class WebhookTestOut(
     webhook_id: str
 
 
-class DataList(msgspec.Struct):
-    data: list[WebhookEndpointOut] | list[WebhookDeliveryOut]
+class WebhookEndpointList(msgspec.Struct, forbid_unknown_fields=True):
+    data: list[WebhookEndpointOut]
+
+
+class WebhookDeliveryList(msgspec.Struct, forbid_unknown_fields=True):
+    data: list[WebhookDeliveryOut]  # newest first
+
+
+class DeletedWebhookEndpoint(
+    msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="webhook_endpoint_deleted"
+):
+    id: str
 
 
 _create_decoder = msgspec.json.Decoder(CreateWebhookEndpoint)

@@ -15,7 +15,7 @@ from batchd.usecases.usage import since_day
 router = APIRouter(tags=["usage (batchd's own)"])
 
 
-@router.post("/v1/messages/batches/estimate")
+@router.post("/v1/messages/batch_estimate")
 async def estimate_batch(request: Request, services: ServicesDep, caller: CallerDep) -> JSON:
     """What a create-batch body would take (input tokens, the output bound, their cost),
     creating nothing."""
@@ -40,7 +40,9 @@ async def batch_usage(batch_id: str, services: ServicesDep, workspace: Workspace
 async def daily_usage(
     services: ServicesDep,
     workspace: WorkspaceDep,
-    since: Annotated[str | None, Query(description="first UTC day, YYYY-MM-DD")] = None,
+    since: Annotated[
+        str | None, Query(description="first UTC day, YYYY-MM-DD", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    ] = None,
 ) -> JSON:
     """This workspace's usage per UTC day and model (the last 30 days unless ``since``)."""
     usage_service = services.usage

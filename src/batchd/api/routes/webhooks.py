@@ -10,7 +10,9 @@ from batchd.api.deps import CallerDep, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 from batchd.schemas.webhooks import (
-    DataList,
+    DeletedWebhookEndpoint,
+    WebhookDeliveryList,
+    WebhookEndpointList,
     WebhookTestOut,
     delivery_to_wire,
     endpoint_to_wire,
@@ -35,7 +37,7 @@ async def create_endpoint(request: Request, services: ServicesDep, caller: Calle
 @router.get("")
 async def list_endpoints(services: ServicesDep, workspace: WorkspaceDep) -> JSON:
     endpoints = await services.webhooks.endpoints(workspace)
-    return JSON(DataList([endpoint_to_wire(e) for e in endpoints]))
+    return JSON(WebhookEndpointList([endpoint_to_wire(e) for e in endpoints]))
 
 
 @router.get("/{endpoint_id}")
@@ -46,7 +48,7 @@ async def get_endpoint(endpoint_id: str, services: ServicesDep, workspace: Works
 @router.delete("/{endpoint_id}")
 async def delete_endpoint(endpoint_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
     await services.webhooks.delete(workspace, endpoint_id)
-    return JSON({"type": "webhook_endpoint_deleted", "id": endpoint_id})
+    return JSON(DeletedWebhookEndpoint(endpoint_id))
 
 
 @router.post("/{endpoint_id}/test")
@@ -65,4 +67,4 @@ async def list_deliveries(
 ) -> JSON:
     """The endpoint's deliveries, newest first."""
     deliveries = await services.webhooks.deliveries(workspace, endpoint_id, limit)
-    return JSON(DataList([delivery_to_wire(d) for d in deliveries]))
+    return JSON(WebhookDeliveryList([delivery_to_wire(d) for d in deliveries]))
