@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from batchd.api.deps import CallerDep, ServicesDep, WorkspaceDep
+from batchd.api.deps import CallerDep, Services, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 from batchd.schemas.usage import UsageList, batch_usage_to_wire, daily_to_wire, estimate_to_wire
@@ -45,12 +45,15 @@ async def daily_usage(
     ] = None,
 ) -> JSON:
     """This workspace's usage per UTC day and model (the last 30 days unless ``since``)."""
+    return JSON(await usage_list(services, workspace, since_day(since, services.clock())))
+
+
+async def usage_list(services: Services, workspace: str | None, since: str) -> UsageList:
+    """Usage per day, workspace and model, priced (every workspace's where None)."""
     usage_service = services.usage
-    days = await usage_service.daily(workspace, since_day(since, services.clock()))
+    days = await usage_service.daily(workspace, since)
     currency = usage_service.prices.currency
-    return JSON(
-        UsageList(
-            [daily_to_wire(d, usage_service.cost(d.model, d.tokens), currency) for d in days],
-            currency if usage_service.prices else None,
-        )
+    return UsageList(
+        [daily_to_wire(d, usage_service.cost(d.model, d.tokens), currency) for d in days],
+        currency if usage_service.prices else None,
     )
