@@ -37,11 +37,14 @@ UNDOCUMENTED = {
     ("GET", "/metrics"),
     # the document itself
     ("GET", "/openapi.json"),
-    # the web console: HTML, its static files, and its one data route
+    # the web console: HTML, its static files, and its data routes
     ("GET", "/console"),
     ("GET", "/console/batches/{batch_id}"),
     ("GET", "/console/static/{path}"),
     ("GET", "/console/api/batches/{batch_id}/errors"),
+    ("GET", "/console/usage"),
+    ("GET", "/console/webhooks"),
+    ("GET", "/console/api/usage"),
 }
 
 

@@ -146,6 +146,10 @@ class Settings(BaseSettings):
 
     batch_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
     results_retention_seconds: float = Field(default=29 * 24 * 3600.0, gt=0)
+    # Past retention a batch's requests (params, results) are deleted, this many per
+    # transaction, looked for this often; the batch row stays (README: "Storage lifecycle").
+    purge_interval_seconds: float = Field(default=60.0, gt=0)
+    purge_chunk: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)  # a create-batch body
     # A POST /v1/messages or count_tokens body (the hosted API takes 32 MB).
     max_message_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
@@ -174,6 +178,11 @@ class Settings(BaseSettings):
     max_unfinished_batches_per_workspace: int | None = Field(default=None, ge=1)
     max_queued_requests_per_workspace: int | None = Field(default=None, ge=1)
     max_concurrent_calls_per_key: int | None = Field(default=None, ge=1)
+
+    # PostgreSQL: give up connecting, and waiting for one statement's answer, after this
+    # long (a hung server gets 503s, not a hang); SQLite waits for its busy timeout instead.
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0)
 
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)

@@ -7,7 +7,8 @@ database: ``SKIP LOCKED`` gives them disjoint rows of the same batch, so N engin
 every batch side by side. Results go through one writer that commits them in
 groups, fenced by (owner, attempt): a worker that lost its lease cannot overwrite a
 result. The heartbeat renews this worker's leases; the sweeper returns lost leases to
-the queue, expires batches past their deadline and ends finished batches.
+the queue, expires batches past their deadline and ends finished batches; the purger
+deletes the requests of batches whose results passed the retention time.
 
 While the store is unavailable every loop keeps going: claims, heartbeats and sweeps are
 tried again with a doubling delay (``StoreBackoff``), and finished results wait in memory
@@ -76,6 +77,9 @@ class EngineSettings:
     claim_chunk: int
     shutdown_grace: float = 5.0
     max_attempts: int = 10  # claims of one request without a result before it ends errored
+    retention: float | None = None  # results kept this long after creation; None: for ever
+    purge_interval: float = 60.0  # how often the purger looks for batches past retention
+    purge_chunk: int = 1000  # requests deleted per transaction
 
 
 class _Lane:
@@ -150,6 +154,9 @@ class Engine:
                 ]
                 if self._webhooks is not None:  # the outbox's sender, beside the sweeper
                     side.append(group.create_task(self._webhooks.run(), name="webhooks"))
+                if self._settings.retention is not None:
+                    purge = self._every(self._settings.purge_interval, self._purge)
+                    side.append(group.create_task(purge, name="purge"))
                 await self._stop.wait()
                 await self._finish_in_flight()
                 self._drained.set()
@@ -386,6 +393,25 @@ class Engine:
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()
+
+    async def _purge(self) -> None:
+        """Delete the requests of ended batches past retention, until none is left."""
+        assert self._settings.retention is not None
+        while not self._stop.is_set():
+            now = self._clock()
+            purge = await self._store.purge(
+                now - self._settings.retention, now, self._settings.purge_chunk
+            )
+            if purge.requests or purge.batches:
+                log.info(
+                    "deleted %d requests of batches past retention (%d batches done, "
+                    "%d bytes given back)",
+                    purge.requests,
+                    purge.batches,
+                    purge.reclaimed_bytes,
+                )
+            if not purge.batches:
+                return
 
 
 def usage_of(message: dict[str, Any]) -> TokenUsage:

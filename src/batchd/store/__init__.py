@@ -1,21 +1,27 @@
 """Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.store import (
+    DatabaseStats,
     NewRequest,
+    Purge,
     Recorded,
     RequestFigures,
     SchemaMismatch,
     Store,
     Sweep,
+    Timeouts,
 )
 
 __all__ = [
+    "DatabaseStats",
     "NewRequest",
+    "Purge",
     "Recorded",
     "RequestFigures",
     "SchemaMismatch",
     "Store",
     "Sweep",
+    "Timeouts",
     "open_store",
 ]
 

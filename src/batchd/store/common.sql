@@ -227,3 +227,23 @@ SELECT workspace, backend, CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
        CAST(sum(cache_read_tokens) AS BIGINT) AS cache_read_tokens
 FROM usage_daily WHERE backend != '' GROUP BY workspace, backend ORDER BY workspace, backend;
+
+-- name: purgeable_batches
+-- Ended batches whose results passed the retention time and whose requests are not yet
+-- all deleted, oldest first (the partial index batches_unpurged).
+SELECT seq FROM batches
+WHERE purged_at IS NULL AND created_at <= :cutoff AND processing_status = 'ended'
+ORDER BY created_at LIMIT :limit;
+
+-- name: mark_purged
+-- (only once no request of the batch is left: a chunk another worker held is not missed)
+UPDATE batches SET purged_at = :now
+WHERE seq = :seq AND purged_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM requests WHERE batch_seq = :seq);
+
+-- name: batches_by_status
+SELECT processing_status, count(*) AS n, count(purged_at) AS purged
+FROM batches GROUP BY processing_status ORDER BY processing_status;
+
+-- name: requests_by_state
+SELECT state, count(*) AS n FROM requests GROUP BY state ORDER BY state;

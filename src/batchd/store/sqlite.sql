@@ -50,3 +50,14 @@ WHERE id IN (SELECT id FROM webhook_deliveries
              WHERE state = 'pending' AND next_attempt_at <= :now
              ORDER BY next_attempt_at, id LIMIT :limit)
 RETURNING id, endpoint_id, webhook_id, event_type, payload, created_at, attempts;
+
+-- name: delete_request_chunk
+-- (one chunk per transaction, so that the writer is not held long)
+DELETE FROM requests
+WHERE id IN (SELECT id FROM requests WHERE batch_seq = :seq ORDER BY id LIMIT :limit);
+
+-- name: database_bytes
+-- The file's pages in use and free (free pages are given back by incremental_vacuum).
+SELECT (p.page_count - f.freelist_count) * s.page_size AS used,
+       f.freelist_count * s.page_size AS free
+FROM pragma_page_count() AS p, pragma_page_size() AS s, pragma_freelist_count() AS f;
