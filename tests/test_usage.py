@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from batchd.config import PriceConfig
 from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
 from batchd.engine.worker import usage_of
 from batchd.schemas.results import errored_line, succeeded_line
-from batchd.store import NewRequest, Store, open_store
+from batchd.store import NewRequest, Store
 from batchd.usecases.usage import Prices
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.keys import make_keys
@@ -27,19 +26,10 @@ from tests.support.process import run_batchd
 T0 = 1_800_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/u.db"
-    url: str = request.getfixturevalue("postgres").new_database_sync()
-    return url
-
-
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = await open_store(db_url, migrate=True)
-    yield s
-    await s.close()
+def store(each_store: Store) -> Store:
+    """A migrated store on SQLite and on PostgreSQL."""
+    return each_store
 
 
 def _answer(request: ClaimedRequest, worker: str) -> Outcome:

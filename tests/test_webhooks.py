@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +28,10 @@ T0 = 1_800_000_000.0
 HOUR = 3600.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database of each dialect."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/w.db"
-    url: str = request.getfixturevalue("postgres").new_database_sync()
-    return url
-
-
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = await open_store(db_url, migrate=True)
-    yield s
-    await s.close()
+def store(each_store: Store) -> Store:
+    """A migrated store on SQLite and on PostgreSQL."""
+    return each_store
 
 
 @pytest.fixture
