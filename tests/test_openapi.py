@@ -45,6 +45,10 @@ UNDOCUMENTED = {
     ("GET", "/console/usage"),
     ("GET", "/console/webhooks"),
     ("GET", "/console/api/usage"),
+    # OpenAI's synchronous calls: OpenAI's bodies, what a backend takes of them depends on
+    # its kind (README, "OpenAI endpoints per backend kind")
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
 }
 
 

@@ -48,7 +48,11 @@ class BackendConfig(BaseModel):
     adaptive_concurrency: bool = True
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
-    timeout_seconds: float = Field(default=600.0, gt=0)
+    # The longest one upstream call may take (anthropic, openai), else a retryable
+    # timeout_error. Unset: 600 s, or 1 s per 10 tokens of the request's max_tokens where
+    # that is longer (backends/http.py::call_timeout), so a long output is not cut; set, it
+    # holds for every call, however long its output.
+    timeout_seconds: float | None = Field(default=None, gt=0)
     # The largest max_tokens a request may ask of this backend (a larger one is refused as
     # invalid_request_error); default: a local model's context length, else 128,000.
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -174,7 +178,8 @@ class Settings(BaseSettings):
     max_requests_per_batch: int = Field(default=100_000, ge=1)
     # Quotas (off when unset): what one workspace may have waiting at once, checked in the
     # create's transaction (over either: 429 naming the limit, nothing stored), and the
-    # interactive calls (/v1/messages, count_tokens) one key may have in progress at once.
+    # interactive calls (/v1/messages, count_tokens, /v1/chat/completions, /v1/embeddings)
+    # one key may have in progress at once.
     max_unfinished_batches_per_workspace: int | None = Field(default=None, ge=1)
     max_queued_requests_per_workspace: int | None = Field(default=None, ge=1)
     max_concurrent_calls_per_key: int | None = Field(default=None, ge=1)

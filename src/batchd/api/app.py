@@ -19,6 +19,7 @@ from batchd.api.routes import (
     count_tokens,
     messages,
     models,
+    openai_calls,
     prometheus,
     usage,
     webhooks,
@@ -52,6 +53,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(count_tokens.router)
     app.include_router(messages.router)
     app.include_router(models.router)
+    app.include_router(openai_calls.router)
     app.include_router(prometheus.router)
     app.include_router(webhooks.router)
     app.include_router(usage.router)

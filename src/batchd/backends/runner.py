@@ -1,30 +1,46 @@
 """One backend as the engine and the Messages API use it: paced, retried and measured.
 
-Every upstream call of every backend goes through ``BackendRunner.run``: it waits for the
-rate budgets, times the call, feeds the pacer (success or congestion), records metrics, and
-between retries gives its slot back so that a backing-off request does not hold capacity.
+Every upstream call of every backend goes through ``BackendRunner.run`` (a Messages
+request) or ``BackendRunner.run_openai`` (an OpenAI one), both through one ``_call``: it
+waits for the rate budgets, times the call, feeds the pacer (success or congestion),
+records metrics, and between retries gives its slot back so that a backing-off request
+does not hold capacity.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from batchd.backends.base import Backend
+from batchd.backends.base import Backend, OpenAIServer
 from batchd.backends.estimate import tokens_of_length
 from batchd.backends.pacing import Pacer, Slot
 from batchd.backends.retry import RetryPolicy, call_with_retries
 from batchd.config import BackendConfig
-from batchd.errors import UpstreamError
+from batchd.errors import InvalidRequest, UpstreamError
 from batchd.metrics import Metrics
 from batchd.validation import Params
+
+# where each dialect's answer counts its (input, output) tokens
+_MESSAGES_USAGE = ("input_tokens", "output_tokens")
+_OPENAI_USAGE = ("prompt_tokens", "completion_tokens")
 
 
 def _count(usage: Any, key: str) -> int:
     value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def openai_output_limit(body: dict[str, Any]) -> int:
+    """The output tokens an OpenAI request may use, for the pacer's charge before the call:
+    ``max_completion_tokens``, else ``max_tokens``, else none counted (embeddings)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
 
 
 class BackendRunner:
@@ -61,7 +77,50 @@ class BackendRunner:
     ) -> dict[str, Any]:
         """Run one request while holding ``slot``; the slot is held again when this returns."""
         estimate = tokens_of_length(len(raw)) + params.max_tokens  # until the usage is known
+        return await self._call(
+            lambda: self.backend.create_message(params, raw),
+            estimate,
+            _MESSAGES_USAGE,
+            slot,
+            interactive=interactive,
+            policy=policy,
+        )
 
+    async def run_openai(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        raw: bytes,
+        slot: Slot,
+        *,
+        interactive: bool,
+        policy: RetryPolicy | None = None,
+    ) -> dict[str, Any]:
+        """``run`` for one OpenAI request (``OpenAIServer.call_openai``): the same pacing,
+        retries and measures; the usage read from ``prompt_tokens``/``completion_tokens``."""
+        server = self.backend
+        if not isinstance(server, OpenAIServer):
+            raise InvalidRequest(f"model: backend {self.name!r} does not serve {endpoint}")
+        estimate = tokens_of_length(len(raw)) + openai_output_limit(body)
+        return await self._call(
+            lambda: server.call_openai(endpoint, body, raw),
+            estimate,
+            _OPENAI_USAGE,
+            slot,
+            interactive=interactive,
+            policy=policy,
+        )
+
+    async def _call(
+        self,
+        call: Callable[[], Awaitable[dict[str, Any]]],
+        estimate: int,
+        usage_keys: tuple[str, str],
+        slot: Slot,
+        *,
+        interactive: bool,
+        policy: RetryPolicy | None,
+    ) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
             if self.pacer.requests is not None:
                 await self.pacer.requests.take(1)
@@ -70,12 +129,12 @@ class BackendRunner:
                 charged = await self.pacer.tokens.take(estimate)
             started = self._clock()
             try:
-                message = await self.backend.create_message(params, raw)
+                answer = await call()
             except UpstreamError as exc:
                 self._observe_failure(exc, self._clock() - started, charged)
                 raise
-            self._observe_success(message, self._clock() - started, charged)
-            return message
+            self._observe_success(answer, usage_keys, self._clock() - started, charged)
+            return answer
 
         async def wait(exc: UpstreamError, delay: float) -> None:
             self.pacer.retries += 1
@@ -93,11 +152,13 @@ class BackendRunner:
         if self.pacer.tokens is not None:
             self.pacer.tokens.adjust(-charged)  # nothing was generated: give the budget back
 
-    def _observe_success(self, message: dict[str, Any], latency: float, charged: float) -> None:
+    def _observe_success(
+        self, answer: dict[str, Any], usage_keys: tuple[str, str], latency: float, charged: float
+    ) -> None:
         self._latency.observe(latency)
         self.pacer.succeeded(latency)
-        usage = message.get("usage")
-        used_in, used_out = _count(usage, "input_tokens"), _count(usage, "output_tokens")
+        usage = answer.get("usage")
+        used_in, used_out = (_count(usage, key) for key in usage_keys)
         self._tokens_in.inc(used_in)
         self._tokens_out.inc(used_out)
         if self.pacer.tokens is not None:

@@ -120,6 +120,7 @@ class Engine:
         # False while our leases may run out early: a renewal failed, or a write waited so
         # long that the deadline it set is near; the sweeper renews them before it sweeps.
         self._leases_renewed = True
+        self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
 
     def wake(self) -> None:
@@ -380,15 +381,28 @@ class Engine:
         lease = self._settings.lease_seconds
         for _ in range(3):  # again while the write waited so long that its deadline is near
             started = self._clock()
-            await self._store.renew_leases(self.owner, started + lease, sorted(self._held))
+            await self._renew(started)
             if self._clock() - started < lease / 2:
                 self._leases_renewed = True
                 return
 
+    async def _renew(self, now: float) -> None:
+        await self._store.renew_leases(
+            self.owner, now + self._settings.lease_seconds, sorted(self._held)
+        )
+        self._renewed_at = now
+
     async def _sweep(self) -> None:
         if not self._leases_renewed:  # after an outage our own leases look lost: renew first
             await self._heartbeat()
-        sweep = await self._store.sweep(self._clock())
+        now = self._clock()
+        if self._held and now - self._renewed_at > self._settings.lease_seconds / 2:
+            # The heartbeat is late by half a lease: this process was paused, or its clock
+            # jumped. Our calls are still running, so our leases are renewed before the
+            # sweep looks at them, as of the same moment: a request whose call outlives
+            # its lease is renewed, never run again beside itself.
+            await self._renew(now)
+        sweep = await self._store.sweep(now)
         self._metrics.batches_ended.inc(sweep.ended)
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)

@@ -31,6 +31,12 @@ WHERE seq = :seq AND processing_status = 'in_progress';
 -- a concurrent settle finds the rows no longer queued and counts nothing)
 UPDATE requests SET state = :state WHERE batch_seq = :seq AND state = 'queued';
 
+-- name: expire_running
+-- (a batch past its deadline: its requests still in flight end expired too, as the API's
+-- do, however long their calls take; a worker's later result is fenced off with the lease)
+UPDATE requests SET state = 'expired', lease_owner = NULL, lease_expires = NULL
+WHERE batch_seq = :seq AND state = 'running';
+
 -- name: add_counts
 UPDATE batches SET succeeded = succeeded + :succeeded, errored = errored + :errored,
                    canceled = canceled + :canceled, expired = expired + :expired

@@ -406,6 +406,8 @@ class Store:
             queued = 0
             for seq in expiring:
                 await _settle_queued(tx, seq, RequestState.EXPIRED, now)
+                moved = await tx.execute("expire_running", {"seq": seq})
+                await _add_counts(tx, seq, Counter({RequestState.EXPIRED.value: moved}), now)
                 batch = await _batch_by_seq(tx, seq)
                 queued += await emit_batch_event(tx, WebhookEvent.BATCH_EXPIRED, batch, now)
             ended = [r[0] for r in await tx.fetch("finalize_all", {"now": now})]
