@@ -36,7 +36,12 @@ class World:
 
     def call(self, who: str | None, method: str, path: str, body: Any = None) -> httpx.Response:
         headers = {"x-api-key": self.keys[who]} if who else {}
-        path = path.format(batch_id=self.batch_id, path="console.js", endpoint_id=self.endpoint_id)
+        path = path.format(
+            batch_id=self.batch_id,
+            path="console.js",
+            endpoint_id=self.endpoint_id,
+            custom_id="alice-ok",
+        )
         return httpx.request(method, f"{self.url}{path}", headers=headers, json=body, timeout=30)
 
 
@@ -167,6 +172,11 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("GET", "/v1/usage"): (leaks_nothing, True),
     ("GET", "/console/api/usage"): (leaks_nothing, True),
     ("POST", "/v1/messages/batch_estimate"): (estimate_leaks_nothing, True),
+    # batchd's own: retry, details, the console's results
+    ("POST", "/v1/messages/batches/{batch_id}/retry"): (refused_as_unknown, True),
+    ("GET", "/v1/messages/batches/{batch_id}/details"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results/{custom_id}"): (refused_as_unknown, True),
     # server-wide, holding no workspace's data
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),
@@ -211,3 +221,11 @@ def test_no_key_no_data(world: World, method: str, path: str) -> None:
         assert reply.json()["error"]["type"] == "authentication_error"
     else:
         assert reply.status_code == 200
+
+
+def test_partial_results_of_another_workspace_are_a_404(world: World) -> None:
+    path = "/v1/messages/batches/{batch_id}/results?partial=true"
+    reply = world.call("bob", "GET", path)
+    assert_not_found(reply)
+    assert "batchd-results-cursor" not in reply.headers
+    assert world.call("alice", "GET", path).status_code == 200

@@ -45,6 +45,8 @@ UNDOCUMENTED = {
     ("GET", "/console/usage"),
     ("GET", "/console/webhooks"),
     ("GET", "/console/api/usage"),
+    ("GET", "/console/api/batches/{batch_id}/results"),
+    ("GET", "/console/api/batches/{batch_id}/results/{custom_id}"),
     # OpenAI's synchronous calls: OpenAI's bodies, what a backend takes of them depends on
     # its kind (README, "OpenAI endpoints per backend kind")
     ("POST", "/v1/chat/completions"),

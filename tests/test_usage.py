@@ -38,7 +38,7 @@ def _answer(request: ClaimedRequest, worker: str) -> Outcome:
     tokens = {"input_tokens": 10 + request.id, "output_tokens": len(worker) * request.attempt}
     message = {"id": "m", "usage": tokens | {"cache_read_input_tokens": 3}}
     line = succeeded_line(request.custom_id, message)
-    return Outcome(request, RequestState.SUCCEEDED, line, "claude-x", usage_of(message))
+    return Outcome(request, RequestState.SUCCEEDED, line, model="claude-x", usage=usage_of(message))
 
 
 def line_totals(lines: list[bytes]) -> tuple[TokenUsage, Counter[str]]:
@@ -79,7 +79,9 @@ async def test_usage_equals_the_result_lines_after_a_lost_lease_and_a_retry(stor
     assert len(second) == 3
     late = await store.record("w1", [_answer(r, "w1") for r in first[2:]], T0 + 32)
     assert late.applied == 0  # fenced: run twice, counted once
-    errored = Outcome(second[0], RequestState.ERRORED, errored_line("r2", "api_error", "x"), "m")
+    errored = Outcome(
+        second[0], RequestState.ERRORED, errored_line("r2", "api_error", "x"), model="m"
+    )
     await store.record("w2", [errored, *(_answer(r, "w2") for r in second[1:])], T0 + 33)
     tokens, types = line_totals(await _lines(store, batch.seq))
     models = await store.batch_usage(batch.seq)

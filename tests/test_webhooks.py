@@ -12,7 +12,14 @@ import anthropic
 import pytest
 import standardwebhooks
 
-from batchd.domain import ClaimedRequest, DeliveryState, Outcome, RequestState, WebhookEndpoint
+from batchd.domain import (
+    ClaimedRequest,
+    DeliveryState,
+    Outcome,
+    RequestState,
+    TokenUsage,
+    WebhookEndpoint,
+)
 from batchd.engine.webhooks import WebhookSender, WebhookSettings
 from batchd.errors import InvalidRequest
 from batchd.schemas.results import succeeded_line
@@ -302,3 +309,41 @@ def test_kill_9_between_the_end_and_the_delivery_then_a_restart_delivers_it(
     assert payload == held.verify(endpoint["secret"])
     assert payload["data"]["id"] == batch.id
     assert ended.processing_status == "ended"
+
+
+async def test_a_reused_answer_is_a_result_counted_in_usage_and_ends_the_batch(
+    store: Store,
+) -> None:
+    """One record writes both extensions' figures: the results mark (partial results), the
+    usage of a fresh and a reused answer alike, the reused count and the ended event."""
+    endpoint, _ = await _service(store).create("ws", "http://127.0.0.1:9/", [])
+    requests = [NewRequest(f"r{i}", "b", b"{}", RequestState.QUEUED) for i in range(2)]
+    batch = await store.create_batch("msgbatch_r", "ws", T0, T0 + HOUR, requests)
+    fresh, again = (await store.claim("b", [batch.seq], "w1", 2, T0 + 30)).requests
+    message = {"id": "m", "usage": {"input_tokens": 7, "output_tokens": 5}}
+    tokens = TokenUsage(7, 5, 0)
+    outcomes = [
+        Outcome(
+            request,
+            RequestState.SUCCEEDED,
+            succeeded_line(request.custom_id, message),
+            model="claude-x",
+            usage=tokens,
+            answer_key="k" * 32 if request is fresh else None,
+            reused=request is again,
+        )
+        for request in (fresh, again)
+    ]
+    assert (await store.record("w1", outcomes, T0 + 1)).ended == 1
+    mark = await store.results_mark(batch.seq)
+    recorded = [r[1] async for page in store.iter_recorded(batch.seq, -1, mark, 10) for r in page]
+    assert recorded == ["r0", "r1"]
+    [model] = await store.batch_usage(batch.seq)
+    assert (model.model, model.requests, model.tokens) == ("claude-x", 2, tokens + tokens)
+    [day] = await store.daily_usage("ws", "2000-01-01")
+    assert (day.requests["succeeded"], day.tokens) == (2, tokens + tokens)
+    ended = await store.get_batch("ws", "msgbatch_r")
+    assert ended is not None
+    assert (ended.reused, ended.counts.succeeded) == (1, 2)
+    [delivery] = await store.webhooks.list_deliveries(endpoint.id, 10)
+    assert delivery.event_type == "message_batch.ended"

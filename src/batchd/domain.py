@@ -8,7 +8,7 @@ numbers always sum to N; ``processing`` is what is left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Any, overload
@@ -85,6 +85,8 @@ class Batch:
     expires_at: float
     ended_at: float | None
     cancel_initiated_at: float | None
+    retry_of: str | None = None  # the batch this one retries (POST .../retry), if any
+    reused: int = 0  # answers reused instead of calling the upstream (reuse_answers)
 
     @classmethod
     def from_row(cls, row: Any) -> Batch:
@@ -100,6 +102,8 @@ class Batch:
             expires_at=row["expires_at"],
             ended_at=row["ended_at"],
             cancel_initiated_at=row["cancel_initiated_at"],
+            retry_of=row["retry_of"],
+            reused=row["reused"],
         )
 
     def archived_at(self, retention: float, now: float) -> float | None:
@@ -146,8 +150,11 @@ class Outcome:
     request: ClaimedRequest
     state: RequestState
     line: bytes
+    _: KW_ONLY
     model: str = ""
     usage: TokenUsage = NO_USAGE
+    answer_key: str | None = None  # its params' key, where its backend reuses answers
+    reused: bool = False  # answered from a stored answer, without an upstream call
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,11 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def new_message_id() -> str:
+    """The id of a message batchd answers itself (a reused answer)."""
+    return "msg_" + secrets.token_hex(12)
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 

@@ -18,7 +18,7 @@ from batchd.backends.base import Backend, OpenAIServer
 from batchd.backends.estimate import tokens_of_length
 from batchd.backends.pacing import Pacer, Slot
 from batchd.backends.retry import RetryPolicy, call_with_retries
-from batchd.config import BackendConfig
+from batchd.config import BackendConfig, ReuseMode
 from batchd.errors import InvalidRequest, UpstreamError
 from batchd.metrics import Metrics
 from batchd.validation import Params
@@ -52,8 +52,10 @@ class BackendRunner:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        reuse_answers: ReuseMode = "off",
     ) -> None:
         self.backend = backend
+        self.reuse_answers = reuse_answers
         self.pacer = pacer
         self.policy = policy.for_backend(backend.max_retries)
         self._metrics = metrics
@@ -173,6 +175,12 @@ def build_runners(
 ) -> dict[str, BackendRunner]:
     by_name = {c.name: c for c in configs}
     return {
-        name: BackendRunner(backend, Pacer(by_name[name], metrics), policy, metrics)
+        name: BackendRunner(
+            backend,
+            Pacer(by_name[name], metrics),
+            policy,
+            metrics,
+            reuse_answers=by_name[name].reuse_answers,
+        )
         for name, backend in backends.items()
     }

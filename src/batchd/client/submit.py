@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from batchd.client.errors import ClientError
 from batchd.client.http import Batch, BatchdClient
 from batchd.client.inputs import Requests, chunks
@@ -17,11 +19,14 @@ async def submit(
     max_requests: int = MAX_REQUESTS,
     max_bytes: int = MAX_BYTES,
 ) -> list[Batch]:
-    """Create the batches in input order; a failure names the batches already created."""
+    """Create the batches in input order; a failure names the batches already created.
+    Each create has its own Idempotency-Key, so that one sent again after a dropped
+    connection never makes two batches."""
     created: list[Batch] = []
-    for chunk in chunks(requests, max_requests, max_bytes):
+    run = uuid.uuid4().hex
+    for index, chunk in enumerate(chunks(requests, max_requests, max_bytes)):
         try:
-            created.append(await client.create(chunk))
+            created.append(await client.create(chunk, f"batchd-submit-{run}-{index}"))
         except ClientError as exc:
             if not created:
                 raise

@@ -70,7 +70,7 @@ def batches_table(batches: Sequence[Batch]) -> Table:
     return table
 
 
-def batch_table(batch: Batch) -> Table:
+def batch_table(batch: Batch, details: dict[str, Any] | None = None) -> Table:
     table = Table(show_header=False, box=None)
     table.add_row(cell("id"), cell(batch["id"]))
     table.add_row(cell("status"), _status(batch))
@@ -81,6 +81,10 @@ def batch_table(batch: Batch) -> Table:
     for key in ("processing", *STATES):
         table.add_row(cell(key), cell(f"{counts[key]:,}"))
     table.add_row(cell("results"), cell(batch.get("results_url") or "-"))
+    if details is not None:  # batchd's own
+        table.add_row(cell("reused answers"), cell(f"{details['reused_answers']:,}"))
+        table.add_row(cell("retry of"), cell(details["retry_of"] or "-"))
+        table.add_row(cell("retried by"), cell(" ".join(details["retried_by"]) or "-"))
     return table
 
 

@@ -31,19 +31,21 @@ from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.engine.answers import answer_key, reusable, reused_message
 from batchd.engine.webhooks import WebhookSender
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
 from batchd.schemas.results import errored_line, succeeded_line
 from batchd.store import Store
-from batchd.validation import stored_params
+from batchd.validation import Params, stored_params
 
 log = logging.getLogger(__name__)
 
 WRITE_GROUP = 256  # results committed in one transaction at most
 MAX_UNWRITTEN = 4096  # no more claims while this many results wait to be written
 STORE_RETRY_MAX = 2.0  # seconds: the longest wait before trying an unavailable store again
+Answer = tuple[str, bytes | None]  # a request's answer key, and a stored answer for it
 
 
 class StoreBackoff:
@@ -122,6 +124,7 @@ class Engine:
         self._leases_renewed = True
         self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
+        self._workspaces: dict[int, str] = {}  # batch seq -> workspace, for answer keys
 
     def wake(self) -> None:
         """New work may be queued: every dispatcher looks again."""
@@ -234,25 +237,30 @@ class Engine:
             share=share,
         )
         lane.exhausted.update(claim.exhausted)
+        answers = {}
+        if lane.runner.reuse_answers != "off" and claim.requests:
+            answers = await self._stored_answers(lane.runner, claim.requests)
         for request in claim.requests:
-            self._start(lane, request)
+            self._start(lane, request, answers.get(request.id))
         if claim.requests and self._clock() - now > self._settings.lease_seconds / 2:
             self._leases_renewed = False  # the claim waited long: its leases are short
         if claim.requests:
             lane.last_seq = claim.requests[-1].batch_seq
         return len(claim.requests)
 
-    def _start(self, lane: _Lane, request: ClaimedRequest) -> None:
+    def _start(self, lane: _Lane, request: ClaimedRequest, answer: Answer | None = None) -> None:
         self._held.add(request.id)
-        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take()))
+        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take(), answer))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
     # -- running -------------------------------------------------------------------------
 
-    async def _run_one(self, lane: _Lane, request: ClaimedRequest, slot: Slot) -> None:
+    async def _run_one(
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> None:
         try:
-            outcome = await self._execute(lane.runner, request, slot)
+            outcome = await self._execute(lane.runner, request, slot, answer)
         finally:
             slot.release()
         finished = lane.finished.get(outcome.state)
@@ -262,7 +270,11 @@ class Engine:
         finished.inc()
         self._outcomes.put_nowait(outcome)
 
-    async def _execute(self, runner: BackendRunner, request: ClaimedRequest, slot: Slot) -> Outcome:
+    async def _execute(
+        self, runner: BackendRunner, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> Outcome:
+        """Run one request; ``answer``: its answer key and stored answer, where its backend
+        may reuse one."""
         custom_id = request.custom_id
         if request.attempt > self._settings.max_attempts:
             log.error(
@@ -278,21 +290,70 @@ class Engine:
             return Outcome(
                 request, RequestState.ERRORED, errored_line(custom_id, "api_error", reason)
             )
+        key, stored = answer or (None, None)
         model = ""
         try:
             params = stored_params(request.params)
             model = params.model
-            with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
-                message = await runner.run(params, request.params, slot, interactive=False)
+            if stored is not None:
+                self._metrics.answers_reused.labels(runner.name).inc()
+                message = reused_message(stored, model)
+                line = succeeded_line(custom_id, message)
+                usage = usage_of(message)  # counted like any succeeded result's
+                return Outcome(
+                    request,
+                    RequestState.SUCCEEDED,
+                    line,
+                    model=model,
+                    usage=usage,
+                    answer_key=key,
+                    reused=True,
+                )
+            message = await self._call(runner, request, params, slot)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
-            return Outcome(request, RequestState.ERRORED, line, model)
+            return Outcome(request, RequestState.ERRORED, line, model=model)
         except Exception:  # one broken request must not take the engine down
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             line = errored_line(custom_id, "api_error", "internal error while running the request")
-            return Outcome(request, RequestState.ERRORED, line, model)
+            return Outcome(request, RequestState.ERRORED, line, model=model)
         line = succeeded_line(custom_id, message)
-        return Outcome(request, RequestState.SUCCEEDED, line, model, usage_of(message))
+        usage = usage_of(message)
+        return Outcome(
+            request, RequestState.SUCCEEDED, line, model=model, usage=usage, answer_key=key
+        )
+
+    async def _call(
+        self, runner: BackendRunner, request: ClaimedRequest, params: Params, slot: Slot
+    ) -> dict[str, Any]:
+        with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
+            return await runner.run(params, request.params, slot, interactive=False)
+
+    async def _stored_answers(
+        self, runner: BackendRunner, requests: list[ClaimedRequest]
+    ) -> dict[int, tuple[str, bytes | None]]:
+        """For each claimed request whose backend may reuse its answer: its answer key and a
+        stored answer, if any, looked up in one query. None while the store is unavailable:
+        those requests run upstream, and their answers are not kept for reuse."""
+        keys: dict[int, str] = {}
+        try:
+            for request in requests:
+                if not reusable(runner.reuse_answers, stored_params(request.params)):
+                    continue
+                workspace = self._workspaces.get(request.batch_seq)
+                if workspace is None:
+                    if len(self._workspaces) > 10_000:
+                        self._workspaces.clear()
+                    workspace = await self._store.batch_workspace(request.batch_seq)
+                    self._workspaces[request.batch_seq] = workspace
+                keys[request.id] = answer_key(workspace, runner.name, request.params)
+            stored = await self._store.find_answers(list(keys.values()))
+        except InvalidRequest:  # params that no longer decode: run (and fail) as usual
+            return {}
+        except StoreUnavailable as exc:
+            log.warning("answer reuse skipped for %d requests: %s", len(requests), exc)
+            return {}
+        return {request_id: (key, stored.get(key)) for request_id, key in keys.items()}
 
     # -- recording -----------------------------------------------------------------------
 

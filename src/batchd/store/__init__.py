@@ -2,6 +2,8 @@
 
 from batchd.store.store import (
     DatabaseStats,
+    IdempotencyKey,
+    IdempotencyMismatch,
     NewRequest,
     Purge,
     Recorded,
@@ -14,6 +16,8 @@ from batchd.store.store import (
 
 __all__ = [
     "DatabaseStats",
+    "IdempotencyKey",
+    "IdempotencyMismatch",
     "NewRequest",
     "Purge",
     "Recorded",

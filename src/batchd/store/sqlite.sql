@@ -18,8 +18,9 @@ UPDATE requests SET lease_expires = :until
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'running' AND lease_owner = :owner;
 
 -- name: record_result
--- (run once per result)
-UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL
+-- (run once per result; :mark is its batch's results mark, taken first: see Store.record)
+UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL,
+                    answer_key = :answer_key, done_seq = :mark
 WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
 RETURNING id, batch_seq, state, backend;
 
@@ -50,6 +51,17 @@ WHERE id IN (SELECT id FROM webhook_deliveries
              WHERE state = 'pending' AND next_attempt_at <= :now
              ORDER BY next_attempt_at, id LIMIT :limit)
 RETURNING id, endpoint_id, webhook_id, event_type, payload, created_at, attempts;
+-- name: find_answers
+SELECT answer_key, result FROM requests
+WHERE answer_key IN (SELECT value FROM json_each(:keys));
+
+-- name: mark_done
+-- (PostgreSQL's record takes its marks after the results; SQLite's record_result sets them)
+UPDATE requests SET done_seq = :mark WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: lock_idempotency_key
+-- (the store's one writer already holds the database's write lock)
+SELECT 1;
 
 -- name: delete_request_chunk
 -- (one chunk per transaction, so that the writer is not held long)

@@ -1,20 +1,33 @@
-"""Batch use cases: create, get, list, cancel, delete, results. No HTTP, no SQL."""
+"""Batch use cases: create, get, list, cancel, delete, results. No HTTP, no SQL.
+
+batchd's own extensions live here too: an idempotent create (a key and the body's digest),
+the results recorded so far while a batch runs (a cursor: the results mark they reached),
+and a retry batch of an ended batch's requests of some result types.
+"""
 
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from batchd.backends.router import Router
 from batchd.domain import Batch, CancelOutcome, DeleteOutcome, ProcessingStatus, RequestState
 from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
 from batchd.schemas.results import canceled_line, errored_line, expired_line
-from batchd.store import NewRequest, Store
+from batchd.store import IdempotencyKey, NewRequest, Store
+from batchd.store.store import ResultRecord
 from batchd.validation import BatchItem, check_params, parse_create_body
 
 RESULTS_PAGE = 500
+IDEMPOTENCY_WINDOW = 24 * 3600.0  # seconds a create's Idempotency-Key stands for its batch
+MAX_IDEMPOTENCY_KEY = 255  # characters
+# What a retry takes by default, and what it may name.
+RETRY_DEFAULT = (RequestState.ERRORED, RequestState.EXPIRED)
+RETRYABLE = (RequestState.ERRORED, RequestState.EXPIRED, RequestState.CANCELED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +83,23 @@ class BatchService:
         self._clock = clock
         self._on_created = on_created
 
-    async def create(self, workspace: str, body: bytes | bytearray) -> Batch:
+    async def create(
+        self, workspace: str, body: bytes | bytearray, idempotency_key: str | None = None
+    ) -> Batch:
+        """A new batch; with ``idempotency_key``, the batch the same key and body made within
+        IDEMPOTENCY_WINDOW if there is one (400 if that key came with another body)."""
+        idempotency = None
+        if idempotency_key is not None:
+            _check_idempotency_key(idempotency_key)
+            idempotency = IdempotencyKey(
+                idempotency_key,
+                hashlib.sha256(body).digest(),
+                self._clock() - IDEMPOTENCY_WINDOW,
+            )
         items = parse_create_body(body, max_requests=self._limits.max_requests)
-        rows = self._prepare(items)
+        return await self._store_new(workspace, self._prepare(items), idempotency=idempotency)
+
+    async def _store_new(self, workspace: str, rows: list[NewRequest], **options: Any) -> Batch:
         now = self._clock()
         queued = sum(row.state is RequestState.QUEUED for row in rows)
         batch = await self._store.create_batch(
@@ -82,9 +109,33 @@ class BatchService:
             now + self._limits.ttl_seconds,
             rows,
             self._limits.backlog_check(queued),
+            **options,
         )
         self._on_created()
         return batch
+
+    async def retry(
+        self, workspace: str, batch_id: str, result_types: Sequence[RequestState] = RETRY_DEFAULT
+    ) -> Batch:
+        """A new batch of the ended batch's requests whose results are of ``result_types``,
+        with their custom_ids and params (checked again), recording which batch it retries."""
+        batch = await self.get(workspace, batch_id)
+        if batch.processing_status is not ProcessingStatus.ENDED:
+            raise InvalidRequest(
+                f"message batch {batch_id!r} has not ended yet; only an ended batch can be retried"
+            )
+        items = [
+            BatchItem(custom_id, params)
+            async for page in self._store.iter_requests_in(batch.seq, result_types, RESULTS_PAGE)
+            for _, custom_id, params in page
+        ]
+        if not items:
+            named = " or ".join(repr(t.value) for t in result_types)
+            raise InvalidRequest(
+                f"message batch {batch_id!r} has no request whose result is {named}: "
+                "nothing to retry"
+            )
+        return await self._store_new(workspace, self._prepare(items), retry_of=batch.id)
 
     def _prepare(self, items: list[BatchItem]) -> list[NewRequest]:
         """Check each request's params now; a bad one is stored already errored."""
@@ -114,6 +165,11 @@ class BatchService:
         if batch is None:
             raise _not_found(batch_id)
         return batch
+
+    async def lineage(self, workspace: str, batch_id: str) -> tuple[Batch, list[str]]:
+        """The batch, and the ids of the batches that retry it, oldest first."""
+        batch = await self.get(workspace, batch_id)
+        return batch, await self._store.retries_of(workspace, batch_id)
 
     async def list(
         self, workspace: str, limit: int, after_id: str | None, before_id: str | None
@@ -158,10 +214,37 @@ class BatchService:
             raise InvalidRequest(f"the results of message batch {batch_id!r} have been archived")
         return self._jsonl(batch.seq)
 
-    async def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
-        async for page in self._store.iter_results(seq, RESULTS_PAGE):
-            # Stored lines are spliced as they are; only canceled/expired ones are made here.
-            yield b"".join([r[3] + b"\n" if r[3] is not None else _line(r[1], r[2]) for r in page])
+    async def recorded_results(
+        self, workspace: str, batch_id: str, after: int | None
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        """The results recorded so far (after the cursor ``after``, if given), in any status,
+        as JSONL in the order they were recorded, and the cursor that reads on from them."""
+        batch = await self.get(workspace, batch_id)
+        if batch.archived_at(self._limits.retention_seconds, self._clock()) is not None:
+            raise InvalidRequest(f"the results of message batch {batch_id!r} have been archived")
+        upto = await self._store.results_mark(batch.seq)
+        if after is not None and after > upto:
+            raise InvalidRequest(f"after: {after} is not a results cursor of this batch")
+        pages = self._store.iter_recorded(
+            batch.seq, -1 if after is None else after, upto, RESULTS_PAGE
+        )
+        return upto, _jsonl(pages)
+
+    def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
+        return _jsonl(self._store.iter_results(seq, RESULTS_PAGE))
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key: give 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )
+
+
+async def _jsonl(pages: AsyncIterator[list[ResultRecord]]) -> AsyncIterator[bytes]:
+    async for page in pages:
+        # Stored lines are spliced as they are; only canceled/expired ones are made here.
+        yield b"".join([r[3] + b"\n" if r[3] is not None else _line(r[1], r[2]) for r in page])
 
 
 def _errored(item: BatchItem, error_type: ErrorType, message: str) -> NewRequest:
