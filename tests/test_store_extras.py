@@ -40,6 +40,13 @@ async def test_expired_requests_are_recorded_results_too(store: Store) -> None:
     assert (await _recorded(store, batch.seq, -1))[1] == ["r0", "r1"]
 
 
+async def test_requests_expired_while_running_are_recorded_results_too(store: Store) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(2))
+    await store.claim("b", [batch.seq], "w1", 1, T0 + 90)  # r0 still running at the deadline
+    await store.sweep(T0 + 61)
+    assert (await _recorded(store, batch.seq, -1))[1] == ["r0", "r1"]
+
+
 async def test_a_retry_batch_names_the_batch_it_retries(store: Store) -> None:
     await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
     retry = await store.create_batch(

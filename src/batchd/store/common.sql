@@ -33,8 +33,10 @@ UPDATE requests SET state = :state, done_seq = :mark WHERE batch_seq = :seq AND 
 
 -- name: expire_running
 -- (a batch past its deadline: its requests still in flight end expired too, as the API's
--- do, however long their calls take; a worker's later result is fenced off with the lease)
-UPDATE requests SET state = 'expired', lease_owner = NULL, lease_expires = NULL
+-- do, however long their calls take; a worker's later result is fenced off with the lease).
+-- Their results mark: the one settle_queued just took in the same transaction.
+UPDATE requests SET state = 'expired', lease_owner = NULL, lease_expires = NULL,
+                    done_seq = (SELECT results_mark FROM batches WHERE seq = :seq)
 WHERE batch_seq = :seq AND state = 'running';
 
 -- name: add_counts
