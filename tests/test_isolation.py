@@ -26,6 +26,8 @@ from tests.support.routes import served_routes
 from tests.support.server import built_app, make_settings, serve_batchd
 from tests.test_openai_face import CHAT, chat_line, run_batch
 
+ALICES_HOOK = "https://hooks.example.com/alice"
+
 
 @dataclass(frozen=True)
 class World:
@@ -35,6 +37,7 @@ class World:
     openai_batch_id: str  # Alice's through the OpenAI face, ended, one line refused
     file_id: str  # that batch's output file
     alice_secrets: tuple[str, ...]  # what Bob must never see: ids, custom_ids, workspace
+    endpoint_id: str = ""  # Alice's webhook endpoint
 
     def call(
         self, who: str | None, method: str, path: str, body: Any = None, **kwargs: Any
@@ -42,7 +45,11 @@ class World:
         headers = {"x-api-key": self.keys[who]} if who else {}
         batch_id = self.openai_batch_id if path.startswith("/v1/batches") else self.batch_id
         path = path.format(
-            batch_id=batch_id, file_id=self.file_id, path="console.js", custom_id="alice-ok"
+            batch_id=batch_id,
+            file_id=self.file_id,
+            path="console.js",
+            endpoint_id=self.endpoint_id,
+            custom_id="alice-ok",
         )
         return httpx.request(
             method, f"{self.url}{path}", headers=headers, json=body, timeout=30, **kwargs
@@ -58,6 +65,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             requests = [mock_request("alice-ok"), mock_request("alice-bad", max_tokens="x")]
             batch = alice.messages.batches.create(requests=requests)
             wait_ended(alice, batch.id)
+            hook = ALICES_HOOK
+            endpoint: Any = alice.post("/v1/webhooks", body={"url": hook}, cast_to=object)
         with openai.OpenAI(base_url=server.url + "/v1", api_key=keys["alice"]) as oai:
             refused = chat_line("alice-oai-bad") | {"body": {"model": "mock", "messages": "x"}}
             openai_batch = run_batch(oai, [chat_line("alice-oai-ok"), refused])
@@ -65,9 +74,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         secrets = (
             batch.id, "alice-ok", "alice-bad", "team-a", keys["alice"], openai_batch.id,
             openai_batch.input_file_id, openai_batch.output_file_id, "alice-oai-ok",
+            endpoint["id"], hook,
         )  # fmt: skip
         yield World(
-            server.url, keys, batch.id, openai_batch.id, openai_batch.output_file_id, secrets
+            server.url,
+            keys,
+            batch.id,
+            openai_batch.id,
+            openai_batch.output_file_id,
+            secrets,
+            endpoint["id"],
         )
 
 
@@ -143,6 +159,32 @@ def openai_create_is_bobs(world: World, method: str, path: str) -> None:
     assert_not_found(world.call("alice", "GET", f"/v1/batches/{created.json()['id']}"))
 
 
+def alices_endpoint_is_not_bobs(world: World, method: str, path: str) -> None:
+    """Bob gets the 404 of an unknown endpoint; Alice's is still there, unchanged."""
+    before = world.call("alice", "GET", "/v1/webhooks").json()
+
+    assert_not_found(world.call("bob", method, path))
+    assert world.call("alice", "GET", "/v1/webhooks").json() == before
+    assert world.endpoint_id in [e["id"] for e in before["data"]]
+
+
+def bobs_endpoints_are_his_own(world: World, method: str, path: str) -> None:
+    body = {"url": "https://hooks.example.com/bob"} if method == "POST" else None
+    reply = world.call("bob", method, path, body)
+    assert reply.status_code == 200, reply.text
+    for secret in world.alice_secrets:
+        assert secret not in reply.text
+    alices = [e["id"] for e in world.call("alice", "GET", path).json()["data"]]
+    assert alices == [world.endpoint_id]
+
+
+def estimate_leaks_nothing(world: World, method: str, path: str) -> None:
+    reply = world.call("bob", method, path, {"requests": [mock_request("bobs")]})
+    assert reply.status_code == 200, reply.text
+    for secret in world.alice_secrets:
+        assert secret not in reply.text
+
+
 def leaks_nothing(world: World, method: str, path: str) -> None:
     """A route with no workspace data: Bob's answer names nothing of Alice's."""
     body: dict[str, Any] = {
@@ -187,6 +229,18 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("DELETE", "/v1/messages/batches/{batch_id}"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/results"): (refused_as_unknown, True),
     ("GET", "/console/api/batches/{batch_id}/errors"): (refused_as_unknown, True),
+    ("GET", "/v1/messages/batches/{batch_id}/usage"): (refused_as_unknown, True),
+    # webhook endpoints: a workspace's own
+    ("POST", "/v1/webhooks"): (bobs_endpoints_are_his_own, True),
+    ("GET", "/v1/webhooks"): (bobs_endpoints_are_his_own, True),
+    ("GET", "/v1/webhooks/{endpoint_id}"): (alices_endpoint_is_not_bobs, True),
+    ("DELETE", "/v1/webhooks/{endpoint_id}"): (alices_endpoint_is_not_bobs, True),
+    ("POST", "/v1/webhooks/{endpoint_id}/test"): (alices_endpoint_is_not_bobs, True),
+    ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): (alices_endpoint_is_not_bobs, True),
+    # usage of the caller's workspace (every workspace's for an operator only)
+    ("GET", "/v1/usage"): (leaks_nothing, True),
+    ("GET", "/console/api/usage"): (leaks_nothing, True),
+    ("POST", "/v1/messages/batch_estimate"): (estimate_leaks_nothing, True),
     # batchd's own: retry, details, the console's results
     ("POST", "/v1/messages/batches/{batch_id}/retry"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/details"): (refused_as_unknown, True),
@@ -216,6 +270,8 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     # the console's shell and files; its data comes from the API routes above
     ("GET", "/console"): (the_same_for_everyone, False),
     ("GET", "/console/batches/{batch_id}"): (the_same_for_everyone, False),
+    ("GET", "/console/usage"): (the_same_for_everyone, False),
+    ("GET", "/console/webhooks"): (the_same_for_everyone, False),
     ("GET", "/console/static/{path}"): (the_same_for_everyone, False),
 }
 

@@ -167,6 +167,25 @@ def test_embeddings_batch_completes(oai: openai.OpenAI) -> None:
         assert body.data[0].embedding
 
 
+def test_a_batchs_results_count_into_usage(oai: openai.OpenAI) -> None:
+    """Usage (batchd's own) counts an OpenAI batch's answers: prompt_tokens as input,
+    completion_tokens as output, as the output lines report them."""
+    batch = run_batch(oai, [chat_line(f"u{i}", "many words " * i) for i in range(1, 4)])
+
+    output = lines_of(oai, batch.output_file_id)
+    reported = [line["response"]["body"]["usage"] for line in output.values()]
+    usage: Any = oai.get(f"/messages/batches/{batch.id}/usage", cast_to=object)
+    assert (usage["input_tokens"], usage["output_tokens"]) == (
+        sum(u["prompt_tokens"] for u in reported),
+        sum(u["completion_tokens"] for u in reported),
+    )
+    assert usage["input_tokens"] > 0
+    assert usage["request_counts"]["succeeded"] == 3
+    daily: Any = oai.get("/usage", cast_to=object)
+    [day] = daily["data"]
+    assert (day["model"], day["requests"]["succeeded"]) == ("mock", 3)
+
+
 def test_a_refused_request_is_a_line_of_the_error_file(oai: openai.OpenAI) -> None:
     refused = chat_line("bad") | {"body": {"model": "mock", "messages": "not a list"}}
     batch = run_batch(oai, [chat_line("ok"), refused])

@@ -126,6 +126,19 @@ class BackendConfig(BaseModel):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class PriceConfig(BaseModel):
+    """One ``[[prices]]`` table: what a model's tokens cost interactively, per million, and
+    the share of that a batch saves (batchd's own; for cost estimates only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[str] = Field(min_length=1)  # glob patterns matched against ``model``
+    input: float = Field(ge=0)  # per million input tokens
+    output: float = Field(ge=0)  # per million output tokens
+    cache_read: float | None = Field(default=None, ge=0)  # per million; default: input's
+    batch_discount: float = Field(default=0.5, ge=0, le=1)  # 0.5: a batch costs half
+
+
 def context_length(model_path: Path) -> int | None:
     """The context length a Hugging Face model directory's config.json declares, if any."""
     try:
@@ -207,6 +220,20 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=0.5, ge=0)
     retry_max_seconds: float = Field(default=60.0, ge=0)
 
+    # Webhooks (batchd's own): receivers on loopback, private or link-local addresses are
+    # refused unless allowed here; each attempt waits at most webhook_timeout_seconds; a
+    # failed delivery is tried again after retry_base, doubling up to retry_max, for
+    # retry_window (24 h); an endpoint failing that long is disabled.
+    webhook_allow_private_urls: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+    # Prices for the usage figures' cost estimates (none: no costs shown); the first table
+    # whose glob matches a model prices it. ``price_currency`` only labels the figures.
+    prices: list[PriceConfig] = Field(default_factory=list)
+    price_currency: str = "USD"
     # Tests only (tests/faults/test_idempotency.py): SIGKILL the server after a create has
     # committed and before it answers. Off unless BATCHD_FAULT_KILL_AFTER_CREATE is set.
     fault_kill_after_create: bool = False

@@ -23,6 +23,8 @@ from batchd.api.routes import (
     openai_batches,
     openai_calls,
     prometheus,
+    usage,
+    webhooks,
 )
 
 
@@ -57,6 +59,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(prometheus.router)
     app.include_router(files.router)
     app.include_router(openai_batches.router)
+    app.include_router(webhooks.router)
+    app.include_router(usage.router)
     console.mount(app)
     openapi.install(app)
     return app

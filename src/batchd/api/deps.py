@@ -15,12 +15,15 @@ from batchd.config import Settings
 from batchd.errors import PermissionDenied
 from batchd.metrics import Metrics
 from batchd.usecases.batches import BatchService
+from batchd.usecases.estimate import EstimateService
 from batchd.usecases.files import FileService
 from batchd.usecases.keys import Authenticator, Caller
 from batchd.usecases.messages import MessageService
 from batchd.usecases.openai_batches import OpenAIBatchService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
+from batchd.usecases.usage import UsageService
+from batchd.usecases.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,9 @@ class Services:
     bodies: BodyBudget
     files: FileService  # the OpenAI face's files
     openai_batches: OpenAIBatchService  # the OpenAI face's batches
+    webhooks: WebhookService
+    usage: UsageService
+    estimates: EstimateService
 
 
 def get_services(request: Request) -> Services:

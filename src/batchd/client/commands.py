@@ -22,8 +22,9 @@ from rich.markup import escape
 from batchd.client import openai_batches, results, views
 from batchd.client.errors import Interrupted
 from batchd.client.http import Batch, BatchdClient
-from batchd.client.inputs import Defaults, is_openai_file, read_requests
+from batchd.client.inputs import Defaults, chunks, is_openai_file, read_requests
 from batchd.client.progress import describe, tally, wait_for
+from batchd.client.submit import MAX_BYTES
 from batchd.client.submit import submit as create_batches
 
 T = TypeVar("T")
@@ -134,6 +135,18 @@ def submit_openai(server: Server, path: Path, *, wait: bool, waiting: Waiting) -
     )
 
 
+def estimate(server: Server, path: Path, defaults: Defaults, *, max_batch_requests: int) -> None:
+    """Count what the file would take, batch by batch as submit would split it; create
+    nothing."""
+    requests = read_requests(path, defaults)
+
+    async def each(client: BatchdClient) -> list[dict[str, Any]]:
+        split = chunks(requests, max_batch_requests, MAX_BYTES)
+        return [await client.estimate(chunk) for chunk in split]
+
+    views.console().print(views.estimate_table(server.call(each)))
+
+
 def _interrupted(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> Interrupted:
     kept = ""
     if waiting.out is not None and _followed(waiting.out).exists():
@@ -215,14 +228,19 @@ def list_batches(server: Server, limit: int, *, as_json: bool) -> None:
 
 
 def show(server: Server, batch_id: str, *, as_json: bool) -> None:
-    async def both(client: BatchdClient) -> tuple[Batch, dict[str, Any]]:
-        return await client.retrieve(batch_id), await client.details(batch_id)
+    """A batch with batchd's own details, then its usage and cost."""
 
-    batch, details = server.call(both)
+    async def all_of(client: BatchdClient) -> tuple[Batch, dict[str, Any], dict[str, object]]:
+        batch = await client.retrieve(batch_id)
+        return batch, await client.details(batch_id), await client.usage(batch_id)
+
+    batch, details, usage = server.call(all_of)
     if as_json:
-        _print_json(batch | {"batchd": details})
-    else:
-        views.console().print(views.batch_table(batch, details))
+        _print_json(batch | {"batchd": details, "usage": usage})
+        return
+    out = views.console()
+    out.print(views.batch_table(batch, details))
+    out.print(views.usage_table(usage))
 
 
 def cancel(server: Server, batch_id: str, *, as_json: bool) -> None:

@@ -31,8 +31,9 @@ from prometheus_client import Counter
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
-from batchd.domain import ClaimedRequest, Outcome, RequestState
-from batchd.engine.answers import answer_key, reusable, reused_line
+from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.engine.answers import answer_key, reusable, reused_message
+from batchd.engine.webhooks import WebhookSender
 from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
@@ -123,8 +124,10 @@ class Engine:
         settings: EngineSettings,
         clock: Callable[[], float],
         metrics: Metrics,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.owner = new_worker_id()
+        self._webhooks = webhooks
         self._store = store
         self._settings = settings
         self._clock = clock
@@ -170,6 +173,8 @@ class Engine:
                     group.create_task(self._every(self._settings.sweep_interval, self._sweep)),
                     group.create_task(self._listen(), name="listen"),
                 ]
+                if self._webhooks is not None:  # the outbox's sender, beside the sweeper
+                    side.append(group.create_task(self._webhooks.run(), name="webhooks"))
                 if self._settings.retention is not None:
                     purge = self._every(self._settings.purge_interval, self._purge)
                     side.append(group.create_task(purge, name="purge"))
@@ -181,7 +186,7 @@ class Engine:
                     task.cancel()
         finally:
             with contextlib.suppress(StoreUnavailable):
-                released = await self._store.release_leases(self.owner)
+                released = await self._store.release_leases(self.owner, self._clock())
                 if released:
                     log.info(
                         "engine %s returned %d unfinished requests to the queue",
@@ -305,23 +310,46 @@ class Engine:
                 request, RequestState.ERRORED, lines.failed(custom_id, BatchdError(reason))
             )
         key, stored = answer or (None, None)
+        model = ""
         try:
             if request.endpoint is not None:
-                body = await self._call_openai(runner, request, slot)
-                return Outcome(request, RequestState.SUCCEEDED, output_line(custom_id, body))
+                sent = _openai_body(request)
+                named = sent.get("model")
+                model = named if isinstance(named, str) else ""
+                body = await self._call_openai(runner, request, sent, slot)
+                line = output_line(custom_id, body)
+                usage = openai_usage_of(body)
+                return Outcome(request, RequestState.SUCCEEDED, line, model=model, usage=usage)
             params = stored_params(request.params)
+            model = params.model
             if stored is not None:
                 self._metrics.answers_reused.labels(runner.name).inc()
-                line = reused_line(custom_id, stored, params.model)
-                return Outcome(request, RequestState.SUCCEEDED, line, key, reused=True)
+                message = reused_message(stored, model)
+                line = succeeded_line(custom_id, message)
+                usage = usage_of(message)  # counted like any succeeded result's
+                return Outcome(
+                    request,
+                    RequestState.SUCCEEDED,
+                    line,
+                    model=model,
+                    usage=usage,
+                    answer_key=key,
+                    reused=True,
+                )
             message = await self._call(runner, request, params, slot)
         except (InvalidRequest, UpstreamError) as exc:
-            return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, exc))
+            return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, exc), model=model)
         except Exception:  # one broken request must not take the engine down
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             error = BatchdError("internal error while running the request")
-            return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, error))
-        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message), key)
+            return Outcome(
+                request, RequestState.ERRORED, lines.failed(custom_id, error), model=model
+            )
+        line = succeeded_line(custom_id, message)
+        usage = usage_of(message)
+        return Outcome(
+            request, RequestState.SUCCEEDED, line, model=model, usage=usage, answer_key=key
+        )
 
     async def _call(
         self, runner: BackendRunner, request: ClaimedRequest, params: Params, slot: Slot
@@ -331,13 +359,9 @@ class Engine:
 
     @staticmethod
     async def _call_openai(
-        runner: BackendRunner, request: ClaimedRequest, slot: Slot
+        runner: BackendRunner, request: ClaimedRequest, body: dict[str, Any], slot: Slot
     ) -> dict[str, Any]:
         assert request.endpoint is not None
-        try:
-            body = _body_decoder.decode(request.params)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"stored body no longer decodes: {exc}") from None
         with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
             return await runner.run_openai(
                 request.endpoint, body, request.params, slot, interactive=False
@@ -503,3 +527,46 @@ class Engine:
                 )
             if not purge.batches:
                 return
+
+
+def _openai_body(request: ClaimedRequest) -> dict[str, Any]:
+    """An OpenAI request's stored body, decoded."""
+    try:
+        return _body_decoder.decode(request.params)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"stored body no longer decodes: {exc}") from None
+
+
+def openai_usage_of(body: dict[str, Any]) -> TokenUsage:
+    """The tokens an OpenAI response body's ``usage`` reports, as batchd counts them:
+    ``prompt_tokens`` as input, ``completion_tokens`` as output (none for embeddings),
+    ``prompt_tokens_details.cached_tokens`` as cache reads; absent figures count as 0."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return TokenUsage()
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return TokenUsage(
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(cached),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def usage_of(message: dict[str, Any]) -> TokenUsage:
+    """The tokens a message's ``usage`` reports (absent figures count as 0)."""
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return TokenUsage()
+
+    def figure(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and value > 0 else 0
+
+    return TokenUsage(
+        figure("input_tokens"), figure("output_tokens"), figure("cache_read_input_tokens")
+    )

@@ -37,7 +37,7 @@ FROM unnest(:id::bigint[], :state::text[], :result::bytea[], :attempt::bigint[],
             :answer_key::text[])
      AS u (id, state, result, attempt, answer_key)
 WHERE r.id = u.id AND r.lease_owner = :owner AND r.attempts = u.attempt
-RETURNING r.id, r.batch_seq, r.state;
+RETURNING r.id, r.batch_seq, r.state, r.backend;
 
 -- name: lock_batches
 -- Locked before their status is read: a cancel that started meanwhile is seen once it
@@ -62,6 +62,17 @@ SELECT pg_advisory_xact_lock(hashtext('batchd.quota.' || :workspace));
 CREATE TABLE IF NOT EXISTS schema_migrations
     (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL);
 
+-- name: claim_deliveries
+-- Each due delivery to one sender: rows another worker is claiming are skipped. The lease is
+-- the new next_attempt_at: a row whose sender died is due again after it.
+UPDATE webhook_deliveries d
+SET lease_owner = :owner, attempts = d.attempts + 1, next_attempt_at = :until
+FROM (SELECT id FROM webhook_deliveries
+      WHERE state = 'pending' AND next_attempt_at <= :now
+      ORDER BY next_attempt_at, id LIMIT :limit
+      FOR UPDATE SKIP LOCKED) AS picked
+WHERE d.id = picked.id
+RETURNING d.id, d.endpoint_id, d.webhook_id, d.event_type, d.payload, d.created_at, d.attempts;
 -- name: find_answers
 SELECT answer_key, result FROM requests WHERE answer_key = ANY(:keys::text[]);
 

@@ -24,7 +24,7 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'running' AND lease_
 UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL,
                     answer_key = :answer_key, done_seq = :mark
 WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
-RETURNING id, batch_seq, state;
+RETURNING id, batch_seq, state, backend;
 
 -- name: lock_batches
 -- (the store's one writer already holds the database's write lock)
@@ -45,6 +45,14 @@ SELECT 1;
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);
 
+-- name: claim_deliveries
+-- (the lease is the new next_attempt_at: a row whose sender died is due again after it)
+UPDATE webhook_deliveries
+SET lease_owner = :owner, attempts = attempts + 1, next_attempt_at = :until
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE state = 'pending' AND next_attempt_at <= :now
+             ORDER BY next_attempt_at, id LIMIT :limit)
+RETURNING id, endpoint_id, webhook_id, event_type, payload, created_at, attempts;
 -- name: find_answers
 SELECT answer_key, result FROM requests
 WHERE answer_key IN (SELECT value FROM json_each(:keys));
