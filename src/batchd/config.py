@@ -41,11 +41,16 @@ class BackendConfig(BaseModel):
     models: list[str] = Field(default_factory=list)
     upstream_model: str | None = None  # openai: the model name sent upstream, if different
     max_concurrency: int = Field(default=64, ge=1, le=100_000)
-    # Adaptive concurrency: start at initial_concurrency (default max_concurrency), halve on
-    # 429/529/timeouts, grow by one per window of successes, within [min, max].
+    # Adaptive concurrency (backends/pacing.py): start at initial_concurrency (default
+    # max_concurrency; anthropic and openai kinds without one start low and double per round
+    # trip), lower on 429/529/timeouts and rising latency, grow per window of successes,
+    # within [min, max].
     min_concurrency: int = Field(default=1, ge=1)
     initial_concurrency: int | None = Field(default=None, ge=1)
     adaptive_concurrency: bool = True
+    # While batch work waits, interactive and flex calls take at most this share of the
+    # limit ahead of it (they still go first for that share); the rest keeps batches moving.
+    interactive_share: float = Field(default=0.75, gt=0, le=1)
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     timeout_seconds: float = Field(default=600.0, gt=0)

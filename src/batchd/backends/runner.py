@@ -1,20 +1,21 @@
 """One backend as the engine and the Messages API use it: paced, retried and measured.
 
 Every upstream call of every backend goes through ``BackendRunner.run``: it waits for the
-rate budgets, times the call, feeds the pacer (success or congestion), records metrics, and
-between retries gives its slot back so that a backing-off request does not hold capacity.
+rate budgets, times the call, feeds the pacer (success or congestion, and the rate-limit
+headers of every answer, through ``http.ANSWER_HEADERS``), records metrics, and between
+retries gives its slot back so that a backing-off request does not hold capacity.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 from batchd.backends.base import Backend
 from batchd.backends.estimate import tokens_of_length
-from batchd.backends.pacing import Pacer, Slot
+from batchd.backends.http import ANSWER_HEADERS
+from batchd.backends.pacing import Call, Pacer, Slot, TokenBucket
 from batchd.backends.retry import RetryPolicy, call_with_retries
 from batchd.config import BackendConfig
 from batchd.errors import UpstreamError
@@ -56,52 +57,59 @@ class BackendRunner:
         raw: bytes,
         slot: Slot,
         *,
-        interactive: bool,
+        interactive: bool = False,
         policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
-        """Run one request while holding ``slot``; the slot is held again when this returns."""
+        """Run one request while holding ``slot``; the slot is held again when this returns.
+        The slot's lane says whose call it is (``interactive`` is kept for older callers)."""
+        del interactive  # the slot knows its lane
         estimate = tokens_of_length(len(raw)) + params.max_tokens  # until the usage is known
 
         async def attempt() -> dict[str, Any]:
-            if self.pacer.requests is not None:
-                await self.pacer.requests.take(1)
-            charged = 0.0  # of the token budget: at most a full bucket of the estimate
-            if self.pacer.tokens is not None:
-                charged = await self.pacer.tokens.take(estimate)
-            started = self._clock()
+            charged = await self.pacer.admit(estimate)
+            call = self.pacer.call_started()
+            token = ANSWER_HEADERS.set(lambda headers: self.pacer.observe_headers(headers, call))
             try:
                 message = await self.backend.create_message(params, raw)
             except UpstreamError as exc:
-                self._observe_failure(exc, self._clock() - started, charged)
+                self._observe_failure(exc, call, charged)
                 raise
-            self._observe_success(message, self._clock() - started, charged)
+            finally:
+                ANSWER_HEADERS.reset(token)
+                self.pacer.call_ended(call)
+            self._observe_success(message, call, charged)
             return message
 
         async def wait(exc: UpstreamError, delay: float) -> None:
             self.pacer.retries += 1
             self._metrics.retries.labels(self.name, exc.error_type).inc()
             slot.release()
-            await asyncio.sleep(delay)
-            await slot.reacquire(interactive=interactive)
+            await self.pacer.wait_to_retry(delay, exc.error_type)
+            await slot.reacquire()
 
         return await call_with_retries(attempt, policy or self.policy, wait=wait)
 
-    def _observe_failure(self, exc: UpstreamError, latency: float, charged: float) -> None:
-        self._latency.observe(latency)
+    def _observe_failure(
+        self, exc: UpstreamError, call: Call, charged: list[tuple[TokenBucket, float]]
+    ) -> None:
+        self._latency.observe(self._clock() - call.started)
         self._metrics.upstream_errors.labels(self.name, exc.error_type).inc()
-        self.pacer.failed(exc.error_type, exc.message)
-        if self.pacer.tokens is not None:
-            self.pacer.tokens.adjust(-charged)  # nothing was generated: give the budget back
+        self.pacer.failed(exc.error_type, exc.message, call)
+        for bucket, amount in charged:
+            bucket.adjust(-amount)  # nothing was generated: give the budget back
 
-    def _observe_success(self, message: dict[str, Any], latency: float, charged: float) -> None:
+    def _observe_success(
+        self, message: dict[str, Any], call: Call, charged: list[tuple[TokenBucket, float]]
+    ) -> None:
+        latency = self._clock() - call.started
         self._latency.observe(latency)
-        self.pacer.succeeded(latency)
+        self.pacer.succeeded(latency, call)
         usage = message.get("usage")
         used_in, used_out = _count(usage, "input_tokens"), _count(usage, "output_tokens")
         self._tokens_in.inc(used_in)
         self._tokens_out.inc(used_out)
-        if self.pacer.tokens is not None:
-            self.pacer.tokens.adjust(used_in + used_out - charged)
+        for bucket, amount in charged:
+            bucket.adjust(used_in + used_out - amount)
 
 
 def build_runners(
