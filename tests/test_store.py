@@ -91,16 +91,16 @@ async def test_a_backlog_check_sees_the_workspace_and_a_refusal_stores_nothing(
     claim = await store.claim("b", [first.seq], "w1", 1, T0 + 30)
     await store.record("w1", [_ok(claim.requests[0])], T0)
     await store.create_batch("msgbatch_other", "other", T0, T0 + 60, _queued(5))
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, int]] = []
 
-    def refuse(unfinished: int, queued: int) -> None:
-        seen.append((unfinished, queued))
+    def refuse(unfinished: int, queued: int, tokens: int) -> None:
+        seen.append((unfinished, queued, tokens))
         raise RuntimeError("over quota")
 
     with pytest.raises(RuntimeError):
         await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, _queued(2), refuse)
 
-    assert seen == [(1, 2)]  # one unfinished batch of "ws", two of its requests not final
+    assert seen == [(1, 2, 0)]  # one unfinished batch of "ws", two of its requests not final
     assert await store.get_batch("ws", "msgbatch_b") is None
     listed = await store.list_batches("ws", 10, None, None)
     assert listed is not None

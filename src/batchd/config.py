@@ -40,6 +40,9 @@ class BackendConfig(BaseModel):
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
     upstream_model: str | None = None  # openai: the model name sent upstream, if different
+    # openai: send each call's priority as vLLM's `priority` field (lower first: interactive
+    # 0, flex 1, batches 2-4 by their priority); for vLLM run with --scheduling-policy priority.
+    send_priority: bool = False
     max_concurrency: int = Field(default=64, ge=1, le=100_000)
     # Adaptive concurrency (backends/pacing.py): start at initial_concurrency (default
     # max_concurrency; anthropic and openai kinds without one start low and double per round
@@ -165,6 +168,8 @@ class Settings(BaseSettings):
     # interactive calls (/v1/messages, count_tokens) one key may have in progress at once.
     max_unfinished_batches_per_workspace: int | None = Field(default=None, ge=1)
     max_queued_requests_per_workspace: int | None = Field(default=None, ge=1)
+    # ... and the input tokens of those requests (estimated on create: 4 characters a token)
+    max_queued_input_tokens_per_workspace: int | None = Field(default=None, ge=1)
     max_concurrent_calls_per_key: int | None = Field(default=None, ge=1)
 
     lease_seconds: float = Field(default=30.0, gt=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum, StrEnum
+from enum import Enum, IntEnum, StrEnum
 from typing import Any, overload
 
 import msgspec
@@ -44,6 +44,14 @@ class DeleteOutcome(Enum):
     DELETED = "deleted"
     NOT_FOUND = "not_found"
     NOT_ENDED = "not_ended"
+
+
+class Priority(IntEnum):
+    """A batch's priority (batchd's own, ``batchd-priority`` on create): higher goes first."""
+
+    LOW = -1
+    NORMAL = 0
+    HIGH = 1
 
 
 class ProcessingStatus(StrEnum):
@@ -85,6 +93,7 @@ class Batch:
     expires_at: float
     ended_at: float | None
     cancel_initiated_at: float | None
+    priority: int = 0  # batchd's own: Priority
 
     @classmethod
     def from_row(cls, row: Any) -> Batch:
@@ -100,7 +109,28 @@ class Batch:
             expires_at=row["expires_at"],
             ended_at=row["ended_at"],
             cancel_initiated_at=row["cancel_initiated_at"],
+            priority=row["priority"],
         )
+
+    def projected_end(self, now: float) -> float | None:
+        """When the batch ends at the rate it has finished requests so far; None before it
+        has finished one (or once it has ended)."""
+        counts = self.counts
+        done = counts.total - counts.processing
+        if self.processing_status is ProcessingStatus.ENDED or done == 0 or now <= self.created_at:
+            return None
+        rate = done / (now - self.created_at)
+        return now + counts.processing / rate
+
+    def at_risk(self, now: float) -> bool:
+        """Will it miss its deadline at the current rate? Before any request has finished,
+        once half of its window has passed."""
+        if self.processing_status is ProcessingStatus.ENDED:
+            return False
+        projected = self.projected_end(now)
+        if projected is None:
+            return now - self.created_at > (self.expires_at - self.created_at) / 2
+        return projected > self.expires_at
 
     def archived_at(self, retention: float, now: float) -> float | None:
         """Results are kept ``retention`` seconds after creation, then archived."""

@@ -111,6 +111,7 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         # the workspace's quotas
         settings.max_unfinished_batches_per_workspace,
         settings.max_queued_requests_per_workspace,
+        settings.max_queued_input_tokens_per_workspace,
     )
     return Services(
         settings=settings,

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from batchd.backends.base import CALL_PRIORITY
 from batchd.backends.estimate import estimate_input_tokens
 from batchd.backends.http import UpstreamHttp
 from batchd.backends.openai_translate import (
@@ -48,6 +49,7 @@ class OpenAIBackend:
         self.max_concurrency = config.max_concurrency
         self.max_retries = config.max_retries
         self._model = config.upstream_model
+        self._send_priority = config.send_priority
         self._chat_url = f"{api_base(config.base_url)}/chat/completions"
         self._tokenize_url = f"{server_root(config.base_url)}/tokenize"
         self._pdfs = PdfExtractor(
@@ -75,6 +77,8 @@ class OpenAIBackend:
         if b"application/pdf" in raw:  # read in a child process, under limits
             request = await self._pdfs.inline_pdfs(request)
         body = chat_request(request, model=self._model or params.model)
+        if self._send_priority:  # vLLM --scheduling-policy priority: lower goes first
+            body["priority"] = CALL_PRIORITY.get()
         answer = await self._http.post(self._chat_url, msgspec.json.encode(body))
         if answer.status >= 300:
             raise error_from_openai(answer.status, answer.body, answer.headers, time.time())

@@ -12,15 +12,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from batchd.backends.base import Backend
+from batchd.backends.base import CALL_PRIORITY, Backend
 from batchd.backends.estimate import tokens_of_length
 from batchd.backends.http import ANSWER_HEADERS
-from batchd.backends.pacing import Call, Pacer, Slot, TokenBucket
+from batchd.backends.pacing import Call, Lane, Pacer, Slot, TokenBucket
 from batchd.backends.retry import RetryPolicy, call_with_retries
 from batchd.config import BackendConfig
 from batchd.errors import UpstreamError
 from batchd.metrics import Metrics
 from batchd.validation import Params
+
+_UPSTREAM_PRIORITY = {Lane.INTERACTIVE: 0, Lane.FLEX: 1}
+_BATCH_PRIORITY = 3  # a normal batch's; high 2, low 4
 
 
 def _count(usage: Any, key: str) -> int:
@@ -59,10 +62,13 @@ class BackendRunner:
         *,
         interactive: bool = False,
         policy: RetryPolicy | None = None,
+        priority: int = 0,
     ) -> dict[str, Any]:
         """Run one request while holding ``slot``; the slot is held again when this returns.
-        The slot's lane says whose call it is (``interactive`` is kept for older callers)."""
+        The slot's lane says whose call it is (``interactive`` is kept for older callers);
+        ``priority`` is the batch's (domain.Priority), for upstreams that schedule by it."""
         del interactive  # the slot knows its lane
+        CALL_PRIORITY.set(_UPSTREAM_PRIORITY.get(slot.lane, _BATCH_PRIORITY - priority))
         estimate = tokens_of_length(len(raw)) + params.max_tokens  # until the usage is known
 
         async def attempt() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.store import (
+    Claimable,
     NewRequest,
     Recorded,
     RequestFigures,
@@ -10,6 +11,7 @@ from batchd.store.store import (
 )
 
 __all__ = [
+    "Claimable",
     "NewRequest",
     "Recorded",
     "RequestFigures",

@@ -3,8 +3,10 @@
 -- in sqlite.sql and postgres.sql instead, with the same name and meaning in both.
 
 -- name: insert_batch
-INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at)
-VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at)
+INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at, priority,
+                     input_tokens)
+VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at, :priority,
+        :input_tokens)
 RETURNING seq;
 
 -- name: get_batch
@@ -60,10 +62,15 @@ SELECT id, custom_id, state, result FROM requests
 WHERE batch_seq = :seq AND state = 'errored' ORDER BY id LIMIT :limit;
 
 -- name: claimable_batches
--- (the != 'ended' term lets SQLite use the partial index batches_unfinished)
-SELECT seq FROM batches
+-- (the != 'ended' term lets SQLite use the partial index batches_unfinished; the engine
+-- orders them: engine/order.py)
+SELECT seq, workspace, priority, expires_at FROM batches
 WHERE processing_status != 'ended' AND processing_status = 'in_progress' AND expires_at > :now
 ORDER BY seq;
+
+-- name: unfinished_batches
+-- Every workspace's batches not yet ended, for the figures of /metrics (deadlines at risk).
+SELECT * FROM batches WHERE processing_status != 'ended' ORDER BY seq;
 
 -- name: expiring_batches
 SELECT seq FROM batches
@@ -116,6 +123,9 @@ SELECT coalesce(max(version), 0) FROM schema_migrations;
 INSERT INTO schema_migrations (version, applied_at) VALUES (:version, :now);
 
 -- name: workspace_backlog
--- A workspace's unfinished batches and their requests not yet final.
-SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT)
+-- A workspace's unfinished batches, their requests not yet final, and those requests' share
+-- of the input tokens estimated on create.
+SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT),
+       CAST(coalesce(sum(input_tokens * (total - succeeded - errored - canceled - expired)
+                         / CASE WHEN total > 0 THEN total ELSE 1 END), 0) AS BIGINT)
 FROM batches WHERE workspace = :workspace AND processing_status != 'ended';

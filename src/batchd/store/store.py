@@ -69,6 +69,16 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimable:
+    """A batch whose queued requests may be claimed: what the engine orders claims by."""
+
+    seq: int
+    workspace: str
+    priority: int
+    deadline: float  # expires_at
+
+
+@dataclass(frozen=True, slots=True)
 class Recorded:
     applied: int  # results written; the others were fenced off (their lease was lost)
     ended: int  # batches these results completed
@@ -168,9 +178,15 @@ class Store:
         created_at: float,
         expires_at: float,
         requests: Sequence[NewRequest],
-        check_backlog: Callable[[int, int], None] | None = None,
+        check_backlog: Callable[[int, int, int], None] | None = None,
+        *,
+        priority: int = 0,
+        input_tokens: int = 0,
     ) -> Batch:
+        """Store a batch and its requests; ``check_backlog(unfinished batches, requests not
+        final, their input tokens)`` sees the workspace's backlog first and may refuse."""
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
+        batch |= {"priority": priority, "input_tokens": input_tokens}
         times = {"created_at": created_at, "expires_at": expires_at}
         async with self.driver.transaction() as tx:
             if check_backlog is not None:  # sees the workspace's backlog, may raise to refuse
@@ -259,8 +275,14 @@ class Store:
         by_state |= {s: int(totals[s.value]) for s in FINAL_STATES}
         return RequestFigures(by_state, queued)
 
-    async def claimable_batches(self, now: float) -> list[int]:
-        return [r[0] for r in await self.driver.fetch("claimable_batches", {"now": now})]
+    async def claimable_batches(self, now: float) -> list[Claimable]:
+        """The batches whose queued requests may be claimed now, oldest first."""
+        rows = await self.driver.fetch("claimable_batches", {"now": now}, True)
+        return [Claimable(*row) for row in rows]
+
+    async def unfinished_batches(self) -> list[Batch]:
+        """Every workspace's batches not yet ended (for the figures of /metrics)."""
+        return [Batch.from_row(r) for r in await self.driver.fetch("unfinished_batches")]
 
     async def claim(
         self,
@@ -270,17 +292,21 @@ class Store:
         limit: int,
         lease_until: float,
         *,
-        share: int | None = None,
+        share: int | Mapping[int, int] | None = None,
     ) -> Claim:
         """In one transaction, lease up to ``limit`` queued requests for ``backend``,
-        at most ``share`` from each batch, taking the batches in the order given."""
+        at most ``share`` from each batch (or ``share[seq]`` from batch ``seq``), taking the
+        batches in the order given."""
         claimed: list[ClaimedRequest] = []
         exhausted: list[int] = []
         async with self.driver.transaction(durable=False) as tx:
             for seq in batch_seqs:
-                want = min(share or limit, limit - len(claimed))
+                mine = share.get(seq, 0) if isinstance(share, Mapping) else share or limit
+                want = min(mine, limit - len(claimed))
                 if want <= 0:
-                    break
+                    if len(claimed) >= limit:
+                        break
+                    continue
                 # From the watermark on; when that finds too few, look again from the start.
                 params = {"backend": backend, "seq": seq, "owner": owner, "until": lease_until}
                 mark = self._marks.get((backend, seq), 0)

@@ -6,10 +6,12 @@ import gc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from batchd.backends.estimate import tokens_of_length
 from batchd.backends.router import Router
 from batchd.domain import Batch, CancelOutcome, DeleteOutcome, ProcessingStatus, RequestState
 from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
+from batchd.schedule import Schedule
 from batchd.schemas.results import canceled_line, errored_line, expired_line
 from batchd.store import NewRequest, Store
 from batchd.validation import BatchItem, check_params, parse_create_body
@@ -26,13 +28,17 @@ class BatchLimits:
     # final, counting the batch being created.
     max_unfinished_batches: int | None = None
     max_queued_requests: int | None = None
+    max_queued_input_tokens: int | None = None  # estimated on create (estimate.py)
 
-    def backlog_check(self, new_requests: int) -> Callable[[int, int], None] | None:
+    def backlog_check(
+        self, new_requests: int, new_tokens: int = 0
+    ) -> Callable[[int, int, int], None] | None:
         """What the store checks a workspace's backlog with before it stores a new batch."""
-        if self.max_unfinished_batches is None and self.max_queued_requests is None:
+        quotas = (self.max_unfinished_batches, self.max_queued_requests)
+        if quotas == (None, None) and self.max_queued_input_tokens is None:
             return None
 
-        def check(unfinished: int, queued: int) -> None:
+        def check(unfinished: int, queued: int, tokens: int) -> None:
             batches = self.max_unfinished_batches
             if batches is not None and unfinished + 1 > batches:
                 raise RateLimited(
@@ -46,6 +52,13 @@ class BatchLimits:
                     f"this workspace has {queued} requests waiting and this batch adds "
                     f"{new_requests}: at most {requests} at once "
                     "(max_queued_requests_per_workspace); retry once some have finished"
+                )
+            most = self.max_queued_input_tokens
+            if most is not None and tokens + new_tokens > most:
+                raise RateLimited(
+                    f"this workspace has about {tokens} input tokens waiting and this batch "
+                    f"adds about {new_tokens}: at most {most} at once "
+                    "(max_queued_input_tokens_per_workspace); retry once some have finished"
                 )
 
         return check
@@ -70,18 +83,25 @@ class BatchService:
         self._clock = clock
         self._on_created = on_created
 
-    async def create(self, workspace: str, body: bytes | bytearray) -> Batch:
+    async def create(
+        self, workspace: str, body: bytes | bytearray, schedule: Schedule | None = None
+    ) -> Batch:
+        """Create a batch; ``schedule`` is batchd's own priority and completion window."""
+        schedule = schedule or Schedule()
         items = parse_create_body(body, max_requests=self._limits.max_requests)
         rows = self._prepare(items)
         now = self._clock()
-        queued = sum(row.state is RequestState.QUEUED for row in rows)
+        queued = [row for row in rows if row.state is RequestState.QUEUED]
+        tokens = sum(tokens_of_length(len(row.params)) for row in queued)
         batch = await self._store.create_batch(
             new_batch_id(),
             workspace,
             now,
-            now + self._limits.ttl_seconds,
+            now + (schedule.window or self._limits.ttl_seconds),
             rows,
-            self._limits.backlog_check(queued),
+            self._limits.backlog_check(len(queued), tokens),
+            priority=int(schedule.priority),
+            input_tokens=tokens,
         )
         self._on_created()
         return batch

@@ -12,6 +12,7 @@ from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 from batchd.domain import Batch
 from batchd.errors import InvalidRequest
+from batchd.schedule import PRIORITY_HEADER, WINDOW_HEADER, parse_schedule
 from batchd.schemas.batches import (
     DeletedMessageBatch,
     MessageBatch,
@@ -35,9 +36,11 @@ def _wire(request: Request, services: ServicesDep, batch: Batch) -> MessageBatch
 @router.post("")
 async def create_batch(request: Request, services: ServicesDep, caller: CallerDep) -> JSON:
     settings = services.settings
+    headers = request.headers
+    schedule = parse_schedule(headers.get(PRIORITY_HEADER), headers.get(WINDOW_HEADER))
     with services.bodies.upload(caller), services.bodies.holding(caller) as held:
         body = await read_body(request, settings, held, settings.max_body_bytes)
-        batch = await services.batches.create(caller.workspace, body)
+        batch = await services.batches.create(caller.workspace, body, schedule)
     return JSON(_wire(request, services, batch))
 
 
