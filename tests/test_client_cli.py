@@ -267,3 +267,22 @@ def test_the_readme_first_try_runs(server: RunningServer, tmp_path: Path) -> Non
     assert [(r["custom_id"], r["result"]["type"]) for r in results] == [
         ("line-1", "succeeded"), ("line-2", "succeeded"), ("line-3", "succeeded"),
     ]  # fmt: skip
+
+
+def test_submit_with_a_priority_and_window_and_show_them(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    infile = _write(tmp_path / "in.jsonl", mock_request("q0", "question"))
+    done = batchd(
+        "submit", str(infile), "--priority", "high", "--completion-window", "2h", url=server.url
+    )
+    assert done.returncode == 0, done.stderr
+    batch_id = done.stdout.split()[0]
+    shown = json.loads(batchd("batches", "show", batch_id, "--json", url=server.url).stdout)
+    assert shown["batchd_schedule"]["priority"] == "high"
+    assert shown["batchd_schedule"]["completion_window"] == "2h"
+    table = batchd("batches", "show", batch_id, url=server.url).stdout
+    assert re.search(r"priority\s+high", table)
+    refused = batchd("submit", str(infile), "--completion-window", "9d", url=server.url)
+    assert refused.returncode == 1
+    assert "from 1h to 7d" in refused.stderr

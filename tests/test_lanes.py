@@ -4,6 +4,7 @@ a timeline, not timings."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -218,3 +219,41 @@ def test_queued_input_tokens_over_the_quota_are_refused_naming_it(
     assert error["type"] == "rate_limit_error"
     assert "max_queued_input_tokens_per_workspace" in error["message"]
     assert bob.messages.batches.list().data == []
+
+
+# -- deadlines at risk -----------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_batch_that_will_miss_its_deadline_shows_as_at_risk(
+    start_server: StartServer, held: FakeUpstream
+) -> None:
+    clock = Clock()
+    server = start_server(backends=[_backend(held.url)], clock=clock)
+    with anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0) as client:
+        batch = client.messages.batches.create(
+            requests=_requests("slow", 3),
+            extra_headers={"batchd-priority": "high", "batchd-completion-window": "1h"},
+        )
+        schedule = client.get(f"/v1/messages/batches/{batch.id}/schedule", cast_to=object)
+        assert schedule == {
+            "id": batch.id,
+            "priority": "high",
+            "completion_window": "1h",
+            "expires_at": schedule["expires_at"],  # type: ignore[index]
+            "projected_end_at": None,
+            "at_risk": False,
+        }
+        clock.now += 31 * 60  # half the window gone, nothing finished
+        later = client.get(f"/v1/messages/batches/{batch.id}/schedule", cast_to=object)
+        metrics = client.get("/metrics", cast_to=str)
+    assert isinstance(later, dict)
+    assert later["at_risk"] is True
+    assert "batchd_batches_at_risk 1.0" in metrics

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from batchd.schemas.batches import (
+    BatchSchedule,
     CreateBatchRequest,
     DeletedMessageBatch,
     MessageBatch,
@@ -66,6 +67,7 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("post", f"{_BATCH}/cancel"): (MessageBatch, (400, 404, 415, 503)),
     ("delete", _BATCH): (DeletedMessageBatch, (400, 404, 503)),
     ("get", f"{_BATCH}/results"): (_JSONL, (400, 404, 503)),
+    ("get", f"{_BATCH}/schedule"): (BatchSchedule, (404, 503)),
     ("post", "/v1/messages"): (Message, (400, 415, *_UPSTREAM)),
     ("post", "/v1/messages/count_tokens"): (MessageTokensCount, (400, 415, *_UPSTREAM)),
     ("get", "/v1/models"): (ModelList, ()),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -19,7 +19,7 @@ import click
 from rich.markup import escape
 
 from batchd.client import results, views
-from batchd.client.errors import Interrupted
+from batchd.client.errors import ApiError, Interrupted
 from batchd.client.http import Batch, BatchdClient
 from batchd.client.inputs import Defaults, read_requests
 from batchd.client.progress import describe, tally, wait_for
@@ -73,6 +73,7 @@ def submit(
     max_batch_requests: int,
     wait: bool,
     waiting: Waiting,
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     err = views.console(stderr=True)
     requests = read_requests(path, defaults)
@@ -80,7 +81,9 @@ def submit(
         for line in views.generated_ids(requests.generated):
             err.print(line, markup=False, highlight=False)
     created = server.call(
-        lambda client: create_batches(client, requests, max_requests=max_batch_requests)
+        lambda client: create_batches(
+            client, requests, max_requests=max_batch_requests, headers=headers
+        )
     )
     batch_ids = [batch["id"] for batch in created]
     try:
@@ -153,7 +156,18 @@ def list_batches(server: Server, limit: int, *, as_json: bool) -> None:
 
 
 def show(server: Server, batch_id: str, *, as_json: bool) -> None:
-    _show_batch(server.call(lambda client: client.retrieve(batch_id)), as_json=as_json)
+    async def both(client: BatchdClient) -> tuple[Batch, Batch | None]:
+        batch = await client.retrieve(batch_id)
+        try:
+            return batch, await client.schedule(batch_id)
+        except ApiError:  # a server without batchd's schedule route
+            return batch, None
+
+    batch, schedule = server.call(both)
+    if as_json:
+        _print_json(batch if schedule is None else {**batch, "batchd_schedule": schedule})
+    else:
+        views.console().print(views.batch_table(batch, schedule))
 
 
 def cancel(server: Server, batch_id: str, *, as_json: bool) -> None:

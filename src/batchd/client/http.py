@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
@@ -81,11 +81,19 @@ class BatchdClient:
 
     # -- the Batches API -----------------------------------------------------------------
 
-    async def create(self, encoded_requests: Sequence[bytes]) -> Batch:
+    async def create(
+        self, encoded_requests: Sequence[bytes], extra_headers: Mapping[str, str] | None = None
+    ) -> Batch:
+        """Create a batch; ``extra_headers``: batchd's own (batchd-priority, ...)."""
         body = b'{"requests":[' + b",".join(encoded_requests) + b"]}"
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", **(extra_headers or {})}
         batch: Batch = await self._call("POST", BATCHES, data=body, headers=headers)
         return batch
+
+    async def schedule(self, batch_id: str) -> Batch:
+        """batchd's own: a batch's priority, deadline and whether it will miss it."""
+        schedule: Batch = await self._call("GET", f"{BATCHES}/{batch_id}/schedule")
+        return schedule
 
     async def retrieve(self, batch_id: str) -> Batch:
         batch: Batch = await self._call("GET", f"{BATCHES}/{batch_id}")

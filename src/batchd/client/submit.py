@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from batchd.client.errors import ClientError
 from batchd.client.http import Batch, BatchdClient
 from batchd.client.inputs import Requests, chunks
@@ -16,12 +18,14 @@ async def submit(
     *,
     max_requests: int = MAX_REQUESTS,
     max_bytes: int = MAX_BYTES,
+    headers: Mapping[str, str] | None = None,
 ) -> list[Batch]:
-    """Create the batches in input order; a failure names the batches already created."""
+    """Create the batches in input order (each with ``headers``: batchd's own priority and
+    completion window); a failure names the batches already created."""
     created: list[Batch] = []
     for chunk in chunks(requests, max_requests, max_bytes):
         try:
-            created.append(await client.create(chunk))
+            created.append(await client.create(chunk, headers))
         except ClientError as exc:
             if not created:
                 raise

@@ -68,7 +68,8 @@ def batches_table(batches: Sequence[Batch]) -> Table:
     return table
 
 
-def batch_table(batch: Batch) -> Table:
+def batch_table(batch: Batch, schedule: Batch | None = None) -> Table:
+    """A batch's facts; with batchd's ``schedule``, its priority and deadline too."""
     table = Table(show_header=False, box=None)
     table.add_row(cell("id"), cell(batch["id"]))
     table.add_row(cell("status"), _status(batch))
@@ -79,6 +80,12 @@ def batch_table(batch: Batch) -> Table:
     for key in ("processing", *STATES):
         table.add_row(cell(key), cell(f"{counts[key]:,}"))
     table.add_row(cell("results"), cell(batch.get("results_url") or "-"))
+    if schedule is not None:
+        table.add_row(cell("priority"), cell(schedule["priority"]))
+        table.add_row(cell("window"), cell(schedule["completion_window"]))
+        table.add_row(cell("projected end"), cell(_when(schedule.get("projected_end_at"))))
+        if schedule["at_risk"]:
+            table.add_row(cell("deadline"), cell("AT RISK: will miss it at the rate so far", "red"))
     return table
 
 

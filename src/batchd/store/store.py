@@ -102,6 +102,7 @@ class RequestFigures:
 
     by_state: dict[RequestState, int]
     queued_by_backend: dict[str, int]
+    at_risk: int = 0  # unfinished batches that will miss their deadline at the rate so far
 
 
 Params = Mapping[str, Any]

@@ -6,7 +6,7 @@ it has ended); ``/metrics`` reads the figures the database holds at scrape time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 
@@ -64,5 +64,11 @@ class Overview:
         rows = await self._store.errored_results(batch.seq, limit)
         return [summarize_error(row.custom_id, row.result) for row in rows]
 
-    async def figures(self) -> RequestFigures:
-        return await self._store.request_figures()
+    async def figures(self, now: float | None = None) -> RequestFigures:
+        """The database's figures; with ``now``, the batches at risk of missing their
+        deadline too."""
+        figures = await self._store.request_figures()
+        if now is None:
+            return figures
+        unfinished = await self._store.unfinished_batches()
+        return replace(figures, at_risk=sum(batch.at_risk(now) for batch in unfinished))

@@ -18,6 +18,7 @@ from batchd.schemas.batches import (
     MessageBatch,
     batch_to_wire,
     page_to_wire,
+    schedule_to_wire,
 )
 
 router = APIRouter(prefix="/v1/messages/batches", tags=["message batches"])
@@ -75,6 +76,13 @@ async def retrieve_batch(
 ) -> JSON:
     batch = await services.batches.get(workspace, batch_id)
     return JSON(_wire(request, services, batch))
+
+
+@router.get("/{batch_id}/schedule")
+async def batch_schedule(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    """batchd's own: the batch's priority and deadline, and whether it will miss it."""
+    batch = await services.batches.get(workspace, batch_id)
+    return JSON(schedule_to_wire(batch, services.clock()))
 
 
 @router.post("/{batch_id}/cancel")
