@@ -16,6 +16,7 @@ from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import StartServer, body_of, wait_ended, wait_until
 from tests.support.keys import make_keys
+from tests.support.openai_upstream import serve_openai
 from tests.support.server import RunningServer
 from tests.support.upstream import FakeUpstream
 
@@ -257,3 +258,44 @@ def test_a_batch_that_will_miss_its_deadline_shows_as_at_risk(
     assert isinstance(later, dict)
     assert later["at_risk"] is True
     assert "batchd_batches_at_risk 1.0" in metrics
+
+
+def test_the_lane_and_priority_go_upstream_where_it_schedules_by_them(
+    start_server: StartServer,
+) -> None:
+    with serve_openai() as upstream:
+        backend = {
+            "name": "vllm",
+            "kind": "openai",
+            "base_url": upstream.url,
+            "models": ["qwen-*"],
+            "send_priority": True,
+        }
+        server = start_server(backends=[backend])
+        with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+            client.messages.create(
+                model="qwen-7b", max_tokens=8, messages=[{"role": "user", "content": "now"}]
+            )
+            client.messages.create(
+                model="qwen-7b",
+                max_tokens=8,
+                messages=[{"role": "user", "content": "flexible"}],
+                extra_headers={"batchd-service-tier": "flex"},
+            )
+            for level in ("high", "low"):
+                requests: list[Request] = [
+                    {
+                        "custom_id": "one",
+                        "params": {
+                            "model": "qwen-7b",
+                            "max_tokens": 8,
+                            "messages": [{"role": "user", "content": level}],
+                        },
+                    }
+                ]
+                batch = client.messages.batches.create(
+                    requests=requests, extra_headers={"batchd-priority": level}
+                )
+                wait_ended(client, batch.id)
+    sent = {key: body["priority"] for key, body in upstream.bodies().items()}
+    assert sent == {"now": 0, "flexible": 1, "high": 2, "low": 4}  # vLLM: lower goes first
