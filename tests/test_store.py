@@ -414,3 +414,14 @@ async def test_a_new_sqlite_database_and_its_wal_are_private(tmp_path: Path) -> 
     finally:
         await store.close()
     assert modes == {"p.db": 0o600, "p.db-wal": 0o600, "p.db-shm": 0o600}
+
+
+async def test_a_shared_budget_grants_what_it_holds_and_refills_at_its_rate(
+    store: Store,
+) -> None:
+    draw = store.draw_budget
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0) == 15.0  # full on first use
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0) == 5.0
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0) == 0.0
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0 + 1) == 10.0  # a second's refill
+    assert await draw("b/tokens", 10.0, 20.0, 1.0, T0) == 1.0  # another budget, its own

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-Style = Literal["anthropic", "openai"]
+Style = Literal["anthropic", "openai", "none"]  # none: no headers but retry-after
 
 
 class RequestBudget:
@@ -60,6 +60,8 @@ class RequestBudget:
             return self.admitted / (self.capacity + (until - start) * self.rate)
 
     def _headers(self) -> dict[str, str]:
+        if self.style == "none":
+            return {}
         full_in = (self.capacity - self._level) / self.rate
         remaining = str(max(0, math.floor(self._level)))
         limit = str(int(self.per_minute))

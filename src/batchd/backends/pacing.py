@@ -195,8 +195,12 @@ class Pacer:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        buckets: Callable[[str, float, float], TokenBucket] | None = None,
     ) -> None:
+        """``buckets(name, rate, capacity)`` makes the configured budgets' buckets (shared
+        by a fleet: backends/fleet.py); by default each is this process's own."""
         self.name = config.name
+        self._make_bucket = buckets
         self.adaptive = config.adaptive_concurrency
         self.min_limit = config.min_concurrency
         self.max_limit = config.max_concurrency
@@ -236,17 +240,20 @@ class Pacer:
             s: metrics.limit_source.labels(self.name, s.value) for s in LimitSource
         }
         self._metrics = metrics
-        self.requests = self._bucket(config.requests_per_minute)
-        self.tokens = self._bucket(config.tokens_per_minute)
+        self.requests = self._bucket("requests", config.requests_per_minute)
+        self.tokens = self._bucket("tokens", config.tokens_per_minute)
         self.published: dict[BudgetName, TokenBucket] = {}
         self._synced: dict[BudgetName, int] = {}  # the newest call whose answer set each budget
         self._publish()
 
-    def _bucket(self, per_minute: float | None) -> TokenBucket | None:
+    def _bucket(self, budget: str, per_minute: float | None) -> TokenBucket | None:
         if per_minute is None:
             return None
         rate = per_minute / 60
-        return TokenBucket(rate, max(1.0, rate * _BUCKET_SECONDS), self._clock)
+        capacity = max(1.0, rate * _BUCKET_SECONDS)
+        if self._make_bucket is not None:
+            return self._make_bucket(f"{self.name}/{budget}", rate, capacity)
+        return TokenBucket(rate, capacity, self._clock)
 
     # -- slots -----------------------------------------------------------------------------
 

@@ -123,9 +123,14 @@ def build_runners(
     configs: list[BackendConfig],
     policy: RetryPolicy,
     metrics: Metrics,
+    buckets: Callable[[str, float, float], TokenBucket] | None = None,
 ) -> dict[str, BackendRunner]:
+    """A runner per backend; ``buckets`` makes the configured budgets' buckets (shared by
+    the workers of a PostgreSQL database: backends/fleet.py)."""
     by_name = {c.name: c for c in configs}
     return {
-        name: BackendRunner(backend, Pacer(by_name[name], metrics), policy, metrics)
+        name: BackendRunner(
+            backend, Pacer(by_name[name], metrics, buckets=buckets), policy, metrics
+        )
         for name, backend in backends.items()
     }

@@ -129,3 +129,10 @@ SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expi
        CAST(coalesce(sum(input_tokens * (total - succeeded - errored - canceled - expired)
                          / CASE WHEN total > 0 THEN total ELSE 1 END), 0) AS BIGINT)
 FROM batches WHERE workspace = :workspace AND processing_status != 'ended';
+
+-- name: ensure_budget
+INSERT INTO fleet_budgets (name, level, stamp) VALUES (:name, :level, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: set_budget
+UPDATE fleet_budgets SET level = :level, stamp = :now WHERE name = :name;

@@ -56,3 +56,6 @@ SELECT pg_advisory_xact_lock(hashtext('batchd.quota.' || :workspace));
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations
     (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL);
+
+-- name: lock_budget
+SELECT level, stamp FROM fleet_budgets WHERE name = :name FOR UPDATE;

@@ -41,3 +41,7 @@ SELECT 1;
 
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);
+
+-- name: lock_budget
+-- (the store's one writer already holds the database's write lock)
+SELECT level, stamp FROM fleet_budgets WHERE name = :name;

@@ -369,6 +369,22 @@ class Store:
         async with self.driver.transaction(durable=False) as tx:
             return await _requeue(tx, "release_leases", {"owner": owner})
 
+    async def draw_budget(
+        self, name: str, rate: float, capacity: float, want: float, now: float
+    ) -> float:
+        """Take up to ``want`` from the shared token bucket ``name`` (``rate`` a second, at
+        most ``capacity``, full when first used); what was granted, 0 when it is empty."""
+        async with self.driver.transaction(durable=False) as tx:
+            await tx.execute("ensure_budget", {"name": name, "level": capacity, "now": now})
+            [[level, stamp]] = await tx.fetch("lock_budget", {"name": name})
+            # A draw that read the clock before another one's, and waited for the row
+            # meanwhile, refills nothing: the refill since ``stamp`` is counted once.
+            level = min(capacity, level + max(0.0, now - stamp) * rate)
+            granted = max(0.0, min(want, level))
+            since = max(stamp, now)
+            await tx.execute("set_budget", {"name": name, "level": level - granted, "now": since})
+            return float(granted)
+
     async def create_key(self, key: ApiKey, key_hash: str) -> None:
         params = {"id": key.id, "name": key.name, "workspace": key.workspace, "key_hash": key_hash}
         async with self.driver.transaction() as tx:
