@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, postgres, scenarios
+from bench import local, pacing, postgres, scenarios
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -35,6 +35,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100],
         "calls": 50,
         "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
+        "pacing": {
+            "capped": 80,
+            "rpm": 120,
+            "rpm_budget": 1200,
+            "queueing": 160,
+            "fleet": 60,
+            "fleet_budget": 1200,
+            "interactive": 5,
+        },
         "repeat": 1,
     },
     "default": {
@@ -47,6 +56,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 300,
         "local": {"prompts": 256, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 32},
+        "pacing": {
+            "capped": 1_600,
+            "rpm": 1_500,
+            "rpm_budget": 3_000,
+            "queueing": 1_600,
+            "fleet": 600,
+            "fleet_budget": 1_200,
+            "interactive": 100,
+        },
         "repeat": 3,
     },
     "full": {
@@ -59,6 +77,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "lookups": [100, 10_000],
         "calls": 1_000,
         "local": {"prompts": 1024, "new_tokens": 32, "batch_size": 64, "system": 300, "single": 64},
+        "pacing": {
+            "capped": 3_200,
+            "rpm": 3_000,
+            "rpm_budget": 3_000,
+            "queueing": 3_200,
+            "fleet": 1_200,
+            "fleet_budget": 1_200,
+            "interactive": 300,
+        },
         "repeat": 3,
     },
 }
@@ -79,6 +106,7 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
+        "pacing": lambda: pacing.pacing(size["pacing"], workdir),
     }
 
 
@@ -92,6 +120,7 @@ NAMES = [
     "pg_engine",
     "pg_results",
     "local",
+    "pacing",
 ]
 
 

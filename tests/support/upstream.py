@@ -306,6 +306,15 @@ class FakeUpstream:
         with self._lock:
             return list(self._keys_sent)
 
+    def busy(self) -> tuple[float, float]:
+        """Call-seconds served (the calls in progress integrated over time) and the seconds
+        from the first admitted call to the last answer."""
+        with self._lock:
+            changes = list(self._changes)
+        served = sum((b[0] - a[0]) * a[1] for a, b in pairwise(changes))
+        started = next((t for t, level in changes if level > 0), changes[-1][0])
+        return served, changes[-1][0] - started
+
     def levels_at_admission(self) -> list[int]:
         """The calls in progress just after each admitted call arrived (itself included)."""
         with self._lock:
