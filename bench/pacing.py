@@ -65,7 +65,7 @@ def rpm_headers(n: int, per_minute: float, workdir: Path) -> Row:
     budget = RequestBudget(per_minute, burst_seconds=10)
     with serve_upstream(latency=0.05, budget=budget) as upstream:
         _run_batch(workdir / "rpm", upstream, n, max_concurrency=256)
-        used = budget.used_share(time.monotonic())
+        used = budget.used_share()
         del upstream
     return {"target": f"{per_minute:g} RPM with Anthropic headers", "requests": n,
             "of_budget": round(used, 3),
@@ -110,7 +110,7 @@ def fleet(n: int, per_minute: float, workdir: Path) -> Row:
                     time.sleep(0.05)
         finally:
             cluster.stop()
-        used = budget.used_share(time.monotonic())
+        used = budget.used_share()
     return {"target": f"3 workers, one {per_minute:g} RPM budget", "requests": n,
             "of_budget": round(used, 3),
             "rejected": round(budget.refused / (budget.admitted + budget.refused), 4),

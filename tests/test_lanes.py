@@ -18,6 +18,7 @@ from tests.conftest import StartServer, body_of, wait_ended, wait_until
 from tests.support.keys import make_keys
 from tests.support.openai_upstream import serve_openai
 from tests.support.server import RunningServer
+from tests.support.status import backend_status
 from tests.support.upstream import FakeUpstream
 
 MODEL = "claude-lanes"
@@ -72,14 +73,6 @@ def _occupy(client: anthropic.Anthropic, upstream: FakeUpstream) -> None:
     """A batch of one request that takes the one slot (held), so the next ones queue."""
     client.messages.batches.create(requests=_requests("blocker", 1))
     wait_until(lambda: len(upstream.arrivals()) == 1, "the blocker did not start")
-
-
-def _status(client: anthropic.Anthropic) -> dict[str, Any]:
-    status = client.get("/status/backends", cast_to=object)
-    assert isinstance(status, dict)
-    [upstream] = [b for b in status["data"] if b["name"] == "upstream"]
-    assert isinstance(upstream, dict)
-    return upstream
 
 
 def test_high_priority_goes_first_and_low_priority_still_progresses(
@@ -150,9 +143,9 @@ def test_flex_calls_wait_after_interactive_ones_and_before_batch_work(
 
     with ThreadPoolExecutor(2) as pool:
         flex: Future[Any] = pool.submit(call, "flex call", "flex")
-        wait_until(lambda: _status(client)["waiting"] == 1, "the flex call did not wait")
+        wait_until(lambda: backend_status(client)["waiting"] == 1, "the flex call did not wait")
         interactive: Future[Any] = pool.submit(call, "interactive call", None)
-        wait_until(lambda: _status(client)["waiting"] == 2, "the call did not wait")
+        wait_until(lambda: backend_status(client)["waiting"] == 2, "the call did not wait")
         assert _serve(held, 3) == ["interactive", "flex", "batch"]
         held.release()
         assert flex.result(timeout=30).content[0].type == "text"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import statistics
 from itertools import pairwise
-from typing import Any
 
 import anthropic
 from anthropic.types.messages.batch_create_params import Request
@@ -14,6 +13,7 @@ from anthropic.types.messages.batch_create_params import Request
 from tests.conftest import StartServer, wait_ended
 from tests.support.budget import RequestBudget
 from tests.support.openai_upstream import serve_openai
+from tests.support.status import backend_status
 from tests.support.upstream import FakeUpstream, serve_upstream
 
 MODEL = "claude-paced"
@@ -45,14 +45,6 @@ def _backend(url: str, **extra: object) -> dict[str, object]:
     }
 
 
-def _status(client: anthropic.Anthropic) -> dict[str, Any]:
-    status = client.get("/status/backends", cast_to=object)
-    assert isinstance(status, dict)
-    [upstream] = [b for b in status["data"] if b["name"] == "upstream"]
-    assert isinstance(upstream, dict)
-    return upstream
-
-
 def _retry_gaps(upstream: FakeUpstream, n: int) -> list[float]:
     """Seconds between a key's calls, over every key that was called more than once."""
     return [b - a for i in range(n) for a, b in pairwise(upstream.times(f"prompt {i}"))]
@@ -69,7 +61,7 @@ def test_a_retry_after_on_a_concurrency_limit_does_not_idle_the_backend(
         with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
             batch = client.messages.batches.create(requests=_requests(300))
             ended = wait_ended(client, batch.id, timeout=50)
-            status = _status(client)
+            status = backend_status(client)
     assert ended.request_counts.succeeded == 300
     assert upstream.rejected > 0  # the limit was met, and its retry-after sent
     gaps = _retry_gaps(upstream, 300)
@@ -88,7 +80,7 @@ def test_anthropic_rate_limit_headers_keep_a_batch_within_the_budget(
         with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
             batch = client.messages.batches.create(requests=_requests(220))
             ended = wait_ended(client, batch.id, timeout=60)
-            status = _status(client)
+            status = backend_status(client)
     assert ended.request_counts.succeeded == 220
     assert budget.refused <= 3, budget.refused  # about 1%: the headers paced it
     assert upstream.admitted == 220
@@ -113,7 +105,7 @@ def test_openai_rate_limit_headers_keep_a_batch_within_the_budget(
         with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
             batch = client.messages.batches.create(requests=_requests(220, model="qwen-7b"))
             ended = wait_ended(client, batch.id, timeout=60)
-            status = _status(client)
+            status = backend_status(client)
     assert ended.request_counts.succeeded == 220
     assert budget.refused <= 3, budget.refused
     assert status["budgets"]["requests"]["limit"] == 1200
@@ -126,7 +118,7 @@ def test_a_queueing_upstream_is_held_near_its_knee(start_server: StartServer) ->
         with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
             batch = client.messages.batches.create(requests=_requests(1200))
             ended = wait_ended(client, batch.id, timeout=90)
-            status = _status(client)
+            status = backend_status(client)
             metrics = client.get("/metrics", cast_to=str)
     assert ended.request_counts.succeeded == 1200
     assert upstream.rejected == 0

@@ -29,6 +29,7 @@ class RequestBudget:
         self.admitted = 0
         self.refused = 0
         self.first_admitted: float | None = None
+        self.last_admitted: float | None = None
         self._level = self.capacity
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
@@ -45,6 +46,7 @@ class RequestBudget:
                 self.admitted += 1
                 if self.first_admitted is None:
                     self.first_admitted = now
+                self.last_admitted = now
             else:
                 self.refused += 1
             headers = self._headers()
@@ -52,12 +54,12 @@ class RequestBudget:
                 headers["retry-after"] = str(math.ceil((1 - self._level) / self.rate))
             return admitted, headers
 
-    def used_share(self, until: float) -> float:
-        """Calls admitted over what the budget allowed from the first one to ``until``:
-        a full bucket, and the refill since."""
+    def used_share(self) -> float:
+        """Calls admitted over what the budget allowed from the first one to the last: a
+        full bucket, and the refill in between."""
         with self._lock:
-            start = self.first_admitted or until
-            return self.admitted / (self.capacity + (until - start) * self.rate)
+            start, end = self.first_admitted or 0.0, self.last_admitted or 0.0
+            return self.admitted / (self.capacity + (end - start) * self.rate)
 
     def _headers(self) -> dict[str, str]:
         if self.style == "none":
