@@ -1,7 +1,9 @@
 """What every backend kind promises, written once and run against each kind.
 
 The kinds: ``mock``; ``anthropic`` and ``openai`` against their fake upstreams (real HTTP
-servers on loopback, faults on demand); ``transformers`` with the tiny model built here.
+servers on loopback, faults on demand); ``transformers`` with the tiny model built here;
+``transformers-serve``, an ``openai`` backend in front of a real ``transformers serve``
+of that model (``tests/support/model_servers.py``), with the quirks a fake does not have.
 Answers are driven at the ``BackendRunner`` seam (the one call the engine and the Messages
 API make, paced and retried); what becomes of a request (its result, or none) through the
 engine on a real SQLite store. A kind that cannot show a behaviour by its nature is listed
@@ -15,7 +17,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from batchd.metrics import Metrics
 from batchd.store import open_store
 from batchd.usecases.batches import BatchLimits, BatchService
 from batchd.validation import stored_params
+from tests.support.model_servers import serve_transformers
 from tests.support.openai_upstream import FakeOpenAI, serve_openai
 from tests.support.tiny_model import build_tiny_model
 from tests.support.upstream import (
@@ -56,7 +59,8 @@ from tests.support.upstream import (
 MODEL = "contract-model"
 WORKSPACE = "default"
 POLICY = RetryPolicy(max_retries=3, base_seconds=0.01, max_seconds=0.05)
-KINDS = ("mock", "anthropic", "openai", "transformers")
+SERVE = "transformers-serve"
+KINDS = ("mock", "anthropic", "openai", "transformers", SERVE)
 # The error types of the API (anthropic.types.ErrorObject's members): nothing else may
 # reach a client.
 API_ERROR_TYPES = {
@@ -78,7 +82,18 @@ _FORWARDED = (
     "answers count_tokens with a number no estimate gives, to show it was asked "
     "(tests/test_openai_backend.py)"
 )
+_REAL_SERVER = "a real server: no fault can be injected into it"
 CANNOT: dict[tuple[str, str], str] = {
+    (SERVE, "name only the API's error types"): _REAL_SERVER,
+    (SERVE, "fail transiently"): _REAL_SERVER,
+    (SERVE, "count tokens as usage does"): (
+        "it has no /tokenize: count_tokens is an estimate (its error measured against "
+        "this server: README, 'Counting tokens')"
+    ),
+    (SERVE, "cancel in-flight work"): (
+        "no call of it can be held open on demand: the tiny model ends by itself, and "
+        "transformers serve goes on generating after its caller hung up"
+    ),
     ("anthropic", "count tokens as usage does"): _FORWARDED,
     ("mock", "refuse a request"): _NO_UPSTREAM,
     ("mock", "fail transiently"): _NO_UPSTREAM,
@@ -89,13 +104,7 @@ CANNOT: dict[tuple[str, str], str] = {
 
 
 # Behaviours a kind should show and does not yet: expected to fail until fixed.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("mock", "count tokens as usage does"): (
-        "the mock's answers estimate the message text alone (estimate_tokens), its "
-        "count_tokens the roles and tool definitions too (estimate_input_tokens), which "
-        "costs 10-25 us an answer on the instant mock's hot path as written"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _marks(kind: str, behaviour: str) -> list[pytest.MarkDecorator]:
@@ -139,6 +148,8 @@ class Subject:
         if self.kind == "transformers":
             image = {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}
             return request(key, content=[{"type": "text", "text": key}, image])
+        if self.kind == SERVE:  # it refuses fields it does not know with a 422
+            return request(key, top_k=5)
         self.fault(key, always(invalid_request("messages: refused by the upstream")))
         return request(key)
 
@@ -177,6 +188,16 @@ def endless_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return directory
 
 
+@pytest.fixture(scope="session")
+def transformers_server(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real ``transformers serve`` of the tiny model, for the whole session."""
+    log = tmp_path_factory.mktemp("transformers-serve") / "serve.log"
+    with serve_transformers(tiny_model, log) as url:
+        yield url
+
+
 def _config(kind: str, **options: Any) -> BackendConfig:
     return BackendConfig.model_validate(
         {"name": kind, "kind": kind, "models": [MODEL], "max_concurrency": 8, **options}
@@ -207,6 +228,11 @@ def _subject(kind: str, stack: ExitStack, request: pytest.FixtureRequest) -> Sub
             hang_params={"max_tokens": 1_000_000},
             started=lambda _key: "generating 1 rows" in caplog.text,
         )
+    if kind == SERVE:
+        server = request.getfixturevalue("transformers_server")
+        model = str(request.getfixturevalue("tiny_model"))
+        config = _config("openai", name=SERVE, base_url=server, upstream_model=model)
+        return Subject(kind, config, build_backend(config))
     upstream: FakeUpstream | FakeOpenAI
     if kind == "anthropic":
         upstream = stack.enter_context(serve_upstream())

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from batchd.backends.estimate import (
     IMAGE_TOKENS,
+    MESSAGE_TOKENS,
+    PROMPT_TOKENS,
+    TOOLS_TOKENS,
     estimate_input_tokens,
     estimate_tokens,
     tokens_of_length,
@@ -56,7 +60,47 @@ def test_estimate(values: tuple[Any, ...], expected: int) -> None:
 
 def test_tool_definitions_count_as_json_text() -> None:
     tools = [{"name": "w", "input_schema": {"type": "object"}}]  # 47 characters of JSON
-    assert estimate_input_tokens("abc", [], tools) == 13  # (3 + 47) / 4, rounded up
+    # (3 + 47) / 4, rounded up; the system prompt's markers, the reply's header, the
+    # template's tool instructions
+    expected = 13 + MESSAGE_TOKENS + PROMPT_TOKENS + TOOLS_TOKENS
+    assert estimate_input_tokens("abc", [], tools) == expected
+
+
+@pytest.mark.parametrize(
+    ("system", "messages", "expected"),
+    [
+        # one turn: "user" and "Hello there!" (16 characters), its markers, the header
+        (None, [{"role": "user", "content": "Hello there!"}], 4 + 3 + 3),
+        # a system prompt is one more message
+        ("Be brief", [{"role": "user", "content": "Hello there!"}], 6 + 2 * 3 + 3),
+        # three turns
+        (
+            None,
+            [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"},
+            ],
+            7 + 3 * 3 + 3,  # 27 characters of roles and text
+        ),
+    ],
+)
+def test_a_request_is_estimated_as_its_rendered_prompt(
+    system: str | None, messages: list[dict[str, Any]], expected: int
+) -> None:
+    assert estimate_input_tokens(system, messages, None) == expected
+
+
+def test_decoded_messages_are_estimated_as_their_json() -> None:
+    body = (
+        b'{"model":"m","max_tokens":5,"system":"Be brief",'
+        b'"messages":[{"role":"user","content":"Hello there!"}]}'
+    )
+    params = check_params(body, in_batch=False)
+    as_json = json.loads(body)
+    assert estimate_input_tokens(params.system, params.messages, None) == estimate_input_tokens(
+        as_json["system"], as_json["messages"], None
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,4 +119,5 @@ def test_tokens_of_length(characters: int, expected: int) -> None:
 def test_the_mock_counts_its_input_by_the_same_rule() -> None:
     body = b'{"model":"mock","max_tokens":5,"messages":[{"role":"user","content":"abcdefghi"}]}'
     message = mock_message(check_params(body, in_batch=False), body)
-    assert message["usage"]["input_tokens"] == estimate_tokens("abcdefghi") == 3
+    # "user" and "abcdefghi" (13 characters), the message's markers, the reply's header
+    assert message["usage"]["input_tokens"] == 4 + MESSAGE_TOKENS + PROMPT_TOKENS

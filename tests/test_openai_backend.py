@@ -279,8 +279,9 @@ def test_count_tokens_estimates_without_a_tokenizer(connect: Connect) -> None:
         model=MODEL,
         messages=[{"role": "user", "content": [{"type": "text", "text": "a" * 400}, image]}],
     )
-    # (400 characters + 4 of the role "user") / 4, plus 1000 for the image
-    assert counted.input_tokens == 101 + 1000
+    # (400 characters + 4 of the role "user") / 4, plus 1000 for the image, 3 for the
+    # message's markers and 3 for the reply's header
+    assert counted.input_tokens == 101 + 1000 + 3 + 3
 
 
 def test_count_tokens_is_forwarded_to_an_anthropic_upstream(start_server: StartServer) -> None:
@@ -303,7 +304,7 @@ def test_count_tokens_on_the_mock_is_an_estimate(client: anthropic.Anthropic) ->
     counted = client.messages.count_tokens(
         model="mock", messages=[{"role": "user", "content": "b" * 40}]
     )
-    assert counted.input_tokens == 11  # (40 + len("user")) / 4
+    assert counted.input_tokens == 11 + 3 + 3  # (40 + len("user")) / 4, markers, header
 
 
 def test_count_tokens_for_an_unknown_model_is_404(client: anthropic.Anthropic) -> None:

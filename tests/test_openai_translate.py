@@ -660,6 +660,48 @@ RESPONSES = [
         message([text("Count: 1, 2")], "stop_sequence", "END"),
         id="vllm-stop-string",
     ),
+    # transformers serve keeps the stop string in the text and finishes a plain "stop"
+    pytest.param(
+        completion(reply("Count: 1, 2END")),
+        ("###", "END"),
+        message([text("Count: 1, 2")], "stop_sequence", "END"),
+        id="kept-stop-string",
+    ),
+    # of two stop strings in the text, the one whose end came first ended it
+    pytest.param(
+        completion(reply("a b STOP c END")),
+        ("END", "STOP"),
+        message([text("a b ")], "stop_sequence", "STOP"),
+        id="kept-stop-string-first",
+    ),
+    # two ending at the same place: the longer one matched
+    pytest.param(
+        completion(reply("one, two.")),
+        (".", "two."),
+        message([text("one, ")], "stop_sequence", "two."),
+        id="kept-stop-strings-ending-together",
+    ),
+    # a stop string cut off without being named: nothing tells it from a natural end
+    pytest.param(
+        completion(reply("Count: 1, 2")),
+        ("END",),
+        message([text("Count: 1, 2")]),
+        id="stop-string-cut-unnamed",
+    ),
+    # vLLM asked to keep the string (include_stop_str_in_output): cut all the same
+    pytest.param(
+        completion(reply("Count: 1, 2END"), stop_reason="END"),
+        ("END",),
+        message([text("Count: 1, 2")], "stop_sequence", "END"),
+        id="vllm-kept-stop-string",
+    ),
+    # the whole text is the stop string: no text block
+    pytest.param(
+        completion(reply("END")),
+        ("END",),
+        message([], "stop_sequence", "END"),
+        id="kept-stop-string-alone",
+    ),
     # a stop token id (an int) is a natural end
     pytest.param(
         completion(reply("Done."), stop_reason=128009),

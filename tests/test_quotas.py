@@ -14,19 +14,13 @@ from anthropic.types.messages.batch_create_params import Request
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.keys import make_keys
 from tests.support.server import RunningServer
-from tests.support.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream, backend_of
 
 
 @pytest.fixture
 def quota_server(start_server: StartServer, tmp_path: Path, held: FakeUpstream) -> RunningServer:
     make_keys(tmp_path / "batchd.db", {"alice": "team-a", "bob": "team-b"})
-    backend = {
-        "name": "upstream",
-        "kind": "anthropic",
-        "base_url": held.url,
-        "models": ["claude-*"],
-        "max_concurrency": 4,
-    }
+    backend = backend_of(held, max_concurrency=4)
     return start_server(
         backends=[backend],
         max_unfinished_batches_per_workspace=2,

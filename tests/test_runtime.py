@@ -37,8 +37,8 @@ class _SweepFails:
 
 @pytest.fixture
 def engine_dies(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def open_failing(url: str) -> Any:
-        return _SweepFails(await open_store(url))
+    async def open_failing(url: str, **options: Any) -> Any:
+        return _SweepFails(await open_store(url, **options))
 
     monkeypatch.setattr(runtime, "open_store", open_failing)
     monkeypatch.setenv("BATCHD_SWEEP_INTERVAL_SECONDS", "0.05")

@@ -167,14 +167,19 @@ async def test_lost_lease_in_a_canceling_batch_is_canceled(store: Store) -> None
     assert after.counts.canceled == 1
 
 
-async def test_expiry_settles_queued_requests(store: Store) -> None:
+async def test_expiry_settles_queued_and_running_requests(store: Store) -> None:
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 10, _queued(3))
-    await store.claim("b", [batch.seq], "w1", 1, T0 + 30)
+    claim = await store.claim("b", [batch.seq], "w1", 1, T0 + 30)
     assert await store.claimable_batches(T0 + 10) == []
-    assert await store.sweep(T0 + 10) == Sweep(requeued=0, expired=1, ended=0)
+    # the claimed request's lease runs past the deadline: it expires all the same, as the
+    # API's requests do, and the batch ends at its deadline
+    assert await store.sweep(T0 + 10) == Sweep(requeued=0, expired=1, ended=1)
     after = await store.get_batch("ws", "msgbatch_a")
     assert after is not None
-    assert (after.counts.expired, after.counts.processing) == (2, 1)
+    assert (after.counts.expired, after.counts.processing) == (3, 0)
+    assert after.processing_status is ProcessingStatus.ENDED
+    # the worker's late result is fenced off
+    assert (await store.record("w1", [_ok(claim.requests[0])], T0 + 11)).applied == 0
 
 
 async def test_delete_only_when_ended_and_only_in_its_workspace(store: Store) -> None:

@@ -123,14 +123,19 @@ def migrate(db: str | None) -> None:
     """Apply pending schema migrations."""
     settings = _settings(db=db)
 
-    async def run() -> None:
+    async def run() -> bool:
         store = await open_store(settings.db, migrate=True)
-        await store.close()
+        try:
+            return await store.enable_reclaim()
+        finally:
+            await store.close()
 
     try:
-        asyncio.run(run())
+        converted = asyncio.run(run())
     except BatchdError as exc:
         raise click.ClickException(exc.message) from exc
+    if converted:
+        click.echo("converted the file to auto_vacuum = INCREMENTAL (a one-time VACUUM)")
     click.echo(f"database {settings.db} is up to date")
 
 
@@ -194,6 +199,45 @@ def keys_revoke(key_id: str, db: str | None) -> None:
     if not _with_store(settings.db, lambda store: store.revoke_key(key_id, time.time())):
         raise click.ClickException(f"no active key with id {key_id}")
     click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def db() -> None:
+    """Look into the database and back it up."""
+
+
+@db.command("stats")
+@_db_option
+def db_stats(db: str | None) -> None:
+    """Print what the database holds: batches, requests by state, bytes."""
+    settings = _settings(db=db)
+    stats = _with_store(settings.db, lambda store: store.stats())
+    batches = sum(stats.batches.values())
+    click.echo(f"batches\t{batches}")
+    for status, n in sorted(stats.batches.items()):
+        click.echo(f"batches {status}\t{n}")
+    click.echo(f"batches purged (requests deleted after retention)\t{stats.purged_batches}")
+    click.echo(f"requests\t{sum(stats.requests.values())}")
+    for state, n in sorted(stats.requests.items()):
+        click.echo(f"requests {state}\t{n}")
+    click.echo(f"bytes used\t{stats.used_bytes}")
+    if stats.free_bytes is not None:
+        click.echo(f"bytes free (not yet given back)\t{stats.free_bytes}")
+    for path, size in stats.files.items():
+        click.echo(f"file {path}\t{size}")
+
+
+@db.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@_db_option
+def db_backup(path: Path, db: str | None) -> None:
+    """Copy a live SQLite database to PATH, consistently, while batches run."""
+    settings = _settings(db=db)
+    try:
+        _with_store(settings.db, lambda store: store.backup(str(path)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"backed up {settings.db} to {path}")
 
 
 # -- the client: talking to a server over HTTP ------------------------------------------------

@@ -56,7 +56,11 @@ class BackendConfig(BaseModel):
     interactive_share: float = Field(default=0.75, gt=0, le=1)
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
-    timeout_seconds: float = Field(default=600.0, gt=0)
+    # The longest one upstream call may take (anthropic, openai), else a retryable
+    # timeout_error. Unset: 600 s, or 1 s per 10 tokens of the request's max_tokens where
+    # that is longer (backends/http.py::call_timeout), so a long output is not cut; set, it
+    # holds for every call, however long its output.
+    timeout_seconds: float | None = Field(default=None, gt=0)
     # The largest max_tokens a request may ask of this backend (a larger one is refused as
     # invalid_request_error); default: a local model's context length, else 128,000.
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -141,6 +145,10 @@ class Settings(BaseSettings):
 
     batch_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
     results_retention_seconds: float = Field(default=29 * 24 * 3600.0, gt=0)
+    # Past retention a batch's requests (params, results) are deleted, this many per
+    # transaction, looked for this often; the batch row stays (README: "Storage lifecycle").
+    purge_interval_seconds: float = Field(default=60.0, gt=0)
+    purge_chunk: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)  # a create-batch body
     # A POST /v1/messages or count_tokens body (the hosted API takes 32 MB).
     max_message_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
@@ -171,6 +179,11 @@ class Settings(BaseSettings):
     # ... and the input tokens of those requests (estimated on create: 4 characters a token)
     max_queued_input_tokens_per_workspace: int | None = Field(default=None, ge=1)
     max_concurrent_calls_per_key: int | None = Field(default=None, ge=1)
+
+    # PostgreSQL: give up connecting, and waiting for one statement's answer, after this
+    # long (a hung server gets 503s, not a hang); SQLite waits for its busy timeout instead.
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0)
 
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)

@@ -37,7 +37,7 @@ from batchd.backends.runner import BackendRunner, build_runners
 from batchd.config import BackendConfig, Settings
 from batchd.engine import Engine, EngineSettings
 from batchd.metrics import Metrics
-from batchd.store import Store, open_store
+from batchd.store import Store, Timeouts, open_store
 from batchd.usecases.batches import BatchLimits, BatchService
 from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
@@ -74,7 +74,10 @@ class Runtime:
 async def open_runtime(settings: Settings, clock: Clock = time.time) -> AsyncIterator[Runtime]:
     """Open the store and start every backend; close them again on the way out."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await open_store(settings.db)
+        timeouts = Timeouts(
+            settings.db_connect_timeout_seconds, settings.db_statement_timeout_seconds
+        )
+        store = await open_store(settings.db, timeouts=timeouts)
         stack.push_async_callback(store.close)
         backends = build_backends(settings)
         for backend in backends.values():
@@ -100,6 +103,9 @@ def build_engine(runtime: Runtime) -> Engine:
         sweep_interval=settings.sweep_interval_seconds,
         claim_chunk=settings.claim_chunk,
         max_attempts=settings.max_attempts,
+        retention=settings.results_retention_seconds,
+        purge_interval=settings.purge_interval_seconds,
+        purge_chunk=settings.purge_chunk,
     )
     return Engine(runtime.store, runtime.runners, engine_settings, runtime.clock, runtime.metrics)
 

@@ -2,9 +2,11 @@
 
 SQLite locked by another process, SQLite on a full disk (the server's file-size limit
 lowered to one byte with prlimit: every write past it fails with EFBIG, as on a full disk),
-PostgreSQL stopped. While it lasts the API answers 503 in the error envelope with
-``retry-after``, never a bare 500 and never a hang; the batch accepted before the outage
-is not lost, and processing resumes by itself afterwards, each result written once.
+PostgreSQL stopped, PostgreSQL hung (SIGSTOP: it answers nothing and accepts no one, though
+the kernel still completes TCP handshakes; the store's timeouts end each call). While it
+lasts the API answers 503 in the error envelope with ``retry-after``, never a bare 500 and
+never a hang; the batch accepted before the outage is not lost, and processing resumes by
+itself afterwards, each result written once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from tests.support.upstream import FakeUpstream, serve_upstream
 HANG = 60.0  # seconds: no API answer and no batch may take longer
 OUTAGE = 1.0  # seconds the database stays away after the first refused write
 N = 120
+CONNECT, STATEMENT = 2.0, 2.0  # the PostgreSQL store's timeouts in these tests, seconds
+TIMEOUTS = {
+    "BATCHD_DB_CONNECT_TIMEOUT_SECONDS": str(CONNECT),
+    "BATCHD_DB_STATEMENT_TIMEOUT_SECONDS": str(STATEMENT),
+}
 
 LOCKER = """
 import sqlite3, sys
@@ -47,6 +54,7 @@ conn.execute("ROLLBACK")
 class Outage(Protocol):
     kind: str
     db: str
+    answer_within: float  # seconds: the first API call during the outage is answered by then
 
     def begin(self, cluster: Cluster) -> None: ...
 
@@ -59,6 +67,7 @@ class SQLiteLocked:
     """Another process holds an exclusive lock on the database file."""
 
     kind = "sqlite locked"
+    answer_within = HANG
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "batchd.db"
@@ -108,6 +117,7 @@ class PostgresStopped:
     """A PostgreSQL server of the test's own, stopped (``pg_ctl stop -m fast``) and started."""
 
     kind = "postgres stopped"
+    answer_within = HANG
 
     def __init__(self, server: PostgresServer) -> None:
         self.server = server
@@ -125,11 +135,29 @@ class PostgresStopped:
         return asyncio.run(pg_count_mismatches(self.db))
 
 
-@pytest.fixture(params=["sqlite locked", "sqlite disk full", "postgres stopped"])
+class PostgresHung(PostgresStopped):
+    """The same server stopped with SIGSTOP, every process of it, then SIGCONT."""
+
+    kind = "postgres hung"
+    answer_within = CONNECT + STATEMENT + 2.0  # a statement's timeout, then its rollback's
+
+    def begin(self, cluster: Cluster) -> None:  # noqa: ARG002
+        self.server.pause()
+
+    def end(self) -> None:
+        self.server.resume()
+
+
+@pytest.fixture(params=["sqlite locked", "sqlite disk full", "postgres stopped", "postgres hung"])
 def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
-    if request.param == "postgres stopped":
+    if request.param.startswith("postgres"):
         with ephemeral_postgres() as server:
-            yield PostgresStopped(server)
+            try:
+                yield (PostgresHung if request.param == "postgres hung" else PostgresStopped)(
+                    server
+                )
+            finally:
+                server.resume()  # never leave a stopped server behind
     elif request.param == "sqlite locked":
         yield SQLiteLocked(tmp_path)
     else:
@@ -144,7 +172,7 @@ def upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture
 def cluster(tmp_path: Path, outage: Outage, upstream: FakeUpstream) -> Iterator[Cluster]:
-    running = Cluster(tmp_path, outage.db, upstream.url, concurrency=8)
+    running = Cluster(tmp_path, outage.db, upstream.url, concurrency=8, env=TIMEOUTS)
     try:
         running.start_api(engine=True)
         yield running
@@ -226,6 +254,9 @@ def test_the_api_answers_503_while_the_database_is_away_and_work_resumes(
     # nothing had to run again.
     assert max(calls.values()) == 1, calls.most_common(3)
     assert outage.mismatches() == []
+    assert first_answer < outage.answer_within
+    if not isinstance(outage, SQLiteDiskFull):  # (whose log could not be written either)
+        assert "will retry" in cluster.log("api")  # the engine backed off, and went on
     tally[f"store outages survived: {outage.kind}"] += 1
     tally[f"store outage, first 503 after (s): {outage.kind}"] = round(first_answer, 2)
     tally[f"store outage, next 503 after (s): {outage.kind}"] = round(second_answer, 2)

@@ -1,4 +1,5 @@
-"""Checks of a database that must hold whatever happened: counts agree with rows."""
+"""Checks of a database that must hold whatever happened: counts agree with rows (but for
+batches past retention whose requests are deleted: their counters are all that is left)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ SELECT b.id, b.processing_status, b.total, b.succeeded, b.errored, b.canceled, b
        sum(CASE WHEN r.state = 'errored' THEN 1 ELSE 0 END),
        sum(CASE WHEN r.state = 'canceled' THEN 1 ELSE 0 END),
        sum(CASE WHEN r.state = 'expired' THEN 1 ELSE 0 END),
-       sum(CASE WHEN r.state IN ('queued', 'running') THEN 1 ELSE 0 END)
+       sum(CASE WHEN r.state IN ('queued', 'running') THEN 1 ELSE 0 END),
+       b.purged_at
 FROM batches b LEFT JOIN requests r ON r.batch_seq = b.seq
 GROUP BY b.seq
 """
@@ -43,8 +45,11 @@ def _problems(rows: Iterable[Sequence[Any]] | Iterable[asyncpg.Record]) -> list[
     for row in rows:
         batch_id, status, total, *counters = row[:7]
         rows_n, *by_state = (int(value or 0) for value in row[7:12])
-        unfinished = row[12] or 0
-        if (total, *counters) != (rows_n, *by_state):
+        unfinished, purged_at = row[12] or 0, row[13]
+        if purged_at is not None:
+            if rows_n or status != "ended":
+                problems.append(f"{batch_id}: purged ({status}) with {rows_n} requests left")
+        elif (total, *counters) != (rows_n, *by_state):
             problems.append(f"{batch_id}: counters {(total, *counters)} rows {(rows_n, *by_state)}")
         if status == "ended" and unfinished:
             problems.append(f"{batch_id}: ended with {unfinished} unfinished requests")

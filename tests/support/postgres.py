@@ -14,9 +14,10 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,24 @@ class PostgresServer:
     _options: str = ""
     _log: str = ""
     _names: Iterator[int] = field(default_factory=itertools.count)
+    data: Path | None = None  # the data folder
+
+    def _processes(self) -> list[int]:
+        """The postmaster's pid first, then its children (the backends, the helpers)."""
+        assert self.data is not None
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it hangs, answering nothing and accepting no one (the kernel
+        still completes TCP handshakes into the listen backlog)."""
+        for pid in self._processes():  # the postmaster first: it starts no child after
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in reversed(self._processes()):
+            os.kill(pid, signal.SIGCONT)
 
     def url(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -92,10 +111,12 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 
 @contextmanager
-def ephemeral_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
+def ephemeral_postgres(
+    *, durable: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[PostgresServer]:
     """A new server in a temporary folder, with the migrated template database; ``durable``
     keeps fsync and synchronous commits on, as a deployment would (the benchmark), instead
-    of the tests' unsafe fast settings."""
+    of the tests' unsafe fast settings; ``settings`` are more of the server's (``-c``)."""
     bin_dir = require_bin()
     with tempfile.TemporaryDirectory(prefix="batchd-pg-") as tmp:
         root = Path(tmp)
@@ -126,11 +147,13 @@ def ephemeral_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         server = PostgresServer(
             port,
             _ctl=_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data)]),
             _options=options,
             _log=str(root / "log"),
+            data=data,
         )
         server.start()
         try:

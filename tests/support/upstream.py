@@ -424,6 +424,17 @@ def _error(fault: Fault) -> JSONResponse:
     return JSONResponse(body, status_code=fault.status, headers=dict(fault.headers))
 
 
+def backend_of(upstream: FakeUpstream, **options: Any) -> dict[str, Any]:
+    """A ``[[backends]]`` entry (as Settings take it) serving ``claude-*`` from ``upstream``."""
+    return {
+        "name": "upstream",
+        "kind": "anthropic",
+        "base_url": upstream.url,
+        "models": ["claude-*"],
+        **options,
+    }
+
+
 @contextmanager
 def serve_upstream(
     *,

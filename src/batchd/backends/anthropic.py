@@ -72,8 +72,9 @@ class AnthropicBackend:
     async def close(self) -> None:
         await self._http.close()
 
-    async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:  # noqa: ARG002
-        return message_from_body(_checked(await self._http.post(self._url, raw)))
+    async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:
+        answer = await self._http.post(self._url, raw, max_tokens=params.max_tokens)
+        return message_from_body(_checked(answer))
 
     async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:  # noqa: ARG002
         """Forwarded as sent to the upstream's own ``/v1/messages/count_tokens``."""

@@ -4,6 +4,11 @@
 becomes a retryable 504 ``timeout_error`` and a failed connection a retryable 502
 ``api_error``. What a non-2xx answer means is the backend's business (its wire format).
 
+A call has one deadline, from its start to the last byte of the answer (``call_timeout``):
+the backend's ``timeout_seconds`` where set, else one that grows with the output asked
+for. There is no idle-read timeout: a server that answers without streaming sends nothing
+until its whole answer is ready, which for 300,000 output tokens can take hours.
+
 The client is an ``asyncio.Protocol`` per connection with ``httptools`` (the parser uvicorn
 uses) reading the answers. Fan-out is batchd's hottest path, and a general-purpose client
 costs too much there: at 1,024 calls in flight on 2 cores, aiohttp spent about 165 us of CPU
@@ -71,6 +76,19 @@ def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
 
 
 _VERDICTS = {"true": True, "false": False}
+
+DEFAULT_TIMEOUT_SECONDS = 600.0
+# The slowest output a call is waited for by default: a busy server generating many
+# sequences at once can give each one 10-30 tokens a second.
+SLOWEST_TOKENS_PER_SECOND = 10.0
+
+
+def call_timeout(configured: float | None, max_tokens: int | None) -> float:
+    """The seconds one call may take: ``configured`` where set; else 600, or the time
+    ``max_tokens`` take at SLOWEST_TOKENS_PER_SECOND where that is longer."""
+    if configured is not None:
+        return configured
+    return max(DEFAULT_TIMEOUT_SECONDS, (max_tokens or 0) / SLOWEST_TOKENS_PER_SECOND)
 
 
 def error_from_answer(
@@ -304,7 +322,11 @@ class UpstreamHttp:
     """Pooled keep-alive connections per origin, at most ``max_connections`` open to each."""
 
     def __init__(
-        self, *, max_connections: int, timeout_seconds: float, headers: Mapping[str, str]
+        self,
+        *,
+        max_connections: int,
+        timeout_seconds: float | None,
+        headers: Mapping[str, str],
     ) -> None:
         self._limit = max_connections
         self._timeout = timeout_seconds
@@ -336,12 +358,14 @@ class UpstreamHttp:
         self._targets.clear()
         self._started = False
 
-    async def post(self, url: str, data: bytes) -> HttpAnswer:
-        """POST ``data`` (JSON) to ``url``; raise UpstreamError only when no answer came."""
+    async def post(self, url: str, data: bytes, *, max_tokens: int | None = None) -> HttpAnswer:
+        """POST ``data`` (JSON) to ``url``, a request for up to ``max_tokens`` of output;
+        raise UpstreamError only when no answer came."""
         assert self._started, "backend not started"
         target, pool = self._targets.get(url) or self._target(url)
         request = b"%scontent-length: %d\r\n\r\n%s" % (target.head, len(data), data)
-        deadline = asyncio.get_running_loop().time() + self._timeout
+        timeout = call_timeout(self._timeout, max_tokens)
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             try:
                 answer = await self._exchange(pool, request, deadline, fresh=False)
@@ -350,7 +374,9 @@ class UpstreamHttp:
                 # request never reached it, so one more try on a new connection.
                 answer = await self._exchange(pool, request, deadline, fresh=True)
         except TimeoutError:
-            raise UpstreamError("upstream timed out", upstream_status=504) from None
+            raise UpstreamError(
+                f"upstream timed out after {timeout:g} s", upstream_status=504
+            ) from None
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamError(
                 f"upstream connection failed: {exc.__class__.__name__}: {exc}",

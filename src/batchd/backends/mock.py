@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from typing import Any
 
-from batchd.backends.estimate import estimate_input_tokens, estimate_tokens
+from batchd.backends.estimate import estimate_input_tokens
 from batchd.config import BackendConfig
 from batchd.validation import Params
 
@@ -45,8 +45,6 @@ class MockBackend:
 def mock_message(params: Params, raw: bytes) -> dict[str, Any]:
     """The mock's answer: it echoes the last user turn, cut to ``max_tokens`` words."""
     prompt = _text_of(params.messages[-1].content) if params.messages else ""
-    system = _text_of(params.system) if params.system else ""
-    input_text = system + " ".join(_text_of(m.content) for m in params.messages)
     digest = hashlib.sha256(raw).hexdigest()
     content: list[dict[str, Any]]
     stop_sequence = None
@@ -87,7 +85,8 @@ def mock_message(params: Params, raw: bytes) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {
-            "input_tokens": estimate_tokens(input_text),
+            # count_tokens' estimate, of the same request
+            "input_tokens": estimate_input_tokens(params.system, params.messages, params.tools),
             "output_tokens": output_tokens,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,

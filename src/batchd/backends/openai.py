@@ -79,7 +79,8 @@ class OpenAIBackend:
         body = chat_request(request, model=self._model or params.model)
         if self._send_priority:  # vLLM --scheduling-policy priority: lower goes first
             body["priority"] = CALL_PRIORITY.get()
-        answer = await self._http.post(self._chat_url, msgspec.json.encode(body))
+        data = msgspec.json.encode(body)
+        answer = await self._http.post(self._chat_url, data, max_tokens=params.max_tokens)
         if answer.status >= 300:
             raise error_from_openai(answer.status, answer.body, answer.headers, time.time())
         return message_from_body(

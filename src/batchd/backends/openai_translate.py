@@ -21,8 +21,9 @@ built-in tools, images inside tool results, other block types) raises InvalidReq
 the request ends ``errored``; nothing the client sent is silently lost.
 
 Response (``message_from_body``): the text and tool calls of the first choice become
-``text`` and ``tool_use`` blocks; ``finish_reason`` becomes ``stop_reason``; usage is
-carried over. Errors (``error_from_openai``): the HTTP status decides the Anthropic error
+``text`` and ``tool_use`` blocks; ``finish_reason`` becomes ``stop_reason`` (a stop
+string a server kept in the text is cut off and named, as the API does); usage is carried
+over. Errors (``error_from_openai``): the HTTP status decides the Anthropic error
 type and whether a retry may help, by the same table and rule as every backend
 (``batchd.errors``).
 """
@@ -156,14 +157,18 @@ def message_from_completion(
     answer = choice["message"]
     content: list[dict[str, Any]] = []
     text, refusal = answer.get("content"), answer.get("refusal")
-    if isinstance(text, str) and text:
+    calls = answer.get("tool_calls") or ()
+    text = text if isinstance(text, str) else ""
+    stop_reason, stop_sequence = _stop_reason(choice, bool(calls), text, stop_sequences)
+    if stop_sequence is not None:  # cut before it, where a server kept it in the text
+        text = text.partition(stop_sequence)[0]
+    if text:
         content.append({"type": "text", "text": text})
     elif isinstance(refusal, str) and refusal:
         content.append({"type": "text", "text": refusal})
     message_id = _clean_id(completion.get("id"), "chatcmpl-") or _digest(completion)
-    for i, call in enumerate(answer.get("tool_calls") or ()):
+    for i, call in enumerate(calls):
         content.append(_tool_use(call, f"{message_id}/{i}"))
-    stop_reason, stop_sequence = _stop_reason(choice, content, stop_sequences)
     if isinstance(refusal, str) and refusal and stop_reason == "end_turn":
         stop_reason = "refusal"
     return {
@@ -208,19 +213,41 @@ def _tool_use(call: Any, fallback_id: str) -> dict[str, Any]:
 
 
 def _stop_reason(
-    choice: Mapping[str, Any], content: list[dict[str, Any]], stop_sequences: Sequence[str]
+    choice: Mapping[str, Any], calls: bool, text: str, stop_sequences: Sequence[str]
 ) -> tuple[str, str | None]:
+    """The API's stop_reason and stop_sequence for a choice.
+
+    vLLM names the stop string that ended the text in ``stop_reason`` (and cuts it off).
+    Other servers finish a stop string with a plain ``stop``, and some keep the string in
+    the text (``transformers serve``): the client's stop sequence found first in the text
+    is then the one that ended it, as no server goes on past one. A server that cuts the
+    string off and does not say which leaves nothing to tell it from a natural end.
+    """
     finish = choice.get("finish_reason")
     if finish == "length":
         return "max_tokens", None
-    if any(block["type"] == "tool_use" for block in content):
+    if calls:
         return "tool_use", None
     if finish == "content_filter":
         return "refusal", None
-    matched = choice.get("stop_reason")  # vLLM: the stop string that ended the text
+    matched = choice.get("stop_reason")
     if isinstance(matched, str) and matched in stop_sequences:
         return "stop_sequence", matched
+    if (found := first_stop_sequence(text, stop_sequences)) is not None:
+        return "stop_sequence", found
     return "end_turn", None
+
+
+def first_stop_sequence(text: str, stop_sequences: Sequence[str]) -> str | None:
+    """The stop sequence a generation of ``text`` would have met first: the one whose
+    first occurrence ends earliest (of two ending together, the longer)."""
+    best: tuple[int, int] | None = None
+    found = None
+    for sequence in stop_sequences:
+        at = text.find(sequence) if sequence else -1
+        if at >= 0 and (best is None or (at + len(sequence), at) < best):
+            best, found = (at + len(sequence), at), sequence
+    return found
 
 
 def _usage(usage: Any) -> dict[str, int]:

@@ -9,7 +9,8 @@ gives them disjoint rows of the same batch, so N engines serve every batch side 
 Results go through one writer that commits them in groups, fenced by (owner, attempt): a
 worker that lost its lease cannot overwrite a result. The heartbeat renews this worker's
 leases; the sweeper returns lost leases to the queue, expires batches past their deadline
-and ends finished batches.
+and ends finished batches; the purger deletes the requests of batches whose results passed
+the retention time.
 
 While the store is unavailable every loop keeps going: claims, heartbeats and sweeps are
 tried again with a doubling delay (``StoreBackoff``), and finished results wait in memory
@@ -77,6 +78,9 @@ class EngineSettings:
     claim_chunk: int
     shutdown_grace: float = 5.0
     max_attempts: int = 10  # claims of one request without a result before it ends errored
+    retention: float | None = None  # results kept this long after creation; None: for ever
+    purge_interval: float = 60.0  # how often the purger looks for batches past retention
+    purge_chunk: int = 1000  # requests deleted per transaction
 
 
 class _Lane:
@@ -116,6 +120,7 @@ class Engine:
         # False while our leases may run out early: a renewal failed, or a write waited so
         # long that the deadline it set is near; the sweeper renews them before it sweeps.
         self._leases_renewed = True
+        self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
 
     def wake(self) -> None:
@@ -149,6 +154,9 @@ class Engine:
                     group.create_task(self._every(self._settings.sweep_interval, self._sweep)),
                     group.create_task(self._listen(), name="listen"),
                 ]
+                if self._settings.retention is not None:
+                    purge = self._every(self._settings.purge_interval, self._purge)
+                    side.append(group.create_task(purge, name="purge"))
                 await self._stop.wait()
                 await self._finish_in_flight()
                 self._drained.set()
@@ -377,16 +385,48 @@ class Engine:
         lease = self._settings.lease_seconds
         for _ in range(3):  # again while the write waited so long that its deadline is near
             started = self._clock()
-            await self._store.renew_leases(self.owner, started + lease, sorted(self._held))
+            await self._renew(started)
             if self._clock() - started < lease / 2:
                 self._leases_renewed = True
                 return
 
+    async def _renew(self, now: float) -> None:
+        await self._store.renew_leases(
+            self.owner, now + self._settings.lease_seconds, sorted(self._held)
+        )
+        self._renewed_at = now
+
     async def _sweep(self) -> None:
         if not self._leases_renewed:  # after an outage our own leases look lost: renew first
             await self._heartbeat()
-        sweep = await self._store.sweep(self._clock())
+        now = self._clock()
+        if self._held and now - self._renewed_at > self._settings.lease_seconds / 2:
+            # The heartbeat is late by half a lease: this process was paused, or its clock
+            # jumped. Our calls are still running, so our leases are renewed before the
+            # sweep looks at them, as of the same moment: a request whose call outlives
+            # its lease is renewed, never run again beside itself.
+            await self._renew(now)
+        sweep = await self._store.sweep(now)
         self._metrics.batches_ended.inc(sweep.ended)
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()
+
+    async def _purge(self) -> None:
+        """Delete the requests of ended batches past retention, until none is left."""
+        assert self._settings.retention is not None
+        while not self._stop.is_set():
+            now = self._clock()
+            purge = await self._store.purge(
+                now - self._settings.retention, now, self._settings.purge_chunk
+            )
+            if purge.requests or purge.batches:
+                log.info(
+                    "deleted %d requests of batches past retention (%d batches done, "
+                    "%d bytes given back)",
+                    purge.requests,
+                    purge.batches,
+                    purge.reclaimed_bytes,
+                )
+            if not purge.batches:
+                return

@@ -2,22 +2,28 @@
 
 from batchd.store.store import (
     Claimable,
+    DatabaseStats,
     NewRequest,
+    Purge,
     Recorded,
     RequestFigures,
     SchemaMismatch,
     Store,
     Sweep,
+    Timeouts,
 )
 
 __all__ = [
     "Claimable",
+    "DatabaseStats",
     "NewRequest",
+    "Purge",
     "Recorded",
     "RequestFigures",
     "SchemaMismatch",
     "Store",
     "Sweep",
+    "Timeouts",
     "open_store",
 ]
 

@@ -33,6 +33,12 @@ WHERE seq = :seq AND processing_status = 'in_progress';
 -- a concurrent settle finds the rows no longer queued and counts nothing)
 UPDATE requests SET state = :state WHERE batch_seq = :seq AND state = 'queued';
 
+-- name: expire_running
+-- (a batch past its deadline: its requests still in flight end expired too, as the API's
+-- do, however long their calls take; a worker's later result is fenced off with the lease)
+UPDATE requests SET state = 'expired', lease_owner = NULL, lease_expires = NULL
+WHERE batch_seq = :seq AND state = 'running';
+
 -- name: add_counts
 UPDATE batches SET succeeded = succeeded + :succeeded, errored = errored + :errored,
                    canceled = canceled + :canceled, expired = expired + :expired
@@ -136,3 +142,23 @@ ON CONFLICT (name) DO NOTHING;
 
 -- name: set_budget
 UPDATE fleet_budgets SET level = :level, stamp = :now WHERE name = :name;
+
+-- name: purgeable_batches
+-- Ended batches whose results passed the retention time and whose requests are not yet
+-- all deleted, oldest first (the partial index batches_unpurged).
+SELECT seq FROM batches
+WHERE purged_at IS NULL AND created_at <= :cutoff AND processing_status = 'ended'
+ORDER BY created_at LIMIT :limit;
+
+-- name: mark_purged
+-- (only once no request of the batch is left: a chunk another worker held is not missed)
+UPDATE batches SET purged_at = :now
+WHERE seq = :seq AND purged_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM requests WHERE batch_seq = :seq);
+
+-- name: batches_by_status
+SELECT processing_status, count(*) AS n, count(purged_at) AS purged
+FROM batches GROUP BY processing_status ORDER BY processing_status;
+
+-- name: requests_by_state
+SELECT state, count(*) AS n FROM requests GROUP BY state ORDER BY state;

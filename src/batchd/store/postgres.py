@@ -5,6 +5,13 @@ LOCKED``; one sweeper at a time runs (an advisory lock). New requests are writte
 binary COPY, and a large batch refreshes the planner's statistics once committed. New work
 is announced with ``NOTIFY batchd_work``, heard by ``wait_for_work`` on a connection of its
 own. Driver errors become ``StoreUnavailable`` here.
+
+A server that hangs (stopped, or cut off without a reset) must not hang batchd: connecting
+gives up after ``Timeouts.connect`` and each statement after ``Timeouts.statement``, on the
+client (asyncpg's ``command_timeout``) and on the server (``statement_timeout``, so that a
+statement given up on does not run on); a session idle in a transaction (its client hung)
+is ended after ``IDLE_IN_TRANSACTION_SECONDS``, freeing its locks. A COPY is allowed more
+time by its size, a migration any time.
 """
 
 from __future__ import annotations
@@ -20,30 +27,51 @@ import asyncpg
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
-from batchd.errors import StoreUnavailable
+from batchd.errors import BatchdError, StoreUnavailable
 from batchd.store.queries import Dialect, load_queries
-from batchd.store.store import NO_PARAMS, Params, Row, wait_for
+from batchd.store.store import NO_PARAMS, Params, Row, Timeouts, wait_for
 
 log = logging.getLogger(__name__)
 
 Q = load_queries("postgresql")
 CHANNEL = "batchd_work"
 ANALYZE_AFTER = 1000  # a batch this large refreshes the planner's statistics
+IDLE_IN_TRANSACTION_SECONDS = 60.0  # a session whose client stopped mid-transaction ends
+COPY_ROWS_PER_SECOND = 2000  # a COPY may take the statement timeout and this rate's time
+MIGRATION_SECONDS = 24 * 3600.0  # a migration (an index on a large table) may take long
 # InternalClientError: a pooled connection the server ended while it was idle can fail its
 # next statement with "cannot switch to state ...; another operation is in progress".
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+# TimeoutError: the server did not answer within the timeouts.
+_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
 
 
 class _Queries:
     """Named queries on a pool (reads) or on one connection (a transaction)."""
 
-    def __init__(self, conn: asyncpg.Pool[Record] | PoolConnectionProxy[Record]) -> None:
+    def __init__(
+        self, conn: asyncpg.Pool[Record] | PoolConnectionProxy[Record], timeouts: Timeouts
+    ) -> None:
         self._conn = conn
+        self._timeouts = timeouts
         self.loaded = 0  # requests written by COPY
 
-    async def _run(self, sql: str, args: list[Any], fetch: bool = True) -> Any:
+    async def _run(
+        self, sql: str, args: list[Any], fetch: bool = True, seconds: float | None = None
+    ) -> Any:
+        """``seconds``: the client's wait for this statement, if not the statement timeout."""
         try:
-            return await (self._conn.fetch if fetch else self._conn.execute)(sql, *args)
+            run = self._conn.fetch if fetch else self._conn.execute
+            return await run(sql, *args, timeout=seconds)
         except _ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
@@ -63,31 +91,54 @@ class _Queries:
 
     async def bulk_insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None:
         assert isinstance(self._conn, PoolConnectionProxy)  # in a transaction
-        await self._conn.copy_records_to_table(table, records=rows, columns=columns)
+        allowed = self._timeouts.statement + len(rows) / COPY_ROWS_PER_SECOND
+        await self._run(f"SET LOCAL statement_timeout = {_ms(allowed)}", [], fetch=False)
+        try:
+            await self._conn.copy_records_to_table(
+                table, records=rows, columns=columns, timeout=allowed
+            )
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+        await self._run(f"SET LOCAL statement_timeout = {_ms(self._timeouts.statement)}", [], False)
         self.loaded += len(rows)
 
     async def notify(self) -> None:
         await self._run("SELECT pg_notify($1, '')", [CHANNEL])
 
     async def run_script(self, sql: str) -> None:
-        await self._run(sql, [], fetch=False)
+        await self._run("SET LOCAL statement_timeout = 0", [], fetch=False)
+        await self._run(sql, [], fetch=False, seconds=MIGRATION_SECONDS)
 
 
 class PostgresDriver:
     dialect: Dialect = "postgresql"
 
-    def __init__(self, url: str, pool: asyncpg.Pool[Record]) -> None:
-        self._url, self._pool = url, pool
-        self.fetch = _Queries(pool).fetch
+    def __init__(self, url: str, pool: asyncpg.Pool[Record], timeouts: Timeouts) -> None:
+        self._url, self._pool, self._timeouts = url, pool, timeouts
+        self.fetch = _Queries(pool, timeouts).fetch
         self._work = asyncio.Event()
         self._listener: asyncpg.Connection[Record] | None = None
 
     @classmethod
-    async def open(cls, url: str) -> PostgresDriver:
+    async def open(cls, url: str, timeouts: Timeouts) -> PostgresDriver:
         try:
-            return cls(url, await asyncpg.create_pool(url, min_size=1, max_size=8))
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=8, **cls._connect_options(timeouts)
+            )
         except _ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
+        return cls(url, pool, timeouts)
+
+    @staticmethod
+    def _connect_options(timeouts: Timeouts) -> dict[str, Any]:
+        return {
+            "timeout": timeouts.connect,
+            "command_timeout": timeouts.statement,
+            "server_settings": {
+                "statement_timeout": _ms(timeouts.statement),
+                "idle_in_transaction_session_timeout": _ms(IDLE_IN_TRANSACTION_SECONDS),
+            },
+        }
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -100,8 +151,9 @@ class PostgresDriver:
         """One transaction on a pooled connection; driver failures become StoreUnavailable."""
         del durable  # every commit waits for its WAL flush
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                tx = _Queries(conn)
+            wait = self._timeouts.connect + self._timeouts.statement  # for a free connection
+            async with self._pool.acquire(timeout=wait) as conn, conn.transaction():
+                tx = _Queries(conn, self._timeouts)
                 yield tx
         except _ERRORS as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
@@ -115,7 +167,7 @@ class PostgresDriver:
         """Wait for a NOTIFY from any process (or this one's own work) for up to ``seconds``."""
         if self._listener is None or self._listener.is_closed():  # first use, or lost
             try:
-                listener = await asyncpg.connect(self._url)
+                listener = await asyncpg.connect(self._url, **self._connect_options(self._timeouts))
                 await listener.add_listener(CHANNEL, self._notified)
             except _ERRORS as exc:  # polling still finds the work
                 log.warning("cannot listen for new work: %s", exc)
@@ -126,3 +178,19 @@ class PostgresDriver:
 
     def _notified(self, *_: object) -> None:
         self._work.set()
+
+    async def reclaim_space(self, pages: int) -> int:
+        """Nothing to do: autovacuum makes the space of deleted rows reusable."""
+        del pages
+        return 0
+
+    async def enable_reclaim(self) -> bool:
+        return False
+
+    def files(self) -> dict[str, int]:
+        return {}
+
+    async def backup(self, path: str) -> None:
+        raise BatchdError(
+            f"cannot back up a PostgreSQL database to {path}: use pg_dump (see the README)"
+        )

@@ -59,3 +59,15 @@ CREATE TABLE IF NOT EXISTS schema_migrations
 
 -- name: lock_budget
 SELECT level, stamp FROM fleet_budgets WHERE name = :name FOR UPDATE;
+
+-- name: delete_request_chunk
+-- A short transaction that locks only the rows it deletes; rows another worker is deleting
+-- are skipped (the batch is marked purged once none is left).
+DELETE FROM requests
+WHERE id IN (SELECT id FROM requests WHERE batch_seq = :seq ORDER BY id LIMIT :limit
+             FOR UPDATE SKIP LOCKED);
+
+-- name: database_bytes
+-- The database's size on disk; the space of deleted rows is reused by later writes once
+-- autovacuum has passed, and is not given back to the file system (VACUUM FULL does that).
+SELECT pg_database_size(current_database()) AS used, CAST(NULL AS BIGINT) AS free;

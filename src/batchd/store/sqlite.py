@@ -8,6 +8,12 @@ lock. Once a write has failed on the file (locked elsewhere, disk full, I/O), th
 after it wait for no lock until one works again: the API answers 503 at once while the
 outage lasts. A transaction that is not durable commits without syncing the WAL; the next
 durable commit syncs its pages too. Driver errors become ``StoreUnavailable`` here.
+
+Space: a new file has ``auto_vacuum = INCREMENTAL``, so that the pages freed by deleting
+requests past retention are given back to the file system (``reclaim_space``) instead of
+staying in the file; a file made before that is converted once by ``batchd migrate``
+(a VACUUM). The WAL is cut back to ``WAL_LIMIT_BYTES`` after each checkpoint.
+``backup`` copies the live file with SQLite's backup API, on a connection of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,9 +34,13 @@ from batchd.errors import StoreUnavailable
 from batchd.store.queries import Dialect, load_queries
 from batchd.store.store import NO_PARAMS, Params, Row, wait_for
 
+log = logging.getLogger(__name__)
+
 Q = load_queries("sqlite")
 BUSY_SECONDS = 5.0  # the longest a write waits for a lock held elsewhere
 BUSY_MS = int(BUSY_SECONDS * 1000)
+WAL_LIMIT_BYTES = 32 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 T = TypeVar("T")
 
 
@@ -38,7 +49,10 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     db.row_factory = sqlite3.Row
     db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
     db.execute("PRAGMA foreign_keys = ON")
-    pragmas = ["query_only = ON"] if readonly else ["journal_mode = WAL", "synchronous = FULL"]
+    pragmas = ["query_only = ON"]
+    if not readonly:  # auto_vacuum first: it only takes on a file that has no table yet
+        pragmas = ["auto_vacuum = INCREMENTAL", "journal_mode = WAL", "synchronous = FULL"]
+        pragmas.append(f"journal_size_limit = {WAL_LIMIT_BYTES}")
     for pragma in pragmas:
         db.execute(f"PRAGMA {pragma}")
     return db
@@ -112,10 +126,45 @@ class _Connection:
                 statement = ""
 
 
+def _space_mode(db: sqlite3.Connection) -> list[Any]:
+    """(auto_vacuum mode, tables in the file)."""
+    sql = "SELECT auto_vacuum, (SELECT count(*) FROM sqlite_master) FROM pragma_auto_vacuum()"
+    return db.execute(sql).fetchall()
+
+
+def _reclaim(db: sqlite3.Connection, pages: int) -> int:
+    """Give up to ``pages`` free pages back; the bytes given back. (``executescript`` steps
+    the pragma to its end: ``execute`` frees one page per call.)"""
+    [[before, size]] = db.execute("SELECT * FROM pragma_freelist_count(), pragma_page_size()")
+    if not before:
+        return 0
+    db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+    [[after]] = db.execute("PRAGMA freelist_count").fetchall()
+    return int(before - after) * int(size)
+
+
+def _backup(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` in one step: one read transaction, so the copy is one
+    consistent state (in WAL mode the writers go on meanwhile). Written beside the target
+    and renamed, so that ``target`` is never a partial copy."""
+    if target.exists() and target.samefile(source):
+        raise ValueError("the backup must not overwrite the database itself")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # as the database
+    with contextlib.closing(sqlite3.connect(source)) as src:
+        src.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+        with contextlib.closing(sqlite3.connect(partial)) as dst:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+    os.replace(partial, target)
+
+
 class SQLiteDriver:
     dialect: Dialect = "sqlite"
 
-    def __init__(self, writer: _Connection, reader: _Connection) -> None:
+    def __init__(self, path: Path, writer: _Connection, reader: _Connection) -> None:
+        self.path = path
         self._writer, self._reader = writer, reader
         self.fetch = reader.fetch
         self._lock = asyncio.Lock()
@@ -134,7 +183,15 @@ class SQLiteDriver:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         writer = await _Connection.open(path, readonly=False)
         try:
-            return cls(writer, await _Connection.open(path, readonly=True))
+            [[mode, tables]] = await writer.call(_space_mode, writer.db)
+            if mode != INCREMENTAL and tables:
+                log.warning(
+                    "%s was made without auto_vacuum = INCREMENTAL: the space of deleted "
+                    "requests stays in the file; run `batchd migrate` once, with the server "
+                    "stopped, to convert it",
+                    path,
+                )
+            return cls(path, writer, await _Connection.open(path, readonly=True))
         except BaseException:
             await writer.close()
             raise
@@ -190,3 +247,50 @@ class SQLiteDriver:
     async def wait_for_work(self, seconds: float) -> bool:
         """SQLite has no notifications: only this process's own work is seen at once."""
         return await wait_for(self._work, seconds)
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """The writer, between this process's transactions."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), BUSY_SECONDS)
+        except TimeoutError:
+            raise StoreUnavailable("database busy: earlier writes are still waiting") from None
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    async def reclaim_space(self, pages: int) -> int:
+        async with self._exclusive():
+            return await self._writer.call(_reclaim, self._writer.db, pages)
+
+    async def enable_reclaim(self) -> bool:
+        """Convert a file made without ``auto_vacuum = INCREMENTAL`` (a one-time VACUUM,
+        which rewrites the whole file under the write lock); True when it did."""
+        async with self._exclusive():
+            db = self._writer.db
+            [[mode]] = await self._writer.call(lambda: db.execute("PRAGMA auto_vacuum").fetchall())
+            if mode == INCREMENTAL:
+                return False
+            await self._writer.call(db.execute, "PRAGMA auto_vacuum = INCREMENTAL")
+            await self._writer.call(db.execute, "VACUUM")
+            return True
+
+    def files(self) -> dict[str, int]:
+        sizes = {}
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                sizes[str(path)] = path.stat().st_size
+        return sizes
+
+    async def backup(self, path: str) -> None:
+        target = Path(path)
+        thread = ThreadPoolExecutor(1, thread_name_prefix="batchd-backup")
+        try:
+            await asyncio.get_running_loop().run_in_executor(thread, _backup, self.path, target)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"backup failed: {exc}") from exc
+        finally:
+            thread.shutdown(wait=False)

@@ -45,3 +45,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, appli
 -- name: lock_budget
 -- (the store's one writer already holds the database's write lock)
 SELECT level, stamp FROM fleet_budgets WHERE name = :name;
+
+-- name: delete_request_chunk
+-- (one chunk per transaction, so that the writer is not held long)
+DELETE FROM requests
+WHERE id IN (SELECT id FROM requests WHERE batch_seq = :seq ORDER BY id LIMIT :limit);
+
+-- name: database_bytes
+-- The file's pages in use and free (free pages are given back by incremental_vacuum).
+SELECT (p.page_count - f.freelist_count) * s.page_size AS used,
+       f.freelist_count * s.page_size AS free
+FROM pragma_page_count() AS p, pragma_page_size() AS s, pragma_freelist_count() AS f;

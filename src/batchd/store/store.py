@@ -13,6 +13,7 @@ dead index entries of every row claimed before (O(n^2) over a batch); rows below
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ from batchd.domain import (
     RawParams,
     RequestState,
 )
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, StoreUnavailable
 from batchd.store.queries import Dialect, load_migrations
 
 
@@ -97,6 +98,25 @@ class Row(Protocol):  # read by position or column name: sqlite3.Row, asyncpg.Re
 
 
 @dataclass(frozen=True, slots=True)
+class Purge:
+    requests: int  # requests deleted (params and results)
+    batches: int  # batches whose last request went: their rows stay, with their counts
+    reclaimed_bytes: int  # given back to the file system (SQLite's incremental vacuum)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStats:
+    """What the database holds, for ``batchd db stats``."""
+
+    batches: dict[str, int]  # by processing status
+    purged_batches: int  # ended batches past retention whose requests are deleted
+    requests: dict[str, int]  # by state
+    used_bytes: int  # pages in use (SQLite) or the database's size (PostgreSQL)
+    free_bytes: int | None  # SQLite's free pages, not yet given back
+    files: dict[str, int]  # SQLite: the database file and its WAL, bytes on disk
+
+
+@dataclass(frozen=True, slots=True)
 class RequestFigures:
     """Server-wide figures for /metrics: stored requests by state, queued ones per backend."""
 
@@ -105,6 +125,15 @@ class RequestFigures:
     at_risk: int = 0  # unfinished batches that will miss their deadline at the rate so far
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long a PostgreSQL store waits for the server (SQLite waits for its busy timeout)."""
+
+    connect: float = 5.0  # to connect, seconds
+    statement: float = 10.0  # for one statement's answer, seconds
+
+
+DEFAULT_TIMEOUTS = Timeouts()
 Params = Mapping[str, Any]
 NO_PARAMS: Params = {}
 Rows = list[Row]  # plain tuples where ``plain`` is asked for, on the hot paths
@@ -128,6 +157,13 @@ class Driver(Protocol):  # what a dialect gives the Store; its errors leave as S
     def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Tx]: ...
     # Until work may have been queued here (or, where the dialect can tell, in another process).
     async def wait_for_work(self, seconds: float) -> bool: ...
+    # Give up to ``pages`` free pages back to the file system (SQLite); the bytes given back.
+    async def reclaim_space(self, pages: int) -> int: ...
+    def files(self) -> dict[str, int]: ...  # the files of the database and their sizes
+    # A consistent copy of the live database at ``path`` (SQLite's backup API).
+    async def backup(self, path: str) -> None: ...
+    # Make freed space returnable where a file was made without (SQLite); True if it did.
+    async def enable_reclaim(self) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -142,6 +178,7 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+RECLAIM_PAGES = 10_000  # free pages given back after each purged chunk, at most
 REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
 
 
@@ -149,10 +186,13 @@ class Store:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.close, self.wait_for_work = driver.close, driver.wait_for_work
+        self.backup, self.enable_reclaim = driver.backup, driver.enable_reclaim
         self._marks: dict[tuple[str, int], int] = {}  # claim watermarks: (backend, seq) -> id
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool | None = None) -> Store:
+    async def open(
+        cls, url: str, *, migrate: bool | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS
+    ) -> Store:
         """The store a database URL names (``sqlite:///PATH``, ``postgresql://...``), its schema
         checked. ``migrate=None`` is each dialect's default: SQLite applies pending migrations
         (zero set-up), PostgreSQL never does (run ``batchd migrate``)."""
@@ -160,7 +200,7 @@ class Store:
         if url.startswith(("postgresql://", "postgres://")):
             from batchd.store.postgres import PostgresDriver
 
-            driver = await PostgresDriver.open(url)
+            driver = await PostgresDriver.open(url, timeouts)
         else:
             from batchd.store.sqlite import SQLiteDriver
 
@@ -246,7 +286,9 @@ class Store:
                 return DeleteOutcome.NOT_ENDED
             await tx.execute("delete_requests", {"seq": rows[0]["seq"]})
             await tx.execute("delete_batch", {"seq": rows[0]["seq"]})
-            return DeleteOutcome.DELETED
+        with contextlib.suppress(StoreUnavailable):  # deleted; the next purge gives it back
+            await self.driver.reclaim_space(RECLAIM_PAGES)  # the space of its requests
+        return DeleteOutcome.DELETED
 
     async def iter_results(
         self, batch_seq: int, page_size: int
@@ -361,8 +403,41 @@ class Store:
             expiring = [r[0] for r in await tx.fetch("expiring_batches", {"now": now})]
             for seq in expiring:
                 await _settle_queued(tx, seq, RequestState.EXPIRED)
+                moved = await tx.execute("expire_running", {"seq": seq})
+                await _add_counts(tx, seq, Counter({RequestState.EXPIRED.value: moved}))
             ended = await tx.execute("finalize_all", {"now": now})
             return Sweep(requeued=requeued, expired=len(expiring), ended=ended)
+
+    async def purge(self, cutoff: float, now: float, chunk: int, *, batches: int = 100) -> Purge:
+        """Delete the requests of up to ``batches`` ended batches created at or before
+        ``cutoff`` (their results are past retention), ``chunk`` rows per transaction so
+        that no lock is held long; each chunk's free pages are given back at once."""
+        seqs = await self.driver.fetch("purgeable_batches", {"cutoff": cutoff, "limit": batches})
+        deleted = purged = reclaimed = 0
+        for [seq] in seqs:
+            while True:
+                async with self.driver.transaction(durable=False) as tx:
+                    n = await tx.execute("delete_request_chunk", {"seq": seq, "limit": chunk})
+                    if n < chunk:
+                        purged += await tx.execute("mark_purged", {"seq": seq, "now": now})
+                deleted += n
+                reclaimed += await self.driver.reclaim_space(RECLAIM_PAGES)
+                if n < chunk:
+                    break
+        return Purge(requests=deleted, batches=purged, reclaimed_bytes=reclaimed)
+
+    async def stats(self) -> DatabaseStats:
+        batches = await self.driver.fetch("batches_by_status")
+        requests = await self.driver.fetch("requests_by_state")
+        [[used, free]] = await self.driver.fetch("database_bytes")
+        return DatabaseStats(
+            batches={r[0]: int(r[1]) for r in batches},
+            purged_batches=sum(int(r[2]) for r in batches),
+            requests={r[0]: int(r[1]) for r in requests},
+            used_bytes=int(used),
+            free_bytes=None if free is None else int(free),
+            files=self.driver.files(),
+        )
 
     async def release_leases(self, owner: str) -> int:
         """Return this owner's running requests to the queue (a graceful stop)."""
