@@ -36,13 +36,13 @@ SIZES: dict[str, dict[str, Any]] = {
         "calls": 50,
         "local": {"prompts": 16, "new_tokens": 8, "batch_size": 8, "system": 100, "single": 4},
         "pacing": {
-            "capped": 80,
-            "rpm": 120,
+            "capped": 48,
+            "rpm": 60,
             "rpm_budget": 1200,
-            "queueing": 160,
-            "fleet": 60,
+            "queueing": 64,
+            "fleet": 30,
             "fleet_budget": 1200,
-            "interactive": 5,
+            "interactive": 3,
         },
         "repeat": 1,
     },
@@ -106,7 +106,7 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
-        "pacing": lambda: pacing.pacing(size["pacing"], workdir),
+        "pacing": lambda: pacing.pacing(size["pacing"], workdir, databases),
     }
 
 
