@@ -16,7 +16,9 @@ script of their own, and inside this benchmark's process it did not finish in 3 
 
 Two workloads, one row each: short prompts, and prompts sharing one of four long system
 prompts; batchd runs each with its prefix sharing (``share_prefixes``) on and off (two
-backends on the same model in one ``batchd serve``).
+backends on the same model in one ``batchd serve``). A third row is the in-process
+embeddings engine against the library's batched forward pass (``bench/embeddings.py``), on
+a third backend of the same ``batchd serve``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from tests.support.tiny_model import build_tiny_model
 
-from bench import harness
+from bench import embeddings, harness
 
 MODEL = "tiny"
 _WORDS = ["the", "model", "batch", "token", "prompt", "engine", "request", "cache", "system"]
@@ -163,6 +165,7 @@ class Library:
 
 def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
     model = build_tiny_model(workdir / "tiny-model")
+    embedding = embeddings.Measure(size, workdir)
     library = Library(model)
     n, new, batch_size = size["prompts"], size["new_tokens"], size["batch_size"]
     workloads = [workload(n, new, words) for words in (0, size["system"])]
@@ -173,7 +176,8 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
     in_prefix_order = sorted(workloads[1], key=lambda body: str(body.get("system")))
     ordered: list[float] = []
     for _ in range(repeat):
-        with harness.batchd(workdir / "local", backends=_backends(model, batch_size)) as server:
+        backends = [*_backends(model, batch_size), embeddings.backend(embedding.model, batch_size)]
+        with harness.batchd(workdir / "local", backends=backends) as server:
             # The first full-size batches into torch are slow (measured: whichever of the
             # two backends ran first lost 25-40% with a warm-up of 8 requests): warm both
             # with a whole batch.
@@ -183,6 +187,7 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
                 shared = _tokens_per_s(server.url, bodies, MODEL)
                 figures.append((shared, _tokens_per_s(server.url, bodies, f"{MODEL}-unshared")))
             ordered.append(_tokens_per_s(server.url, in_prefix_order, MODEL))
+            embedding.run(server.url)
     rows = []
     thread_counts = sorted({1, os.cpu_count() or 1})
     for bodies, figures in zip(workloads, runs, strict=True):
@@ -213,4 +218,5 @@ def local(size: dict[str, Any], repeat: int, workdir: Path) -> list[Row]:
             row["prefix_ordered_tok_s"] = round(sorted(ordered)[len(ordered) // 2])
             row["ordering_gain"] = round(row["prefix_ordered_tok_s"] / shared, 2)
         rows.append(row)
+    rows.append(embedding.row(repeat))
     return rows

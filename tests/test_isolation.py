@@ -82,7 +82,13 @@ def bobs_batch_is_not_alices(world: World, method: str, path: str) -> None:
 
 def leaks_nothing(world: World, method: str, path: str) -> None:
     """A route with no workspace data: Bob's answer names nothing of Alice's."""
-    body = {"model": "mock", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, Any] = {
+        "model": "mock",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    if path == "/v1/embeddings":
+        body = {"model": "mock", "input": "hi"}
     reply = world.call("bob", method, path, body if method == "POST" else None)
     assert reply.status_code == 200, reply.text
     for secret in world.alice_secrets:
@@ -121,6 +127,8 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     # server-wide, holding no workspace's data
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),
+    ("POST", "/v1/chat/completions"): (leaks_nothing, True),
+    ("POST", "/v1/embeddings"): (leaks_nothing, True),
     ("GET", "/v1/models"): (leaks_nothing, True),
     # every workspace's figures, the upstreams' error texts
     ("GET", "/status/backends"): (for_operators_only, True),

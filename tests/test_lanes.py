@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 from anthropic.types.messages.batch_create_params import Request
 
@@ -292,3 +293,26 @@ def test_the_lane_and_priority_go_upstream_where_it_schedules_by_them(
                 wait_ended(client, batch.id)
     sent = {key: body["priority"] for key, body in upstream.bodies().items()}
     assert sent == {"now": 0, "flexible": 1, "high": 2, "low": 4}  # vLLM: lower goes first
+
+
+def test_service_tier_flex_on_the_openai_face_is_the_flex_lane(start_server: StartServer) -> None:
+    with serve_openai() as upstream:
+        backend = {
+            "name": "vllm",
+            "kind": "openai",
+            "base_url": upstream.url,
+            "models": ["qwen-*"],
+            "send_priority": True,
+        }
+        server = start_server(backends=[backend])
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="k") as client:
+            client.chat.completions.create(
+                model="qwen-7b",
+                messages=[{"role": "user", "content": "flexible"}],
+                service_tier="flex",
+            )
+            client.chat.completions.create(
+                model="qwen-7b", messages=[{"role": "user", "content": "now"}]
+            )
+    sent = {key: body["priority"] for key, body in upstream.bodies().items()}
+    assert sent == {"flexible": 1, "now": 0}

@@ -11,7 +11,8 @@ from anthropic.types import ImageBlockParam
 from anthropic.types.messages import MessageBatchErroredResult
 from anthropic.types.messages.batch_create_params import Request
 
-from batchd.backends.media import UrlPolicy, url_sources
+from batchd.backends.media import UrlPolicy, chat_url_sources, url_sources
+from batchd.errors import InvalidRequest
 from batchd.validation import check_params
 from tests.conftest import StartServer, mock_request, wait_ended
 
@@ -98,6 +99,31 @@ def test_url_sources_are_found_in_tool_results_and_documents() -> None:
 def _with_image(custom_id: str, url: str) -> Request:
     image: ImageBlockParam = {"type": "image", "source": {"type": "url", "url": url}}
     return mock_request(custom_id, [image, {"type": "text", "text": "what is it?"}])
+
+
+def test_chat_url_sources_are_the_parts_fetched_by_url() -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "no parts"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "https://a.example/x.png"}},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "video_url", "video_url": {"url": "http://10.0.0.5/v.mp4"}},
+                    {"type": "audio_url", "audio_url": "http://b.example/a.wav"},
+                ],
+            },
+        ]
+    }
+    assert list(chat_url_sources(body)) == [
+        ("messages.1.content.1.image_url.url", "https://a.example/x.png"),
+        ("messages.1.content.3.video_url.url", "http://10.0.0.5/v.mp4"),
+        ("messages.1.content.4.audio_url.url", "http://b.example/a.wav"),
+    ]
+    with pytest.raises(InvalidRequest, match=r"messages\.1\.content\.3\.video_url\.url"):
+        UrlPolicy().check_chat(body)
 
 
 def test_a_batch_request_with_an_internal_url_is_errored_alone(start_server: StartServer) -> None:

@@ -41,6 +41,10 @@ UNDOCUMENTED = {
     ("GET", "/console/batches/{batch_id}"),
     ("GET", "/console/static/{path}"),
     ("GET", "/console/api/batches/{batch_id}/errors"),
+    # OpenAI's synchronous calls: OpenAI's bodies, what a backend takes of them depends on
+    # its kind (README, "OpenAI endpoints per backend kind")
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
 }
 
 

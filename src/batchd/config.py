@@ -173,7 +173,8 @@ class Settings(BaseSettings):
     max_requests_per_batch: int = Field(default=100_000, ge=1)
     # Quotas (off when unset): what one workspace may have waiting at once, checked in the
     # create's transaction (over either: 429 naming the limit, nothing stored), and the
-    # interactive calls (/v1/messages, count_tokens) one key may have in progress at once.
+    # interactive calls (/v1/messages, count_tokens, /v1/chat/completions, /v1/embeddings)
+    # one key may have in progress at once.
     max_unfinished_batches_per_workspace: int | None = Field(default=None, ge=1)
     max_queued_requests_per_workspace: int | None = Field(default=None, ge=1)
     # ... and the input tokens of those requests (estimated on create: 4 characters a token)

@@ -15,6 +15,9 @@ the last user message:
   HTTP status in an OpenAI error body (``Fault.status``, its headers) or not at all until
   the caller hangs up (``HANG``, counted by ``abandoned(key)``).
 
+``POST {prefix}/v1/embeddings`` answers one vector of ``EMBEDDING_WIDTH`` values per
+input (``embedding_for``: from a hash of the input), as floats or, when asked, base64.
+
 ``POST {prefix}/tokenize`` (unless ``tokenize=False``) answers ``{"count": n}`` with
 n = words of all message text + 3 per message. Every request is recorded with its path
 and ``authorization`` header; with ``api_key`` set, a wrong bearer key is answered 401.
@@ -22,8 +25,10 @@ and ``authorization`` header; with ``api_key`` set, a wrong bearer key is answer
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import struct
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -96,6 +101,31 @@ def _answer(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {"message": message, "finish_reason": finish, "stop_reason": matched}
 
 
+EMBEDDING_WIDTH = 4
+
+
+def embedding_for(item: Any) -> list[float]:
+    digest = hashlib.sha256(json.dumps(item).encode()).digest()
+    return [byte / 255 for byte in digest[:EMBEDDING_WIDTH]]
+
+
+def embeddings_for(body: Mapping[str, Any]) -> dict[str, Any]:
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = []
+    for i, item in enumerate(inputs):
+        vector: Any = embedding_for(item)
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    tokens = sum(len(str(item).split()) for item in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", "unknown"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 def completion_for(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     choice = {"index": 0, "logprobs": None, **_answer(body, key)}
     output = choice["message"]["content"] or ""
@@ -135,7 +165,10 @@ class FakeOpenAI:
         self.url = ""  # the server's origin; add ``prefix`` for a backend's base_url
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
-        routes = [Route(f"{prefix}/v1/chat/completions", self._chat, methods=["POST"])]
+        routes = [
+            Route(f"{prefix}/v1/chat/completions", self._chat, methods=["POST"]),
+            Route(f"{prefix}/v1/embeddings", self._embeddings, methods=["POST"]),
+        ]
         if tokenize:
             routes.append(Route(f"{prefix}/tokenize", self._tokenize, methods=["POST"]))
         self.app = Starlette(routes=routes)
@@ -195,6 +228,10 @@ class FakeOpenAI:
                 refusal = error_body(429, "Rate limit reached for requests")
                 return JSONResponse(refusal, status_code=429, headers=headers)
         return JSONResponse(completion_for(body, key), headers=headers)
+
+    async def _embeddings(self, request: Request) -> JSONResponse:
+        body, refused = await self._record(request)
+        return refused or JSONResponse(embeddings_for(body))
 
     async def _tokenize(self, request: Request) -> JSONResponse:
         body, refused = await self._record(request)

@@ -38,11 +38,10 @@ def _corpus(lines: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) for _ in range(lines)]
 
 
-def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
-    """Train the tokenizer, build the model, save both to ``directory``; return it."""
-    import torch
+def _tokenizer(seed: int) -> Any:
+    """A byte-level BPE tokenizer trained on the made-up corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -61,6 +60,15 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
         unk_token="<unk>",
         pad_token="<pad>",
     )
+    return tokenizer
+
+
+def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
+    """Train the tokenizer, build the model, save both to ``directory``; return it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tokenizer(seed)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(directory)
 
@@ -80,4 +88,47 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_embedding_model(
+    directory: Path, *, pooling: str = "mean", seed: int = 0, max_length: int = 512
+) -> Path:
+    """A tiny BERT encoder saved as a sentence-transformers directory (``modules.json`` and
+    ``1_Pooling/config.json`` naming ``pooling``: cls, mean, max or lasttoken)."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = _tokenizer(seed)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=max_length,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertModel(config).save_pretrained(directory)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    modes = ("cls_token", "mean_tokens", "max_tokens", "lasttoken")
+    names = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens"}
+    chosen = names.get(pooling, pooling)
+    pooling_config = {"word_embedding_dimension": 64}
+    pooling_config |= {f"pooling_mode_{mode}": mode == chosen for mode in modes}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
     return directory

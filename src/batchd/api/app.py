@@ -14,7 +14,7 @@ from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import JsonPostsMiddleware, RequestIdMiddleware
 from batchd.api.responses import JSON
-from batchd.api.routes import batches, count_tokens, messages, models, prometheus
+from batchd.api.routes import batches, count_tokens, messages, models, openai_calls, prometheus
 
 
 def create_app(services: Services) -> FastAPI:
@@ -44,6 +44,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(count_tokens.router)
     app.include_router(messages.router)
     app.include_router(models.router)
+    app.include_router(openai_calls.router)
     app.include_router(prometheus.router)
     console.mount(app)
     openapi.install(app)

@@ -78,7 +78,8 @@ class BodyBudget:
 
     def calling(self, caller: Caller) -> AbstractContextManager[None]:
         """Take one of the caller's interactive call slots (``max_concurrent_calls_per_key``:
-        /v1/messages, count_tokens), or raise RateLimited (429)."""
+        /v1/messages, count_tokens, /v1/chat/completions, /v1/embeddings), or raise
+        RateLimited (429)."""
         if self._calls_per_key is None:
             return nullcontext()
         return _slot(self._calls, tenant(caller), self._calls_per_key, "interactive calls")

@@ -1,4 +1,11 @@
-"""Any Anthropic-compatible upstream: POST {base_url}/v1/messages with the params as sent."""
+"""Any Anthropic-compatible upstream: POST {base_url}/v1/messages with the params as sent.
+
+The OpenAI dialect's chat completions go the same way, translated to Messages params and
+back (``messages_translate``); a request without ``max_tokens`` asks for the backend's
+``max_output_tokens`` where configured, else ``CHAT_MAX_TOKENS`` (which every current
+model allows; the Messages API needs a number where chat.completions needs none). An
+Anthropic upstream has no embeddings: those are refused.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,11 @@ from typing import Any
 
 import msgspec
 
+from batchd.backends.base import OPENAI_CHAT
 from batchd.backends.http import HttpAnswer, UpstreamHttp, error_from_answer, retry_after_seconds
+from batchd.backends.messages_translate import completion_from_message, messages_request
 from batchd.config import BackendConfig
-from batchd.errors import UpstreamError
+from batchd.errors import InvalidRequest, UpstreamError
 from batchd.validation import Params
 
 __all__ = [
@@ -20,6 +29,7 @@ __all__ = [
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
+CHAT_MAX_TOKENS = 4096
 
 
 def error_from_response(status: int, body: bytes, headers: Any, now: float) -> UpstreamError:
@@ -60,6 +70,7 @@ class AnthropicBackend:
         self.max_concurrency = config.max_concurrency
         self.max_retries = config.max_retries
         self._url = f"{config.base_url}/v1/messages"
+        self._max_tokens = config.max_output_tokens or CHAT_MAX_TOKENS
         self._count_url = f"{config.base_url}/v1/messages/count_tokens"
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if key := config.api_key():
@@ -75,6 +86,17 @@ class AnthropicBackend:
     async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:
         answer = await self._http.post(self._url, raw, max_tokens=params.max_tokens)
         return message_from_body(_checked(answer))
+
+    async def call_openai(self, endpoint: str, body: dict[str, Any], raw: bytes) -> dict[str, Any]:  # noqa: ARG002
+        if endpoint != OPENAI_CHAT:
+            raise InvalidRequest(f"{endpoint} is not served by Anthropic backends (chat only)")
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise InvalidRequest("model: Field required (a string)")
+        params = messages_request(body, model=model, default_max_tokens=self._max_tokens)
+        answer = _checked(await self._http.post(self._url, msgspec.json.encode(params)))
+        message = message_from_body(answer)
+        return completion_from_message(message, model=model, created=int(time.time()))
 
     async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:  # noqa: ARG002
         """Forwarded as sent to the upstream's own ``/v1/messages/count_tokens``."""

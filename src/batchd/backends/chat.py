@@ -35,6 +35,18 @@ import msgspec
 from batchd.errors import InvalidRequest
 
 TOOL_ERROR_PREFIX = "[tool error] "
+# Messages' tool_choice types as chat.completions names them, both ways
+TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+# Messages' stop_reason as chat.completions' finish_reason (a tool call, a cut, a refusal)
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 Media = Callable[[Mapping[str, Any], str], dict[str, Any] | None]
@@ -134,6 +146,43 @@ def _tool_call(block: Mapping[str, Any], where: str, dialect: ChatDialect) -> di
         "type": "function",
         "function": {"name": block["name"], "arguments": arguments},
     }
+
+
+def content_texts(content: Any, where: str, target: str) -> list[str]:
+    """The texts of a chat message's content (a string, text and refusal parts, or null);
+    InvalidRequest for any other part, naming it and the ``target`` that cannot take it."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where}: a string, a list of parts or null")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        text = part.get(kind) if kind in ("text", "refusal") else None
+        if not isinstance(text, str):
+            raise InvalidRequest(
+                f"{where}.{j}.type: content part {kind!r} cannot be sent to {target}"
+            )
+        texts.append(text)
+    return texts
+
+
+def call_arguments(call: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """(name, arguments object) of a chat tool call (arguments as JSON text): the reverse of
+    ``_tool_call``'s wire form; InvalidRequest when either is missing or not an object."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+        raise InvalidRequest(f"{where}.function.name: Field required")
+    arguments = function.get("arguments") or "{}"
+    try:
+        decoded = msgspec.json.decode(arguments) if isinstance(arguments, str) else None
+    except msgspec.DecodeError:
+        decoded = None
+    if not isinstance(decoded, dict):
+        raise InvalidRequest(f"{where}.function.arguments: must be a JSON object (as text)")
+    return function["name"], decoded
 
 
 def _user_turn(

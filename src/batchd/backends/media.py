@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -44,7 +44,14 @@ class UrlPolicy:
 
     def check(self, params: Params | CountTokensParams) -> None:
         """Raise InvalidRequest naming a URL source this backend may not fetch."""
-        for where, url in url_sources(params):
+        self._check(url_sources(params))
+
+    def check_chat(self, body: Mapping[str, Any]) -> None:
+        """The same for an OpenAI chat body's URL parts (``chat_url_sources``)."""
+        self._check(chat_url_sources(body))
+
+    def _check(self, sources: Iterator[tuple[str, str]]) -> None:
+        for where, url in sources:
             problem = self.problem(url)
             if problem:
                 raise InvalidRequest(f"{where}: {problem}")
@@ -110,6 +117,27 @@ def url_sources(params: Params | CountTokensParams) -> Iterator[tuple[str, str]]
                     yield f"{where}.{j}.source.url", source["url"]
                 stack.append((f"{where}.{j}.source.content", source.get("content")))
             stack.append((f"{where}.{j}.content", block.get("content")))
+
+
+# OpenAI content parts that a model server fetches by URL (the last two: vLLM's own)
+_URL_PARTS = ("image_url", "video_url", "audio_url")
+
+
+def chat_url_sources(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, url) of every part of an OpenAI chat body's messages that names a URL to
+    fetch (``{"type": "image_url", "image_url": {"url": ...}}`` and its kin, or a plain
+    string in their place); ``data:`` URLs carry their bytes and are not fetched."""
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in _URL_PARTS:
+                continue
+            value = part.get(kind)
+            url = value.get("url") if isinstance(value, dict) else value
+            if isinstance(url, str) and not url.startswith("data:"):
+                yield f"messages.{i}.content.{j}.{kind}.url", url
 
 
 def policy_for(allowed_url_hosts: Sequence[str] | None) -> UrlPolicy:

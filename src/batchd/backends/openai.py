@@ -3,6 +3,11 @@
 URLs: requests go to ``{base_url}/v1/chat/completions``, or ``{base_url}/chat/completions``
 when ``base_url`` already ends with ``/v1``; a path prefix in ``base_url`` is kept. Token
 counts come from ``/tokenize`` beside ``/v1`` (vLLM, SGLang), else from an estimate.
+
+The OpenAI dialect (``call_openai``) is the upstream's own: the body goes as it came to
+the same path under the upstream's ``/v1`` (``NATIVE_ENDPOINTS``), with nothing translated
+and nothing dropped; only ``model`` is replaced where ``upstream_model`` is configured
+(and the answer names the client's model again).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from batchd.backends.base import CALL_PRIORITY
+from batchd.backends.base import CALL_PRIORITY, OPENAI_CHAT
 from batchd.backends.estimate import estimate_input_tokens
 from batchd.backends.http import UpstreamHttp
 from batchd.backends.openai_translate import (
@@ -25,10 +30,15 @@ from batchd.backends.openai_translate import (
 )
 from batchd.backends.pdf import PdfExtractor, PdfLimits
 from batchd.config import BackendConfig
-from batchd.errors import UpstreamError
+from batchd.errors import InvalidRequest, UpstreamError
 from batchd.validation import Params
 
 log = logging.getLogger(__name__)
+
+# what an OpenAI-compatible server answers natively, forwarded as sent
+NATIVE_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses"}
+)
 
 
 def api_base(base_url: str) -> str:
@@ -50,7 +60,8 @@ class OpenAIBackend:
         self.max_retries = config.max_retries
         self._model = config.upstream_model
         self._send_priority = config.send_priority
-        self._chat_url = f"{api_base(config.base_url)}/chat/completions"
+        self._api_base = api_base(config.base_url)
+        self._chat_url = f"{self._api_base}/chat/completions"
         self._tokenize_url = f"{server_root(config.base_url)}/tokenize"
         self._pdfs = PdfExtractor(
             PdfLimits(
@@ -86,6 +97,32 @@ class OpenAIBackend:
         return message_from_body(
             answer.body, model=params.model, stop_sequences=params.stop_sequences or ()
         )
+
+    async def call_openai(self, endpoint: str, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        if endpoint not in NATIVE_ENDPOINTS:
+            raise InvalidRequest(f"{endpoint} is not forwarded to OpenAI-compatible backends")
+        sent = dict(body)
+        if self._model:
+            sent["model"] = self._model
+        if self._send_priority and endpoint == OPENAI_CHAT:  # lower goes first (vLLM)
+            sent["priority"] = CALL_PRIORITY.get()
+        if sent != body:
+            raw = msgspec.json.encode(sent)
+        url = self._api_base + endpoint.removeprefix("/v1")
+        answer = await self._http.post(url, raw)
+        if answer.status >= 300:
+            raise error_from_openai(answer.status, answer.body, answer.headers, time.time())
+        try:
+            decoded = msgspec.json.decode(answer.body)
+        except msgspec.DecodeError:
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise UpstreamError(
+                "upstream returned a body that is not a JSON object", upstream_status=502
+            )
+        if self._model and "model" in decoded:
+            decoded["model"] = body.get("model")
+        return decoded
 
     async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:
         """The upstream's own count from ``/tokenize``, else an estimate (see estimate.py)."""

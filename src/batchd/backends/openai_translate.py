@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from batchd.backends.chat import ChatDialect, function_tools
+from batchd.backends.chat import TOOL_CHOICES, ChatDialect, function_tools
 from batchd.backends.chat import chat_messages as translate_messages
 from batchd.backends.http import error_from_answer
 from batchd.backends.pdf import marked, pdf_text
@@ -95,17 +95,13 @@ def chat_messages(params: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _tool_choice(choice: Mapping[str, Any]) -> dict[str, Any]:
     kind = choice.get("type")
     translated: dict[str, Any]
-    if kind == "auto":
-        translated = {"tool_choice": "auto"}
-    elif kind == "any":
-        translated = {"tool_choice": "required"}
+    if kind in TOOL_CHOICES:
+        translated = {"tool_choice": TOOL_CHOICES[kind]}
     elif kind == "tool" and isinstance(choice.get("name"), str):
         translated = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
-    elif kind == "none":
-        return {"tool_choice": "none"}
     else:
         raise InvalidRequest(f"tool_choice: unsupported tool_choice {dict(choice)!r}")
-    if choice.get("disable_parallel_tool_use") is True:
+    if choice.get("disable_parallel_tool_use") is True and kind != "none":
         translated["parallel_tool_calls"] = False
     return translated
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
+from typing import Any
 
 from batchd.backends.anthropic import AnthropicBackend
 from batchd.backends.base import Backend
@@ -78,6 +79,11 @@ class Router:
     def check_urls(self, backend: str, params: Params | CountTokensParams) -> None:
         """Refuse (InvalidRequest) a URL source the backend may not fetch."""
         self._url_policies[backend].check(params)
+
+    def check_chat_urls(self, backend: str, body: Mapping[str, Any]) -> None:
+        """Refuse (InvalidRequest) a URL in an OpenAI chat body that the backend may not
+        fetch: the same policy as ``check_urls``, for the OpenAI dialect."""
+        self._url_policies[backend].check_chat(body)
 
     def model_names(self) -> list[str]:
         """Patterns that name one model exactly (no glob characters)."""

@@ -5,23 +5,67 @@ the model's tokenizer (so ``input_tokens`` and ``count_tokens`` are the real cou
 a ``Job`` to the engine, then decodes the generated tokens, cuts the text at the first stop
 sequence and builds the Message. ``kind = "transformers"`` and ``kind = "vllm"`` differ
 only in the ``Generator`` made by ``start``; each imports its library only when built.
+
+The OpenAI dialect (``call_openai``): a chat request is rendered by the same template
+natively (``prompt.template_chat``: it is already in the chat shape) and answered as a
+``chat.completion``; an embeddings request goes to the ``Embedder`` (``kind =
+"transformers"`` only: ``local/embedding_engine.py``). A directory whose model does not
+generate (an encoder, a sentence-transformers model) serves embeddings only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
+from batchd.backends.base import OPENAI_CHAT, OPENAI_EMBEDDINGS
+from batchd.backends.embeddings import embeddings_request, embeddings_response
 from batchd.backends.local.generation import Finish, Generated, Generator, Job, Sampling
-from batchd.backends.local.prompt import chat_messages, chat_tools
+from batchd.backends.local.prompt import chat_messages, chat_tools, template_chat
+from batchd.backends.messages_translate import check_plain, completion_from_message
 from batchd.config import BackendConfig
 from batchd.errors import InvalidRequest
 from batchd.validation import Params
 
 Tokenizer = Any  # a transformers tokenizer: an untyped library object
+
+
+class Embedder(Protocol):
+    """An embeddings engine: one ``embed`` per input (token ids), any number at once."""
+
+    max_length: int | None  # the most tokens one input may have, when the model says
+
+    async def start(self) -> None: ...
+
+    async def embed(self, tokens: list[int]) -> list[float]: ...
+
+    async def close(self) -> None: ...
+
+
 MakeGenerator = Callable[[Tokenizer], Generator]
+MakeEmbedder = Callable[[Tokenizer, Generator | None], Embedder]
+
+
+def is_decoder(config: Mapping[str, Any]) -> bool:
+    """Whether a model's ``config.json`` describes a decoder (a generating model)."""
+    architectures = config.get("architectures") or ()
+    return bool(config.get("is_decoder")) or any(
+        str(a).endswith("ForCausalLM") for a in architectures
+    )
+
+
+def generates(model_path: Path) -> bool:
+    """Whether the model directory holds a generating model (not a sentence-transformers
+    directory, not an encoder)."""
+    if (model_path / "modules.json").is_file():
+        return False
+    config = model_path / "config.json"
+    return not config.is_file() or is_decoder(json.loads(config.read_text()))
 
 
 def _extra(kind: str) -> str:
@@ -47,17 +91,41 @@ def sampling_of(params: Params) -> Sampling:
     return Sampling(temperature, params.top_p, params.top_k or None)
 
 
+def chat_sampling(body: Mapping[str, Any]) -> Sampling:
+    """A chat request's sampling; chat.completions' default temperature is 1.0 too."""
+    temperature, top_p, top_k = (body.get(k) for k in ("temperature", "top_p", "top_k"))
+    if temperature is not None and not (_number(temperature) and 0 <= temperature <= 2):
+        raise InvalidRequest(f"temperature: must be a number from 0 to 2, not {temperature!r}")
+    if top_p is not None and not (_number(top_p) and 0 <= top_p <= 1):
+        raise InvalidRequest(f"top_p: must be a number from 0 to 1, not {top_p!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 0):
+        raise InvalidRequest(f"top_k: must be a non-negative integer, not {top_k!r}")
+    return Sampling(1.0 if temperature is None else temperature, top_p, top_k or None)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class LocalBackend:
-    def __init__(self, config: BackendConfig, make_generator: MakeGenerator) -> None:
+    def __init__(
+        self,
+        config: BackendConfig,
+        make_generator: MakeGenerator,
+        make_embedder: MakeEmbedder | None = None,
+    ) -> None:
         assert config.model_path, "checked by BackendConfig"
         self.name = config.name
         self.kind = config.kind
         self.max_concurrency = config.max_concurrency
         self.max_retries = config.max_retries
         self.model_path = config.model_path
+        self._output_limit = config.output_token_limit()
         self._make_generator = make_generator
+        self._make_embedder = make_embedder
         self._tokenizer: Tokenizer = None
         self._generator: Generator | None = None
+        self._embedder: Embedder | None = None
 
     async def start(self) -> None:
         try:
@@ -66,17 +134,23 @@ class LocalBackend:
             self._tokenizer = await asyncio.to_thread(
                 AutoTokenizer.from_pretrained, self.model_path
             )
-            self._generator = self._make_generator(self._tokenizer)
+            if self._make_embedder is None or generates(Path(self.model_path)):
+                self._generator = self._make_generator(self._tokenizer)
+                await self._generator.start()
+            if self._make_embedder is not None:
+                self._embedder = self._make_embedder(self._tokenizer, self._generator)
+                await self._embedder.start()
         except ImportError as exc:
             raise RuntimeError(
                 f"backend {self.name!r} (kind {self.kind!r}) needs the {_extra(self.kind)!r} "
                 f"extra: pip install 'batchd[{_extra(self.kind)}]' ({exc})"
             ) from exc
-        await self._generator.start()
 
     async def close(self) -> None:
         if self._generator is not None:
             await self._generator.close()
+        if self._embedder is not None:
+            await self._embedder.close()
 
     def prompt_tokens(
         self,
@@ -86,29 +160,82 @@ class LocalBackend:
     ) -> list[int]:
         """The token ids of the conversation as the model's chat template renders it, with
         the assistant's turn opened."""
+        return self._template_tokens(chat_messages(system, messages), chat_tools(tools))
+
+    def _template_tokens(self, chat: list[dict[str, Any]], tools: list[Any] | None) -> list[int]:
         from jinja2 import TemplateError  # here: only the local extras bring jinja2
 
-        chat = chat_messages(system, messages)
         try:
             text = self._tokenizer.apply_chat_template(
-                chat, tools=chat_tools(tools), add_generation_prompt=True, tokenize=False
+                chat, tools=tools, add_generation_prompt=True, tokenize=False
             )
         except (TemplateError, ValueError) as exc:  # e.g. roles out of the template's order
             raise InvalidRequest(f"the model's chat template refused the messages: {exc}") from exc
         ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
+    def _generating(self) -> Generator:
+        if self._generator is None:
+            raise InvalidRequest(
+                f"model: backend {self.name!r} computes embeddings only; it does not generate"
+            )
+        return self._generator
+
+    async def _generate(
+        self, prompt: list[int], max_tokens: int, stops: tuple[str, ...], sampling: Sampling
+    ) -> Generated:
+        if max_tokens == 0:
+            return Generated([], Finish.LENGTH)
+        return await self._generating().generate(Job(prompt, max_tokens, stops, sampling))
+
     async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:  # noqa: ARG002
-        assert self._generator is not None, "start() first"
+        self._generating()
         turns = [(m.role, m.content) for m in params.messages]
         prompt = self.prompt_tokens(params.system, turns, params.tools)
         stops = tuple(s for s in params.stop_sequences or () if s)
-        if params.max_tokens == 0:
-            generated = Generated([], Finish.LENGTH)
-        else:
-            job = Job(prompt, params.max_tokens, stops, sampling_of(params))
-            generated = await self._generator.generate(job)
+        generated = await self._generate(prompt, params.max_tokens, stops, sampling_of(params))
         return self._message(params.model, prompt, generated, stops)
+
+    async def call_openai(self, endpoint: str, body: dict[str, Any], raw: bytes) -> dict[str, Any]:  # noqa: ARG002
+        if endpoint == OPENAI_CHAT:
+            return await self._chat_completion(body)
+        if endpoint == OPENAI_EMBEDDINGS:
+            return await self._embeddings(body)
+        raise InvalidRequest(f"{endpoint} is not served by local backends")
+
+    async def _chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise InvalidRequest("model: Field required (a string)")
+        self._generating()
+        check_plain(body, "a local model")
+        chat, tools = template_chat(body)
+        prompt = self._template_tokens(chat, tools)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        max_tokens = self._output_limit if max_tokens is None else max_tokens
+        stop = body.get("stop") or ()
+        stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
+        generated = await self._generate(prompt, max_tokens, stops, chat_sampling(body))
+        message = self._message(model, prompt, generated, stops)
+        return completion_from_message(message, model=model, created=int(time.time()))
+
+    async def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = embeddings_request(body)
+        if self._embedder is None:
+            raise InvalidRequest(f"model: backend {self.name!r} does not compute embeddings")
+        texts = [item for item in request.inputs if isinstance(item, str)]
+        encoded = iter(self._tokenizer(texts)["input_ids"] if texts else ())  # one call
+        inputs = [item if isinstance(item, list) else next(encoded) for item in request.inputs]
+        vocabulary, longest = len(self._tokenizer), self._embedder.max_length
+        for i, tokens in enumerate(inputs):
+            if longest is not None and len(tokens) > longest:
+                raise InvalidRequest(
+                    f"input.{i}: {len(tokens)} tokens, more than the model takes ({longest})"
+                )
+            if max(tokens) >= vocabulary:
+                raise InvalidRequest(f"input.{i}: token ids must be below {vocabulary}")
+        vectors = await asyncio.gather(*(self._embedder.embed(t) for t in inputs))
+        return embeddings_response(request, vectors, prompt_tokens=sum(map(len, inputs)))
 
     def _message(
         self, model: str, prompt: list[int], generated: Generated, stops: Sequence[str]
@@ -153,7 +280,23 @@ def transformers_backend(config: BackendConfig) -> LocalBackend:
             threads=config.cpu_threads,
         )
 
-    return LocalBackend(config, make)
+    def make_embedder(tokenizer: Tokenizer, generator: Generator | None) -> Embedder:
+        from batchd.backends.local.embedding_engine import TransformersEmbedder
+
+        assert config.model_path
+        pad = tokenizer.pad_token_id  # any id will do: the mask hides it
+        if pad is None:
+            pad = tokenizer.eos_token_id or 0
+        return TransformersEmbedder(
+            config.model_path,
+            pad=pad,
+            device=config.device,
+            max_batch=config.max_batch_size,
+            threads=config.cpu_threads,
+            shared=getattr(generator, "model", None),
+        )
+
+    return LocalBackend(config, make, make_embedder)
 
 
 def vllm_backend(config: BackendConfig) -> LocalBackend:

@@ -19,12 +19,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from batchd.backends.local.generation import Generated, Job
+from batchd.backends.local.generation import Job
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[Sequence[Job]], list[Generated]]
+R = TypeVar("R")  # what the engine makes of one job: Generated tokens, an embedding
+RunBatch = Callable[[Sequence[Job]], list[R]]
 
 
 MIN_SHARED = 32  # tokens: a shorter common prefix is not worth a pass of its own
@@ -85,21 +87,24 @@ def pick_group(waiting: Sequence[Job], size: int, *, by_prefix: bool = False) ->
 
 
 @dataclass(slots=True)
-class _Waiting:
+class _Waiting(Generic[R]):
     job: Job
-    future: asyncio.Future[Generated] = field(
+    future: asyncio.Future[R] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
-class PaddedBatcher:
-    """Runs jobs in groups of up to ``max_batch`` through ``run_batch`` (called in a thread)."""
+class PaddedBatcher(Generic[R]):
+    """Runs jobs in groups of up to ``max_batch`` through ``run_batch`` (called in a thread).
 
-    def __init__(self, run_batch: RunBatch, max_batch: int, *, by_prefix: bool = False) -> None:
+    ``R`` is what the engine makes of a job: ``Generated`` tokens for generation, a vector
+    for embeddings (``local/embedding_engine.py``), grouped and scheduled alike."""
+
+    def __init__(self, run_batch: RunBatch[R], max_batch: int, *, by_prefix: bool = False) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._by_prefix = by_prefix
-        self._waiting: list[_Waiting] = []
+        self._waiting: list[_Waiting[R]] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -114,8 +119,8 @@ class PaddedBatcher:
         for waiting in self._waiting:
             waiting.future.cancel()
 
-    async def generate(self, job: Job) -> Generated:
-        waiting = _Waiting(job)
+    async def generate(self, job: Job) -> R:
+        waiting: _Waiting[R] = _Waiting(job)
         self._waiting.append(waiting)
         self._arrived.set()
         try:

@@ -53,6 +53,16 @@ def pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_model(auto: Any, model_path: str, device: str, threads: int | None) -> Any:
+    """``auto.from_pretrained`` (an untyped factory) on ``device``, for inference: float32
+    on the CPU with ``cpu_threads`` threads, the checkpoint's own dtype elsewhere."""
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads(threads, os.cpu_count()))
+    dtype = "auto" if device != "cpu" else torch.float32
+    model = auto.from_pretrained(model_path, dtype=dtype)
+    return model.to(device).eval()
+
+
 class _RowStops(StoppingCriteria):
     """Ends each row on its own, and remembers how long it was and why it ended."""
 
@@ -172,21 +182,17 @@ class TransformersGenerator:
         self._tokenizer = tokenizer
         self._device = pick_device(device)
         self._max_batch = max_batch
-        self._batcher: PaddedBatcher | None = None
+        self._batcher: PaddedBatcher[Generated] | None = None
+        self.model: Any = None  # once started; the embeddings engine shares it
 
     async def start(self) -> None:
-        model = await asyncio.to_thread(self._load)
+        self.model = model = await asyncio.to_thread(self._load)
         run_batch = PaddedGenerate(model, self._tokenizer, self._device, share=self._share)
         self._batcher = PaddedBatcher(run_batch, self._max_batch, by_prefix=self._share)
         self._batcher.start()
 
     def _load(self) -> Any:
-        if self._device == "cpu":
-            torch.set_num_threads(cpu_threads(self._threads, os.cpu_count()))
-        dtype = "auto" if self._device != "cpu" else torch.float32
-        auto: Any = AutoModelForCausalLM  # untyped factory
-        model = auto.from_pretrained(self._model_path, dtype=dtype)
-        return model.to(self._device).eval()
+        return load_model(AutoModelForCausalLM, self._model_path, self._device, self._threads)
 
     async def generate(self, job: Job) -> Generated:
         assert self._batcher is not None, "start() first"
