@@ -17,7 +17,7 @@ from anthropic.types.messages.batch_create_params import Request
 
 from tests.conftest import StartServer, body_of, wait_ended, wait_until
 from tests.support.keys import make_keys
-from tests.support.openai_upstream import serve_openai
+from tests.support.openai_upstream import FakeOpenAI, serve_openai
 from tests.support.server import RunningServer
 from tests.support.status import backend_status
 from tests.support.upstream import FakeUpstream
@@ -254,9 +254,9 @@ def test_a_batch_that_will_miss_its_deadline_shows_as_at_risk(
     assert "batchd_batches_at_risk 1.0" in metrics
 
 
-def test_the_lane_and_priority_go_upstream_where_it_schedules_by_them(
-    start_server: StartServer,
-) -> None:
+@pytest.fixture
+def vllm(start_server: StartServer) -> Iterator[tuple[RunningServer, FakeOpenAI]]:
+    """batchd in front of an OpenAI-compatible server that schedules by priority."""
     with serve_openai() as upstream:
         backend = {
             "name": "vllm",
@@ -265,54 +265,54 @@ def test_the_lane_and_priority_go_upstream_where_it_schedules_by_them(
             "models": ["qwen-*"],
             "send_priority": True,
         }
-        server = start_server(backends=[backend])
-        with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
-            client.messages.create(
-                model="qwen-7b", max_tokens=8, messages=[{"role": "user", "content": "now"}]
+        yield start_server(backends=[backend]), upstream
+
+
+def test_the_lane_and_priority_go_upstream_where_it_schedules_by_them(
+    vllm: tuple[RunningServer, FakeOpenAI],
+) -> None:
+    server, upstream = vllm
+    with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+        client.messages.create(
+            model="qwen-7b", max_tokens=8, messages=[{"role": "user", "content": "now"}]
+        )
+        client.messages.create(
+            model="qwen-7b",
+            max_tokens=8,
+            messages=[{"role": "user", "content": "flexible"}],
+            extra_headers={"batchd-service-tier": "flex"},
+        )
+        for level in ("high", "low"):
+            requests: list[Request] = [
+                {
+                    "custom_id": "one",
+                    "params": {
+                        "model": "qwen-7b",
+                        "max_tokens": 8,
+                        "messages": [{"role": "user", "content": level}],
+                    },
+                }
+            ]
+            batch = client.messages.batches.create(
+                requests=requests, extra_headers={"batchd-priority": level}
             )
-            client.messages.create(
-                model="qwen-7b",
-                max_tokens=8,
-                messages=[{"role": "user", "content": "flexible"}],
-                extra_headers={"batchd-service-tier": "flex"},
-            )
-            for level in ("high", "low"):
-                requests: list[Request] = [
-                    {
-                        "custom_id": "one",
-                        "params": {
-                            "model": "qwen-7b",
-                            "max_tokens": 8,
-                            "messages": [{"role": "user", "content": level}],
-                        },
-                    }
-                ]
-                batch = client.messages.batches.create(
-                    requests=requests, extra_headers={"batchd-priority": level}
-                )
-                wait_ended(client, batch.id)
+            wait_ended(client, batch.id)
     sent = {key: body["priority"] for key, body in upstream.bodies().items()}
     assert sent == {"now": 0, "flexible": 1, "high": 2, "low": 4}  # vLLM: lower goes first
 
 
-def test_service_tier_flex_on_the_openai_face_is_the_flex_lane(start_server: StartServer) -> None:
-    with serve_openai() as upstream:
-        backend = {
-            "name": "vllm",
-            "kind": "openai",
-            "base_url": upstream.url,
-            "models": ["qwen-*"],
-            "send_priority": True,
-        }
-        server = start_server(backends=[backend])
-        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="k") as client:
-            client.chat.completions.create(
-                model="qwen-7b",
-                messages=[{"role": "user", "content": "flexible"}],
-                service_tier="flex",
-            )
-            client.chat.completions.create(
-                model="qwen-7b", messages=[{"role": "user", "content": "now"}]
-            )
+def test_service_tier_flex_on_the_openai_face_is_the_flex_lane(
+    vllm: tuple[RunningServer, FakeOpenAI],
+) -> None:
+    server, upstream = vllm
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="k") as client:
+        client.chat.completions.create(
+            model="qwen-7b",
+            messages=[{"role": "user", "content": "flexible"}],
+            service_tier="flex",
+        )
+        client.chat.completions.create(
+            model="qwen-7b", messages=[{"role": "user", "content": "now"}]
+        )
     sent = {key: body["priority"] for key, body in upstream.bodies().items()}
     assert sent == {"flexible": 1, "now": 0}
