@@ -34,6 +34,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [500],
         "lookups": [100],
         "calls": 50,
+        "reuse": [50],
         "local": {
             "prompts": 16,
             "new_tokens": 8,
@@ -64,6 +65,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [20_000],
         "lookups": [100, 10_000],
         "calls": 300,
+        "reuse": [10_000],
         "local": {
             "prompts": 256,
             "new_tokens": 32,
@@ -94,6 +96,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "results": [100_000],
         "lookups": [100, 10_000],
         "calls": 1_000,
+        "reuse": [10_000],
         "local": {
             "prompts": 1024,
             "new_tokens": 32,
@@ -129,6 +132,7 @@ def plan(
         "fanout": lambda: scenarios.fanout(size["fanout"], repeat, workdir, size["latency"]),
         "results": lambda: scenarios.results(size["results"], repeat, workdir),
         "lookups": lambda: scenarios.lookups(size["lookups"], size["calls"], workdir),
+        "reuse": lambda: scenarios.reuse(size["reuse"], repeat, workdir, size["latency"]),
         "pg_ingest": lambda: postgres.ingest(size["ingest"], repeat, workdir, databases),
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
@@ -143,6 +147,7 @@ NAMES = [
     "fanout",
     "results",
     "lookups",
+    "reuse",
     "pg_ingest",
     "pg_engine",
     "pg_results",

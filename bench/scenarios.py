@@ -455,3 +455,63 @@ def _timed(urls: list[str]) -> list[float]:
             response.read()
         times.append((time.perf_counter() - started) * 1000)
     return times
+
+
+# -- 6. answer reuse -----------------------------------------------------------------------
+
+
+def _upstream_calls(url: str) -> int:
+    """Upstream calls batchd made, from its /metrics (the latency histogram's count)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+        text = response.read().decode()
+    counts = re.findall(r"^batchd_upstream_latency_seconds_count\{[^}]*\} (\S+)$", text, re.M)
+    return int(sum(float(c) for c in counts))
+
+
+def reuse(counts: list[int], repeat: int, workdir: Path, latency: float) -> list[Row]:
+    """A temperature-0 batch run, then submitted again on a backend with
+    ``reuse_answers = "deterministic"``: the second run's upstream calls and its time from
+    create to ended beside the first run's."""
+    rows = []
+    runs = iter(range(1_000_000))
+    with harness.fake_upstream(latency) as upstream:
+        for n in counts:
+            requests = workload.requests(n)
+            for request in requests:
+                request["params"]["temperature"] = 0
+            body = json.dumps({"requests": requests}, separators=(",", ":")).encode()
+            backend = {
+                "name": "upstream",
+                "kind": "anthropic",
+                "base_url": upstream,
+                "models": ["claude-*"],
+                "max_concurrency": 256,
+                "adaptive_concurrency": False,
+                "reuse_answers": "deterministic",
+            }
+
+            def run(body: bytes = body, backend: dict[str, Any] = backend) -> list[float]:
+                with harness.batchd(workdir / f"reuse-{next(runs)}", backends=[backend]) as server:
+                    figures = []
+                    for _ in range(2):
+                        batch = harness.post_json(f"{server.url}/v1/messages/batches", body)
+                        started = time.perf_counter()
+                        harness.wait_ended(server.url, batch["id"])
+                        figures += [time.perf_counter() - started, _upstream_calls(server.url)]
+                return figures
+
+            first, first_calls, again, calls = harness.median_of(repeat, run, key=lambda r: r[2])
+            rows.append(
+                {
+                    "requests": n,
+                    "first_run_s": round(first, 3),
+                    "resubmitted_s": round(again, 3),
+                    "speedup": round(first / again, 1),
+                    "first_run_upstream_calls": int(first_calls),
+                    # of the second run's requests, those answered without an upstream call
+                    "resubmitted_calls_saved_pct": round(
+                        100 * (1 - (calls - first_calls) / first_calls), 1
+                    ),
+                }
+            )
+    return rows

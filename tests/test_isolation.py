@@ -33,7 +33,7 @@ class World:
 
     def call(self, who: str | None, method: str, path: str, body: Any = None) -> httpx.Response:
         headers = {"x-api-key": self.keys[who]} if who else {}
-        path = path.format(batch_id=self.batch_id, path="console.js")
+        path = path.format(batch_id=self.batch_id, path="console.js", custom_id="alice-ok")
         return httpx.request(method, f"{self.url}{path}", headers=headers, json=body, timeout=30)
 
 
@@ -124,6 +124,12 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("DELETE", "/v1/messages/batches/{batch_id}"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/results"): (refused_as_unknown, True),
     ("GET", "/console/api/batches/{batch_id}/errors"): (refused_as_unknown, True),
+    # batchd's own: the schedule, retry, details, the console's results
+    ("GET", "/v1/messages/batches/{batch_id}/schedule"): (refused_as_unknown, True),
+    ("POST", "/v1/messages/batches/{batch_id}/retry"): (refused_as_unknown, True),
+    ("GET", "/v1/messages/batches/{batch_id}/details"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results"): (refused_as_unknown, True),
+    ("GET", "/console/api/batches/{batch_id}/results/{custom_id}"): (refused_as_unknown, True),
     # server-wide, holding no workspace's data
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),
@@ -166,3 +172,11 @@ def test_no_key_no_data(world: World, method: str, path: str) -> None:
         assert reply.json()["error"]["type"] == "authentication_error"
     else:
         assert reply.status_code == 200
+
+
+def test_partial_results_of_another_workspace_are_a_404(world: World) -> None:
+    path = "/v1/messages/batches/{batch_id}/results?partial=true"
+    reply = world.call("bob", "GET", path)
+    assert_not_found(reply)
+    assert "batchd-results-cursor" not in reply.headers
+    assert world.call("alice", "GET", path).status_code == 200

@@ -36,11 +36,13 @@ UNDOCUMENTED = {
     ("GET", "/metrics"),
     # the document itself
     ("GET", "/openapi.json"),
-    # the web console: HTML, its static files, and its one data route
+    # the web console: HTML, its static files, and its data routes
     ("GET", "/console"),
     ("GET", "/console/batches/{batch_id}"),
     ("GET", "/console/static/{path}"),
     ("GET", "/console/api/batches/{batch_id}/errors"),
+    ("GET", "/console/api/batches/{batch_id}/results"),
+    ("GET", "/console/api/batches/{batch_id}/results/{custom_id}"),
     # OpenAI's synchronous calls: OpenAI's bodies, what a backend takes of them depends on
     # its kind (README, "OpenAI endpoints per backend kind")
     ("POST", "/v1/chat/completions"),

@@ -250,6 +250,16 @@ PARAMS = [
     "id",
     "workspace",
     "key_hash",
+    "answer_key",
+    "upto",
+    "prefix",
+    "custom_id",
+    "state1",
+    "state2",
+    "state3",
+    "key",
+    "not_before",
+    "keys",
 ]
 HOT_QUERIES = [
     "get_batch",
@@ -270,6 +280,15 @@ HOT_QUERIES = [
     "errored_page",
     "queued_by_backend",
     "running_count",
+    "next_mark",
+    "mark_done",
+    "recorded_page",
+    "filtered_page",
+    "request_result",
+    "requests_in_states",
+    "retries_of",
+    "find_answers",
+    "find_idempotency_key",
 ]
 
 

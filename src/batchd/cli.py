@@ -395,6 +395,13 @@ def batches_delete(server: commands.Server, batch_id: str, as_json: bool) -> Non
 @_out_option
 @_only_option
 @click.option("--json", "as_json", is_flag=True, help="The JSONL lines themselves")
+@click.option(
+    "--follow", is_flag=True, help="JSONL lines as they are recorded, until the batch ends"
+)
+@click.option(
+    "--merged", is_flag=True, help="Each custom_id's latest result over the batch's retries"
+)
+@_interval_option
 @_client_command
 def batches_results(
     server: commands.Server,
@@ -402,9 +409,50 @@ def batches_results(
     out: Path | None,
     only: tuple[str, ...],
     as_json: bool,
+    follow: bool,
+    merged: bool,
+    interval: float,
 ) -> None:
-    """The results of an ended batch: a table, JSONL (--json) or a file (--out)."""
-    commands.show_results(server, batch_id, out, only, as_json=as_json)
+    """The results of an ended batch: a table, JSONL (--json) or a file (--out).
+
+    --follow writes them as they are recorded while the batch runs; --merged gives, over
+    the chain of retries the batch is part of, each custom_id's latest result once."""
+    if follow and merged:
+        raise click.UsageError("--follow and --merged cannot be used together")
+    if follow:
+        commands.follow_results(server, batch_id, out, only, interval)
+    elif merged:
+        commands.merged_results(server, batch_id, out, only, as_json=as_json)
+    else:
+        commands.show_results(server, batch_id, out, only, as_json=as_json)
+
+
+@batches.command("retry")
+@click.argument("batch_id")
+@click.option(
+    "--types",
+    multiple=True,
+    type=click.Choice(("errored", "expired", "canceled")),
+    help="Retry the requests with results of this type (repeatable) [default: errored, expired]",
+)
+@click.option("--wait", is_flag=True, help="Show progress until the retry ends, then its results")
+@_out_option
+@_only_option
+@_interval_option
+@_client_command
+def batches_retry(
+    server: commands.Server,
+    batch_id: str,
+    types: tuple[str, ...],
+    wait: bool,
+    out: Path | None,
+    only: tuple[str, ...],
+    interval: float,
+) -> None:
+    """A new batch of an ended batch's failed requests (batchd's own extension)."""
+    commands.retry(
+        server, batch_id, types, wait=wait, waiting=commands.Waiting(out, only, interval)
+    )
 
 
 @batches.command("wait")

@@ -27,6 +27,7 @@ DEFAULT_MAX_OUTPUT_TOKENS = 128_000
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 # Kinds that run the model inside batchd's own process (``model_path`` instead of base_url).
 LOCAL_KINDS = frozenset({"transformers", "vllm"})
+ReuseMode = Literal["off", "deterministic", "always"]  # a backend's reuse_answers
 
 
 class BackendConfig(BaseModel):
@@ -75,6 +76,11 @@ class BackendConfig(BaseModel):
     # "*.cdn.example"); default: any public host, never a loopback/private/link-local one.
     allowed_url_hosts: list[str] | None = None
     max_retries: int | None = Field(default=None, ge=0)
+    # Answer reuse (batchd's own): a batch request whose canonical params (all but metadata,
+    # with the backend it is routed to) match a request that already succeeded here in the
+    # same workspace is answered from that result without an upstream call: "deterministic"
+    # for requests with temperature 0 only, "always" for any; "off" calls every time.
+    reuse_answers: ReuseMode = "off"
     latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
     # transformers / vllm: a Hugging Face model directory, run in this process
     model_path: str | None = None
@@ -196,6 +202,10 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=6, ge=0)
     retry_base_seconds: float = Field(default=0.5, ge=0)
     retry_max_seconds: float = Field(default=60.0, ge=0)
+
+    # Tests only (tests/faults/test_idempotency.py): SIGKILL the server after a create has
+    # committed and before it answers. Off unless BATCHD_FAULT_KILL_AFTER_CREATE is set.
+    fault_kill_after_create: bool = False
 
     backends: list[BackendConfig] = Field(default_factory=list)
 

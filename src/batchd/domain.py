@@ -94,6 +94,8 @@ class Batch:
     ended_at: float | None
     cancel_initiated_at: float | None
     priority: int = 0  # batchd's own: Priority
+    retry_of: str | None = None  # the batch this one retries (POST .../retry), if any
+    reused: int = 0  # answers reused instead of calling the upstream (reuse_answers)
 
     @classmethod
     def from_row(cls, row: Any) -> Batch:
@@ -110,6 +112,8 @@ class Batch:
             ended_at=row["ended_at"],
             cancel_initiated_at=row["cancel_initiated_at"],
             priority=row["priority"],
+            retry_of=row["retry_of"],
+            reused=row["reused"],
         )
 
     def projected_end(self, now: float) -> float | None:
@@ -156,6 +160,8 @@ class Outcome:
     request: ClaimedRequest
     state: RequestState
     line: bytes
+    answer_key: str | None = None  # its params' key, where its backend reuses answers
+    reused: bool = False  # answered from a stored answer, without an upstream call
 
 
 @dataclass(frozen=True, slots=True)

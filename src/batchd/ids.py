@@ -58,6 +58,11 @@ def new_batch_id() -> str:
     return batch_id(_batch_ids.next())
 
 
+def new_message_id() -> str:
+    """The id of a message batchd answers itself (a reused answer)."""
+    return "msg_" + secrets.token_hex(12)
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 

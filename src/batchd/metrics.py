@@ -69,6 +69,13 @@ class Metrics:
             ["backend", "state"],
             registry=r,
         )
+        self.answers_reused = Counter(
+            "batchd_answers_reused",
+            "Batch requests answered from a stored answer without an upstream call "
+            "(reuse_answers); per batch in `batchd batches show` and the console",
+            ["backend"],
+            registry=r,
+        )
         self.batches_created = Counter("batchd_batches_created", "Batches accepted", registry=r)
         self.batches_ended = Counter(
             "batchd_batches_ended", "Batches that reached processing_status ended", registry=r

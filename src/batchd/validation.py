@@ -17,9 +17,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from batchd.domain import RawParams
+from batchd.domain import RawParams, RequestState
 from batchd.errors import InvalidRequest
-from batchd.schemas.batches import CUSTOM_ID_PATTERN, BatchRequest, CreateBatchRequest
+from batchd.schemas.batches import (
+    CUSTOM_ID_PATTERN,
+    BatchRequest,
+    CreateBatchRequest,
+    RetryBatchRequest,
+)
 from batchd.schemas.messages import Content, CountTokensParams, InputMessage, MessageParams
 
 T = TypeVar("T")
@@ -47,6 +52,7 @@ Params = MessageParams  # the name the backends know it by
 _envelope_decoder = msgspec.json.Decoder(CreateBatchRequest)
 _params_decoder = msgspec.json.Decoder(MessageParams)
 _count_tokens_decoder = msgspec.json.Decoder(CountTokensParams)
+_retry_decoder = msgspec.json.Decoder(RetryBatchRequest)
 _any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 # Arrays and objects nested deeper than this in one request's params are refused, so that
 # no later walk over the JSON (estimates, translation, encoders) meets unbounded nesting.
@@ -134,6 +140,14 @@ def _check_items(requests: list[BatchRequest], max_requests: int) -> list[BatchI
             raise InvalidRequest(f"requests.{i}.params: Input should be a valid dictionary")
         items.append(BatchItem(custom_id, item.params))
     return items
+
+
+def parse_retry_body(body: bytes | bytearray) -> list[RequestState]:
+    """The result types a retry names (none: errored and expired), each once."""
+    if not body or body.isspace():
+        return [RequestState.ERRORED, RequestState.EXPIRED]
+    named = _decode(_retry_decoder, body, "request body").result_types
+    return [RequestState(t) for t in dict.fromkeys(named)]
 
 
 def check_params(raw: RawParams, *, in_batch: bool = True) -> MessageParams:

@@ -16,7 +16,8 @@ answer that starts late (``slow(seconds)``), one whose body trickles in over
 ``slow_body(seconds)``, and no answer at all until the caller hangs up (``HANG``; the
 upstream counts the calls abandoned so, ``abandoned(key)``).
 
-The answer honours ``max_tokens`` (a word a token) and ``stop_sequences`` as the API does.
+The answer honours ``max_tokens`` (a word a token) and ``stop_sequences`` as the API does;
+a ``tool_choice`` naming a tool adds a ``tool_use`` block calling it with ``{"text": key}``.
 
 With ``capacity=C`` it admits at most C calls at once and answers 429 above that, as a
 real server at its limit does; ``levels_at_admission`` tells how many it held as calls came.
@@ -166,12 +167,19 @@ def message_for(params: Mapping[str, Any], key: str) -> dict[str, Any]:
     words = text.split(" ")
     if stop_sequence is None and len(words) > params.get("max_tokens", len(words)):
         text, stop_reason = " ".join(words[: params["max_tokens"]]), "max_tokens"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    choice = params.get("tool_choice") or {}
+    if choice.get("type") == "tool":  # the named tool, called with the key
+        tool_use = {"type": "tool_use", "id": "toolu_" + digest, "name": choice.get("name", "")}
+        content.append(tool_use | {"input": {"text": key}})
+        stop_reason = "tool_use"
     return {
-        "id": "msg_" + hashlib.sha256(key.encode()).hexdigest()[:24],
+        "id": "msg_" + digest,
         "type": "message",
         "role": "assistant",
         "model": params.get("model", "unknown"),
-        "content": [{"type": "text", "text": text}],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
         "usage": {"input_tokens": max(1, len(key) // 4), "output_tokens": len(text.split())},
@@ -452,3 +460,9 @@ def serve_upstream(
     with serve_app(upstream.app) as running:
         upstream.url = running.url
         yield upstream
+
+
+def upstream_backend(upstream: FakeUpstream, **options: Any) -> dict[str, Any]:
+    """A backend table (as Settings takes it) sending models ``claude-*`` to ``upstream``."""
+    table: dict[str, Any] = {"name": "up", "kind": "anthropic", "base_url": upstream.url}
+    return table | {"models": ["claude-*"]} | options

@@ -20,11 +20,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from batchd.schemas.batches import (
+    BatchDetails,
     BatchSchedule,
     CreateBatchRequest,
     DeletedMessageBatch,
     MessageBatch,
     MessageBatchList,
+    RetryBatchRequest,
 )
 from batchd.schemas.errors import ErrorResponse
 from batchd.schemas.messages import CountTokensParams, Message, MessageParams, MessageTokensCount
@@ -68,6 +70,9 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("delete", _BATCH): (DeletedMessageBatch, (400, 404, 503)),
     ("get", f"{_BATCH}/results"): (_JSONL, (400, 404, 503)),
     ("get", f"{_BATCH}/schedule"): (BatchSchedule, (404, 503)),
+    # batchd's own (README "Beyond the hosted API")
+    ("post", f"{_BATCH}/retry"): (MessageBatch, (400, 404, 408, 413, 415, 429, 503)),
+    ("get", f"{_BATCH}/details"): (BatchDetails, (404, 503)),
     ("post", "/v1/messages"): (Message, (400, 415, *_UPSTREAM)),
     ("post", "/v1/messages/count_tokens"): (MessageTokensCount, (400, 415, *_UPSTREAM)),
     ("get", "/v1/models"): (ModelList, ()),
@@ -79,7 +84,9 @@ REQUEST_BODIES: dict[tuple[str, str], type[msgspec.Struct]] = {
     ("post", "/v1/messages/batches"): CreateBatchRequest,
     ("post", "/v1/messages"): MessageParams,
     ("post", "/v1/messages/count_tokens"): CountTokensParams,
+    ("post", f"{_BATCH}/retry"): RetryBatchRequest,
 }
+OPTIONAL_BODIES = {("post", f"{_BATCH}/retry")}  # none: errored and expired
 _REF_TEMPLATE = "#/components/schemas/{name}"
 
 
@@ -141,7 +148,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
             if (method, path) in REQUEST_BODIES:
                 schema = _ref(REQUEST_BODIES[(method, path)])
                 operation["requestBody"] = {
-                    "required": True,
+                    "required": (method, path) not in OPTIONAL_BODIES,
                     "content": {"application/json": {"schema": schema}},
                 }
             _plain_query_strings(operation)

@@ -18,7 +18,7 @@ from batchd.backends.estimate import tokens_of_length
 from batchd.backends.http import ANSWER_HEADERS
 from batchd.backends.pacing import Call, Lane, Pacer, Slot, TokenBucket
 from batchd.backends.retry import RetryPolicy, call_with_retries
-from batchd.config import BackendConfig
+from batchd.config import BackendConfig, ReuseMode
 from batchd.errors import InvalidRequest, UpstreamError
 from batchd.metrics import Metrics
 from batchd.validation import Params
@@ -54,8 +54,10 @@ class BackendRunner:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        reuse_answers: ReuseMode = "off",
     ) -> None:
         self.backend = backend
+        self.reuse_answers = reuse_answers
         self.pacer = pacer
         self.policy = policy.for_backend(backend.max_retries)
         self._metrics = metrics
@@ -194,7 +196,11 @@ def build_runners(
     by_name = {c.name: c for c in configs}
     return {
         name: BackendRunner(
-            backend, Pacer(by_name[name], metrics, buckets=buckets), policy, metrics
+            backend,
+            Pacer(by_name[name], metrics, buckets=buckets),
+            policy,
+            metrics,
+            reuse_answers=by_name[name].reuse_answers,
         )
         for name, backend in backends.items()
     }

@@ -8,12 +8,13 @@ messages to stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 from rich.markup import escape
@@ -104,23 +105,51 @@ def submit(
 
 
 def _interrupted(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> Interrupted:
+    kept = ""
+    if waiting.out is not None and _followed(waiting.out).exists():
+        kept = f"the results recorded so far are in {_followed(waiting.out)}; "
     return Interrupted(
-        "interrupted: the batches keep running on the server; resume waiting with\n  "
+        f"interrupted: {kept}the batches keep running on the server; resume waiting with\n  "
         + resume_command(server, batch_ids, waiting)
     )
 
 
+def _followed(out: Path) -> Path:
+    """Where a wait with --out writes the result lines as they are recorded."""
+    return out.with_name(out.name + ".part")
+
+
 def wait_and_write(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> None:
-    """Wait with a progress bar, then write the merged results (to --out, else stdout)."""
+    """Wait with a progress bar, then write the merged results (to --out, else stdout).
+    With --out, the lines are written to OUT.part as they are recorded meanwhile, so that
+    an interrupted wait keeps them; OUT itself is written, in input order, at the end."""
     err = views.console(stderr=True)
     try:
-        ended = server.call(lambda client: wait_for(client, batch_ids, err, waiting.interval))
+        if waiting.out is None:
+            ended = server.call(lambda client: wait_for(client, batch_ids, err, waiting.interval))
+        else:
+            ended = _wait_following(server, batch_ids, waiting, _followed(waiting.out))
         err.print(f"ended: {describe(tally(ended))}")
         written = write_results(server, batch_ids, waiting.out, waiting.only)
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C inside asyncio.run: either
         raise _interrupted(server, batch_ids, waiting) from None
+    if waiting.out is not None:
+        _followed(waiting.out).unlink(missing_ok=True)
     where = waiting.out or "stdout"
     err.print(f"wrote {written:,} results to {escape(str(where))}", highlight=False)
+
+
+def _wait_following(
+    server: Server, batch_ids: Sequence[str], waiting: Waiting, followed: Path
+) -> list[Batch]:
+    err = views.console(stderr=True)
+    with followed.open("wb") as stream:
+
+        async def run(client: BatchdClient) -> list[Batch]:
+            follower = results.Follower(client, batch_ids, stream, waiting.only)
+            return await wait_for(client, batch_ids, err, waiting.interval, follower.pull)
+
+        return server.call(run)
 
 
 def write_results(
@@ -134,7 +163,7 @@ def write_results(
 
     if out is None:
         return write_to(sys.stdout.buffer)
-    partial = out.with_name(out.name + ".part")
+    partial = out.with_name(out.name + ".tmp")
     try:
         with partial.open("wb") as stream:
             written = write_to(stream)
@@ -156,18 +185,21 @@ def list_batches(server: Server, limit: int, *, as_json: bool) -> None:
 
 
 def show(server: Server, batch_id: str, *, as_json: bool) -> None:
-    async def both(client: BatchdClient) -> tuple[Batch, Batch | None]:
-        batch = await client.retrieve(batch_id)
+    async def all_of(client: BatchdClient) -> tuple[Batch, dict[str, Any], Batch | None]:
+        batch, details = await client.retrieve(batch_id), await client.details(batch_id)
         try:
-            return batch, await client.schedule(batch_id)
+            return batch, details, await client.schedule(batch_id)
         except ApiError:  # a server without batchd's schedule route
-            return batch, None
+            return batch, details, None
 
-    batch, schedule = server.call(both)
+    batch, details, schedule = server.call(all_of)
     if as_json:
-        _print_json(batch if schedule is None else {**batch, "batchd_schedule": schedule})
+        own = {"batchd": details}
+        _print_json(
+            batch | own if schedule is None else batch | own | {"batchd_schedule": schedule}
+        )
     else:
-        views.console().print(views.batch_table(batch, schedule))
+        views.console().print(views.batch_table(batch, details, schedule))
 
 
 def cancel(server: Server, batch_id: str, *, as_json: bool) -> None:
@@ -187,6 +219,70 @@ def _show_batch(batch: Batch, *, as_json: bool) -> None:
         _print_json(batch)
     else:
         views.console().print(views.batch_table(batch))
+
+
+def retry(
+    server: Server, batch_id: str, types: Sequence[str], *, wait: bool, waiting: Waiting
+) -> None:
+    """A new batch of an ended batch's requests whose results are of ``types``."""
+    err = views.console(stderr=True)
+    batch = server.call(lambda client: client.retry(batch_id, types))
+    err.print(f"retrying {batch['request_counts']['processing']:,} requests of {batch_id} "
+              f"as {batch['id']}", markup=False, highlight=False)  # fmt: skip
+    if wait:
+        wait_and_write(server, [batch["id"]], waiting)
+    else:
+        click.echo(batch["id"])
+
+
+def follow_results(
+    server: Server, batch_id: str, out: Path | None, only: Collection[str], interval: float
+) -> None:
+    """Write a batch's result lines as they are recorded, until it has ended."""
+
+    def follow_into(stream: IO[bytes]) -> int:
+        async def run(client: BatchdClient) -> int:
+            follower = results.Follower(client, [batch_id], stream, only)
+            await results.follow(follower, client, batch_id, interval)
+            return follower.written.total()
+
+        return server.call(run)
+
+    try:
+        if out is None:
+            written = follow_into(sys.stdout.buffer)
+        else:
+            with out.open("wb") as stream:
+                written = follow_into(stream)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise Interrupted(f"interrupted: the batch {batch_id} keeps running") from None
+    click.echo(f"{written:,} results; {batch_id} has ended", err=True)
+
+
+def merged_results(
+    server: Server, batch_id: str, out: Path | None, only: Collection[str], *, as_json: bool
+) -> None:
+    """Each custom_id's latest result over the chain of retries ``batch_id`` is part of."""
+    err = views.console(stderr=True)
+
+    async def run(client: BatchdClient) -> list[bytes]:
+        chain = await results.retry_chain(client, batch_id)
+        ended = []
+        for member in chain:
+            if (await client.retrieve(member))["processing_status"] == "ended":
+                ended.append(member)
+            else:
+                err.print(f"{member} has not ended: its results are left out", highlight=False)
+        return [line async for line in results.latest(client, ended, only)]
+
+    lines = server.call(run)
+    if not (out is not None or as_json):
+        views.console().print(views.results_table(results.summary(line) for line in lines))
+        return
+    with out.open("wb") if out is not None else contextlib.nullcontext(sys.stdout.buffer) as stream:
+        stream.writelines(line + b"\n" for line in lines)
+    if out is not None:
+        click.echo(f"wrote {len(lines):,} results to {out}", err=True)
 
 
 def show_results(

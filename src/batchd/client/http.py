@@ -1,7 +1,11 @@
-"""An async HTTP client for the Batches API (aiohttp; the anthropic SDK is not a dependency)."""
+"""An async HTTP client for the Batches API (aiohttp; the anthropic SDK is not a dependency),
+with batchd's own extensions: idempotent creates, results read while a batch runs, retries
+of what failed and a batch's details."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -13,6 +17,9 @@ import msgspec
 from batchd.client.errors import ApiError, AuthRefused, ClientError, ServerUnreachable
 
 BATCHES = "/v1/messages/batches"
+RESULTS_CURSOR = "batchd-results-cursor"
+# A create whose connection dropped is sent again (same Idempotency-Key) for this long.
+CREATE_RETRY_SECONDS = 60.0
 
 Batch = dict[str, Any]
 
@@ -82,13 +89,36 @@ class BatchdClient:
     # -- the Batches API -----------------------------------------------------------------
 
     async def create(
-        self, encoded_requests: Sequence[bytes], extra_headers: Mapping[str, str] | None = None
+        self,
+        encoded_requests: Sequence[bytes],
+        idempotency_key: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> Batch:
-        """Create a batch; ``extra_headers``: batchd's own (batchd-priority, ...)."""
+        """Create a batch; ``extra_headers``: batchd's own (batchd-priority, ...). With
+        ``idempotency_key``, a create whose connection dropped after it was sent is sent again
+        with the same key (for up to CREATE_RETRY_SECONDS, while the server restarts): the
+        server answers the batch the first one made, if it did."""
         body = b'{"requests":[' + b",".join(encoded_requests) + b"]}"
         headers = {"content-type": "application/json", **(extra_headers or {})}
-        batch: Batch = await self._call("POST", BATCHES, data=body, headers=headers)
-        return batch
+        if idempotency_key is None:
+            batch: Batch = await self._call("POST", BATCHES, data=body, headers=headers)
+            return batch
+        headers["idempotency-key"] = idempotency_key
+        deadline: float | None = None  # set once a sent create lost its connection
+        delay = 0.25
+        while True:
+            try:
+                batch = await self._call("POST", BATCHES, data=body, headers=headers)
+                return batch
+            except ServerUnreachable as exc:
+                refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+                if deadline is None and refused:
+                    raise  # never reached the server: nothing to make sure of
+                deadline = deadline or time.monotonic() + CREATE_RETRY_SECONDS
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def schedule(self, batch_id: str) -> Batch:
         """batchd's own: a batch's priority, deadline and whether it will miss it."""
@@ -120,7 +150,37 @@ class BatchdClient:
     async def results(self, batch_id: str) -> AsyncIterator[bytes]:
         """The batch's JSONL result lines, each without its newline, as they stream in."""
         async with self._request("GET", f"{BATCHES}/{batch_id}/results") as response:
-            async for line in response.content:
-                line = line.rstrip(b"\r\n")
-                if line:
-                    yield line
+            async for line in _lines(response):
+                yield line
+
+    @asynccontextmanager
+    async def recorded(
+        self, batch_id: str, after: str | None
+    ) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+        """The result lines recorded after cursor ``after`` (all, if None), in any status,
+        and the cursor to read on from."""
+        params = {"partial": "true"} | ({"after": after} if after is not None else {})
+        path = f"{BATCHES}/{batch_id}/results"
+        async with self._request("GET", path, params=params) as response:
+            yield response.headers[RESULTS_CURSOR], _lines(response)
+
+    async def retry(self, batch_id: str, result_types: Sequence[str] = ()) -> Batch:
+        """A new batch of the ended batch's requests of ``result_types`` (the server's
+        default: errored and expired)."""
+        body = msgspec.json.encode({"result_types": list(result_types)}) if result_types else b""
+        headers = {"content-type": "application/json"}
+        path = f"{BATCHES}/{batch_id}/retry"
+        batch: Batch = await self._call("POST", path, data=body, headers=headers)
+        return batch
+
+    async def details(self, batch_id: str) -> dict[str, Any]:
+        """batchd's own facts of a batch: retry_of, retried_by, reused_answers."""
+        details: dict[str, Any] = await self._call("GET", f"{BATCHES}/{batch_id}/details")
+        return details
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async for line in response.content:
+        line = line.rstrip(b"\r\n")
+        if line:
+            yield line

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from rich.console import Console
 from rich.progress import (
@@ -52,9 +52,14 @@ def ended(batch: Batch) -> bool:
 
 
 async def wait_for(
-    client: BatchdClient, batch_ids: Sequence[str], console: Console, interval: float = 1.0
+    client: BatchdClient,
+    batch_ids: Sequence[str],
+    console: Console,
+    interval: float = 1.0,
+    each_round: Callable[[], Awaitable[None]] | None = None,
 ) -> list[Batch]:
-    """Poll until every batch has ended; returns them in the order given."""
+    """Poll until every batch has ended; returns them in the order given. ``each_round`` is
+    awaited after every poll, the last one after every batch was seen ended."""
     batches = {batch_id: await client.retrieve(batch_id) for batch_id in batch_ids}
     counts = tally(list(batches.values()))
     label = f"{len(batch_ids)} batch" + ("es" if len(batch_ids) > 1 else "")
@@ -79,4 +84,8 @@ async def wait_for(
                     batches[batch_id] = await client.retrieve(batch_id)
             counts = tally(list(batches.values()))
             progress.update(task, completed=counts["done"], states=describe(counts))
+            if each_round is not None:
+                await each_round()
+    if each_round is not None:
+        await each_round()
     return [batches[batch_id] for batch_id in batch_ids]

@@ -1,7 +1,9 @@
-"""Reading results: merged over batches in order, filtered by type, summarised for tables."""
+"""Reading results: merged over batches in order, filtered by type, summarised for tables;
+followed while batches run, and merged over a chain of retries (batchd's own extensions)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import IO, Any
@@ -29,6 +31,10 @@ def result_type(line: bytes) -> str:
     return _decode_line(line).result.type
 
 
+def _custom_id(line: bytes) -> str:
+    return _decode_line(line).custom_id
+
+
 async def merged(
     client: BatchdClient, batch_ids: Sequence[str], only: Collection[str] = ()
 ) -> AsyncIterator[bytes]:
@@ -49,6 +55,73 @@ async def write(
         written[result_type(line)] += 1
     out.flush()
     return written
+
+
+class Follower:
+    """Writes each batch's result lines to ``out`` as they are recorded (``?partial=true``
+    and its cursor), none twice."""
+
+    def __init__(
+        self,
+        client: BatchdClient,
+        batch_ids: Sequence[str],
+        out: IO[bytes],
+        only: Collection[str] = (),
+    ) -> None:
+        self._client = client
+        self._cursors: dict[str, str | None] = dict.fromkeys(batch_ids)
+        self._out = out
+        self._only = only
+        self.written: Counter[str] = Counter()
+
+    async def pull(self) -> None:
+        """Write what each batch recorded since the last pull."""
+        for batch_id, after in self._cursors.items():
+            async with self._client.recorded(batch_id, after) as (cursor, lines):
+                async for line in lines:
+                    kind = result_type(line)
+                    if not self._only or kind in self._only:
+                        self._out.write(line + b"\n")
+                        self.written[kind] += 1
+            self._cursors[batch_id] = cursor
+        self._out.flush()
+
+
+async def follow(follower: Follower, client: BatchdClient, batch_id: str, interval: float) -> None:
+    """Pull until the batch has ended (the pull after it ended has every result)."""
+    while True:
+        ended = (await client.retrieve(batch_id))["processing_status"] == "ended"
+        await follower.pull()
+        if ended:
+            return
+        await asyncio.sleep(interval)
+
+
+async def retry_chain(client: BatchdClient, batch_id: str) -> list[str]:
+    """Every batch of the retry chain (a tree) that ``batch_id`` is part of, oldest first."""
+    root = batch_id
+    while (up := (await client.details(root))["retry_of"]) is not None:
+        root = up
+    chain, waiting = [], [root]
+    while waiting:
+        current = waiting.pop()
+        chain.append(current)
+        waiting += (await client.details(current))["retried_by"]
+    return sorted(chain)  # batch ids sort by creation time
+
+
+async def latest(
+    client: BatchdClient, batch_ids: Sequence[str], only: Collection[str] = ()
+) -> AsyncIterator[bytes]:
+    """Each custom_id's result from the last of ``batch_ids`` (oldest first) that has it,
+    once, in the order the custom_ids first appear."""
+    lines: dict[str, bytes] = {}
+    for batch_id in batch_ids:
+        async for line in client.results(batch_id):
+            lines[_custom_id(line)] = line
+    for line in lines.values():
+        if not only or result_type(line) in only:
+            yield line
 
 
 def summary(line: bytes, width: int = 100) -> tuple[str, str, str]:

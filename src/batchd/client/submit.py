@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 from batchd.client.errors import ClientError
@@ -21,11 +22,15 @@ async def submit(
     headers: Mapping[str, str] | None = None,
 ) -> list[Batch]:
     """Create the batches in input order (each with ``headers``: batchd's own priority and
-    completion window); a failure names the batches already created."""
+    completion window); a failure names the batches already created. Each create has its
+    own Idempotency-Key, so that one sent again after a dropped connection never makes two
+    batches."""
     created: list[Batch] = []
-    for chunk in chunks(requests, max_requests, max_bytes):
+    run = uuid.uuid4().hex
+    for index, chunk in enumerate(chunks(requests, max_requests, max_bytes)):
         try:
-            created.append(await client.create(chunk, headers))
+            key = f"batchd-submit-{run}-{index}"
+            created.append(await client.create(chunk, key, headers))
         except ClientError as exc:
             if not created:
                 raise

@@ -68,8 +68,11 @@ def batches_table(batches: Sequence[Batch]) -> Table:
     return table
 
 
-def batch_table(batch: Batch, schedule: Batch | None = None) -> Table:
-    """A batch's facts; with batchd's ``schedule``, its priority and deadline too."""
+def batch_table(
+    batch: Batch, details: dict[str, Any] | None = None, schedule: Batch | None = None
+) -> Table:
+    """A batch's facts; with batchd's ``details`` (retries, reused answers) and
+    ``schedule`` (priority and deadline), those too."""
     table = Table(show_header=False, box=None)
     table.add_row(cell("id"), cell(batch["id"]))
     table.add_row(cell("status"), _status(batch))
@@ -80,6 +83,10 @@ def batch_table(batch: Batch, schedule: Batch | None = None) -> Table:
     for key in ("processing", *STATES):
         table.add_row(cell(key), cell(f"{counts[key]:,}"))
     table.add_row(cell("results"), cell(batch.get("results_url") or "-"))
+    if details is not None:  # batchd's own
+        table.add_row(cell("reused answers"), cell(f"{details['reused_answers']:,}"))
+        table.add_row(cell("retry of"), cell(details["retry_of"] or "-"))
+        table.add_row(cell("retried by"), cell(" ".join(details["retried_by"]) or "-"))
     if schedule is not None:
         table.add_row(cell("priority"), cell(schedule["priority"]))
         table.add_row(cell("window"), cell(schedule["completion_window"]))

@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -32,19 +33,21 @@ from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState
+from batchd.engine.answers import answer_key, reusable, reused_line
 from batchd.engine.order import ClaimPlanner
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
 from batchd.schemas.results import errored_line, succeeded_line
 from batchd.store import Store
-from batchd.validation import stored_params
+from batchd.validation import Params, stored_params
 
 log = logging.getLogger(__name__)
 
 WRITE_GROUP = 256  # results committed in one transaction at most
 MAX_UNWRITTEN = 4096  # no more claims while this many results wait to be written
 STORE_RETRY_MAX = 2.0  # seconds: the longest wait before trying an unavailable store again
+Answer = tuple[str, bytes | None]  # a request's answer key, and a stored answer for it
 
 
 class StoreBackoff:
@@ -122,6 +125,7 @@ class Engine:
         self._leases_renewed = True
         self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
+        self._workspaces: dict[int, str] = {}  # batch seq -> workspace, for answer keys
 
     def wake(self) -> None:
         """New work may be queued: every dispatcher looks again."""
@@ -220,6 +224,8 @@ class Engine:
         turn out to have nothing queued, plan their slots again among the others."""
         now = self._clock()
         claimable = await self._store.claimable_batches(now)
+        if lane.runner.reuse_answers != "off":  # the workspaces of the answer keys
+            self._workspaces = {b.seq: b.workspace for b in claimable}
         claimed = 0
         while claimed < free:
             batches = [b for b in claimable if b.seq not in lane.exhausted]
@@ -236,8 +242,11 @@ class Engine:
             )
             lane.exhausted.update(claim.exhausted)
             lane.priorities.update((b.seq, b.priority) for b in batches)
+            answers = {}
+            if lane.runner.reuse_answers != "off" and claim.requests:
+                answers = await self._stored_answers(lane.runner, claim.requests)
             for request in claim.requests:
-                self._start(lane, request)
+                self._start(lane, request, answers.get(request.id))
             claimed += len(claim.requests)
             if not claim.exhausted:
                 break
@@ -247,17 +256,19 @@ class Engine:
             lane.priorities = {b.seq: b.priority for b in claimable}
         return claimed
 
-    def _start(self, lane: _Lane, request: ClaimedRequest) -> None:
+    def _start(self, lane: _Lane, request: ClaimedRequest, answer: Answer | None = None) -> None:
         self._held.add(request.id)
-        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take()))
+        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take(), answer))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
     # -- running -------------------------------------------------------------------------
 
-    async def _run_one(self, lane: _Lane, request: ClaimedRequest, slot: Slot) -> None:
+    async def _run_one(
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> None:
         try:
-            outcome = await self._execute(lane, request, slot)
+            outcome = await self._execute(lane, request, slot, answer)
         finally:
             slot.release()
         finished = lane.finished.get(outcome.state)
@@ -267,7 +278,11 @@ class Engine:
         finished.inc()
         self._outcomes.put_nowait(outcome)
 
-    async def _execute(self, lane: _Lane, request: ClaimedRequest, slot: Slot) -> Outcome:
+    async def _execute(
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
+    ) -> Outcome:
+        """Run one request; ``answer``: its answer key and stored answer, where its backend
+        may reuse one."""
         runner = lane.runner
         custom_id = request.custom_id
         if request.attempt > self._settings.max_attempts:
@@ -284,11 +299,15 @@ class Engine:
             return Outcome(
                 request, RequestState.ERRORED, errored_line(custom_id, "api_error", reason)
             )
+        key, stored = answer or (None, None)
         try:
             params = stored_params(request.params)
+            if stored is not None:
+                self._metrics.answers_reused.labels(runner.name).inc()
+                line = reused_line(custom_id, stored, params.model)
+                return Outcome(request, RequestState.SUCCEEDED, line, key, reused=True)
             priority = lane.priorities.get(request.batch_seq, 0)
-            with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
-                message = await runner.run(params, request.params, slot, priority=priority)
+            message = await self._call(runner, request, params, slot, priority)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
             return Outcome(request, RequestState.ERRORED, line)
@@ -296,7 +315,44 @@ class Engine:
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             line = errored_line(custom_id, "api_error", "internal error while running the request")
             return Outcome(request, RequestState.ERRORED, line)
-        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message))
+        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message), key)
+
+    async def _call(
+        self,
+        runner: BackendRunner,
+        request: ClaimedRequest,
+        params: Params,
+        slot: Slot,
+        priority: int,
+    ) -> dict[str, Any]:
+        with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
+            return await runner.run(params, request.params, slot, priority=priority)
+
+    async def _stored_answers(
+        self, runner: BackendRunner, requests: list[ClaimedRequest]
+    ) -> dict[int, tuple[str, bytes | None]]:
+        """For each claimed request whose backend may reuse its answer: its answer key and a
+        stored answer, if any, looked up in one query. None while the store is unavailable:
+        those requests run upstream, and their answers are not kept for reuse."""
+        keys: dict[int, str] = {}
+        try:
+            for request in requests:
+                if not reusable(runner.reuse_answers, stored_params(request.params)):
+                    continue
+                workspace = self._workspaces.get(request.batch_seq)
+                if workspace is None:
+                    if len(self._workspaces) > 10_000:
+                        self._workspaces.clear()
+                    workspace = await self._store.batch_workspace(request.batch_seq)
+                    self._workspaces[request.batch_seq] = workspace
+                keys[request.id] = answer_key(workspace, runner.name, request.params)
+            stored = await self._store.find_answers(list(keys.values()))
+        except InvalidRequest:  # params that no longer decode: run (and fail) as usual
+            return {}
+        except StoreUnavailable as exc:
+            log.warning("answer reuse skipped for %d requests: %s", len(requests), exc)
+            return {}
+        return {request_id: (key, stored.get(key)) for request_id, key in keys.items()}
 
     # -- recording -----------------------------------------------------------------------
 

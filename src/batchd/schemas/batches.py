@@ -7,7 +7,7 @@ which keeps each request's ``params`` as the exact bytes received.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -42,6 +42,14 @@ class CreateBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
         # is the fault named (``validation``)
         msgspec.Meta(extra_json_schema={"minItems": 1, "maxItems": MAX_DOCUMENTED_REQUESTS}),
     ]
+
+
+class RetryBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /v1/messages/batches/{id}/retry`` (batchd's own; optional)."""
+
+    result_types: Annotated[
+        list[Literal["errored", "expired", "canceled"]], msgspec.Meta(min_length=1)
+    ] = msgspec.field(default_factory=lambda: ["errored", "expired"])
 
 
 # -- sent -------------------------------------------------------------------------------------
@@ -110,6 +118,15 @@ def batch_to_wire(batch: Batch, *, origin: str, retention: float, now: float) ->
         cancel_initiated_at=rfc3339(batch.cancel_initiated_at),
         results_url=f"{origin}/v1/messages/batches/{batch.id}/results" if ended else None,
     )
+
+
+class BatchDetails(msgspec.Struct, forbid_unknown_fields=True):
+    """What batchd knows of a batch beyond MessageBatch (``GET .../{id}/details``)."""
+
+    id: BatchId
+    retry_of: str | None  # the batch this one retries
+    retried_by: list[str]  # the batches that retry this one, oldest first
+    reused_answers: Count  # answers reused instead of upstream calls (reuse_answers)
 
 
 def page_to_wire(data: list[MessageBatch], has_more: bool) -> MessageBatchList:

@@ -3,6 +3,8 @@
 from batchd.store.store import (
     Claimable,
     DatabaseStats,
+    IdempotencyKey,
+    IdempotencyMismatch,
     NewRequest,
     Purge,
     Recorded,
@@ -16,6 +18,8 @@ from batchd.store.store import (
 __all__ = [
     "Claimable",
     "DatabaseStats",
+    "IdempotencyKey",
+    "IdempotencyMismatch",
     "NewRequest",
     "Purge",
     "Recorded",

@@ -4,9 +4,9 @@
 
 -- name: insert_batch
 INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at, priority,
-                     input_tokens)
+                     input_tokens, retry_of)
 VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at, :priority,
-        :input_tokens)
+        :input_tokens, :retry_of)
 RETURNING seq;
 
 -- name: get_batch
@@ -31,7 +31,7 @@ WHERE seq = :seq AND processing_status = 'in_progress';
 -- name: settle_queued
 -- (the store adds the row count to the batch's counter of :state in the same transaction;
 -- a concurrent settle finds the rows no longer queued and counts nothing)
-UPDATE requests SET state = :state WHERE batch_seq = :seq AND state = 'queued';
+UPDATE requests SET state = :state, done_seq = :mark WHERE batch_seq = :seq AND state = 'queued';
 
 -- name: expire_running
 -- (a batch past its deadline: its requests still in flight end expired too, as the API's
@@ -41,8 +41,60 @@ WHERE batch_seq = :seq AND state = 'running';
 
 -- name: add_counts
 UPDATE batches SET succeeded = succeeded + :succeeded, errored = errored + :errored,
-                   canceled = canceled + :canceled, expired = expired + :expired
+                   canceled = canceled + :canceled, expired = expired + :expired,
+                   reused = reused + :reused
 WHERE seq = :seq;
+
+-- name: next_mark
+-- (locks the batch row until commit: the marks of one batch are taken and made visible in
+-- order, so a reader that sees results_mark M sees every request with done_seq <= M)
+UPDATE batches SET results_mark = results_mark + 1 WHERE seq = :seq RETURNING results_mark;
+
+-- name: results_mark
+SELECT results_mark FROM batches WHERE seq = :seq;
+
+-- name: recorded_page
+-- The results recorded after mark :mark up to mark :upto, in request order after :after
+-- (one pass over the batch per read: done_seq has no index, see migration 0006).
+SELECT id, custom_id, state, result FROM requests
+WHERE batch_seq = :seq AND id > :after AND done_seq > :mark AND done_seq <= :upto
+ORDER BY id LIMIT :limit;
+
+-- name: filtered_page
+-- A page of a batch's final results in request order, of one state ('' for any), whose
+-- custom_id starts with :prefix.
+SELECT id, custom_id, state, result FROM requests
+WHERE batch_seq = :seq AND done_seq IS NOT NULL AND id > :after
+  AND (CAST(:state AS TEXT) = '' OR state = CAST(:state AS TEXT))
+  AND substr(custom_id, 1, length(CAST(:prefix AS TEXT))) = CAST(:prefix AS TEXT)
+ORDER BY id LIMIT :limit;
+
+-- name: request_result
+SELECT id, custom_id, state, result FROM requests
+WHERE batch_seq = :seq AND custom_id = :custom_id AND done_seq IS NOT NULL;
+
+-- name: requests_in_states
+-- A page of the requests of a batch in one of three states (a state named twice for fewer).
+SELECT id, custom_id, params FROM requests
+WHERE batch_seq = :seq AND id > :after AND state IN (:state1, :state2, :state3)
+ORDER BY id LIMIT :limit;
+
+-- name: retries_of
+SELECT id FROM batches WHERE workspace = :workspace AND retry_of = :id ORDER BY seq;
+
+
+-- name: find_idempotency_key
+SELECT body_hash, batch_id FROM idempotency_keys
+WHERE workspace = :workspace AND idem_key = :key AND created_at >= :not_before;
+
+-- name: forget_idempotency_keys
+-- (a workspace's keys older than their 24 hours, and this key whatever its age)
+DELETE FROM idempotency_keys
+WHERE workspace = :workspace AND (created_at < :not_before OR idem_key = :key);
+
+-- name: insert_idempotency_key
+INSERT INTO idempotency_keys (workspace, idem_key, body_hash, batch_id, created_at)
+VALUES (:workspace, :key, :body_hash, :batch_id, :created_at);
 
 -- name: finalize_batch
 UPDATE batches SET processing_status = 'ended', ended_at = :now

@@ -28,11 +28,13 @@ WHERE id = ANY(:ids::bigint[]) AND state = 'running' AND lease_owner = :owner;
 -- pick the partial index requests_running with a nested loop over the unnested results,
 -- 60-370 ms per group of 256 with 1,500 requests in flight instead of about 6 ms by id.
 UPDATE requests r
-SET state = u.state, result = u.result, lease_owner = NULL, lease_expires = NULL
-FROM unnest(:id::bigint[], :state::text[], :result::bytea[], :attempt::bigint[])
-     AS u (id, state, result, attempt)
+SET state = u.state, result = u.result, lease_owner = NULL, lease_expires = NULL,
+    answer_key = u.answer_key
+FROM unnest(:id::bigint[], :state::text[], :result::bytea[], :attempt::bigint[],
+            :answer_key::text[])
+     AS u (id, state, result, attempt, answer_key)
 WHERE r.id = u.id AND r.lease_owner = :owner AND r.attempts = u.attempt
-RETURNING r.batch_seq, r.state;
+RETURNING r.id, r.batch_seq, r.state;
 
 -- name: lock_batches
 -- Locked before their status is read: a cancel that started meanwhile is seen once it
@@ -59,6 +61,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations
 
 -- name: lock_budget
 SELECT level, stamp FROM fleet_budgets WHERE name = :name FOR UPDATE;
+-- name: find_answers
+SELECT answer_key, result FROM requests WHERE answer_key = ANY(:keys::text[]);
+
+-- name: mark_done
+-- (the results mark of the requests record_result just made final, taken after them)
+UPDATE requests SET done_seq = :mark WHERE id = ANY(:ids::bigint[]);
+
+-- name: lock_idempotency_key
+-- One create with a given key of a workspace at a time: the second sees the first's batch.
+SELECT pg_advisory_xact_lock(hashtext('batchd.idempotency.' || :workspace || '.' || :key));
 
 -- name: delete_request_chunk
 -- A short transaction that locks only the rows it deletes; rows another worker is deleting

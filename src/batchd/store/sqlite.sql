@@ -18,10 +18,11 @@ UPDATE requests SET lease_expires = :until
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'running' AND lease_owner = :owner;
 
 -- name: record_result
--- (run once per result)
-UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL
+-- (run once per result; :mark is its batch's results mark, taken first: see Store.record)
+UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL,
+                    answer_key = :answer_key, done_seq = :mark
 WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
-RETURNING batch_seq, state;
+RETURNING id, batch_seq, state;
 
 -- name: lock_batches
 -- (the store's one writer already holds the database's write lock)
@@ -45,6 +46,17 @@ CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, appli
 -- name: lock_budget
 -- (the store's one writer already holds the database's write lock)
 SELECT level, stamp FROM fleet_budgets WHERE name = :name;
+-- name: find_answers
+SELECT answer_key, result FROM requests
+WHERE answer_key IN (SELECT value FROM json_each(:keys));
+
+-- name: mark_done
+-- (PostgreSQL's record takes its marks after the results; SQLite's record_result sets them)
+UPDATE requests SET done_seq = :mark WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: lock_idempotency_key
+-- (the store's one writer already holds the database's write lock)
+SELECT 1;
 
 -- name: delete_request_chunk
 -- (one chunk per transaction, so that the writer is not held long)

@@ -32,7 +32,7 @@ from batchd.domain import (
     RawParams,
     RequestState,
 )
-from batchd.errors import BatchdError, StoreUnavailable
+from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable
 from batchd.store.queries import Dialect, load_migrations
 
 
@@ -61,6 +61,19 @@ class ResultRow:
 # One row of a results page, as the driver returns it (no object per row on this hot path):
 # (id, custom_id, state, result line or None for canceled/expired requests).
 ResultRecord = tuple[int, str, str, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A create's Idempotency-Key: the first create with it within the window is the one."""
+
+    key: str
+    body_hash: bytes
+    not_before: float  # keys used before this are forgotten (24 h ago)
+
+
+class IdempotencyMismatch(InvalidRequest):
+    """The key was used within its window for a create with a different body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +192,7 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
 
 
 RECLAIM_PAGES = 10_000  # free pages given back after each purged chunk, at most
-REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result")
+REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result", "done_seq")
 
 
 class Store:
@@ -223,19 +236,30 @@ class Store:
         *,
         priority: int = 0,
         input_tokens: int = 0,
+        retry_of: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> Batch:
         """Store a batch and its requests; ``check_backlog(unfinished batches, requests not
-        final, their input tokens)`` sees the workspace's backlog first and may refuse."""
+        final, their input tokens)`` sees the workspace's backlog first and may refuse. With
+        ``idempotency``, the batch its key made within the window instead, if any
+        (IdempotencyMismatch when that create's body was another)."""
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
         batch |= {"priority": priority, "input_tokens": input_tokens}
         times = {"created_at": created_at, "expires_at": expires_at}
         async with self.driver.transaction() as tx:
+            if idempotency is not None:
+                made = await _claim_idempotency_key(tx, workspace, batch, created_at, idempotency)
+                if made is not None:
+                    return made
             if check_backlog is not None:  # sees the workspace's backlog, may raise to refuse
                 await tx.fetch("lock_workspace", {"workspace": workspace})
                 [backlog] = await tx.fetch("workspace_backlog", {"workspace": workspace})
                 check_backlog(*backlog)
-            [[seq]] = await tx.fetch("insert_batch", batch | times)
-            rows = [(seq, r.custom_id, r.backend, r.params, r.state, r.result) for r in requests]
+            [[seq]] = await tx.fetch("insert_batch", batch | times | {"retry_of": retry_of})
+            rows = [
+                (seq, r.custom_id, r.backend, r.params, r.state, r.result, _created_mark(r))
+                for r in requests
+            ]
             await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)
             await _add_counts(tx, seq, Counter(r.state for r in requests))  # the final ones
             await tx.execute("finalize_batch", {"seq": seq, "now": created_at})
@@ -290,20 +314,82 @@ class Store:
             await self.driver.reclaim_space(RECLAIM_PAGES)  # the space of its requests
         return DeleteOutcome.DELETED
 
-    async def iter_results(
-        self, batch_seq: int, page_size: int
-    ) -> AsyncIterator[list[ResultRecord]]:
-        """A batch's rows in request order, a page at a time."""
+    async def _pages(self, query: str, params: Params, page_size: int) -> AsyncIterator[Rows]:
+        """A query's rows in id order (its first column), ``page_size`` at a time, by keyset."""
         after = 0
         while True:
-            params = {"seq": batch_seq, "after": after, "limit": page_size}
-            rows = cast(list[ResultRecord], await self.driver.fetch("results_page", params, True))
+            rows = await self.driver.fetch(
+                query, {**params, "after": after, "limit": page_size}, True
+            )
             if not rows:
                 return
             after = rows[-1][0]
             yield rows
             if len(rows) < page_size:
                 return
+
+    async def iter_results(
+        self, batch_seq: int, page_size: int
+    ) -> AsyncIterator[list[ResultRecord]]:
+        """A batch's rows in request order, a page at a time."""
+        async for rows in self._pages("results_page", {"seq": batch_seq}, page_size):
+            yield cast(list[ResultRecord], rows)
+
+    async def results_mark(self, batch_seq: int) -> int:
+        """The mark of the results recorded so far: every one with done_seq <= it is visible."""
+        [[mark]] = await self.driver.fetch("results_mark", {"seq": batch_seq})
+        return int(mark)
+
+    async def iter_recorded(
+        self, batch_seq: int, after: int, upto: int, page_size: int
+    ) -> AsyncIterator[list[ResultRecord]]:
+        """The results made final after mark ``after`` up to mark ``upto``, in request order."""
+        params = {"seq": batch_seq, "mark": after, "upto": upto}
+        async for rows in self._pages("recorded_page", params, page_size):
+            yield cast(list[ResultRecord], rows)
+
+    async def results_page(
+        self, batch_seq: int, *, after: int, limit: int, state: str = "", prefix: str = ""
+    ) -> list[ResultRecord]:
+        """Final results in request order after request ``after``: of one state ('' for any),
+        whose custom_id starts with ``prefix``."""
+        params = {"seq": batch_seq, "after": after, "limit": limit}
+        rows = await self.driver.fetch(
+            "filtered_page", params | {"state": state, "prefix": prefix}, True
+        )
+        return cast(list[ResultRecord], rows)
+
+    async def request_result(self, batch_seq: int, custom_id: str) -> ResultRecord | None:
+        """One request's final result; None when it has none yet (or no such request)."""
+        rows = await self.driver.fetch(
+            "request_result", {"seq": batch_seq, "custom_id": custom_id}, True
+        )
+        return cast(ResultRecord, rows[0]) if rows else None
+
+    async def iter_requests_in(
+        self, batch_seq: int, states: Sequence[RequestState], page_size: int
+    ) -> AsyncIterator[list[tuple[int, str, bytes]]]:
+        """The (id, custom_id, params) of a batch's requests in ``states`` (one to three)."""
+        named = {f"state{i + 1}": states[min(i, len(states) - 1)].value for i in range(3)}
+        async for rows in self._pages("requests_in_states", {"seq": batch_seq} | named, page_size):
+            yield [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def retries_of(self, workspace: str, batch_id: str) -> list[str]:
+        """The ids of the batches that retry this one, oldest first."""
+        rows = await self.driver.fetch("retries_of", {"workspace": workspace, "id": batch_id})
+        return [r[0] for r in rows]
+
+    async def batch_workspace(self, batch_seq: int) -> str:
+        [row] = await self.driver.fetch("get_batch_by_seq", {"seq": batch_seq})
+        return str(row["workspace"])
+
+    async def find_answers(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """A result line of a request that succeeded with each of these answer keys that one
+        did (the others are missing)."""
+        if not keys:
+            return {}
+        rows = await self.driver.fetch("find_answers", {"keys": sorted(set(keys))})
+        return {r[0]: bytes(r[1]) for r in rows}
 
     async def errored_results(self, batch_seq: int, limit: int) -> list[ResultRow]:
         """The first ``limit`` errored requests of a batch, in request order."""
@@ -379,17 +465,38 @@ class Store:
             return Recorded(0, 0)
         ordered = sorted(outcomes, key=lambda o: o.request.id)  # lock rows in one order
         rows = [
-            dict(id=o.request.id, attempt=o.request.attempt, state=o.state, result=o.line)
+            dict(
+                id=o.request.id,
+                attempt=o.request.attempt,
+                state=o.state,
+                result=o.line,
+                answer_key=o.answer_key,
+            )
             for o in ordered
         ]
+        reused = {o.request.id for o in ordered if o.reused}
         tallies: dict[int, Counter[str]] = {}
+        ids: dict[int, list[int]] = {}
         ended = 0
+        # SQLite has one writer: its marks are taken first and written with the results, in
+        # one statement. PostgreSQL takes them after, as every writer locks requests before
+        # their batches (the other order would deadlock with the sweeper's requeue).
+        marks_first = self.driver.dialect == "sqlite"
         async with self.driver.transaction() as tx:
+            marks: dict[int, int] = {}
+            for seq in sorted({o.request.batch_seq for o in ordered}) if marks_first else ():
+                [[marks[seq]]] = await tx.fetch("next_mark", {"seq": seq})
+            for row, outcome in zip(rows, ordered, strict=True):
+                row["mark"] = marks.get(outcome.request.batch_seq)
             written = await tx.fetch_each("record_result", rows, {"owner": owner})
-            for seq, state in written:
+            for request_id, seq, state in written:
                 tallies.setdefault(seq, Counter())[state] += 1
+                ids.setdefault(seq, []).append(request_id)
             for seq in sorted(tallies):  # in batch order, so that writers lock batches alike
-                await _add_counts(tx, seq, tallies[seq])
+                if not marks_first:
+                    [[mark]] = await tx.fetch("next_mark", {"seq": seq})
+                    await tx.execute("mark_done", {"mark": mark, "ids": ids[seq]})
+                await _add_counts(tx, seq, tallies[seq], sum(i in reused for i in ids[seq]))
                 ended += await tx.execute("finalize_batch", {"seq": seq, "now": now})
         return Recorded(len(written), ended)
 
@@ -489,15 +596,49 @@ async def _batch_by_seq(tx: Tx, seq: int) -> Batch:
     return Batch.from_row(row)
 
 
-async def _add_counts(tx: Tx, seq: int, moved: Counter[str]) -> None:
+async def _add_counts(tx: Tx, seq: int, moved: Counter[str], reused: int = 0) -> None:
     """Add the requests just moved to a final state to their batch's counters."""
-    await tx.execute("add_counts", {"seq": seq} | {s.value: moved[s] for s in FINAL_STATES})
+    counts = {s.value: moved[s] for s in FINAL_STATES}
+    await tx.execute("add_counts", {"seq": seq, "reused": reused} | counts)
+
+
+def _created_mark(request: NewRequest) -> int | None:
+    """A request final from the start is a result from the start (mark 0)."""
+    return None if request.state is RequestState.QUEUED else 0
 
 
 async def _settle_queued(tx: Tx, seq: int, state: RequestState) -> None:
     """A batch's queued requests become ``state`` (canceled or expired), counted as moved."""
-    moved = await tx.execute("settle_queued", {"seq": seq, "state": state})
+    [[mark]] = await tx.fetch("next_mark", {"seq": seq})
+    moved = await tx.execute("settle_queued", {"seq": seq, "state": state, "mark": mark})
     await _add_counts(tx, seq, Counter({state.value: moved}))
+
+
+async def _claim_idempotency_key(
+    tx: Tx, workspace: str, batch: Mapping[str, object], now: float, claim: IdempotencyKey
+) -> Batch | None:
+    """The batch this key made within its window (None: none, and the key is now this
+    batch's); IdempotencyMismatch when that batch was made from another body."""
+    params = {"workspace": workspace, "key": claim.key, "not_before": claim.not_before}
+    await tx.fetch("lock_idempotency_key", params)
+    found = await tx.fetch("find_idempotency_key", params)
+    if found:
+        body_hash, made_id = bytes(found[0][0]), found[0][1]
+        if body_hash != claim.body_hash:
+            raise IdempotencyMismatch(
+                f"Idempotency-Key {claim.key!r} was already used with a different request "
+                "body; use a new key for a different batch"
+            )
+        rows = await tx.fetch("get_batch", {"id": made_id, "workspace": workspace})
+        if rows:
+            return Batch.from_row(rows[0])
+    # A batch deleted since: the key makes a new one, as if it had not been used.
+    await tx.execute("forget_idempotency_keys", params)
+    await tx.execute(
+        "insert_idempotency_key",
+        params | {"body_hash": claim.body_hash, "batch_id": batch["id"], "created_at": now},
+    )
+    return None
 
 
 async def _requeue(tx: Tx, query: str, params: Params) -> int:

@@ -1,22 +1,42 @@
-"""Batch use cases: create, get, list, cancel, delete, results. No HTTP, no SQL."""
+"""Batch use cases: create, get, list, cancel, delete, results. No HTTP, no SQL.
+
+batchd's own extensions live here too: an idempotent create (a key and the body's digest),
+the results recorded so far while a batch runs (a cursor: the results mark they reached),
+and a retry batch of an ended batch's requests of some result types.
+"""
 
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from batchd.backends.estimate import tokens_of_length
 from batchd.backends.router import Router
-from batchd.domain import Batch, CancelOutcome, DeleteOutcome, ProcessingStatus, RequestState
+from batchd.domain import (
+    Batch,
+    CancelOutcome,
+    DeleteOutcome,
+    Priority,
+    ProcessingStatus,
+    RequestState,
+)
 from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
 from batchd.schedule import Schedule
 from batchd.schemas.results import canceled_line, errored_line, expired_line
-from batchd.store import NewRequest, Store
+from batchd.store import IdempotencyKey, NewRequest, Store
+from batchd.store.store import ResultRecord
 from batchd.validation import BatchItem, check_params, parse_create_body
 
 RESULTS_PAGE = 500
+IDEMPOTENCY_WINDOW = 24 * 3600.0  # seconds a create's Idempotency-Key stands for its batch
+MAX_IDEMPOTENCY_KEY = 255  # characters
+# What a retry takes by default, and what it may name.
+RETRY_DEFAULT = (RequestState.ERRORED, RequestState.EXPIRED)
+RETRYABLE = (RequestState.ERRORED, RequestState.EXPIRED, RequestState.CANCELED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +104,31 @@ class BatchService:
         self._on_created = on_created
 
     async def create(
-        self, workspace: str, body: bytes | bytearray, schedule: Schedule | None = None
+        self,
+        workspace: str,
+        body: bytes | bytearray,
+        schedule: Schedule | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
-        """Create a batch; ``schedule`` is batchd's own priority and completion window."""
+        """A new batch; ``schedule`` is batchd's own priority and completion window. With
+        ``idempotency_key``, the batch the same key and body made within IDEMPOTENCY_WINDOW
+        if there is one (400 if that key came with another body or schedule)."""
         schedule = schedule or Schedule()
+        idempotency = None
+        if idempotency_key is not None:
+            _check_idempotency_key(idempotency_key)
+            idempotency = IdempotencyKey(
+                idempotency_key,
+                _create_digest(body, schedule),
+                self._clock() - IDEMPOTENCY_WINDOW,
+            )
         items = parse_create_body(body, max_requests=self._limits.max_requests)
         rows = self._prepare(items)
+        return await self._store_new(workspace, rows, schedule, idempotency=idempotency)
+
+    async def _store_new(
+        self, workspace: str, rows: list[NewRequest], schedule: Schedule, **options: Any
+    ) -> Batch:
         now = self._clock()
         queued = [row for row in rows if row.state is RequestState.QUEUED]
         tokens = sum(tokens_of_length(len(row.params)) for row in queued)
@@ -102,9 +141,35 @@ class BatchService:
             self._limits.backlog_check(len(queued), tokens),
             priority=int(schedule.priority),
             input_tokens=tokens,
+            **options,
         )
         self._on_created()
         return batch
+
+    async def retry(
+        self, workspace: str, batch_id: str, result_types: Sequence[RequestState] = RETRY_DEFAULT
+    ) -> Batch:
+        """A new batch of the ended batch's requests whose results are of ``result_types``,
+        with their custom_ids and params (checked again), recording which batch it retries."""
+        batch = await self.get(workspace, batch_id)
+        if batch.processing_status is not ProcessingStatus.ENDED:
+            raise InvalidRequest(
+                f"message batch {batch_id!r} has not ended yet; only an ended batch can be retried"
+            )
+        items = [
+            BatchItem(custom_id, params)
+            async for page in self._store.iter_requests_in(batch.seq, result_types, RESULTS_PAGE)
+            for _, custom_id, params in page
+        ]
+        if not items:
+            named = " or ".join(repr(t.value) for t in result_types)
+            raise InvalidRequest(
+                f"message batch {batch_id!r} has no request whose result is {named}: "
+                "nothing to retry"
+            )
+        # The retry keeps the original's priority and completion window (batchd's own).
+        schedule = Schedule(Priority(batch.priority), batch.expires_at - batch.created_at)
+        return await self._store_new(workspace, self._prepare(items), schedule, retry_of=batch.id)
 
     def _prepare(self, items: list[BatchItem]) -> list[NewRequest]:
         """Check each request's params now; a bad one is stored already errored."""
@@ -134,6 +199,11 @@ class BatchService:
         if batch is None:
             raise _not_found(batch_id)
         return batch
+
+    async def lineage(self, workspace: str, batch_id: str) -> tuple[Batch, list[str]]:
+        """The batch, and the ids of the batches that retry it, oldest first."""
+        batch = await self.get(workspace, batch_id)
+        return batch, await self._store.retries_of(workspace, batch_id)
 
     async def list(
         self, workspace: str, limit: int, after_id: str | None, before_id: str | None
@@ -178,10 +248,46 @@ class BatchService:
             raise InvalidRequest(f"the results of message batch {batch_id!r} have been archived")
         return self._jsonl(batch.seq)
 
-    async def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
-        async for page in self._store.iter_results(seq, RESULTS_PAGE):
-            # Stored lines are spliced as they are; only canceled/expired ones are made here.
-            yield b"".join([r[3] + b"\n" if r[3] is not None else _line(r[1], r[2]) for r in page])
+    async def recorded_results(
+        self, workspace: str, batch_id: str, after: int | None
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        """The results recorded so far (after the cursor ``after``, if given), in any status,
+        as JSONL in the order they were recorded, and the cursor that reads on from them."""
+        batch = await self.get(workspace, batch_id)
+        if batch.archived_at(self._limits.retention_seconds, self._clock()) is not None:
+            raise InvalidRequest(f"the results of message batch {batch_id!r} have been archived")
+        upto = await self._store.results_mark(batch.seq)
+        if after is not None and after > upto:
+            raise InvalidRequest(f"after: {after} is not a results cursor of this batch")
+        pages = self._store.iter_recorded(
+            batch.seq, -1 if after is None else after, upto, RESULTS_PAGE
+        )
+        return upto, _jsonl(pages)
+
+    def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
+        return _jsonl(self._store.iter_results(seq, RESULTS_PAGE))
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key: give 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )
+
+
+def _create_digest(body: bytes | bytearray, schedule: Schedule) -> bytes:
+    """What an Idempotency-Key stands for: the body, and batchd's own schedule headers where
+    they ask for other than the defaults (so a key's digest without them is the body's)."""
+    digest = hashlib.sha256(body)
+    if schedule != Schedule():
+        digest.update(f"\n{int(schedule.priority)} {schedule.window}".encode())
+    return digest.digest()
+
+
+async def _jsonl(pages: AsyncIterator[list[ResultRecord]]) -> AsyncIterator[bytes]:
+    async for page in pages:
+        # Stored lines are spliced as they are; only canceled/expired ones are made here.
+        yield b"".join([r[3] + b"\n" if r[3] is not None else _line(r[1], r[2]) for r in page])
 
 
 def _errored(item: BatchItem, error_type: ErrorType, message: str) -> NewRequest:

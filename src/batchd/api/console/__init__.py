@@ -1,8 +1,9 @@
 """The web console at /console: a static page and script shipped in the package.
 
 The page holds no data: its script asks the Batches API (``x-api-key`` from the tab's
-session storage) and one console route for a batch's first errors; both enforce the
-workspace of the key. Nothing is fetched from outside the server (the CSP says so).
+session storage) and the console routes for a batch's first errors and its results (paged,
+filtered, one opened, also while the batch runs); all enforce the workspace of the key.
+Nothing is fetched from outside the server (the CSP says so).
 """
 
 from __future__ import annotations
@@ -35,6 +36,29 @@ async def batch_errors(
 ) -> JSON:
     errors = await services.overview.first_errors(workspace, batch_id, limit)
     return JSON({"data": [asdict(error) for error in errors]})
+
+
+@router.get("/batches/{batch_id}/results")
+async def batch_results(
+    batch_id: str,
+    services: ServicesDep,
+    workspace: WorkspaceDep,
+    result_type: Annotated[str, Query(alias="type")] = "",
+    custom_id: Annotated[str, Query(max_length=64)] = "",
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JSON:
+    page = await services.overview.results(
+        workspace, batch_id, result_type=result_type, custom_id=custom_id, after=after, limit=limit
+    )
+    return JSON({"data": [asdict(r) for r in page.data], "next_after": page.next_after})
+
+
+@router.get("/batches/{batch_id}/results/{custom_id}")
+async def one_result(
+    batch_id: str, custom_id: str, services: ServicesDep, workspace: WorkspaceDep
+) -> JSON:
+    return JSON(await services.overview.result(workspace, batch_id, custom_id))
 
 
 def mount(app: FastAPI) -> None:

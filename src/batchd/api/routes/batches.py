@@ -1,7 +1,13 @@
-"""/v1/messages/batches: create, list, retrieve, cancel, delete, results."""
+"""/v1/messages/batches: create, list, retrieve, cancel, delete, results.
+
+batchd's own, beside them: ``Idempotency-Key`` on a create, ``?partial=true`` results with
+a cursor, ``POST .../{id}/retry`` and ``GET .../{id}/details``.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,12 +20,16 @@ from batchd.domain import Batch
 from batchd.errors import InvalidRequest
 from batchd.schedule import PRIORITY_HEADER, WINDOW_HEADER, parse_schedule
 from batchd.schemas.batches import (
+    BatchDetails,
     DeletedMessageBatch,
     MessageBatch,
     batch_to_wire,
     page_to_wire,
     schedule_to_wire,
 )
+from batchd.validation import parse_retry_body
+
+RESULTS_CURSOR = "batchd-results-cursor"  # the response header naming a partial read's end
 
 router = APIRouter(prefix="/v1/messages/batches", tags=["message batches"])
 
@@ -41,7 +51,10 @@ async def create_batch(request: Request, services: ServicesDep, caller: CallerDe
     schedule = parse_schedule(headers.get(PRIORITY_HEADER), headers.get(WINDOW_HEADER))
     with services.bodies.upload(caller), services.bodies.holding(caller) as held:
         body = await read_body(request, settings, held, settings.max_body_bytes)
-        batch = await services.batches.create(caller.workspace, body, schedule)
+        key = headers.get("idempotency-key")
+        batch = await services.batches.create(caller.workspace, body, schedule, key)
+    if settings.fault_kill_after_create:  # tests only: the answer of a committed create lost
+        os.kill(os.getpid(), signal.SIGKILL)
     return JSON(_wire(request, services, batch))
 
 
@@ -99,9 +112,41 @@ async def delete_batch(batch_id: str, services: ServicesDep, workspace: Workspac
     return JSON(DeletedMessageBatch(batch_id))
 
 
+@router.post("/{batch_id}/retry")
+async def retry_batch(
+    batch_id: str, request: Request, services: ServicesDep, caller: CallerDep
+) -> JSON:
+    settings = services.settings
+    with services.bodies.holding(caller) as held:
+        body = await read_body(request, settings, held, settings.max_message_body_bytes)
+    types = parse_retry_body(body)
+    batch = await services.batches.retry(caller.workspace, batch_id, types)
+    return JSON(_wire(request, services, batch))
+
+
+@router.get("/{batch_id}/details")
+async def batch_details(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    batch, retried_by = await services.batches.lineage(workspace, batch_id)
+    return JSON(BatchDetails(batch.id, batch.retry_of, retried_by, batch.reused))
+
+
 @router.get("/{batch_id}/results")
 async def batch_results(
-    batch_id: str, services: ServicesDep, workspace: WorkspaceDep
+    batch_id: str,
+    services: ServicesDep,
+    workspace: WorkspaceDep,
+    partial: bool = False,
+    after: Annotated[str | None, Query(pattern="^[0-9]{1,18}$")] = None,
 ) -> StreamingResponse:
-    chunks = await services.batches.results(workspace, batch_id)
-    return StreamingResponse(chunks, media_type="application/x-jsonl")
+    """The results of an ended batch; with ``partial=true`` (batchd's own), those recorded
+    so far in any status, after the cursor ``after`` if given, and in the header
+    ``batchd-results-cursor`` the cursor to read on from."""
+    if not partial:
+        chunks = await services.batches.results(workspace, batch_id)
+        if after is not None:
+            raise InvalidRequest("after: a results cursor goes with partial=true")
+        return StreamingResponse(chunks, media_type="application/x-jsonl")
+    start = None if after is None else int(after)
+    cursor, chunks = await services.batches.recorded_results(workspace, batch_id, start)
+    headers = {RESULTS_CURSOR: str(cursor)}
+    return StreamingResponse(chunks, media_type="application/x-jsonl", headers=headers)

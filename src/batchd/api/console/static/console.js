@@ -131,7 +131,20 @@ async function loadList() {
 // -- one batch ------------------------------------------------------------------------
 
 function factRows(pairs) {
-  return pairs.map(([name, value]) => el("tr", {}, el("th", { text: name }), el("td", { text: value })));
+  return pairs.map(([name, value]) =>
+    el("tr", {}, el("th", { text: name }), value instanceof Node ? el("td", {}, value) : el("td", { text: value })),
+  );
+}
+
+function batchLink(id) {
+  return id ? el("a", { href: `/console/batches/${encodeURIComponent(id)}`, text: id }) : "—";
+}
+
+function batchLinks(ids) {
+  if (!ids.length) return "—";
+  const span = el("span");
+  ids.forEach((id, i) => span.append(...(i ? [" ", batchLink(id)] : [batchLink(id)])));
+  return span;
 }
 
 async function loadErrors(id, counts) {
@@ -171,6 +184,7 @@ async function scheduleRows(id, ended) {
 
 async function loadBatch(id) {
   const batch = await (await api(`${API}/${encodeURIComponent(id)}`)).json();
+  const details = await (await api(`${API}/${encodeURIComponent(id)}/details`)).json(); // batchd's own
   showOnly("detail");
   document.title = `${batch.id} · batchd`;
   const counts = batch.request_counts;
@@ -191,16 +205,104 @@ async function loadBatch(id) {
       ["took", ended ? seconds(batch.created_at, batch.ended_at) : `${seconds(batch.created_at, new Date())} so far`],
       ["expires", ended ? "—" : when(batch.expires_at)],
       ["archived", when(batch.archived_at)],
+      ["retry of", batchLink(details.retry_of)],
+      ["retried by", batchLinks(details.retried_by)],
       ...(await scheduleRows(batch.id, ended)),
     ]),
   );
   $("counts").replaceChildren(
-    ...factRows([["processing", counts.processing], ...STATES.map((s) => [s, counts[s]])].map(([n, v]) => [n, String(v)])),
+    ...factRows(
+      [["processing", counts.processing], ...STATES.map((s) => [s, counts[s]]), ["reused answers", details.reused_answers]].map(
+        ([n, v]) => [n, String(v)],
+      ),
+    ),
   );
   $("cancel").disabled = batch.processing_status !== "in_progress";
   $("download").disabled = !ended || Boolean(batch.archived_at);
   await loadErrors(batch.id, counts);
+  await loadResults(batch.id);
   return !ended;
+}
+
+// -- one batch's results: paged, filtered, found by custom_id, one opened ---------------
+
+const results = { after: 0, next: null, earlier: [], open: null };
+
+function resultsQuery() {
+  const query = new URLSearchParams({ limit: "20", after: String(results.after) });
+  if ($("result-type").value) query.set("type", $("result-type").value);
+  const search = $("result-search").value.trim();
+  if (search) query.set("custom_id", search);
+  return query;
+}
+
+async function loadResults(id) {
+  const path = `/console/api/batches/${encodeURIComponent(id)}/results?${resultsQuery()}`;
+  const page = await (await api(path)).json();
+  $("result-rows").replaceChildren(
+    ...page.data.map((result) => {
+      const row = el(
+        "tr",
+        { "data-custom-id": result.custom_id, class: result.custom_id === results.open ? "open" : "" },
+        el("td", { text: result.custom_id }),
+        el("td", { class: `type ${result.type}`, text: result.type }),
+        el("td", { text: result.summary }),
+      );
+      row.addEventListener("click", guarded(() => openResult(id, result.custom_id)));
+      return row;
+    }),
+  );
+  results.next = page.next_after;
+  $("no-results").hidden = page.data.length > 0;
+  $("results-next").disabled = page.next_after === null;
+  $("results-first").disabled = results.after === 0;
+  $("results-page").textContent = `page ${results.earlier.length + 1}`;
+}
+
+function block(kind, title, ...children) {
+  return el("div", { class: `block ${kind}` }, el("h3", { text: title }), ...children);
+}
+
+function contentBlock(content) {
+  if (content.type === "text") return block("text", "text", el("p", { text: content.text }));
+  if (content.type === "tool_use") {
+    return block("tool_use", `tool_use · ${content.name} · ${content.id}`, el("pre", { text: JSON.stringify(content.input, null, 2) }));
+  }
+  return block(content.type, content.type, el("pre", { text: JSON.stringify(content, null, 2) }));
+}
+
+function renderResult(result) {
+  if (result.type === "succeeded") {
+    const m = result.message;
+    const usage = m.usage || {};
+    const meta = `${m.model} · ${m.id} · stop_reason ${m.stop_reason}` + ` · ${usage.input_tokens} tokens in, ${usage.output_tokens} out`;
+    return [el("p", { class: "meta", text: meta }), ...m.content.map(contentBlock)];
+  }
+  if (result.type === "errored") {
+    const error = (result.error && result.error.error) || {};
+    return [block("error", error.type || "error", el("p", { text: error.message || "" }))];
+  }
+  const why = result.type === "canceled" ? "The batch was canceled before this request ran." : "The batch expired before this request ran.";
+  return [el("p", { class: "hint", text: why })];
+}
+
+async function openResult(id, customId) {
+  const path = `/console/api/batches/${encodeURIComponent(id)}/results/${encodeURIComponent(customId)}`;
+  const line = await (await api(path)).json();
+  results.open = customId;
+  for (const row of $("result-rows").children) row.classList.toggle("open", row.dataset.customId === customId);
+  $("result-id").textContent = line.custom_id;
+  $("result-type-badge").textContent = line.result.type;
+  $("result-type-badge").className = `status type ${line.result.type}`;
+  $("result-body").replaceChildren(...renderResult(line.result));
+  $("result-view").hidden = false;
+}
+
+function resultsPaged(move) {
+  return guarded(async (id) => {
+    move();
+    await loadResults(id);
+  });
 }
 
 async function cancelBatch(id) {
@@ -268,5 +370,24 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("cancel").addEventListener("click", guarded(cancelBatch));
   $("download").addEventListener("click", guarded(downloadResults));
+  $("results-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    resultsPaged(() => Object.assign(results, { after: 0, earlier: [] }))();
+  });
+  $("result-type").addEventListener(
+    "change",
+    resultsPaged(() => Object.assign(results, { after: 0, earlier: [] })),
+  );
+  $("results-next").addEventListener(
+    "click",
+    resultsPaged(() => {
+      results.earlier.push(results.after);
+      results.after = results.next;
+    }),
+  );
+  $("results-first").addEventListener(
+    "click",
+    resultsPaged(() => Object.assign(results, { after: 0, earlier: [] })),
+  );
   refresh();
 });
