@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, pacing, postgres, scenarios
+from bench import local, pacing, postgres, scenarios, vllm
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -41,6 +41,10 @@ SIZES: dict[str, dict[str, Any]] = {
             "batch_size": 8,
             "system": 100,
             "single": 4,
+            "mixed_max": 32,
+            "prefixes": 4,
+            "cache_prefixes": 1,
+            "tools": 8,
             "embed_inputs": 64,
             "embed_per_request": 8,
             "embed_clients": 2,
@@ -72,6 +76,10 @@ SIZES: dict[str, dict[str, Any]] = {
             "batch_size": 64,
             "system": 300,
             "single": 32,
+            "mixed_max": 256,
+            "prefixes": 8,
+            "cache_prefixes": 2,
+            "tools": 64,
             "embed_inputs": 2_048,
             "embed_per_request": 64,
             "embed_clients": 4,
@@ -103,6 +111,10 @@ SIZES: dict[str, dict[str, Any]] = {
             "batch_size": 64,
             "system": 300,
             "single": 64,
+            "mixed_max": 256,
+            "prefixes": 16,
+            "cache_prefixes": 4,
+            "tools": 256,
             "embed_inputs": 8_192,
             "embed_per_request": 64,
             "embed_clients": 4,
@@ -138,6 +150,7 @@ def plan(
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
         "pacing": lambda: pacing.pacing(size["pacing"], workdir, databases),
+        "vllm": lambda: vllm.vllm(size["local"], repeat, workdir),
     }
 
 
@@ -153,6 +166,7 @@ NAMES = [
     "pg_results",
     "local",
     "pacing",
+    "vllm",
 ]
 
 
@@ -187,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if name.startswith("pg_") and not args.only and find_bin() is None:
                 console.print(f"{name} skipped: no PostgreSQL server installed")
+                continue
+            if name == "vllm" and not args.only and not vllm.installed():
+                console.print(f"{name} skipped: vllm is not installed (GPU machines)")
                 continue
             started = time.perf_counter()
             rows = run()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
@@ -12,6 +12,7 @@ from anthropic.types import ContentBlockParam
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
 
+from batchd.store import Store, open_store
 from tests.support.invariants import count_mismatches
 from tests.support.postgres import PostgresServer, ephemeral_postgres
 from tests.support.server import RunningServer, make_settings, serve_batchd
@@ -26,6 +27,23 @@ def postgres() -> Iterator[PostgresServer]:
     except in CI, where that fails)."""
     with ephemeral_postgres() as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def each_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each dialect (PostgreSQL: a new database on the session's server)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/each.db"
+    url: str = request.getfixturevalue("postgres").new_database_sync()
+    return url
+
+
+@pytest.fixture
+async def each_store(each_db_url: str) -> AsyncIterator[Store]:
+    """A migrated store on each dialect."""
+    store = await open_store(each_db_url, migrate=True)
+    yield store
+    await store.close()
 
 
 @pytest.fixture

@@ -89,3 +89,25 @@ def test_reuse_never_crosses_workspaces(start_server: StartServer, tmp_path: Pat
             with anthropic.Anthropic(base_url=server.url, api_key=keys[name]) as client:
                 _run(client, _requests(4))
     assert set(upstream.all_calls().values()) == {2}  # once per workspace
+
+
+def test_a_reused_answer_counts_in_usage_as_the_answer_it_repeats(
+    start_server: StartServer,
+) -> None:
+    with serve_upstream() as upstream:
+        server = start_server(backends=[_backend(upstream, "always")])
+        with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+            usage = []
+            for _ in range(2):
+                batch = client.messages.batches.create(requests=_requests(4))
+                assert wait_ended(client, batch.id).request_counts.succeeded == 4
+                path = f"/v1/messages/batches/{batch.id}/usage"
+                usage.append(client.get(path, cast_to=object))
+        assert upstream.all_calls() == {f"q{i}": 1 for i in range(4)}  # the second: all reused
+    first, second = usage
+    assert isinstance(first, dict)
+    assert isinstance(second, dict)
+    assert first["input_tokens"] > 0
+    assert [m["requests"] for m in second["models"]] == [4]
+    for figure in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
+        assert second[figure] == first[figure], figure

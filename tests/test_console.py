@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx2 as httpx
@@ -14,7 +17,9 @@ import pytest
 from anthropic.types.messages.batch_create_params import Request
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from batchd.config import PriceConfig
 from tests.conftest import StartServer, mock_request, wait_ended
+from tests.support.receiver import serve_receiver
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -146,3 +151,48 @@ def test_the_errors_route_keeps_to_the_workspace_of_the_key(
             }
         ]
     }
+
+
+def _shot(page: Page, tmp_path: Path, name: str) -> None:
+    """A full-page screenshot; also into $BATCHD_SCREENSHOT_DIR when set (docs/ keeps them)."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("BATCHD_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["BATCHD_SCREENSHOT_DIR"]) / name)
+
+
+def test_console_shows_usage_cost_and_webhook_deliveries(
+    start_server: StartServer, tmp_path: Path, browser: Browser
+) -> None:
+    with serve_receiver() as receiver:
+        server = start_server(
+            prices=[PriceConfig(models=["mock"], input=3, output=15)],
+            webhook_allow_private_urls=True,
+        )  # open mode: the local user is the operator of workspace "default"
+        with anthropic.Anthropic(base_url=server.url, api_key="k") as sdk:
+            sdk.post("/v1/webhooks", body={"url": receiver.url}, cast_to=object)
+            batch = sdk.messages.batches.create(
+                requests=[mock_request(f"u{i}", "many words " * i) for i in range(1, 9)]
+            )
+            wait_ended(sdk, batch.id)
+            receiver.wait_for(1)
+            usage: Any = sdk.get(f"/v1/messages/batches/{batch.id}/usage", cast_to=object)
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(f"{server.url}/console/usage")
+        workspace = page.locator('tr[data-workspace="default"]')
+        expect(workspace).to_contain_text(f"{usage['input_tokens']:,}")
+        expect(workspace).to_contain_text(f"{usage['cost']['batch']:.4f} USD")
+        expect(page.locator("#usage-chart svg rect.input")).to_have_count(1)
+        _shot(page, tmp_path, "console-usage.png")
+
+        page.goto(f"{server.url}/console/batches/{batch.id}")
+        expect(page.locator("#usage")).to_contain_text(f"{usage['output_tokens']:,}")
+        expect(page.locator("#usage")).to_contain_text(f"{usage['cost']['interactive']:.4f} USD")
+
+        page.goto(f"{server.url}/console/webhooks")
+        card = page.locator(".endpoint")
+        expect(card).to_contain_text(receiver.url)
+        expect(card).to_contain_text("message_batch.ended")
+        expect(card.locator("td.delivered")).to_have_count(1, timeout=10_000)
+        _shot(page, tmp_path, "console-webhooks.png")

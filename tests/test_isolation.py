@@ -23,6 +23,8 @@ from tests.support.keys import make_keys
 from tests.support.routes import served_routes
 from tests.support.server import built_app, make_settings, serve_batchd
 
+ALICES_HOOK = "https://hooks.example.com/alice"
+
 
 @dataclass(frozen=True)
 class World:
@@ -30,10 +32,16 @@ class World:
     keys: dict[str, str]  # alice, bob
     batch_id: str  # Alice's, ended, one request errored
     alice_secrets: tuple[str, ...]  # what Bob must never see: ids, custom_ids, workspace
+    endpoint_id: str = ""  # Alice's webhook endpoint
 
     def call(self, who: str | None, method: str, path: str, body: Any = None) -> httpx.Response:
         headers = {"x-api-key": self.keys[who]} if who else {}
-        path = path.format(batch_id=self.batch_id, path="console.js", custom_id="alice-ok")
+        path = path.format(
+            batch_id=self.batch_id,
+            path="console.js",
+            endpoint_id=self.endpoint_id,
+            custom_id="alice-ok",
+        )
         return httpx.request(method, f"{self.url}{path}", headers=headers, json=body, timeout=30)
 
 
@@ -46,8 +54,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             requests = [mock_request("alice-ok"), mock_request("alice-bad", max_tokens="x")]
             batch = alice.messages.batches.create(requests=requests)
             wait_ended(alice, batch.id)
-        secrets = (batch.id, "alice-ok", "alice-bad", "team-a", keys["alice"])
-        yield World(server.url, keys, batch.id, secrets)
+            hook = ALICES_HOOK
+            endpoint: Any = alice.post("/v1/webhooks", body={"url": hook}, cast_to=object)
+        secrets = (batch.id, "alice-ok", "alice-bad", "team-a", keys["alice"], endpoint["id"], hook)
+        yield World(server.url, keys, batch.id, secrets, endpoint["id"])
 
 
 def assert_not_found(reply: httpx.Response) -> None:
@@ -78,6 +88,32 @@ def bobs_batch_is_not_alices(world: World, method: str, path: str) -> None:
     assert_not_found(world.call("alice", "GET", f"{path}/{created.json()['id']}"))
     alices = world.call("alice", "GET", path).json()["data"]
     assert [b["id"] for b in alices] == [world.batch_id]
+
+
+def alices_endpoint_is_not_bobs(world: World, method: str, path: str) -> None:
+    """Bob gets the 404 of an unknown endpoint; Alice's is still there, unchanged."""
+    before = world.call("alice", "GET", "/v1/webhooks").json()
+
+    assert_not_found(world.call("bob", method, path))
+    assert world.call("alice", "GET", "/v1/webhooks").json() == before
+    assert world.endpoint_id in [e["id"] for e in before["data"]]
+
+
+def bobs_endpoints_are_his_own(world: World, method: str, path: str) -> None:
+    body = {"url": "https://hooks.example.com/bob"} if method == "POST" else None
+    reply = world.call("bob", method, path, body)
+    assert reply.status_code == 200, reply.text
+    for secret in world.alice_secrets:
+        assert secret not in reply.text
+    alices = [e["id"] for e in world.call("alice", "GET", path).json()["data"]]
+    assert alices == [world.endpoint_id]
+
+
+def estimate_leaks_nothing(world: World, method: str, path: str) -> None:
+    reply = world.call("bob", method, path, {"requests": [mock_request("bobs")]})
+    assert reply.status_code == 200, reply.text
+    for secret in world.alice_secrets:
+        assert secret not in reply.text
 
 
 def leaks_nothing(world: World, method: str, path: str) -> None:
@@ -124,6 +160,18 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("DELETE", "/v1/messages/batches/{batch_id}"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/results"): (refused_as_unknown, True),
     ("GET", "/console/api/batches/{batch_id}/errors"): (refused_as_unknown, True),
+    ("GET", "/v1/messages/batches/{batch_id}/usage"): (refused_as_unknown, True),
+    # webhook endpoints: a workspace's own
+    ("POST", "/v1/webhooks"): (bobs_endpoints_are_his_own, True),
+    ("GET", "/v1/webhooks"): (bobs_endpoints_are_his_own, True),
+    ("GET", "/v1/webhooks/{endpoint_id}"): (alices_endpoint_is_not_bobs, True),
+    ("DELETE", "/v1/webhooks/{endpoint_id}"): (alices_endpoint_is_not_bobs, True),
+    ("POST", "/v1/webhooks/{endpoint_id}/test"): (alices_endpoint_is_not_bobs, True),
+    ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): (alices_endpoint_is_not_bobs, True),
+    # usage of the caller's workspace (every workspace's for an operator only)
+    ("GET", "/v1/usage"): (leaks_nothing, True),
+    ("GET", "/console/api/usage"): (leaks_nothing, True),
+    ("POST", "/v1/messages/batch_estimate"): (estimate_leaks_nothing, True),
     # batchd's own: the schedule, retry, details, the console's results
     ("GET", "/v1/messages/batches/{batch_id}/schedule"): (refused_as_unknown, True),
     ("POST", "/v1/messages/batches/{batch_id}/retry"): (refused_as_unknown, True),
@@ -144,6 +192,8 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     # the console's shell and files; its data comes from the API routes above
     ("GET", "/console"): (the_same_for_everyone, False),
     ("GET", "/console/batches/{batch_id}"): (the_same_for_everyone, False),
+    ("GET", "/console/usage"): (the_same_for_everyone, False),
+    ("GET", "/console/webhooks"): (the_same_for_everyone, False),
     ("GET", "/console/static/{path}"): (the_same_for_everyone, False),
 }
 

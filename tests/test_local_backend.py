@@ -128,7 +128,8 @@ def test_a_batch_of_300_succeeds_with_the_tokenizers_counts(
     assert [r.type for r in results] == ["succeeded"] * 300
     for body, result in zip(bodies, results, strict=True):
         usage, message = result.message.usage, result.message
-        assert usage.input_tokens == len(reference.prompt(body))
+        cached = (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+        assert usage.input_tokens + cached == len(reference.prompt(body))
         assert 1 <= usage.output_tokens <= body["max_tokens"]
         if message.stop_reason == "max_tokens":
             assert usage.output_tokens == body["max_tokens"]
@@ -269,3 +270,97 @@ def test_a_conversation_the_template_refuses_is_an_invalid_request(
 def test_a_local_kind_needs_a_model_path(kind: str) -> None:
     with pytest.raises(ValueError, match="needs model_path"):
         BackendConfig.model_validate({"name": "local", "kind": kind, "models": [MODEL]})
+
+
+LOOKUP = {"name": "lookup", "description": "find a word", "input_schema": {"type": "object"}}
+SCRIPTED = {"logits_processors": ["tests.support.scripted:scripted"]}
+
+
+def scripted(text: str, **extra: Any) -> dict[str, Any]:
+    """A request whose answer the scripted logits processor forces to be ``text``."""
+    content = f"SCRIPT:{text}"
+    return params(1, messages=[{"role": "user", "content": content}], tools=[LOOKUP], **extra)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "written"),
+    [
+        # Hermes / Qwen: tagged JSON, after some text
+        (
+            "hermes",
+            'Let me look. <tool_call>{"name": "lookup", "arguments": {"word": "cache"}}'
+            "</tool_call>",
+        ),
+        # Llama 3: the whole turn is the JSON call
+        ("llama3", '{"name": "lookup", "parameters": {"word": "cache"}}'),
+    ],
+)
+def test_a_models_tool_call_is_a_tool_use_block(connect: Any, fmt: str, written: str) -> None:
+    client = connect(tool_call_format=fmt, **SCRIPTED)
+    [result] = run_batch(client, [scripted(written, max_tokens=200)])
+    message = result.message
+    assert message.stop_reason == "tool_use"
+    [call] = [block for block in message.content if block.type == "tool_use"]
+    assert (call.name, call.input) == ("lookup", {"word": "cache"})
+    assert call.id.startswith("toolu_")
+    texts = [block.text for block in message.content if block.type == "text"]
+    assert texts == (["Let me look."] if fmt == "hermes" else [])
+
+
+def test_a_malformed_tool_call_errors_that_request_only(connect: Any) -> None:
+    client = connect(tool_call_format="hermes", **SCRIPTED)
+    broken = '<tool_call>{"name": "lookup", "arguments": [1]}</tool_call>'
+    unknown = '<tool_call>{"name": "delete_all", "arguments": {}}</tool_call>'
+    fine = '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'
+    bodies = [scripted(t, max_tokens=200) for t in (broken, unknown, fine)]
+    first, second, third = run_batch(client, bodies)
+    for result in (first, second):
+        assert result.type == "errored"
+        assert result.error.error.type == "api_error"
+        assert "tool call" in result.error.error.message
+    assert third.type == "succeeded"
+    assert third.message.stop_reason == "tool_use"
+
+
+def test_without_tools_a_tool_call_stays_text(connect: Any) -> None:
+    client = connect(tool_call_format="hermes", **SCRIPTED)
+    written = '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'
+    body = scripted(written, max_tokens=200)
+    del body["tools"]
+    [result] = run_batch(client, [body])
+    assert result.message.stop_reason == "end_turn"
+    assert result.message.content[0].text == written
+
+
+def test_a_prompt_past_the_context_is_refused_before_generating(connect: Any) -> None:
+    client = connect()
+    body = params(1, max_tokens=2040)  # the tiny model's context is 2,048 tokens
+    counted = client.messages.count_tokens(model=MODEL, messages=body["messages"]).input_tokens
+    [refused, served] = run_batch(client, [body, params(1, max_tokens=2048 - counted)])
+    assert refused.type == "errored"
+    assert refused.error.error.type == "invalid_request_error"
+    message = refused.error.error.message
+    assert f"{counted} prompt tokens + 2040 max_tokens" in message
+    assert "2048" in message
+    assert served.type == "succeeded"
+
+
+def test_count_tokens_refuses_a_prompt_past_the_context(connect: Any) -> None:
+    client = connect()
+    long = [{"role": "user", "content": "the model batch token " * 700}]
+    with pytest.raises(anthropic.BadRequestError, match=r"prompt is too long: \d+ tokens > 2048"):
+        client.messages.count_tokens(model=MODEL, messages=long)
+
+
+def test_a_shared_prefix_is_reported_as_cache_reads(connect: Any, reference: Reference) -> None:
+    client = connect(max_batch_size=4)
+    system = " ".join(["the system prompt is long and shared"] * 12)
+    bodies = [params(i, system=system, max_tokens=4) for i in range(12)]
+    results = run_batch(client, bodies)
+    usages = [r.message.usage for r in results]
+    for body, usage in zip(bodies, usages, strict=True):
+        cached = (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+        assert usage.input_tokens + cached == len(reference.prompt(body))
+    system_tokens = len(reference.tokenizer(system)["input_ids"])
+    reads = [u.cache_read_input_tokens or 0 for u in usages]
+    assert sum(r > system_tokens for r in reads) == 11  # computed once, by one request

@@ -1,4 +1,4 @@
-"""The shared parts of the local engines: grouping jobs, stop outcomes, the batcher."""
+"""The shared parts of the local engines: prefixes, grouping jobs, stop outcomes, the batcher."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from batchd.backends.local.batching import (
     PaddedBatcher,
     common_length,
     pick_group,
+    prefix_clusters,
     shared_prefix,
 )
 from batchd.backends.local.generation import Finish, Generated, Job, Sampling
@@ -86,6 +87,29 @@ def test_common_length(a: list[int], b: list[int], expected: int) -> None:
 )
 def test_shared_prefix(prompts: list[list[int]], expected: int) -> None:
     assert shared_prefix(prompts) == expected
+
+
+OTHER = [-n for n in LONG]  # as long, sharing nothing with LONG
+
+
+@pytest.mark.parametrize(
+    ("prompts", "expected"),
+    [
+        # nothing shared
+        ([[1, 2], [3, 4]], []),
+        # two pairs, interleaved: each pair found, with what it shares
+        (
+            [[*LONG, 1], [*OTHER, 1], [*LONG, 2, 2], [*OTHER, 3]],
+            [([0, 2], MIN_SHARED), ([1, 3], MIN_SHARED)],
+        ),
+        # a group shares what its least similar neighbours share
+        ([[*LONG, 5, 1], [*LONG, 6], [*LONG, 5, 2]], [([0, 1, 2], MIN_SHARED)]),
+        # a lone prompt among them is in no group
+        ([[*LONG, 1], [9], [*LONG, 2]], [([0, 2], MIN_SHARED)]),
+    ],
+)
+def test_prefix_clusters(prompts: list[list[int]], expected: list[tuple[list[int], int]]) -> None:
+    assert prefix_clusters(prompts) == expected
 
 
 def test_pick_group_by_prefix_keeps_to_those_sharing_the_oldests_prefix() -> None:

@@ -98,7 +98,8 @@ async def _pg_schema(url: str) -> list[str]:
                 name,
                 _PG_TYPES[type_],
                 (notnull, "NOT NULL"),
-                (default is not None, f"DEFAULT {default}"),
+                # a text default reads back with its cast: '' is ''::text
+                (default is not None, f"DEFAULT {str(default).removesuffix('::text')}"),
                 ("PRIMARY KEY" in mark, "PRIMARY KEY"),
                 ("UNIQUE" in mark, "UNIQUE"),
                 ("FOREIGN KEY" in mark, f"REFERENCES {mark.get('FOREIGN KEY')}"),

@@ -113,13 +113,15 @@ async def test_claims_start_at_the_watermark_in_the_queue_index(url: str) -> Non
     try:
         await conn.execute("SET enable_seqscan = off")
         claim = load_queries("postgresql")["claim"]
-        params = {"backend": "b", "seq": 1, "owner": "w", "until": 1.0, "mark": 0, "limit": 10}
+        params = {"backend": "b", "seq": 1, "owner": "w", "until": 1.0, "limit": 10}
+        params |= {"mark_key": "", "mark": 0}
         rows = await conn.fetch("EXPLAIN " + claim.sql, *[params[n] for n in claim.params])
     finally:
         await conn.close()
     plan = "\n".join(r[0] for r in rows)
     assert "Index Scan using requests_queued" in plan, plan
-    assert "(id > " in plan, plan  # the scan starts at the watermark, not before it
+    # the scan starts at the watermark, (prefix key, id), not before it
+    assert "(ROW(prefix_key, id) > " in plan, plan
 
 
 async def test_workers_drawing_at_once_share_one_budget(open_worker: OpenStore) -> None:

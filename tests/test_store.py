@@ -136,6 +136,30 @@ async def test_only_the_leases_a_worker_knows_it_holds_are_renewed(store: Store)
     assert (await store.sweep(T0 + 6)).requeued == 1  # the claim w1 never heard of
 
 
+async def test_claims_go_in_prefix_key_order_within_a_batch(store: Store) -> None:
+    keys = ["bb", "aa", "bb", "", "aa", "bb"]
+    rows = [
+        NewRequest(f"r{i}", "b", b"{}", RequestState.QUEUED, None, k) for i, k in enumerate(keys)
+    ]
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
+    first = (await store.claim("b", [batch.seq], "w1", 3, T0 + 5)).requests
+    second = (await store.claim("b", [batch.seq], "w1", 3, T0 + 5)).requests
+    # equal keys keep the batch's order; the watermark carries on from the last key claimed
+    assert [c.custom_id for c in first + second] == ["r3", "r1", "r4", "r0", "r2", "r5"]
+
+
+async def test_a_requeued_request_below_the_watermark_is_claimed_again(store: Store) -> None:
+    rows = [
+        NewRequest(f"r{i}", "b", b"{}", RequestState.QUEUED, None, k) for i, k in enumerate("ba")
+    ]
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
+    [lost] = (await store.claim("b", [batch.seq], "w1", 1, T0 + 5)).requests  # key "a"
+    await store.claim("b", [batch.seq], "w1", 1, T0 + 50)  # key "b": the watermark passes it
+    assert (await store.sweep(T0 + 6)).requeued == 1
+    [again] = (await store.claim("b", [batch.seq], "w2", 1, T0 + 60)).requests
+    assert (again.custom_id, again.attempt) == (lost.custom_id, 2)
+
+
 async def test_claims_take_only_their_backend(store: Store) -> None:
     rows = [*_queued(2, "b"), NewRequest("x", "other", b"{}", RequestState.QUEUED)]
     batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, rows)
@@ -237,6 +261,7 @@ PARAMS = [
     "ids",
     "seqs",
     "mark",
+    "mark_key",
     "state",
     "result",
     "attempt",

@@ -40,6 +40,13 @@ async def test_expired_requests_are_recorded_results_too(store: Store) -> None:
     assert (await _recorded(store, batch.seq, -1))[1] == ["r0", "r1"]
 
 
+async def test_requests_expired_while_running_are_recorded_results_too(store: Store) -> None:
+    batch = await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(2))
+    await store.claim("b", [batch.seq], "w1", 1, T0 + 90)  # r0 still running at the deadline
+    await store.sweep(T0 + 61)
+    assert (await _recorded(store, batch.seq, -1))[1] == ["r0", "r1"]
+
+
 async def test_a_retry_batch_names_the_batch_it_retries(store: Store) -> None:
     await store.create_batch("msgbatch_a", "ws", T0, T0 + 60, _queued(1))
     retry = await store.create_batch(
@@ -56,7 +63,7 @@ async def test_a_kept_answer_is_found_by_its_key_and_counted_when_reused(store: 
     line = succeeded_line(first.custom_id, {"id": "m"})
     reused = Outcome(second, RequestState.SUCCEEDED, b"x", reused=True)
     await store.record(
-        "w1", [Outcome(first, RequestState.SUCCEEDED, line, "k" * 32), reused], T0 + 1
+        "w1", [Outcome(first, RequestState.SUCCEEDED, line, answer_key="k" * 32), reused], T0 + 1
     )
     assert await store.find_answers(["k" * 32, "j" * 32]) == {"k" * 32: line}
     ended = await store.get_batch("ws", "msgbatch_a")

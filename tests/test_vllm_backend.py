@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anthropic
@@ -12,7 +13,7 @@ import pytest
 from anthropic.types.messages import MessageBatchSucceededResult
 
 from batchd.backends.local.generation import Finish, Job, Sampling
-from batchd.backends.local.vllm_engine import finish_of, sampling_params
+from batchd.backends.local.vllm_engine import cached_tokens, engine_args, finish_of, sampling_params
 from tests.conftest import StartServer, wait_ended
 from tests.support.tiny_model import build_tiny_model
 
@@ -61,6 +62,30 @@ def _no_vllm_gpu() -> str | None:
     return None
 
 
+def test_engine_args_keep_prefix_caching_on_and_priority_optional() -> None:
+    plain = engine_args("/m", 32, priority=False)
+    assert (plain["enable_prefix_caching"], plain["max_num_seqs"]) == (True, 32)
+    assert "scheduling_policy" not in plain
+    assert engine_args("/m", 32, priority=True)["scheduling_policy"] == "priority"
+
+
+@pytest.mark.parametrize(
+    ("cached", "prompt", "expected"),
+    [
+        # none cached, or an older vLLM that does not say
+        (0, 10, 0),
+        (None, 10, 0),
+        # part of the prompt cached
+        (64, 100, 64),
+        # all of it: the last token is computed again
+        (100, 100, 99),
+    ],
+)
+def test_cached_tokens(cached: int | None, prompt: int, expected: int) -> None:
+    output = SimpleNamespace(num_cached_tokens=cached)
+    assert cached_tokens(output, prompt) == expected
+
+
 @pytest.mark.skipif(_no_vllm_gpu() is not None, reason=str(_no_vllm_gpu()))
 @pytest.mark.timeout(300)  # vLLM compiles and profiles the model at start-up
 def test_a_batch_runs_on_vllm(start_server: StartServer, tmp_path: Path) -> None:
@@ -89,4 +114,6 @@ def test_a_batch_runs_on_vllm(start_server: StartServer, tmp_path: Path) -> None
     assert [r.result.type for r in results] == ["succeeded"] * 64
     first = next(r for r in results if r.custom_id == "r0")
     assert isinstance(first.result, MessageBatchSucceededResult)
-    assert first.result.message.usage.input_tokens == counted.input_tokens
+    usage = first.result.message.usage
+    cached = (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+    assert usage.input_tokens + cached == counted.input_tokens

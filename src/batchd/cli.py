@@ -13,15 +13,17 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from batchd.client import commands
+from batchd.client import commands, views
 from batchd.client.errors import ClientError
 from batchd.client.inputs import DEFAULT_MAX_TOKENS, Defaults
 from batchd.client.results import RESULT_TYPES
 from batchd.client.submit import MAX_REQUESTS
 from batchd.config import Settings, load_settings
+from batchd.domain import rfc3339
 from batchd.errors import BatchdError
 from batchd.store import Store, open_store
 from batchd.usecases.keys import create_key, is_loopback
+from batchd.usecases.webhooks import EVENT_TYPES, WebhookService
 
 T = TypeVar("T")
 
@@ -201,6 +203,128 @@ def keys_revoke(key_id: str, db: str | None) -> None:
     click.echo(f"revoked {key_id}")
 
 
+# -- webhooks (batchd's own): on the database, like keys ----------------------------------------
+
+
+def _with_webhooks(settings: Settings, action: Callable[[WebhookService], Awaitable[T]]) -> T:
+    import time
+
+    allow = settings.webhook_allow_private_urls
+    return _with_store(
+        settings.db,
+        lambda store: action(WebhookService(store, time.time, allow_private_urls=allow)),
+    )
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook endpoints: signed events when a workspace's batches end (batchd's own)."""
+
+
+@webhooks.command("create")
+@click.argument("url")
+@click.option(
+    "--events",
+    multiple=True,
+    help=f"Event types, repeatable or comma-separated [default: all of {', '.join(EVENT_TYPES)}]",
+)
+@click.option("--workspace", default="default", show_default=True)
+@_db_option
+@_config_option
+def webhooks_create(
+    url: str, events: tuple[str, ...], workspace: str, db: str | None, config: Path | None
+) -> None:
+    """Create an endpoint; prints its id and its signing secret (shown once)."""
+    settings = _settings(db=db, config=config)
+    wanted = [e.strip() for item in events for e in item.split(",") if e.strip()]
+    endpoint, secret = _with_webhooks(settings, lambda w: w.create(workspace, url, wanted))
+    click.echo(
+        f"created webhook endpoint {endpoint.id} in workspace {workspace} for "
+        f"{', '.join(endpoint.events)}; its signing secret is shown once:",
+        err=True,
+    )
+    click.echo(endpoint.id)
+    click.echo(secret)
+
+
+@webhooks.command("list")
+@click.option("--workspace", help="Only this workspace's endpoints")
+@_db_option
+def webhooks_list(workspace: str | None, db: str | None) -> None:
+    """List endpoints (never their secrets)."""
+    settings = _settings(db=db)
+    for e in _with_webhooks(settings, lambda w: w.endpoints(workspace)):
+        state = f"disabled: {e.disabled_reason}" if e.disabled_at else "active"
+        click.echo(f"{e.id}\t{e.workspace}\t{e.url}\t{','.join(e.events)}\t{state}")
+
+
+@webhooks.command("delete")
+@click.argument("endpoint_id")
+@_db_option
+def webhooks_delete(endpoint_id: str, db: str | None) -> None:
+    """Delete an endpoint and its deliveries."""
+    _with_webhooks(_settings(db=db), lambda w: w.delete(None, endpoint_id))
+    click.echo(f"deleted {endpoint_id}")
+
+
+@webhooks.command("test")
+@click.argument("endpoint_id")
+@_db_option
+def webhooks_test(endpoint_id: str, db: str | None) -> None:
+    """Queue a webhook.test event to the endpoint (a running engine sends it)."""
+    webhook_id = _with_webhooks(_settings(db=db), lambda w: w.test(None, endpoint_id))
+    click.echo(f"queued webhook.test {webhook_id} to {endpoint_id}")
+
+
+@webhooks.command("deliveries")
+@click.argument("endpoint_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@_db_option
+def webhooks_deliveries(endpoint_id: str, limit: int, db: str | None) -> None:
+    """An endpoint's deliveries, newest first, and how they went."""
+    settings = _settings(db=db)
+    deliveries = _with_webhooks(settings, lambda w: w.deliveries(None, endpoint_id, limit))
+    for d in deliveries:
+        outcome = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "")
+        click.echo(
+            f"{d.webhook_id}\t{d.event_type}\t{d.state}\tattempts={d.attempts}\t"
+            f"{rfc3339(d.created_at)}\t{outcome}"
+        )
+
+
+@main.command()
+@click.option("--workspace", help="Only this workspace [default: every workspace]")
+@click.option("--since", help="First UTC day, YYYY-MM-DD [default: 30 days ago]")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts")
+@_db_option
+@_config_option
+def usage(
+    workspace: str | None, since: str | None, as_json: bool, db: str | None, config: Path | None
+) -> None:
+    """Tokens, requests and cost per UTC day, workspace and model (batchd's own)."""
+    import time
+
+    from batchd.runtime import prices_of
+    from batchd.usecases.usage import since_day
+
+    settings = _settings(db=db, config=config)
+    prices = prices_of(settings)
+    try:
+        first = since_day(since, time.time())
+    except BatchdError as exc:
+        raise click.ClickException(exc.message) from exc
+    days = _with_store(settings.db, lambda store: store.daily_usage(workspace, first))
+    priced = [(d, prices.cost(d.model, d.tokens) if prices else None) for d in days]
+    if as_json:
+        from batchd.schemas.usage import daily_to_wire
+
+        wire = [daily_to_wire(d, cost, prices.currency) for d, cost in priced]
+        click.echo(views.to_json(wire))
+        return
+    currency = prices.currency if prices else None
+    views.console().print(views.daily_usage_table(priced, currency))
+
+
 @main.group()
 def db() -> None:
     """Look into the database and back it up."""
@@ -292,6 +416,11 @@ _interval_option = click.option("--interval", type=float, default=1.0, hidden=Tr
 @click.option(
     "--wait", is_flag=True, help="Show progress until the batches end, then write results"
 )
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Print the input tokens, the output bound and the cost; create nothing",
+)
 @_out_option
 @_only_option
 @click.option(
@@ -319,6 +448,7 @@ def submit(
     model: str | None,
     max_tokens: int,
     wait: bool,
+    estimate: bool,
     out: Path | None,
     only: tuple[str, ...],
     max_batch_requests: int,
@@ -331,6 +461,11 @@ def submit(
     Each line is a batch request {"custom_id", "params"}, bare Messages params (custom ids
     are generated from line numbers), or a plain-text prompt for --model.
     """
+    if estimate:
+        commands.estimate(
+            server, file, Defaults(model, max_tokens), max_batch_requests=max_batch_requests
+        )
+        return
     commands.submit(
         server,
         file,

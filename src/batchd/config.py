@@ -86,8 +86,18 @@ class BackendConfig(BaseModel):
     model_path: str | None = None
     max_batch_size: int = Field(default=32, ge=1)  # sequences generated at once
     device: str | None = None  # transformers: "cpu", "cuda", "cuda:1"; default: CUDA if present
-    share_prefixes: bool = True  # transformers: a group's common prompt prefix computed once
+    share_prefixes: bool = True  # transformers: a shared prompt prefix computed once
+    # transformers: prompt tokens of shared prefixes kept (keys and values) for later rows
+    prefix_cache_tokens: int = Field(default=32_768, ge=0)
     cpu_threads: int | None = Field(default=None, ge=1)  # transformers on CPU: default cores-1
+    # local kinds: how the model writes tool calls ("auto": as its chat template teaches)
+    tool_call_format: Literal["auto", "hermes", "llama3", "none"] = "auto"
+    # transformers: "module:factory" paths; each factory(tokenizer) gives a function
+    # (prompt ids, generated ids, scores) -> scores applied to every row (batchd's own)
+    logits_processors: list[str] = Field(default_factory=list)
+    # claim each batch's requests in prefix-key order (requests sharing a prompt prefix
+    # together) rather than in the order of the batch file
+    prefix_order: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -117,14 +127,27 @@ class BackendConfig(BaseModel):
         if self.max_output_tokens is not None:
             return self.max_output_tokens
         if self.kind in LOCAL_KINDS and self.model_path:
-            return _context_length(Path(self.model_path)) or DEFAULT_MAX_OUTPUT_TOKENS
+            return context_length(Path(self.model_path)) or DEFAULT_MAX_OUTPUT_TOKENS
         return DEFAULT_MAX_OUTPUT_TOKENS
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
-def _context_length(model_path: Path) -> int | None:
+class PriceConfig(BaseModel):
+    """One ``[[prices]]`` table: what a model's tokens cost interactively, per million, and
+    the share of that a batch saves (batchd's own; for cost estimates only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[str] = Field(min_length=1)  # glob patterns matched against ``model``
+    input: float = Field(ge=0)  # per million input tokens
+    output: float = Field(ge=0)  # per million output tokens
+    cache_read: float | None = Field(default=None, ge=0)  # per million; default: input's
+    batch_discount: float = Field(default=0.5, ge=0, le=1)  # 0.5: a batch costs half
+
+
+def context_length(model_path: Path) -> int | None:
     """The context length a Hugging Face model directory's config.json declares, if any."""
     try:
         declared = json.loads((model_path / "config.json").read_text())
@@ -203,6 +226,20 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=0.5, ge=0)
     retry_max_seconds: float = Field(default=60.0, ge=0)
 
+    # Webhooks (batchd's own): receivers on loopback, private or link-local addresses are
+    # refused unless allowed here; each attempt waits at most webhook_timeout_seconds; a
+    # failed delivery is tried again after retry_base, doubling up to retry_max, for
+    # retry_window (24 h); an endpoint failing that long is disabled.
+    webhook_allow_private_urls: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+    # Prices for the usage figures' cost estimates (none: no costs shown); the first table
+    # whose glob matches a model prices it. ``price_currency`` only labels the figures.
+    prices: list[PriceConfig] = Field(default_factory=list)
+    price_currency: str = "USD"
     # Tests only (tests/faults/test_idempotency.py): SIGKILL the server after a create has
     # committed and before it answers. Off unless BATCHD_FAULT_KILL_AFTER_CREATE is set.
     fault_kill_after_create: bool = False

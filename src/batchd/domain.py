@@ -8,7 +8,7 @@ numbers always sum to N; ``processing`` is what is left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from enum import Enum, IntEnum, StrEnum
 from typing import Any, overload
@@ -154,12 +154,35 @@ class ClaimedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """The tokens one answer took, as its ``usage`` reports them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+        )
+
+
+NO_USAGE = TokenUsage()
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    """The final state of one claimed request and its JSONL result line."""
+    """The final state of one claimed request and its JSONL result line; ``model`` and
+    ``usage`` are counted into the batch's and the workspace's usage when it is recorded."""
 
     request: ClaimedRequest
     state: RequestState
     line: bytes
+    _: KW_ONLY
+    model: str = ""
+    usage: TokenUsage = NO_USAGE
     answer_key: str | None = None  # its params' key, where its backend reuses answers
     reused: bool = False  # answered from a stored answer, without an upstream call
 
@@ -189,3 +212,107 @@ def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- webhooks (batchd's own) ------------------------------------------------------------------
+
+
+class WebhookEvent(StrEnum):
+    BATCH_ENDED = "message_batch.ended"  # with the final request counts
+    BATCH_CANCELED = "message_batch.canceled"  # a cancel was accepted
+    BATCH_EXPIRED = "message_batch.expired"  # the batch passed its deadline unfinished
+    TEST = "webhook.test"  # `batchd webhooks test`: to one endpoint only
+
+
+BATCH_EVENTS = (WebhookEvent.BATCH_ENDED, WebhookEvent.BATCH_CANCELED, WebhookEvent.BATCH_EXPIRED)
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"  # not yet accepted: due at next_attempt_at
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # given up: 24 h of failures, or the endpoint was disabled
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    id: str
+    workspace: str
+    url: str
+    events: tuple[str, ...]
+    created_at: float
+    failing_since: float | None
+    disabled_at: float | None
+    disabled_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> WebhookEndpoint:
+        return cls(
+            row["id"], row["workspace"], row["url"], tuple(row["events"].split()),
+            row["created_at"], row["failing_since"], row["disabled_at"], row["disabled_reason"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event to one endpoint, and how sending it went."""
+
+    id: int
+    endpoint_id: str
+    webhook_id: str  # the same on every attempt
+    event_type: str
+    created_at: float
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Delivery:
+        return cls(
+            row["id"], row["endpoint_id"], row["webhook_id"], row["event_type"],
+            row["created_at"], DeliveryState(row["state"]), row["attempts"],
+            row["next_attempt_at"], row["last_status"], row["last_error"], row["finished_at"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery leased to one sender; ``attempt`` fences what it records."""
+
+    id: int
+    endpoint_id: str
+    webhook_id: str
+    event_type: str
+    payload: bytes
+    created_at: float
+    attempt: int
+
+
+# -- usage (batchd's own) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """One model's share of a batch's (or a day's) usage."""
+
+    model: str
+    requests: int
+    tokens: TokenUsage
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """A workspace's usage of one model on one UTC day (``YYYY-MM-DD``); ``requests`` by
+    result type."""
+
+    day: str
+    workspace: str
+    model: str
+    requests: dict[str, int]
+    tokens: TokenUsage
+
+
+def utc_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")

@@ -9,6 +9,7 @@ neighbours (consecutive ids would let a holder of one guess the next).
 
 from __future__ import annotations
 
+import base64
 import secrets
 import threading
 import time
@@ -56,6 +57,23 @@ def batch_id(value: int) -> str:
 
 def new_batch_id() -> str:
     return batch_id(_batch_ids.next())
+
+
+_webhook_ids = Minter()
+
+
+def new_webhook_id() -> str:
+    """A webhook message id (``webhook-id``), sortable by creation like a batch id."""
+    return "msg_" + _encode(_webhook_ids.next(), 26)
+
+
+def new_endpoint_id() -> str:
+    return "whep_" + secrets.token_hex(8)
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: ``whsec_`` and 24 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def new_message_id() -> str:

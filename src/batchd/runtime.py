@@ -36,13 +36,17 @@ from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import BackendRunner, build_runners
 from batchd.config import BackendConfig, Settings
 from batchd.engine import Engine, EngineSettings
+from batchd.engine.webhooks import WebhookSender, WebhookSettings
 from batchd.metrics import Metrics
 from batchd.store import Store, Timeouts, open_store
 from batchd.usecases.batches import BatchLimits, BatchService
+from batchd.usecases.estimate import EstimateService
 from batchd.usecases.keys import Authenticator, decide_open_mode
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
+from batchd.usecases.usage import Prices, UsageService
+from batchd.usecases.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +111,30 @@ def build_engine(runtime: Runtime) -> Engine:
         purge_interval=settings.purge_interval_seconds,
         purge_chunk=settings.purge_chunk,
     )
-    return Engine(runtime.store, runtime.runners, engine_settings, runtime.clock, runtime.metrics)
+    sender = WebhookSender(runtime.store, webhook_settings(settings), runtime.clock)
+    return Engine(
+        runtime.store, runtime.runners, engine_settings, runtime.clock, runtime.metrics, sender
+    )
+
+
+def webhook_settings(settings: Settings) -> WebhookSettings:
+    return WebhookSettings(
+        timeout_seconds=settings.webhook_timeout_seconds,
+        retry_base_seconds=settings.webhook_retry_base_seconds,
+        retry_max_seconds=settings.webhook_retry_max_seconds,
+        retry_window_seconds=settings.webhook_retry_window_seconds,
+        allow_private_urls=settings.webhook_allow_private_urls,
+        poll_interval=settings.poll_interval_seconds,
+    )
 
 
 async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
     """The use cases the API serves; a batch created wakes ``engine``, if this process has one."""
     settings, store, runners = runtime.settings, runtime.store, runtime.runners
     router = Router(runtime.configs)
+    tokens = TokenService(
+        router, runtime.configs, {name: runner.backend for name, runner in runners.items()}
+    )
     limits = BatchLimits(
         settings.max_requests_per_batch,
         settings.batch_ttl_seconds,
@@ -133,13 +154,22 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         auth=Authenticator(store, open_mode=await decide_open_mode(store, settings.host)),
         router=router,
         runners=runners,
-        tokens=TokenService(
-            router, runtime.configs, {name: runner.backend for name, runner in runners.items()}
-        ),
+        tokens=tokens,
         metrics=runtime.metrics,
         overview=Overview(store),
         bodies=BodyBudget.from_settings(settings),
+        webhooks=WebhookService(
+            store, runtime.clock, allow_private_urls=settings.webhook_allow_private_urls
+        ),
+        usage=UsageService(store, prices_of(settings), runtime.clock),
+        estimates=EstimateService(
+            router, tokens, prices_of(settings), settings.max_requests_per_batch
+        ),
     )
+
+
+def prices_of(settings: Settings) -> Prices:
+    return Prices(settings.prices, settings.price_currency)
 
 
 def _on_created(metrics: Metrics, engine: Engine | None) -> Callable[[], None]:

@@ -14,7 +14,16 @@ from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import JsonPostsMiddleware, RequestIdMiddleware
 from batchd.api.responses import JSON
-from batchd.api.routes import batches, count_tokens, messages, models, openai_calls, prometheus
+from batchd.api.routes import (
+    batches,
+    count_tokens,
+    messages,
+    models,
+    openai_calls,
+    prometheus,
+    usage,
+    webhooks,
+)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -46,6 +55,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(models.router)
     app.include_router(openai_calls.router)
     app.include_router(prometheus.router)
+    app.include_router(webhooks.router)
+    app.include_router(usage.router)
     console.mount(app)
     openapi.install(app)
     return app

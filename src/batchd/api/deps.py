@@ -15,10 +15,13 @@ from batchd.config import Settings
 from batchd.errors import PermissionDenied
 from batchd.metrics import Metrics
 from batchd.usecases.batches import BatchService
+from batchd.usecases.estimate import EstimateService
 from batchd.usecases.keys import Authenticator, Caller
 from batchd.usecases.messages import MessageService
 from batchd.usecases.overview import Overview
 from batchd.usecases.tokens import TokenService
+from batchd.usecases.usage import UsageService
+from batchd.usecases.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,9 @@ class Services:
     metrics: Metrics
     overview: Overview
     bodies: BodyBudget
+    webhooks: WebhookService
+    usage: UsageService
+    estimates: EstimateService
 
 
 def get_services(request: Request) -> Services:

@@ -33,6 +33,15 @@ from batchd.schemas.messages import CountTokensParams, Message, MessageParams, M
 from batchd.schemas.models import ModelList
 from batchd.schemas.results import MessageBatchIndividualResponse
 from batchd.schemas.status import BackendStateList, Health
+from batchd.schemas.usage import MessageBatchEstimate, MessageBatchUsage, UsageList
+from batchd.schemas.webhooks import (
+    CreateWebhookEndpoint,
+    DeletedWebhookEndpoint,
+    WebhookDeliveryList,
+    WebhookEndpointList,
+    WebhookEndpointOut,
+    WebhookTestOut,
+)
 
 _REQUEST_ID = {
     "request-id": {
@@ -59,6 +68,7 @@ _DESCRIPTIONS = {
 }
 
 _BATCH = "/v1/messages/batches/{batch_id}"
+_ENDPOINT = "/v1/webhooks/{endpoint_id}"
 _UPSTREAM = (404, 408, 413, 429, 502, 503, 504, 529)
 _JSONL = MessageBatchIndividualResponse  # results: application/x-jsonl, one of these a line
 # (method, path): (the success body's type, its error statuses besides 401 and 500)
@@ -78,12 +88,24 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("get", "/v1/models"): (ModelList, ()),
     ("get", "/status/backends"): (BackendStateList, (403,)),
     ("get", "/healthz"): (Health, ()),
+    # batchd's own
+    ("post", "/v1/messages/batch_estimate"): (MessageBatchEstimate, (400, 408, 413, 415, 429)),
+    ("get", f"{_BATCH}/usage"): (MessageBatchUsage, (404, 503)),
+    ("get", "/v1/usage"): (UsageList, (400, 503)),
+    ("post", "/v1/webhooks"): (WebhookEndpointOut, (400, 408, 413, 415, 503)),
+    ("get", "/v1/webhooks"): (WebhookEndpointList, (503,)),
+    ("get", _ENDPOINT): (WebhookEndpointOut, (404, 503)),
+    ("delete", _ENDPOINT): (DeletedWebhookEndpoint, (404, 503)),
+    ("post", f"{_ENDPOINT}/test"): (WebhookTestOut, (404, 415, 503)),
+    ("get", f"{_ENDPOINT}/deliveries"): (WebhookDeliveryList, (400, 404, 503)),
 }
 PUBLIC = {("get", "/healthz")}
 REQUEST_BODIES: dict[tuple[str, str], type[msgspec.Struct]] = {
     ("post", "/v1/messages/batches"): CreateBatchRequest,
     ("post", "/v1/messages"): MessageParams,
     ("post", "/v1/messages/count_tokens"): CountTokensParams,
+    ("post", "/v1/messages/batch_estimate"): CreateBatchRequest,
+    ("post", "/v1/webhooks"): CreateWebhookEndpoint,
     ("post", f"{_BATCH}/retry"): RetryBatchRequest,
 }
 OPTIONAL_BODIES = {("post", f"{_BATCH}/retry")}  # none: errored and expired

@@ -40,6 +40,7 @@ import msgspec
 from batchd.backends.chat import TOOL_CHOICES, ChatDialect, function_tools
 from batchd.backends.chat import chat_messages as translate_messages
 from batchd.backends.http import error_from_answer
+from batchd.backends.local.tool_calls import arguments_object
 from batchd.backends.pdf import marked, pdf_text
 from batchd.errors import InvalidRequest, UpstreamError
 
@@ -192,13 +193,8 @@ def _tool_use(call: Any, fallback_id: str) -> dict[str, Any]:
     function = call.get("function") if isinstance(call, dict) else None
     if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
         raise _unusable(f"upstream returned a tool call without a function name: {call!r}")
-    name, arguments = function["name"], function.get("arguments")
-    if isinstance(arguments, str):
-        try:
-            arguments = msgspec.json.decode(arguments) if arguments.strip() else {}
-        except msgspec.DecodeError:
-            arguments = None
-    if not isinstance(arguments, dict):
+    name, arguments = function["name"], arguments_object(function.get("arguments"))
+    if arguments is None:
         raise _unusable(
             f"upstream called tool {name!r} with arguments that are not a JSON object: "
             f"{function.get('arguments')!r:.200}"

@@ -53,6 +53,7 @@ class Router:
         self._cache: dict[str, str | None] = {}
         self._max_tokens = {c.name: c.output_token_limit() for c in configs}
         self._url_policies = {c.name: policy_for(c.allowed_url_hosts) for c in configs}
+        self._prefix_order = {c.name for c in configs if c.prefix_order}
 
     def route(self, model: str) -> str | None:
         if model not in self._cache:
@@ -68,6 +69,10 @@ class Router:
             raise InvalidRequest(
                 f"max_tokens: {max_tokens} is more than this model allows here ({limit})"
             )
+
+    def orders_by_prefix(self, name: str) -> bool:
+        """Whether backend ``name`` claims a batch's requests in prefix-key order."""
+        return name in self._prefix_order
 
     def backend_for(self, model: str) -> str:
         """The name of the backend serving ``model``; NotFound when none does."""

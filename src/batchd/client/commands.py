@@ -22,8 +22,9 @@ from rich.markup import escape
 from batchd.client import results, views
 from batchd.client.errors import ApiError, Interrupted
 from batchd.client.http import Batch, BatchdClient
-from batchd.client.inputs import Defaults, read_requests
+from batchd.client.inputs import Defaults, chunks, read_requests
 from batchd.client.progress import describe, tally, wait_for
+from batchd.client.submit import MAX_BYTES
 from batchd.client.submit import submit as create_batches
 
 T = TypeVar("T")
@@ -102,6 +103,18 @@ def submit(
     for batch_id in batch_ids:
         click.echo(batch_id)
     err.print(f"wait for the results with: {escape(resume_command(server, batch_ids, waiting))}")
+
+
+def estimate(server: Server, path: Path, defaults: Defaults, *, max_batch_requests: int) -> None:
+    """Count what the file would take, batch by batch as submit would split it; create
+    nothing."""
+    requests = read_requests(path, defaults)
+
+    async def each(client: BatchdClient) -> list[dict[str, Any]]:
+        split = chunks(requests, max_batch_requests, MAX_BYTES)
+        return [await client.estimate(chunk) for chunk in split]
+
+    views.console().print(views.estimate_table(server.call(each)))
 
 
 def _interrupted(server: Server, batch_ids: Sequence[str], waiting: Waiting) -> Interrupted:
@@ -185,21 +198,28 @@ def list_batches(server: Server, limit: int, *, as_json: bool) -> None:
 
 
 def show(server: Server, batch_id: str, *, as_json: bool) -> None:
-    async def all_of(client: BatchdClient) -> tuple[Batch, dict[str, Any], Batch | None]:
-        batch, details = await client.retrieve(batch_id), await client.details(batch_id)
-        try:
-            return batch, details, await client.schedule(batch_id)
-        except ApiError:  # a server without batchd's schedule route
-            return batch, details, None
+    """A batch with batchd's own details and schedule, then its usage and cost."""
 
-    batch, details, schedule = server.call(all_of)
+    async def all_of(
+        client: BatchdClient,
+    ) -> tuple[Batch, dict[str, Any], dict[str, object], Batch | None]:
+        batch = await client.retrieve(batch_id)
+        details, usage = await client.details(batch_id), await client.usage(batch_id)
+        try:
+            return batch, details, usage, await client.schedule(batch_id)
+        except ApiError:  # a server without batchd's schedule route
+            return batch, details, usage, None
+
+    batch, details, usage, schedule = server.call(all_of)
     if as_json:
-        own = {"batchd": details}
+        own = {"batchd": details, "usage": usage}
         _print_json(
             batch | own if schedule is None else batch | own | {"batchd_schedule": schedule}
         )
-    else:
-        views.console().print(views.batch_table(batch, details, schedule))
+        return
+    out = views.console()
+    out.print(views.batch_table(batch, details, schedule))
+    out.print(views.usage_table(usage))
 
 
 def cancel(server: Server, batch_id: str, *, as_json: bool) -> None:

@@ -138,6 +138,19 @@ class BatchdClient:
         page = await self._call("GET", BATCHES, params=params)
         return list(page["data"]), bool(page["has_more"])
 
+    async def estimate(self, encoded_requests: Sequence[bytes]) -> dict[str, Any]:
+        """What these requests would take as a batch (batchd's own route); creates nothing."""
+        body = b'{"requests":[' + b",".join(encoded_requests) + b"]}"
+        headers = {"content-type": "application/json"}
+        path = "/v1/messages/batch_estimate"
+        estimate: dict[str, Any] = await self._call("POST", path, data=body, headers=headers)
+        return estimate
+
+    async def usage(self, batch_id: str) -> dict[str, Any]:
+        """A batch's usage and cost (batchd's own route)."""
+        usage: dict[str, Any] = await self._call("GET", f"{BATCHES}/{batch_id}/usage")
+        return usage
+
     async def cancel(self, batch_id: str) -> Batch:
         headers = {"content-type": "application/json"}  # as the SDK sends it, body or none
         batch: Batch = await self._call("POST", f"{BATCHES}/{batch_id}/cancel", headers=headers)

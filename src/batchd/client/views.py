@@ -20,6 +20,8 @@ from rich.text import Text
 
 from batchd.client.http import Batch
 from batchd.client.progress import STATES
+from batchd.domain import DailyUsage
+from batchd.usecases.usage import Cost
 
 _STATUS_STYLE = {"in_progress": "blue", "canceling": "yellow", "ended": "green"}
 # C0 and C1 controls, DEL, and the bidirectional overrides that reorder what is shown.
@@ -93,6 +95,77 @@ def batch_table(
         table.add_row(cell("projected end"), cell(_when(schedule.get("projected_end_at"))))
         if schedule["at_risk"]:
             table.add_row(cell("deadline"), cell("AT RISK: will miss it at the rate so far", "red"))
+    return table
+
+
+def _cost(cost: Any) -> str:
+    if not cost:
+        return "-"
+    text = f"{cost['batch']:,.4f} {cost['currency']} (interactive {cost['interactive']:,.4f})"
+    if cost["unpriced_models"]:
+        text += f"; no price for {', '.join(cost['unpriced_models'])}"
+    return text
+
+
+def usage_table(usage: dict[str, Any]) -> Table:
+    """A batch's tokens and cost (``GET .../usage``), then one line per model."""
+    table = Table(show_header=False, box=None)
+    table.add_row(cell("input tokens"), cell(f"{usage['input_tokens']:,}"))
+    table.add_row(cell("output tokens"), cell(f"{usage['output_tokens']:,}"))
+    table.add_row(cell("cache-read tokens"), cell(f"{usage['cache_read_input_tokens']:,}"))
+    table.add_row(cell("cost"), cell(_cost(usage["cost"])))
+    for model in usage["models"]:
+        tokens = f"{model['input_tokens']:,} in / {model['output_tokens']:,} out"
+        line = f"{model['requests']:,} requests, {tokens}, cost {_cost(model['cost'])}"
+        table.add_row(cell(f"model {model['model'] or '-'}"), cell(line))
+    return table
+
+
+def estimate_table(estimates: Sequence[dict[str, Any]]) -> Table:
+    """Per model, then in all: requests, input tokens, the output bound and their cost."""
+    table = Table("model", "backend", "counted by", "requests", "input tokens", "max output",
+                  "cost (batch / interactive)", box=None)  # fmt: skip
+    totals = [0, 0, 0, 0, 0.0, 0.0]
+    currency = ""
+    for estimate in estimates:
+        totals[3] += estimate["refused"]
+        for m in estimate["models"]:
+            table.add_row(
+                *(cell(m[k]) for k in ("model", "backend", "method")),
+                *(cell(f"{m[k]:,}") for k in ("requests", "input_tokens", "max_output_tokens")),
+                cell(_cost(m["cost"])),
+            )
+            totals[0] += m["requests"]
+            totals[1] += m["input_tokens"]
+            totals[2] += m["max_output_tokens"]
+        if estimate["cost"]:
+            totals[4] += estimate["cost"]["batch"]
+            totals[5] += estimate["cost"]["interactive"]
+            currency = estimate["cost"]["currency"]
+    cost = f"{totals[4]:,.4f} / {totals[5]:,.4f} {currency}" if currency else "-"
+    table.add_row(
+        cell("all", "bold"), cell(""), cell(f"refused: {totals[3]:,}" if totals[3] else ""),
+        *(cell(f"{int(t):,}", "bold") for t in totals[:3]), cell(cost, "bold"),
+    )  # fmt: skip
+    return table
+
+
+def daily_usage_table(
+    rows: Iterable[tuple[DailyUsage, Cost | None]], currency: str | None
+) -> Table:
+    """Usage per day, workspace and model (``batchd usage``)."""
+    columns = ["day", "workspace", "model", "requests", "input", "output", "cache read"]
+    table = Table(*columns, *([f"cost {currency}", "interactive"] if currency else []), box=None)
+    for row, priced in rows:
+        requests = " ".join(f"{k}={v:,}" for k, v in sorted(row.requests.items()) if v)
+        tokens = row.tokens
+        cost = [f"{priced.batch:,.4f}", f"{priced.interactive:,.4f}"] if priced else []
+        table.add_row(
+            *(cell(v) for v in (row.day, row.workspace, row.model or "-", requests or "-")),
+            *(cell(f"{t:,}") for t in (tokens.input_tokens, tokens.output_tokens)),
+            cell(f"{tokens.cache_read_tokens:,}"),
+            *(cell(c) for c in cost),
+        )
     return table
 
 

@@ -19,7 +19,6 @@ import msgspec
 
 from batchd.config import ReuseMode
 from batchd.ids import new_message_id
-from batchd.schemas.results import succeeded_line
 from batchd.validation import Params
 
 _decode_object: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
@@ -51,10 +50,10 @@ class _Line(msgspec.Struct):
 _decode_line = msgspec.json.Decoder(_Line).decode
 
 
-def reused_line(custom_id: str, stored: bytes, model: str) -> bytes:
-    """A succeeded result line for ``custom_id`` from a stored one: the same answer, under a
+def reused_message(stored: bytes, model: str) -> dict[str, Any]:
+    """The message of a stored succeeded result line: the same answer (and usage), under a
     new message id and the model name this request asked for."""
     message = _decode_line(stored).result.message
     message["id"] = new_message_id()
     message["model"] = model
-    return succeeded_line(custom_id, message)
+    return message

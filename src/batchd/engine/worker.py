@@ -32,9 +32,10 @@ from prometheus_client import Counter
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
-from batchd.domain import ClaimedRequest, Outcome, RequestState
-from batchd.engine.answers import answer_key, reusable, reused_line
+from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.engine.answers import answer_key, reusable, reused_message
 from batchd.engine.order import ClaimPlanner
+from batchd.engine.webhooks import WebhookSender
 from batchd.errors import InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
@@ -110,8 +111,10 @@ class Engine:
         settings: EngineSettings,
         clock: Callable[[], float],
         metrics: Metrics,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.owner = new_worker_id()
+        self._webhooks = webhooks
         self._store = store
         self._settings = settings
         self._clock = clock
@@ -158,6 +161,8 @@ class Engine:
                     group.create_task(self._every(self._settings.sweep_interval, self._sweep)),
                     group.create_task(self._listen(), name="listen"),
                 ]
+                if self._webhooks is not None:  # the outbox's sender, beside the sweeper
+                    side.append(group.create_task(self._webhooks.run(), name="webhooks"))
                 if self._settings.retention is not None:
                     purge = self._every(self._settings.purge_interval, self._purge)
                     side.append(group.create_task(purge, name="purge"))
@@ -169,7 +174,7 @@ class Engine:
                     task.cancel()
         finally:
             with contextlib.suppress(StoreUnavailable):
-                released = await self._store.release_leases(self.owner)
+                released = await self._store.release_leases(self.owner, self._clock())
                 if released:
                     log.info(
                         "engine %s returned %d unfinished requests to the queue",
@@ -300,22 +305,38 @@ class Engine:
                 request, RequestState.ERRORED, errored_line(custom_id, "api_error", reason)
             )
         key, stored = answer or (None, None)
+        model = ""
         try:
             params = stored_params(request.params)
+            model = params.model
             if stored is not None:
                 self._metrics.answers_reused.labels(runner.name).inc()
-                line = reused_line(custom_id, stored, params.model)
-                return Outcome(request, RequestState.SUCCEEDED, line, key, reused=True)
+                message = reused_message(stored, model)
+                line = succeeded_line(custom_id, message)
+                usage = usage_of(message)  # counted like any succeeded result's
+                return Outcome(
+                    request,
+                    RequestState.SUCCEEDED,
+                    line,
+                    model=model,
+                    usage=usage,
+                    answer_key=key,
+                    reused=True,
+                )
             priority = lane.priorities.get(request.batch_seq, 0)
             message = await self._call(runner, request, params, slot, priority)
         except (InvalidRequest, UpstreamError) as exc:
             line = errored_line(custom_id, exc.error_type, exc.message)
-            return Outcome(request, RequestState.ERRORED, line)
+            return Outcome(request, RequestState.ERRORED, line, model=model)
         except Exception:  # one broken request must not take the engine down
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             line = errored_line(custom_id, "api_error", "internal error while running the request")
-            return Outcome(request, RequestState.ERRORED, line)
-        return Outcome(request, RequestState.SUCCEEDED, succeeded_line(custom_id, message), key)
+            return Outcome(request, RequestState.ERRORED, line, model=model)
+        line = succeeded_line(custom_id, message)
+        usage = usage_of(message)
+        return Outcome(
+            request, RequestState.SUCCEEDED, line, model=model, usage=usage, answer_key=key
+        )
 
     async def _call(
         self,
@@ -486,3 +507,18 @@ class Engine:
                 )
             if not purge.batches:
                 return
+
+
+def usage_of(message: dict[str, Any]) -> TokenUsage:
+    """The tokens a message's ``usage`` reports (absent figures count as 0)."""
+    usage = message.get("usage")
+    if not isinstance(usage, dict):
+        return TokenUsage()
+
+    def figure(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and value > 0 else 0
+
+    return TokenUsage(
+        figure("input_tokens"), figure("output_tokens"), figure("cache_read_input_tokens")
+    )

@@ -35,15 +35,18 @@ UPDATE requests SET state = :state, done_seq = :mark WHERE batch_seq = :seq AND 
 
 -- name: expire_running
 -- (a batch past its deadline: its requests still in flight end expired too, as the API's
--- do, however long their calls take; a worker's later result is fenced off with the lease)
-UPDATE requests SET state = 'expired', lease_owner = NULL, lease_expires = NULL
+-- do, however long their calls take; a worker's later result is fenced off with the lease).
+-- Their results mark: the one settle_queued just took in the same transaction.
+UPDATE requests SET state = 'expired', lease_owner = NULL, lease_expires = NULL,
+                    done_seq = (SELECT results_mark FROM batches WHERE seq = :seq)
 WHERE batch_seq = :seq AND state = 'running';
 
 -- name: add_counts
 UPDATE batches SET succeeded = succeeded + :succeeded, errored = errored + :errored,
                    canceled = canceled + :canceled, expired = expired + :expired,
                    reused = reused + :reused
-WHERE seq = :seq;
+WHERE seq = :seq
+RETURNING workspace;
 
 -- name: next_mark
 -- (locks the batch row until commit: the marks of one batch are taken and made visible in
@@ -99,14 +102,19 @@ VALUES (:workspace, :key, :body_hash, :batch_id, :created_at);
 -- name: finalize_batch
 UPDATE batches SET processing_status = 'ended', ended_at = :now
 WHERE seq = :seq AND processing_status != 'ended'
-  AND succeeded + errored + canceled + expired = total;
+  AND succeeded + errored + canceled + expired = total
+RETURNING seq;
 
 -- name: finalize_all
 UPDATE batches SET processing_status = 'ended', ended_at = :now
-WHERE processing_status != 'ended' AND succeeded + errored + canceled + expired = total;
+WHERE processing_status != 'ended' AND succeeded + errored + canceled + expired = total
+RETURNING seq;
 
 -- name: delete_requests
 DELETE FROM requests WHERE batch_seq = :seq;
+
+-- name: delete_batch_usage
+DELETE FROM batch_usage WHERE batch_seq = :seq;
 
 -- name: delete_batch
 DELETE FROM batches WHERE seq = :seq;
@@ -194,6 +202,107 @@ ON CONFLICT (name) DO NOTHING;
 
 -- name: set_budget
 UPDATE fleet_budgets SET level = :level, stamp = :now WHERE name = :name;
+-- name: insert_endpoint
+INSERT INTO webhook_endpoints (id, workspace, url, secret, events, created_at)
+VALUES (:id, :workspace, :url, :secret, :events, :created_at);
+
+-- name: list_endpoints
+SELECT * FROM webhook_endpoints WHERE workspace = :workspace ORDER BY created_at, id;
+
+-- name: list_all_endpoints
+SELECT * FROM webhook_endpoints ORDER BY workspace, created_at, id;
+
+-- name: endpoint_by_id
+SELECT * FROM webhook_endpoints WHERE id = :id;
+
+-- name: delete_endpoint_deliveries
+DELETE FROM webhook_deliveries WHERE endpoint_id = :id;
+
+-- name: delete_endpoint
+DELETE FROM webhook_endpoints WHERE id = :id;
+
+-- name: subscribed_endpoints
+-- The endpoints an event of this workspace goes to (the store filters them by event type).
+SELECT id, events FROM webhook_endpoints WHERE workspace = :workspace AND disabled_at IS NULL;
+
+-- name: insert_delivery
+INSERT INTO webhook_deliveries
+    (endpoint_id, webhook_id, event_type, payload, created_at, state, next_attempt_at)
+VALUES (:endpoint_id, :webhook_id, :event_type, :payload, :now, 'pending', :now);
+
+-- name: finish_delivery
+-- Fenced by (owner, attempt): a sender whose lease ran out cannot overwrite a newer attempt.
+UPDATE webhook_deliveries
+SET state = :state, next_attempt_at = :next_at, last_status = :status, last_error = :error,
+    finished_at = :finished_at, first_failed_at = coalesce(first_failed_at, :failed_at),
+    lease_owner = NULL
+WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
+RETURNING first_failed_at;
+
+-- name: endpoint_succeeded
+UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :id;
+
+-- name: endpoint_failed
+UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, :now) WHERE id = :id
+RETURNING failing_since;
+
+-- name: disable_endpoint
+UPDATE webhook_endpoints SET disabled_at = :now, disabled_reason = :reason
+WHERE id = :id AND disabled_at IS NULL;
+
+-- name: fail_pending_deliveries
+UPDATE webhook_deliveries
+SET state = 'failed', last_error = :error, finished_at = :now, lease_owner = NULL
+WHERE endpoint_id = :id AND state = 'pending';
+
+-- name: list_deliveries
+SELECT id, endpoint_id, webhook_id, event_type, created_at, state, attempts, next_attempt_at,
+       last_status, last_error, finished_at
+FROM webhook_deliveries WHERE endpoint_id = :id ORDER BY id DESC LIMIT :limit;
+
+-- name: add_batch_usage
+INSERT INTO batch_usage (batch_seq, model, requests, input_tokens, output_tokens, cache_read_tokens)
+VALUES (:seq, :model, :requests, :input_tokens, :output_tokens, :cache_read_tokens)
+ON CONFLICT (batch_seq, model) DO UPDATE SET
+    requests = batch_usage.requests + excluded.requests,
+    input_tokens = batch_usage.input_tokens + excluded.input_tokens,
+    output_tokens = batch_usage.output_tokens + excluded.output_tokens,
+    cache_read_tokens = batch_usage.cache_read_tokens + excluded.cache_read_tokens;
+
+-- name: add_daily_usage
+INSERT INTO usage_daily (day, workspace, backend, model, succeeded, errored, canceled, expired,
+                         input_tokens, output_tokens, cache_read_tokens)
+VALUES (:day, :workspace, :backend, :model, :succeeded, :errored, :canceled, :expired,
+        :input_tokens, :output_tokens, :cache_read_tokens)
+ON CONFLICT (workspace, day, backend, model) DO UPDATE SET
+    succeeded = usage_daily.succeeded + excluded.succeeded,
+    errored = usage_daily.errored + excluded.errored,
+    canceled = usage_daily.canceled + excluded.canceled,
+    expired = usage_daily.expired + excluded.expired,
+    input_tokens = usage_daily.input_tokens + excluded.input_tokens,
+    output_tokens = usage_daily.output_tokens + excluded.output_tokens,
+    cache_read_tokens = usage_daily.cache_read_tokens + excluded.cache_read_tokens;
+
+-- name: batch_usage
+SELECT model, requests, input_tokens, output_tokens, cache_read_tokens FROM batch_usage
+WHERE batch_seq = :seq ORDER BY model;
+
+-- name: daily_usage
+-- (one row per day, workspace and model; :workspace '' reads every workspace)
+SELECT day, workspace, model,
+       CAST(sum(succeeded) AS BIGINT) AS succeeded, CAST(sum(errored) AS BIGINT) AS errored,
+       CAST(sum(canceled) AS BIGINT) AS canceled, CAST(sum(expired) AS BIGINT) AS expired,
+       CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
+       CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
+       CAST(sum(cache_read_tokens) AS BIGINT) AS cache_read_tokens
+FROM usage_daily WHERE (workspace = :workspace OR :workspace = '') AND day >= :since
+GROUP BY day, workspace, model ORDER BY day, workspace, model;
+
+-- name: tokens_by_workspace
+SELECT workspace, backend, CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
+       CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
+       CAST(sum(cache_read_tokens) AS BIGINT) AS cache_read_tokens
+FROM usage_daily WHERE backend != '' GROUP BY workspace, backend ORDER BY workspace, backend;
 
 -- name: purgeable_batches
 -- Ended batches whose results passed the retention time and whose requests are not yet

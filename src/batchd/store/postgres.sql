@@ -6,16 +6,19 @@ SELECT * FROM batches WHERE id = :id AND workspace = :workspace FOR UPDATE;
 
 -- name: claim
 -- Short and lock-free for other claimers: rows another worker is claiming are skipped, and
--- the scan starts after the watermark (the index is (backend, batch_seq, id) WHERE queued),
--- so that it does not walk the dead index entries of the rows claimed before.
+-- the scan starts after the watermark (the index is (backend, batch_seq, prefix_key, id)
+-- WHERE queued), so that it does not walk the dead index entries of the rows claimed
+-- before. In (prefix_key, id) order: requests sharing a prompt prefix together (the key
+-- holds only lowercase hex digits, which every collation orders as Python's str does).
 UPDATE requests r
 SET state = 'running', lease_owner = :owner, lease_expires = :until, attempts = r.attempts + 1
 FROM (SELECT id FROM requests
-      WHERE backend = :backend AND batch_seq = :seq AND state = 'queued' AND id > :mark
-      ORDER BY id LIMIT :limit
+      WHERE backend = :backend AND batch_seq = :seq AND state = 'queued'
+        AND (prefix_key, id) > (:mark_key, :mark)
+      ORDER BY prefix_key, id LIMIT :limit
       FOR UPDATE SKIP LOCKED) AS picked
 WHERE r.id = picked.id
-RETURNING r.id, r.custom_id, r.params, r.attempts;
+RETURNING r.id, r.custom_id, r.params, r.attempts, r.prefix_key;
 
 -- name: renew_leases
 UPDATE requests SET lease_expires = :until
@@ -34,7 +37,7 @@ FROM unnest(:id::bigint[], :state::text[], :result::bytea[], :attempt::bigint[],
             :answer_key::text[])
      AS u (id, state, result, attempt, answer_key)
 WHERE r.id = u.id AND r.lease_owner = :owner AND r.attempts = u.attempt
-RETURNING r.id, r.batch_seq, r.state;
+RETURNING r.id, r.batch_seq, r.state, r.backend;
 
 -- name: lock_batches
 -- Locked before their status is read: a cancel that started meanwhile is seen once it
@@ -61,6 +64,17 @@ CREATE TABLE IF NOT EXISTS schema_migrations
 
 -- name: lock_budget
 SELECT level, stamp FROM fleet_budgets WHERE name = :name FOR UPDATE;
+-- name: claim_deliveries
+-- Each due delivery to one sender: rows another worker is claiming are skipped. The lease is
+-- the new next_attempt_at: a row whose sender died is due again after it.
+UPDATE webhook_deliveries d
+SET lease_owner = :owner, attempts = d.attempts + 1, next_attempt_at = :until
+FROM (SELECT id FROM webhook_deliveries
+      WHERE state = 'pending' AND next_attempt_at <= :now
+      ORDER BY next_attempt_at, id LIMIT :limit
+      FOR UPDATE SKIP LOCKED) AS picked
+WHERE d.id = picked.id
+RETURNING d.id, d.endpoint_id, d.webhook_id, d.event_type, d.payload, d.created_at, d.attempts;
 -- name: find_answers
 SELECT answer_key, result FROM requests WHERE answer_key = ANY(:keys::text[]);
 

@@ -6,12 +6,14 @@
 SELECT * FROM batches WHERE id = :id AND workspace = :workspace;
 
 -- name: claim
+-- In (prefix_key, id) order from the watermark: requests sharing a prompt prefix together.
 UPDATE requests
 SET state = 'running', lease_owner = :owner, lease_expires = :until, attempts = attempts + 1
 WHERE id IN (SELECT id FROM requests
-             WHERE backend = :backend AND batch_seq = :seq AND state = 'queued' AND id > :mark
-             ORDER BY id LIMIT :limit)
-RETURNING id, custom_id, params, attempts;
+             WHERE backend = :backend AND batch_seq = :seq AND state = 'queued'
+               AND (prefix_key, id) > (:mark_key, :mark)
+             ORDER BY prefix_key, id LIMIT :limit)
+RETURNING id, custom_id, params, attempts, prefix_key;
 
 -- name: renew_leases
 UPDATE requests SET lease_expires = :until
@@ -22,7 +24,7 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'running' AND lease_
 UPDATE requests SET state = :state, result = :result, lease_owner = NULL, lease_expires = NULL,
                     answer_key = :answer_key, done_seq = :mark
 WHERE id = :id AND lease_owner = :owner AND attempts = :attempt
-RETURNING id, batch_seq, state;
+RETURNING id, batch_seq, state, backend;
 
 -- name: lock_batches
 -- (the store's one writer already holds the database's write lock)
@@ -46,6 +48,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, appli
 -- name: lock_budget
 -- (the store's one writer already holds the database's write lock)
 SELECT level, stamp FROM fleet_budgets WHERE name = :name;
+-- name: claim_deliveries
+-- (the lease is the new next_attempt_at: a row whose sender died is due again after it)
+UPDATE webhook_deliveries
+SET lease_owner = :owner, attempts = attempts + 1, next_attempt_at = :until
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE state = 'pending' AND next_attempt_at <= :now
+             ORDER BY next_attempt_at, id LIMIT :limit)
+RETURNING id, endpoint_id, webhook_id, event_type, payload, created_at, attempts;
 -- name: find_answers
 SELECT answer_key, result FROM requests
 WHERE answer_key IN (SELECT value FROM json_each(:keys));

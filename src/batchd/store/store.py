@@ -4,10 +4,15 @@ dialect's driver (store/sqlite.py, store/postgres.py) and its named SQL (store/*
 Request counts: a batch's counters always equal its rows by state. Every statement that moves
 requests to a final state reports what it moved (its row count, or a row per request), and
 the counters move by exactly that in its transaction: a concurrent statement that finds the
-rows already moved reports nothing, so no request is counted twice. Claims start after a
+rows already moved reports nothing, so no request is counted twice. Usage is summed the same way:
+the tokens of the results a record writes (never of the fenced ones) go to the batch's and
+the workspace's day's totals in its transaction. Webhook events are written to the outbox
+(store/outbox.py) in the transaction of the change that causes them. Claims start after a
 per-(backend, batch) watermark kept in this process, so that PostgreSQL does not walk the
 dead index entries of every row claimed before (O(n^2) over a batch); rows below it
 (requeued, or skipped while another claim held them) are found by a second look from the start.
+Within a batch, claims go in (prefix key, id) order: requests whose prompts start alike
+come together (batchd/prefix.py), the batch file's order where keys are equal.
 """
 
 from __future__ import annotations
@@ -18,21 +23,28 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from batchd.domain import (
     FINAL_STATES,
+    NO_USAGE,
     ApiKey,
     Batch,
     CancelOutcome,
     ClaimedRequest,
+    DailyUsage,
     DeleteOutcome,
+    ModelUsage,
     Outcome,
     RawParams,
     RequestState,
+    TokenUsage,
+    WebhookEvent,
+    utc_day,
 )
 from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable
+from batchd.store.outbox import emit_batch_event
 from batchd.store.queries import Dialect, load_migrations
 
 
@@ -49,6 +61,7 @@ class NewRequest:
     params: RawParams  # bytes, or a view into the create body
     state: RequestState
     result: bytes | None = None
+    prefix_key: str = ""  # its place in the claim order (batchd/prefix.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +149,8 @@ class RequestFigures:
     by_state: dict[RequestState, int]
     queued_by_backend: dict[str, int]
     at_risk: int = 0  # unfinished batches that will miss their deadline at the rate so far
+    # (workspace, backend, tokens) summed as results were recorded, over all time
+    tokens_by_workspace: list[tuple[str, str, TokenUsage]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,15 +207,27 @@ async def wait_for(event: asyncio.Event, seconds: float) -> bool:
 
 
 RECLAIM_PAGES = 10_000  # free pages given back after each purged chunk, at most
-REQUEST_COLUMNS = ("batch_seq", "custom_id", "backend", "params", "state", "result", "done_seq")
+REQUEST_COLUMNS = (
+    "batch_seq", "custom_id", "backend", "params", "state", "result", "done_seq", "prefix_key"
+)  # fmt: skip
+_START = ("", 0)  # a claim watermark before every row
+
+
+def _claim_order(row: Row) -> tuple[str, int]:
+    """A claimed row's place in the claim order: (prefix_key, id)."""
+    return cast(str, row[4]), cast(int, row[0])
 
 
 class Store:
     def __init__(self, driver: Driver) -> None:
+        from batchd.store.webhooks import WebhookStore
+
         self.driver = driver
         self.close, self.wait_for_work = driver.close, driver.wait_for_work
         self.backup, self.enable_reclaim = driver.backup, driver.enable_reclaim
-        self._marks: dict[tuple[str, int], int] = {}  # claim watermarks: (backend, seq) -> id
+        # claim watermarks: (backend, seq) -> (prefix_key, id) of the last row claimed
+        self._marks: dict[tuple[str, int], tuple[str, int]] = {}
+        self.webhooks = WebhookStore(driver)
 
     @classmethod
     async def open(
@@ -257,14 +284,27 @@ class Store:
                 check_backlog(*backlog)
             [[seq]] = await tx.fetch("insert_batch", batch | times | {"retry_of": retry_of})
             rows = [
-                (seq, r.custom_id, r.backend, r.params, r.state, r.result, _created_mark(r))
+                (
+                    seq,
+                    r.custom_id,
+                    r.backend,
+                    r.params,
+                    r.state,
+                    r.result,
+                    _created_mark(r),
+                    r.prefix_key,
+                )
                 for r in requests
             ]
             await tx.bulk_insert("requests", REQUEST_COLUMNS, rows)
-            await _add_counts(tx, seq, Counter(r.state for r in requests))  # the final ones
-            await tx.execute("finalize_batch", {"seq": seq, "now": created_at})
+            # the final ones: refused before they ran
+            await _add_counts(tx, seq, Counter(r.state for r in requests), created_at)
+            ended = await tx.fetch("finalize_batch", {"seq": seq, "now": created_at})
             await tx.notify()
-            return await _batch_by_seq(tx, seq)
+            created = await _batch_by_seq(tx, seq)
+            queued = await self._emit_if(tx, bool(ended), WebhookEvent.BATCH_ENDED, created)
+        self.webhooks.wake(queued)
+        return created
 
     async def get_batch(self, workspace: str, batch_id: str) -> Batch | None:
         rows = await self.driver.fetch("get_batch", {"id": batch_id, "workspace": workspace})
@@ -298,8 +338,11 @@ class Store:
                 if batch.processing_status == "ended":
                     outcome = CancelOutcome.ALREADY_ENDED
                 return batch, outcome
-            await _settle_queued(tx, batch.seq, RequestState.CANCELED)
-            return await _batch_by_seq(tx, batch.seq), CancelOutcome.CANCELED
+            await _settle_queued(tx, batch.seq, RequestState.CANCELED, now)
+            canceling = await _batch_by_seq(tx, batch.seq)
+            queued = await emit_batch_event(tx, WebhookEvent.BATCH_CANCELED, canceling, now)
+        self.webhooks.wake(queued)
+        return canceling, CancelOutcome.CANCELED
 
     async def delete_batch(self, workspace: str, batch_id: str) -> DeleteOutcome:
         async with self.driver.transaction() as tx:
@@ -309,6 +352,7 @@ class Store:
             if rows[0]["processing_status"] != "ended":
                 return DeleteOutcome.NOT_ENDED
             await tx.execute("delete_requests", {"seq": rows[0]["seq"]})
+            await tx.execute("delete_batch_usage", {"seq": rows[0]["seq"]})
             await tx.execute("delete_batch", {"seq": rows[0]["seq"]})
         with contextlib.suppress(StoreUnavailable):  # deleted; the next purge gives it back
             await self.driver.reclaim_space(RECLAIM_PAGES)  # the space of its requests
@@ -402,7 +446,9 @@ class Store:
         [totals] = await self.driver.fetch("final_totals")
         by_state = {RequestState.QUEUED: sum(queued.values()), RequestState.RUNNING: running[0]}
         by_state |= {s: int(totals[s.value]) for s in FINAL_STATES}
-        return RequestFigures(by_state, queued)
+        return RequestFigures(
+            by_state, queued, tokens_by_workspace=await self.tokens_by_workspace()
+        )
 
     async def claimable_batches(self, now: float) -> list[Claimable]:
         """The batches whose queued requests may be claimed now, oldest first."""
@@ -438,15 +484,17 @@ class Store:
                     continue
                 # From the watermark on; when that finds too few, look again from the start.
                 params = {"backend": backend, "seq": seq, "owner": owner, "until": lease_until}
-                mark = self._marks.get((backend, seq), 0)
-                rows = await tx.fetch("claim", params | {"mark": mark, "limit": want})
-                if len(rows) < want and mark > 0:
-                    rows += await tx.fetch("claim", params | {"mark": 0, "limit": want - len(rows)})
+                mark = self._marks.get((backend, seq), _START)
+                after = {"mark_key": mark[0], "mark": mark[1]}
+                rows = await tx.fetch("claim", params | after | {"limit": want})
+                if len(rows) < want and mark > _START:
+                    start = {"mark_key": _START[0], "mark": _START[1], "limit": want - len(rows)}
+                    rows += await tx.fetch("claim", params | start)
                 if len(rows) < want:
                     exhausted.append(seq)
-                rows.sort(key=lambda r: cast(int, r[0]))
+                rows.sort(key=_claim_order)
                 if rows:
-                    self._marks[(backend, seq)] = max(mark, rows[-1][0])
+                    self._marks[(backend, seq)] = max(mark, _claim_order(rows[-1]))
                 claimed += [ClaimedRequest(r[0], seq, r[1], r[2], r[3]) for r in rows]
         if len(self._marks) > 10_000:  # forget the marks of batches no longer asked for
             asked = {(backend, s) for s in batch_seqs}
@@ -474,10 +522,11 @@ class Store:
             )
             for o in ordered
         ]
+        by_id = {o.request.id: o for o in ordered}
         reused = {o.request.id for o in ordered if o.reused}
-        tallies: dict[int, Counter[str]] = {}
+        tallies: dict[int, _Tally] = {}
         ids: dict[int, list[int]] = {}
-        ended = 0
+        ended = queued = 0
         # SQLite has one writer: its marks are taken first and written with the results, in
         # one statement. PostgreSQL takes them after, as every writer locks requests before
         # their batches (the other order would deadlock with the sweeper's requeue).
@@ -489,15 +538,21 @@ class Store:
             for row, outcome in zip(rows, ordered, strict=True):
                 row["mark"] = marks.get(outcome.request.batch_seq)
             written = await tx.fetch_each("record_result", rows, {"owner": owner})
-            for request_id, seq, state in written:
-                tallies.setdefault(seq, Counter())[state] += 1
+            for request_id, seq, state, backend in written:
+                tallies.setdefault(seq, _Tally()).add(by_id[request_id], state, backend or "")
                 ids.setdefault(seq, []).append(request_id)
             for seq in sorted(tallies):  # in batch order, so that writers lock batches alike
                 if not marks_first:
                     [[mark]] = await tx.fetch("next_mark", {"seq": seq})
                     await tx.execute("mark_done", {"mark": mark, "ids": ids[seq]})
-                await _add_counts(tx, seq, tallies[seq], sum(i in reused for i in ids[seq]))
-                ended += await tx.execute("finalize_batch", {"seq": seq, "now": now})
+                n_reused = sum(i in reused for i in ids[seq])
+                workspace = await _add_counts(tx, seq, tallies[seq].states, reused=n_reused)
+                await tallies[seq].write(tx, seq, workspace, utc_day(now))
+                if await tx.fetch("finalize_batch", {"seq": seq, "now": now}):
+                    ended += 1
+                    batch = await _batch_by_seq(tx, seq)
+                    queued += await emit_batch_event(tx, WebhookEvent.BATCH_ENDED, batch, now)
+        self.webhooks.wake(queued)
         return Recorded(len(written), ended)
 
     async def sweep(self, now: float) -> Sweep:
@@ -506,14 +561,21 @@ class Store:
             [lock] = await tx.fetch("sweep_lock")
             if not lock[0]:
                 return Sweep(requeued=0, expired=0, ended=0)  # another worker is sweeping
-            requeued = await _requeue(tx, "requeue_lost", {"now": now})
+            requeued = await _requeue(tx, "requeue_lost", {"now": now}, now)
             expiring = [r[0] for r in await tx.fetch("expiring_batches", {"now": now})]
+            queued = 0
             for seq in expiring:
-                await _settle_queued(tx, seq, RequestState.EXPIRED)
+                await _settle_queued(tx, seq, RequestState.EXPIRED, now)
                 moved = await tx.execute("expire_running", {"seq": seq})
-                await _add_counts(tx, seq, Counter({RequestState.EXPIRED.value: moved}))
-            ended = await tx.execute("finalize_all", {"now": now})
-            return Sweep(requeued=requeued, expired=len(expiring), ended=ended)
+                await _add_counts(tx, seq, Counter({RequestState.EXPIRED.value: moved}), now)
+                batch = await _batch_by_seq(tx, seq)
+                queued += await emit_batch_event(tx, WebhookEvent.BATCH_EXPIRED, batch, now)
+            ended = [r[0] for r in await tx.fetch("finalize_all", {"now": now})]
+            for seq in ended:
+                batch = await _batch_by_seq(tx, seq)
+                queued += await emit_batch_event(tx, WebhookEvent.BATCH_ENDED, batch, now)
+        self.webhooks.wake(queued)
+        return Sweep(requeued=requeued, expired=len(expiring), ended=len(ended))
 
     async def purge(self, cutoff: float, now: float, chunk: int, *, batches: int = 100) -> Purge:
         """Delete the requests of up to ``batches`` ended batches created at or before
@@ -546,10 +608,39 @@ class Store:
             files=self.driver.files(),
         )
 
-    async def release_leases(self, owner: str) -> int:
+    async def release_leases(self, owner: str, now: float | None = None) -> int:
         """Return this owner's running requests to the queue (a graceful stop)."""
         async with self.driver.transaction(durable=False) as tx:
-            return await _requeue(tx, "release_leases", {"owner": owner})
+            return await _requeue(
+                tx, "release_leases", {"owner": owner}, time.time() if now is None else now
+            )
+
+    async def _emit_if(self, tx: Tx, happened: bool, event: WebhookEvent, batch: Batch) -> int:
+        now = batch.ended_at or batch.created_at
+        return await emit_batch_event(tx, event, batch, now) if happened else 0
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def batch_usage(self, batch_seq: int) -> list[ModelUsage]:
+        """A batch's usage per model, as its results were recorded."""
+        rows = await self.driver.fetch("batch_usage", {"seq": batch_seq})
+        return [ModelUsage(r["model"], r["requests"], _tokens(r)) for r in rows]
+
+    async def daily_usage(self, workspace: str | None, since: str) -> list[DailyUsage]:
+        """Usage per UTC day, workspace and model from ``since`` (``YYYY-MM-DD``) on;
+        every workspace's where ``workspace`` is None."""
+        params = {"workspace": workspace or "", "since": since}
+        return [
+            DailyUsage(
+                r["day"], r["workspace"], r["model"], {s: int(r[s]) for s in _FINAL}, _tokens(r)
+            )
+            for r in await self.driver.fetch("daily_usage", params)
+        ]
+
+    async def tokens_by_workspace(self) -> list[tuple[str, str, TokenUsage]]:
+        """(workspace, backend, tokens) over all time, for /metrics."""
+        rows = await self.driver.fetch("tokens_by_workspace")
+        return [(r["workspace"], r["backend"], _tokens(r)) for r in rows]
 
     async def draw_budget(
         self, name: str, rate: float, capacity: float, want: float, now: float
@@ -596,10 +687,7 @@ async def _batch_by_seq(tx: Tx, seq: int) -> Batch:
     return Batch.from_row(row)
 
 
-async def _add_counts(tx: Tx, seq: int, moved: Counter[str], reused: int = 0) -> None:
-    """Add the requests just moved to a final state to their batch's counters."""
-    counts = {s.value: moved[s] for s in FINAL_STATES}
-    await tx.execute("add_counts", {"seq": seq, "reused": reused} | counts)
+_FINAL = tuple(sorted(s.value for s in FINAL_STATES))
 
 
 def _created_mark(request: NewRequest) -> int | None:
@@ -607,11 +695,81 @@ def _created_mark(request: NewRequest) -> int | None:
     return None if request.state is RequestState.QUEUED else 0
 
 
-async def _settle_queued(tx: Tx, seq: int, state: RequestState) -> None:
+def _tokens(row: Row) -> TokenUsage:
+    return TokenUsage(
+        int(row["input_tokens"]), int(row["output_tokens"]), int(row["cache_read_tokens"])
+    )
+
+
+async def _add_counts(
+    tx: Tx, seq: int, moved: Counter[str], now: float | None = None, *, reused: int = 0
+) -> str:
+    """Add the requests just moved to a final state to their batch's counters (``reused``
+    of them answered from stored answers); given ``now``, to its workspace's usage of that
+    day too, as requests of no backend or model (settled or refused before they ran). The
+    batch's workspace."""
+    finals = {s: moved[s] for s in _FINAL}
+    [[workspace]] = await tx.fetch("add_counts", {"seq": seq, "reused": reused} | finals)
+    if now is not None and any(finals.values()):
+        await _add_daily(tx, utc_day(now), workspace, ("", ""), Counter(finals), NO_USAGE)
+    return str(workspace)
+
+
+async def _add_daily(
+    tx: Tx,
+    day: str,
+    workspace: str,
+    backend_model: tuple[str, str],
+    states: Counter[str],
+    tokens: TokenUsage,
+) -> None:
+    backend, model = backend_model
+    await tx.execute(
+        "add_daily_usage",
+        {"day": day, "workspace": workspace, "backend": backend, "model": model}
+        | {s: states[s] for s in _FINAL}
+        | _token_params(tokens),
+    )
+
+
+def _token_params(tokens: TokenUsage) -> dict[str, int]:
+    return {
+        "input_tokens": tokens.input_tokens,
+        "output_tokens": tokens.output_tokens,
+        "cache_read_tokens": tokens.cache_read_tokens,
+    }
+
+
+class _Tally:
+    """What one record adds to one batch: requests by state, and per model and backend the
+    requests and their tokens."""
+
+    def __init__(self) -> None:
+        self.states: Counter[str] = Counter()
+        self.models: dict[str, tuple[int, TokenUsage]] = {}
+        self.daily: dict[tuple[str, str], tuple[Counter[str], TokenUsage]] = {}
+
+    def add(self, outcome: Outcome, state: str, backend: str) -> None:
+        self.states[state] += 1
+        requests, tokens = self.models.get(outcome.model, (0, NO_USAGE))
+        self.models[outcome.model] = (requests + 1, tokens + outcome.usage)
+        states, tokens = self.daily.get((backend, outcome.model), (Counter(), NO_USAGE))
+        states[state] += 1
+        self.daily[(backend, outcome.model)] = (states, tokens + outcome.usage)
+
+    async def write(self, tx: Tx, seq: int, workspace: str, day: str) -> None:
+        for model, (requests, tokens) in sorted(self.models.items()):
+            params = {"seq": seq, "model": model, "requests": requests}
+            await tx.execute("add_batch_usage", params | _token_params(tokens))
+        for key, (states, tokens) in sorted(self.daily.items()):
+            await _add_daily(tx, day, workspace, key, states, tokens)
+
+
+async def _settle_queued(tx: Tx, seq: int, state: RequestState, now: float) -> None:
     """A batch's queued requests become ``state`` (canceled or expired), counted as moved."""
     [[mark]] = await tx.fetch("next_mark", {"seq": seq})
     moved = await tx.execute("settle_queued", {"seq": seq, "state": state, "mark": mark})
-    await _add_counts(tx, seq, Counter({state.value: moved}))
+    await _add_counts(tx, seq, Counter({state.value: moved}), now)
 
 
 async def _claim_idempotency_key(
@@ -641,14 +799,14 @@ async def _claim_idempotency_key(
     return None
 
 
-async def _requeue(tx: Tx, query: str, params: Params) -> int:
+async def _requeue(tx: Tx, query: str, params: Params, now: float) -> int:
     """Return running requests to the queue; a canceling batch's are canceled."""
     seqs = Counter(r[0] for r in await tx.fetch(query, params))
     if not seqs:
         return 0
     for seq, status in await tx.fetch("lock_batches", {"seqs": sorted(seqs)}):
         if status == "canceling":
-            await _settle_queued(tx, seq, RequestState.CANCELED)
+            await _settle_queued(tx, seq, RequestState.CANCELED, now)
     await tx.notify()
     return seqs.total()
 

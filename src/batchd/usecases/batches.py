@@ -25,6 +25,7 @@ from batchd.domain import (
 )
 from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
+from batchd.prefix import prefix_key
 from batchd.schedule import Schedule
 from batchd.schemas.results import canceled_line, errored_line, expired_line
 from batchd.store import IdempotencyKey, NewRequest, Store
@@ -192,7 +193,8 @@ class BatchService:
             self._router.check_urls(backend, params)
         except InvalidRequest as exc:
             return _errored(item, "invalid_request_error", exc.message)
-        return NewRequest(item.custom_id, backend, item.params, RequestState.QUEUED)
+        key = prefix_key(params) if self._router.orders_by_prefix(backend) else ""
+        return NewRequest(item.custom_id, backend, item.params, RequestState.QUEUED, None, key)
 
     async def get(self, workspace: str, batch_id: str) -> Batch:
         batch = await self._store.get_batch(workspace, batch_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from batchd.store import RequestFigures
@@ -22,7 +22,7 @@ class FiguresCollector(Collector):
         self._figures = figures
         self._backends = backends
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         by_state = GaugeMetricFamily(
             "batchd_requests", "Stored batch requests by state", labels=["state"]
         )
@@ -41,6 +41,19 @@ class FiguresCollector(Collector):
             "Unfinished batches that will miss their deadline at the rate they have run so far",
             value=self._figures.at_risk,
         )
+        tokens = CounterMetricFamily(
+            "batchd_workspace_tokens",
+            "Tokens of recorded batch results by workspace, backend and kind",
+            labels=["workspace", "backend", "kind"],
+        )
+        for workspace, backend, usage in self._figures.tokens_by_workspace:
+            for kind, count in (
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cache_read", usage.cache_read_tokens),
+            ):
+                tokens.add_metric([workspace, backend, kind], count)
+        yield tokens
 
 
 def exposition(

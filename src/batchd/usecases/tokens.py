@@ -12,7 +12,9 @@ place (its tokenizer is already loaded, and counting generates nothing).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 
@@ -21,6 +23,8 @@ from batchd.backends.estimate import estimate_input_tokens
 from batchd.backends.router import Router, build_backend
 from batchd.config import LOCAL_KINDS, BackendConfig
 from batchd.validation import check_count_tokens
+
+COUNT_CONCURRENCY = 8  # count_tokens calls at once for an estimate
 
 
 class TokenService:
@@ -36,6 +40,41 @@ class TokenService:
         self._in_process = {
             c.name: running[c.name] for c in configs if c.kind in LOCAL_KINDS and c.name in running
         }
+
+    def method(self, name: str) -> str:
+        """How backend ``name`` counts: ``tokenizer`` (a local model's own: exact),
+        ``upstream`` (the upstream's count_tokens or /tokenize; an OpenAI-compatible server
+        without /tokenize is estimated) or ``estimate`` (about 4 characters a token)."""
+        if name in self._in_process:
+            return "tokenizer"
+        kind = self._configs[name].kind if name in self._configs else "mock"
+        return "upstream" if kind in ("anthropic", "openai") else "estimate"
+
+    async def count_each(self, name: str, requests: Sequence[dict[str, Any]]) -> list[int]:
+        """The input tokens of each count_tokens request on backend ``name``, a few at a
+        time, on one short-lived client for them all."""
+        local = self._in_process.get(name)
+        backend = local or (build_backend(self._configs[name]) if name in self._configs else None)
+        if not isinstance(backend, TokenCounter):
+            return [
+                estimate_input_tokens(r.get("system"), r["messages"], r.get("tools"))
+                for r in requests
+            ]
+        counter: TokenCounter = backend
+        gate = asyncio.Semaphore(COUNT_CONCURRENCY)
+
+        async def one(request: dict[str, Any]) -> int:
+            async with gate:
+                return await counter.count_tokens(request, msgspec.json.encode(request))
+
+        if local is not None:
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+        assert backend is not None
+        await backend.start()
+        try:
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+        finally:
+            await backend.close()
 
     async def count(self, body: bytes) -> int:
         params = check_count_tokens(body)

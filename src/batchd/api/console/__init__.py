@@ -16,8 +16,10 @@ from fastapi import APIRouter, FastAPI, Query
 from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
-from batchd.api.deps import ServicesDep, WorkspaceDep
+from batchd.api.deps import CallerDep, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
+from batchd.api.routes.usage import usage_list
+from batchd.usecases.usage import since_day
 
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -36,6 +38,14 @@ async def batch_errors(
 ) -> JSON:
     errors = await services.overview.first_errors(workspace, batch_id, limit)
     return JSON({"data": [asdict(error) for error in errors]})
+
+
+@router.get("/usage")
+async def usage(services: ServicesDep, caller: CallerDep) -> JSON:
+    """Usage per day, workspace and model for the usage page: every workspace's for an
+    operator (in open mode, the local user), else the key's own."""
+    workspace = None if caller.operator else caller.workspace
+    return JSON(await usage_list(services, workspace, since_day(None, services.clock())))
 
 
 @router.get("/batches/{batch_id}/results")
@@ -69,7 +79,7 @@ def mount(app: FastAPI) -> None:
     async def shell() -> HTMLResponse:
         return HTMLResponse(page, headers=headers)
 
-    for path in ("/console", "/console/batches/{batch_id}"):
+    for path in ("/console", "/console/batches/{batch_id}", "/console/usage", "/console/webhooks"):
         app.add_api_route(path, shell, methods=["GET"], include_in_schema=False)
     app.include_router(router)
     app.mount(

@@ -3,8 +3,17 @@
 It renders the Messages params with the model's own chat template, tokenizes them with
 the model's tokenizer (so ``input_tokens`` and ``count_tokens`` are the real counts), hands
 a ``Job`` to the engine, then decodes the generated tokens, cuts the text at the first stop
-sequence and builds the Message. ``kind = "transformers"`` and ``kind = "vllm"`` differ
-only in the ``Generator`` made by ``start``; each imports its library only when built.
+sequence, reads the model's tool calls (``tool_calls.py``) and builds the Message.
+``kind = "transformers"`` and ``kind = "vllm"`` differ only in the ``Generator`` made by
+``start``; each imports its library only when built.
+
+A prompt whose tokens and ``max_tokens`` together pass the model's context (its
+config.json's ``max_position_embeddings`` or alike) is refused before anything runs, and
+``count_tokens`` refuses a prompt that alone passes it. Usage follows the hosted API's
+prompt caching: ``input_tokens`` are the prompt tokens the model computed for this
+request, ``cache_read_input_tokens`` those it took from the engine's prefix cache and
+``cache_creation_input_tokens`` those it computed into it; the three add up to the
+prompt, which is what ``count_tokens`` answers.
 
 The OpenAI dialect (``call_openai``): a chat request is rendered by the same template
 natively (``prompt.template_chat``: it is already in the chat shape) and answered as a
@@ -16,10 +25,11 @@ generate (an encoder, a sentence-transformers model) serves embeddings only.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,9 +37,15 @@ from batchd.backends.base import OPENAI_CHAT, OPENAI_EMBEDDINGS
 from batchd.backends.embeddings import embeddings_request, embeddings_response
 from batchd.backends.local.generation import Finish, Generated, Generator, Job, Sampling
 from batchd.backends.local.prompt import chat_messages, chat_tools, template_chat
+from batchd.backends.local.tool_calls import (
+    MalformedToolCall,
+    ToolCallFormat,
+    format_of_template,
+    parse_tool_calls,
+)
 from batchd.backends.messages_translate import check_plain, completion_from_message
-from batchd.config import BackendConfig
-from batchd.errors import InvalidRequest
+from batchd.config import BackendConfig, context_length
+from batchd.errors import InvalidRequest, UpstreamError
 from batchd.validation import Params
 
 Tokenizer = Any  # a transformers tokenizer: an untyped library object
@@ -120,6 +136,9 @@ class LocalBackend:
         self.max_concurrency = config.max_concurrency
         self.max_retries = config.max_retries
         self.model_path = config.model_path
+        self.context = context_length(Path(config.model_path))  # None: not declared
+        self._tool_setting = config.tool_call_format
+        self._tool_format = ToolCallFormat.NONE  # set by start
         self._output_limit = config.output_token_limit()
         self._make_generator = make_generator
         self._make_embedder = make_embedder
@@ -133,6 +152,12 @@ class LocalBackend:
 
             self._tokenizer = await asyncio.to_thread(
                 AutoTokenizer.from_pretrained, self.model_path
+            )
+            template = getattr(self._tokenizer, "chat_template", None)
+            self._tool_format = (
+                format_of_template(template if isinstance(template, str) else None)
+                if self._tool_setting == "auto"
+                else ToolCallFormat(self._tool_setting)
             )
             if self._make_embedder is None or generates(Path(self.model_path)):
                 self._generator = self._make_generator(self._tokenizer)
@@ -192,9 +217,25 @@ class LocalBackend:
         self._generating()
         turns = [(m.role, m.content) for m in params.messages]
         prompt = self.prompt_tokens(params.system, turns, params.tools)
+        self.check_context(len(prompt), params.max_tokens)
         stops = tuple(s for s in params.stop_sequences or () if s)
         generated = await self._generate(prompt, params.max_tokens, stops, sampling_of(params))
-        return self._message(params.model, prompt, generated, stops)
+        names = {str(tool.get("name")) for tool in params.tools} if params.tools else None
+        return self._message(params.model, prompt, generated, stops, names)
+
+    def check_context(self, prompt: int, max_tokens: int = 0) -> None:
+        """InvalidRequest, naming both figures, when the prompt and ``max_tokens`` do not fit
+        in the model's context."""
+        if self.context is None or prompt + max_tokens <= self.context:
+            return
+        if max_tokens:
+            raise InvalidRequest(
+                f"prompt is too long for max_tokens: {prompt} prompt tokens + {max_tokens} "
+                f"max_tokens = {prompt + max_tokens} > {self.context}, the model's context"
+            )
+        raise InvalidRequest(
+            f"prompt is too long: {prompt} tokens > {self.context}, the model's context"
+        )
 
     async def call_openai(self, endpoint: str, body: dict[str, Any], raw: bytes) -> dict[str, Any]:  # noqa: ARG002
         if endpoint == OPENAI_CHAT:
@@ -238,32 +279,84 @@ class LocalBackend:
         return embeddings_response(request, vectors, prompt_tokens=sum(map(len, inputs)))
 
     def _message(
-        self, model: str, prompt: list[int], generated: Generated, stops: Sequence[str]
+        self,
+        model: str,
+        prompt: list[int],
+        generated: Generated,
+        stops: Sequence[str],
+        tools: Collection[str] | None = None,
     ) -> dict[str, Any]:
+        """The Message of a generation; with ``tools`` (the names the request defines), the
+        model's tool calls as ``tool_use`` blocks."""
         # the end-of-turn token is counted but not shown (it need not be a special token)
         shown = generated.tokens[:-1] if generated.finish is Finish.EOS else generated.tokens
         decoded = self._tokenizer.decode(shown, skip_special_tokens=True)
         text, stop_reason, stop_sequence = stop_outcome(decoded, generated.finish, stops)
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        if tools and stop_reason != "stop_sequence":
+            content, stop_reason = self._tool_uses(tools, text, stop_reason)
+        cached = generated.cache_read + generated.cache_write
         return {
             "id": "msg_" + uuid.uuid4().hex[:24],
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": text}],
+            "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
             "usage": {
-                "input_tokens": len(prompt),
+                "input_tokens": len(prompt) - cached,
                 "output_tokens": len(generated.tokens),
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": generated.cache_write,
+                "cache_read_input_tokens": generated.cache_read,
             },
         }
+
+    def _tool_uses(
+        self, names: Collection[str], text: str, stop_reason: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The turn's content with its tool calls as ``tool_use`` blocks. A call cut off by
+        ``max_tokens`` stays text; any other unreadable call fails the request."""
+        try:
+            turn = parse_tool_calls(text, self._tool_format, names)
+        except MalformedToolCall as exc:
+            if stop_reason == "max_tokens":
+                return [{"type": "text", "text": text}], stop_reason
+            raise UpstreamError(
+                f"the model wrote a tool call that cannot be read: {exc}",
+                upstream_status=502,
+                error_type="api_error",
+                retryable=False,
+            ) from exc
+        if not turn.calls:
+            return [{"type": "text", "text": text}], stop_reason
+        content: list[dict[str, Any]] = [{"type": "text", "text": turn.text}] if turn.text else []
+        content += [
+            {
+                "type": "tool_use",
+                "id": "toolu_" + uuid.uuid4().hex[:24],
+                "name": c.name,
+                "input": c.arguments,
+            }
+            for c in turn.calls
+        ]
+        return content, "tool_use"
 
     async def count_tokens(self, request: dict[str, Any], raw: bytes) -> int:  # noqa: ARG002
         """The real count: the prompt as ``create_message`` would send it to the model."""
         turns = [(m["role"], m["content"]) for m in request["messages"]]
-        return len(self.prompt_tokens(request.get("system"), turns, request.get("tools")))
+        count = len(self.prompt_tokens(request.get("system"), turns, request.get("tools")))
+        self.check_context(count)
+        return count
+
+
+def _imported(path: str) -> Any:
+    """The object a "module:name" path names (a logits processor factory)."""
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(f"logits processor {path!r} cannot be imported: {exc}") from exc
 
 
 def transformers_backend(config: BackendConfig) -> LocalBackend:
@@ -277,7 +370,9 @@ def transformers_backend(config: BackendConfig) -> LocalBackend:
             device=config.device,
             max_batch=config.max_batch_size,
             share_prefixes=config.share_prefixes,
+            prefix_cache_tokens=config.prefix_cache_tokens,
             threads=config.cpu_threads,
+            logits_processors=[_imported(path)(tokenizer) for path in config.logits_processors],
         )
 
     def make_embedder(tokenizer: Tokenizer, generator: Generator | None) -> Embedder:

@@ -1,21 +1,24 @@
-"""Dynamic padded batching: group the waiting jobs, run a group, refill, repeat.
+"""Token prefixes and padded batching, the shared parts of the local engines.
 
-Jobs arrive one by one (one per request in flight); a scheduler task takes a group from
-those waiting whenever the engine is free, runs it as one padded batch in a thread (the
-event loop stays free), and resolves each job's future. A group holds jobs with the same
-sampling settings (one batch runs with one sampler), starts with the oldest waiting job
-(nothing waits forever) and takes the jobs closest to it in prompt length and
-``max_tokens``, so that little padding and few idle rows are computed.
+Prefixes (pure functions): how long two prompts share, what a group shares, and which
+new rows share a prefix worth computing once (``prefix_clusters``, for the transformers
+engine's prefix cache). A prefix shorter than MIN_SHARED tokens is not worth a pass of
+its own.
 
-Prefix sharing (``by_prefix``): when other waiting jobs share a long token prefix with the
-oldest one (a long system prompt, the same leading turns), the group holds only those, so
-that the engine computes the shared prefix once for the whole group (``shared_prefix``).
+Dynamic padded batching (``PaddedBatcher``, the embeddings engine's): jobs arrive one by
+one (one per request in flight); a scheduler task takes a group from those waiting
+whenever the engine is free, runs it as one padded batch in a thread (the event loop
+stays free), and resolves each job's future. A group holds jobs with the same sampling
+settings, starts with the oldest waiting job (nothing waits forever) and takes the jobs
+closest to it in prompt length and ``max_tokens``, so that little padding is computed;
+with ``by_prefix``, only the jobs sharing a long prefix with the oldest, where any do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -155,3 +158,23 @@ class PaddedBatcher(Generic[R]):
         for waiting, result in zip(group, results, strict=True):
             if not waiting.future.done():
                 waiting.future.set_result(result)
+
+
+def prefix_clusters(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:
+    """Groups of two or more prompts sharing at least MIN_SHARED leading tokens, as (their
+    indexes, the length all of them share), by their first index; each prompt in one group
+    at most. In sorted order, the prefix a run of prompts shares is the least of its
+    neighbours' (a trie's depth-first order), so one pass over neighbours finds them."""
+    order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
+    groups: list[tuple[list[int], int]] = []
+    run = order[:1]
+    for before, i in itertools.pairwise(order):
+        if common_length(prompts[before], prompts[i]) >= MIN_SHARED:
+            run.append(i)
+            continue
+        if len(run) > 1:
+            groups.append((sorted(run), shared_prefix([prompts[j] for j in run])))
+        run = [i]
+    if len(run) > 1:
+        groups.append((sorted(run), shared_prefix([prompts[j] for j in run])))
+    return sorted((group, shared) for group, shared in groups if shared)

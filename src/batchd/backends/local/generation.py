@@ -39,6 +39,7 @@ class Job:
     max_tokens: int
     stop: tuple[str, ...] = ()
     sampling: Sampling = Sampling()
+    priority: int = 0  # lower runs sooner, where the engine schedules by priority (vLLM's)
     # set when nobody waits for the answer any more: an engine may stop generating it
     abandoned: threading.Event = field(default_factory=threading.Event, compare=False)
 
@@ -47,6 +48,8 @@ class Job:
 class Generated:
     tokens: list[int]  # generated token ids, the end-of-turn token included
     finish: Finish
+    cache_read: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    cache_write: int = 0  # prompt tokens computed into the prefix cache (for other rows)
 
 
 class Generator(Protocol):

@@ -1,18 +1,31 @@
-"""The ``transformers`` engine: padded dynamic batches through ``model.generate``.
+"""The ``transformers`` engine: continuous batching over the model's own forward pass.
 
-Why padded batches: on 2 CPU cores with a tiny Llama, one ``generate`` over a left-padded
-batch of 64 prompts ran ~48,000 tokens/s, one prompt at a time ~1,600, and the library's
-continuous batching (``generate_batch``) ~300 (``../shared/RECIPES.md``); ``python -m bench
---only local`` measures batchd beside the first two (``bench/local.py``). Each row stops on
-its own: a stopping criterion ends a row at its ``max_tokens``, at the end-of-turn token,
-once one of its stop sequences shows in its text or once its caller is gone (cancelled),
-and the batch ends when every row has.
+One thread runs the model, step after step, over the rows in flight (up to ``max_batch``).
+A row that ends (its ``max_tokens``, the end-of-turn token, a stop sequence in its text,
+its caller gone) leaves the batch at once, and waiting jobs take the free rows at the next
+step: one long generation no longer holds the others idle, as it did in the padded groups
+that ``generate`` runs (each row there computes until the longest one ends).
 
-Prefix sharing (``share_prefixes``, on by default): when every prompt of a group starts
-with the same long run of tokens (a shared system prompt), that prefix goes through the
-model once and its key/value cache is repeated for each row; the rows' own tokens follow
-it, padded in the middle (the attention mask hides the padding and positions follow the
-mask, so the answers are those of the unpadded prompts).
+The batch's key/value cache is the library's ``DynamicCache``, its rows aligned on the
+right: every row's last token sits in the last column, shorter rows are padded on the
+left, and the attention mask hides the padding (positions are given per row, so each
+row's answer is that of its unpadded prompt). New rows are prefilled in one forward pass
+of their own and joined to the batch by padding the narrower side; columns that no row
+uses any more are cut off the left.
+
+Prefixes (``share_prefixes``): a prompt that starts with a prefix kept in the prefix cache
+(``PrefixCache``) takes that prefix's keys and values instead of computing them, and new
+rows sharing a long prefix among themselves compute it once, into the cache. The cache
+keeps ``prefix_cache_tokens`` tokens, least recently used out first: the claim order by
+prefix key (``batchd.prefix``) brings the requests sharing a prefix in together, so that
+each shared prefix is computed once while it stays in the cache. Each row reports the
+prefix tokens it took from the cache (``cache_read``) or wrote into it for the others
+(``cache_write``).
+
+Measured choices (``bench/local.py``, ``bench/gpu_local.py``, the README): the library's
+own continuous batching (``generate_batch``, a paged cache) took 11-20 s for 8 prompts of
+32 tokens on the 2-core CPU, most of it setting its cache up, where this engine takes
+well under a second.
 
 torch and transformers are imported only when this engine is built (``batchd[local]``).
 """
@@ -20,20 +33,28 @@ torch and transformers are imported only when this engine is built (``batchd[loc
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import inspect
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, StoppingCriteria
+from transformers import AutoModelForCausalLM, DynamicCache
 
-from batchd.backends.local.batching import PaddedBatcher, shared_prefix
+from batchd.backends.local.batching import MIN_SHARED, common_length, prefix_clusters
 from batchd.backends.local.generation import Finish, Generated, Job
 
 log = logging.getLogger(__name__)
 
 _Tokenizer = Any  # a transformers tokenizer: untyped library object
+# (prompt, generated so far, next-token scores of one row) -> the scores to sample from
+LogitsProcessor = Callable[[Sequence[int], Sequence[int], torch.Tensor], torch.Tensor]
+_KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [rows, heads, n, dim]
 
 
 def cpu_threads(configured: int | None, cores: int | None) -> int:
@@ -63,108 +84,422 @@ def load_model(auto: Any, model_path: str, device: str, threads: int | None) -> 
     return model.to(device).eval()
 
 
-class _RowStops(StoppingCriteria):
-    """Ends each row on its own, and remembers how long it was and why it ended."""
+class PrefixCache:
+    """Keys and values of prompt prefixes, up to ``capacity`` tokens, least recently used
+    out first; looked up by their first MIN_SHARED tokens."""
 
-    def __init__(self, jobs: Sequence[Job], width: int, eos: set[int], tokenizer: _Tokenizer):
-        self._jobs = jobs
-        self._width = width
-        self._eos = eos
-        self._tokenizer = tokenizer
-        self.length = [0] * len(jobs)
-        self.finish: list[Finish | None] = [None] * len(jobs)
-        # enough trailing tokens to hold the longest stop sequence (a token is >= 1 byte)
-        self._tail = [4 * max((len(s) for s in job.stop), default=0) + 4 for job in jobs]
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[int, ...], _KV] = OrderedDict()
+        self._by_head: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._tokens = 0
 
-    def __call__(self, input_ids: torch.Tensor, _scores: torch.Tensor, **_: Any) -> torch.Tensor:
-        produced = input_ids.shape[1] - self._width
-        last = input_ids[:, -1].tolist()
-        done = torch.zeros(len(self._jobs), dtype=torch.bool, device=input_ids.device)
-        for row, job in enumerate(self._jobs):
-            if self.finish[row] is None:
-                self.finish[row] = self._check(input_ids, row, job, produced, last[row])
-                self.length[row] = produced
-            done[row] = self.finish[row] is not None
-        return done
+    def longest(self, prompt: Sequence[int]) -> tuple[int, _KV | None]:
+        """The longest cached prefix of ``prompt`` (leaving it one token of its own), as a
+        length and that many tokens' keys and values; (0, None) below MIN_SHARED."""
+        best, found = 0, None
+        mine = tuple(prompt)  # (a tuple is never equal to a list: compare like with like)
+        for tokens in self._by_head.get(mine[:MIN_SHARED], ()):
+            n = min(common_length(tokens, mine), len(prompt) - 1)
+            if n > best:
+                best, found = n, tokens
+        if best < MIN_SHARED or found is None:
+            return 0, None
+        self._entries.move_to_end(found)
+        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in self._entries[found]]
 
-    def _check(
-        self, input_ids: torch.Tensor, row: int, job: Job, produced: int, last: int
-    ) -> Finish | None:
-        if job.abandoned.is_set():  # cancelled: the answer is thrown away, stop computing it
-            return Finish.LENGTH
-        if last in self._eos:
-            return Finish.EOS
-        if job.stop:
-            start = max(self._width, input_ids.shape[1] - self._tail[row])
-            tail = self._tokenizer.decode(input_ids[row, start:].tolist(), skip_special_tokens=True)
-            if any(s in tail for s in job.stop):
-                return Finish.STOP
-        if produced >= job.max_tokens:
-            return Finish.LENGTH
-        return None
+    def put(self, tokens: tuple[int, ...], kv: _KV) -> None:
+        if len(tokens) < MIN_SHARED or len(tokens) > self.capacity or tokens in self._entries:
+            return
+        self._entries[tokens] = kv
+        self._by_head.setdefault(tokens[:MIN_SHARED], []).append(tokens)
+        self._tokens += len(tokens)
+        while self._tokens > self.capacity:
+            evicted, _ = self._entries.popitem(last=False)
+            self._tokens -= len(evicted)
+            same_head = self._by_head[evicted[:MIN_SHARED]]
+            same_head.remove(evicted)
+            if not same_head:
+                del self._by_head[evicted[:MIN_SHARED]]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_head.clear()
+        self._tokens = 0
 
 
-class PaddedGenerate:
-    """One left-padded ``generate`` call over a group of jobs (called in a worker thread)."""
+@dataclass(slots=True)
+class _Row:
+    job: Job
+    future: concurrent.futures.Future[Generated]
+    cache_read: int = 0
+    cache_write: int = 0
+    generated: list[int] = field(default_factory=list)
+    finish: Finish | None = None
 
-    def __init__(self, model: Any, tokenizer: _Tokenizer, device: str, *, share: bool) -> None:
+
+def _segments(tensor: torch.Tensor, row: int, past_width: int, n: int, own: int) -> torch.Tensor:
+    """Row ``row`` of a prefill's keys or values without its padding: its ``n`` reused
+    tokens, which end at column ``past_width``, and its ``own`` tokens, which end the row."""
+    mine = tensor[row : row + 1]
+    if not n:
+        return mine[:, :, -own:].clone()
+    return torch.cat([mine[:, :, past_width - n : past_width], mine[:, :, -own:]], dim=2)
+
+
+def _pad_left(tensor: torch.Tensor, columns: int, dim: int) -> torch.Tensor:
+    if columns == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = columns
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class ContinuousBatcher:
+    """The step loop: admits waiting jobs into free rows, runs one token for every row,
+    lets the ended rows go. ``run`` is the body of the engine's thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: _Tokenizer,
+        device: str,
+        *,
+        max_batch: int,
+        share_prefixes: bool = True,
+        prefix_cache_tokens: int = 32_768,
+        logits_processors: Sequence[LogitsProcessor] = (),
+    ) -> None:
         self._model = model
-        self._share = share
         self._tokenizer = tokenizer
         self._device = device
-        self._pad = tokenizer.pad_token_id
-        if self._pad is None:
-            self._pad = tokenizer.eos_token_id
+        self._max_batch = max_batch
+        # refill when this many rows are free (or none run): a prefill pass per step
+        # for a single row would cost about as much as the step itself
+        self._refill_at = max(1, max_batch // 8)
+        self._share = share_prefixes
+        self._prefixes = PrefixCache(prefix_cache_tokens if share_prefixes else 0)
+        self._processors = list(logits_processors)
+        # the cache's keyword: ``cache`` in transformers >= 5.2x, ``past_key_values`` before
+        takes = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in takes else "past_key_values"
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
         self._eos = set(eos) if isinstance(eos, list) else {eos}
+        self._pad = tokenizer.pad_token_id
+        if self._pad is None:
+            self._pad = min(self._eos)
+        self._waiting: deque[_Row] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        # the running batch: rows, cache (right-aligned), attention mask, next positions
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long, device=device)
+        self._positions = torch.zeros((0,), dtype=torch.long, device=device)
+        self._next = torch.zeros((0,), dtype=torch.long, device=device)
+        self.computed_tokens = 0  # prompt tokens that went through the model
 
-    def __call__(self, jobs: Sequence[Job]) -> list[Generated]:
-        shared = shared_prefix([job.prompt for job in jobs]) if self._share else 0
-        prefix, own = jobs[0].prompt[:shared], [job.prompt[shared:] for job in jobs]
-        longest = max(len(tokens) for tokens in own)
-        width = shared + longest
-        ids = [prefix + [self._pad] * (longest - len(t)) + t for t in own]
-        mask = [[1] * shared + [0] * (longest - len(t)) + [1] * len(t) for t in own]
-        log.debug("generating %d rows, %d prefix tokens shared", len(jobs), shared)
-        stops = _RowStops(jobs, width, self._eos, self._tokenizer)
-        sampling = jobs[0].sampling
-        options: dict[str, Any] = {"temperature": None, "top_p": None, "top_k": None}
-        if not sampling.greedy:  # (None, not the model's defaults, for what is not asked)
-            options = {"temperature": sampling.temperature, "top_p": sampling.top_p}
-            options["top_k"] = sampling.top_k
-        with torch.inference_mode():
-            if shared:
-                options["cache"] = self._prefix_cache(prefix, len(jobs))
-            output = self._model.generate(
-                input_ids=torch.tensor(ids, device=self._device),
-                attention_mask=torch.tensor(mask, device=self._device),
-                stopping_criteria=[stops],
-                max_new_tokens=max(job.max_tokens for job in jobs),
-                pad_token_id=self._pad,
-                eos_token_id=sorted(self._eos),
-                do_sample=not sampling.greedy,
-                **options,
+    # -- the caller's side (any thread) -------------------------------------------------
+
+    def submit(self, job: Job) -> concurrent.futures.Future[Generated]:
+        row = _Row(job, concurrent.futures.Future())
+        with self._wake:
+            self._waiting.append(row)
+            self._wake.notify()
+        return row.future
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    # -- the engine's thread ------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._closed or self._waiting or self._rows):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                joining = self._take()
+            try:
+                with torch.inference_mode():
+                    if joining:
+                        self._admit(joining)
+                    if self._rows:
+                        self._step()
+            except Exception as exc:  # the model failed: fail what it held, keep serving
+                log.exception("a local step over %d rows failed", len(self._rows) + len(joining))
+                for row in self._rows + joining:
+                    if not row.future.done():
+                        row.future.set_exception(exc)
+                self._reset()
+        for row in [*self._rows, *self._waiting]:
+            row.future.cancel()
+
+    def _take(self) -> list[_Row]:
+        free = self._max_batch - len(self._rows)
+        if not self._waiting or (self._rows and free < self._refill_at):
+            return []
+        joining: list[_Row] = []
+        while self._waiting and len(joining) < free:
+            row = self._waiting.popleft()
+            if row.job.abandoned.is_set():
+                row.future.cancel()
+            else:
+                joining.append(row)
+        return joining
+
+    def _reset(self) -> None:
+        self._rows, self._cache = [], None
+        self._mask = self._mask[:0, :0]
+        self._positions, self._next = self._positions[:0], self._next[:0]
+        self._prefixes.clear()
+
+    def _admit(self, joining: list[_Row]) -> None:
+        """Prefill the joining rows (each over its cached prefix, if any), pick their first
+        tokens, and join those still going to the running batch."""
+        prompts = [row.job.prompt for row in joining]
+        reused: list[tuple[int, _KV | None]] = [(0, None)] * len(joining)
+        if self._share:
+            reused = [self._prefixes.longest(p) for p in prompts]
+            self._compute_shared(joining, reused)
+        # Rows starting from a cached prefix and rows without are prefilled apart: together,
+        # a short own part after a long prefix is padded to the longest whole prompt, and
+        # that padding would stay in the batch's cache, between the row's two parts.
+        for part in (
+            [i for i, (n, _) in enumerate(reused) if n],
+            [i for i, (n, _) in enumerate(reused) if not n],
+        ):
+            if part:
+                self._prefill([joining[i] for i in part], [reused[i] for i in part])
+
+    def _prefill(self, joining: list[_Row], reused: list[tuple[int, _KV | None]]) -> None:
+        prompts = [row.job.prompt for row in joining]
+        lengths = [n for n, _ in reused]
+        past_width = max(lengths)
+        own = [p[n:] for p, n in zip(prompts, lengths, strict=True)]
+        width = max(map(len, own))
+        self.computed_tokens += sum(map(len, own))
+        ids = [[self._pad] * (width - len(t)) + t for t in own]
+        mask = [
+            [0] * (past_width - n) + [1] * n + [0] * (width - len(t)) + [1] * len(t)
+            for n, t in zip(lengths, own, strict=True)
+        ]
+        positions = [
+            [0] * (width - len(t)) + list(range(n, n + len(t)))
+            for n, t in zip(lengths, own, strict=True)
+        ]
+        cache = DynamicCache()
+        if past_width:
+            log.debug("%d prefix tokens shared by %d new rows", past_width, sum(map(bool, lengths)))
+            shape = next(kv for _, kv in reused if kv is not None)
+            for layer, (k0, v0) in enumerate(shape):
+                keys, values = [], []
+                for n, kv in reused:
+                    k, v = kv[layer] if kv is not None else (k0[:, :, :0], v0[:, :, :0])
+                    keys.append(_pad_left(k, past_width - n, 2))
+                    values.append(_pad_left(v, past_width - n, 2))
+                cache.update(torch.cat(keys), torch.cat(values), layer)
+        mask_t = torch.tensor(mask, device=self._device)
+        out = self._model(
+            input_ids=torch.tensor(ids, device=self._device),
+            attention_mask=mask_t,
+            position_ids=torch.tensor(positions, device=self._device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
+        lengths_t = torch.tensor([len(p) for p in prompts], device=self._device)
+        cache = _cache_of(out)
+        if self._share:
+            self._keep_prompts(prompts, lengths, cache, past_width + width)
+        self._join(joining, cache, mask_t, lengths_t, out.logits[:, -1, :])
+
+    def _keep_prompts(
+        self, prompts: list[list[int]], reused: list[int], cache: Any, width: int
+    ) -> None:
+        """Put in the prefix cache the prompts that computed MIN_SHARED tokens or more of
+        their own (a later prompt may start with them), cut out of the prefill's cache: a
+        row's reused prefix ends where its own padding starts, its own tokens end the row."""
+        past_width = width - max(len(p) - n for p, n in zip(prompts, reused, strict=True))
+        for row, (prompt, n) in enumerate(zip(prompts, reused, strict=True)):
+            own = len(prompt) - n
+            if own < MIN_SHARED:
+                continue
+            kv = [
+                (
+                    _segments(layer.keys, row, past_width, n, own),
+                    _segments(layer.values, row, past_width, n, own),
+                )
+                for layer in cache.layers
+            ]
+            self._prefixes.put(tuple(prompt), kv)
+
+    def _compute_shared(self, joining: list[_Row], reused: list[tuple[int, _KV | None]]) -> None:
+        """Rows with nothing cached that share a long prefix among themselves: compute each
+        such prefix once, into the cache, and let them all start from it."""
+        alone = [i for i, (n, _) in enumerate(reused) if n == 0]
+        for cluster, shared in prefix_clusters([joining[i].job.prompt for i in alone]):
+            rows = [alone[i] for i in cluster]
+            prefix = joining[rows[0]].job.prompt[:shared]
+            out = self._model(
+                input_ids=torch.tensor([prefix], device=self._device),
+                use_cache=True,
+                logits_to_keep=1,
             )
-        results = []
-        for row, job in enumerate(jobs):
-            length = stops.length[row] or (output.shape[1] - width)
-            finish = stops.finish[row] or Finish.LENGTH
-            tokens = output[row, width : width + length].tolist()
-            results.append(Generated(tokens[: job.max_tokens], finish))
-        return results
+            self.computed_tokens += shared
+            kv = [(layer.keys, layer.values) for layer in _cache_of(out).layers]
+            self._prefixes.put(tuple(prefix), kv)
+            for i in rows:
+                reused[i] = (shared, kv)
+            joining[rows[0]].cache_write = shared
+        for row, (n, _) in zip(joining, reused, strict=True):
+            if n and not row.cache_write:
+                row.cache_read = n
 
-    def _prefix_cache(self, prefix: list[int], rows: int) -> Any:
-        """The key/value cache of ``prefix``, computed once and repeated for ``rows`` rows."""
-        out = self._model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True)
-        cache = out.cache
-        cache.batch_repeat_interleave(rows)
-        return cache
+    def _join(
+        self,
+        joining: list[_Row],
+        cache: Any,
+        mask: torch.Tensor,
+        lengths: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> None:
+        first = self._pick(joining, logits)
+        keep = [i for i, row in enumerate(joining) if not self._record(row, first[i])]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self._device)
+        new_mask = mask[index]
+        if self._cache is None:
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
+            self._cache, self._mask = cache, new_mask
+        else:
+            grow_old = max(0, new_mask.shape[1] - self._mask.shape[1])
+            grow_new = max(0, self._mask.shape[1] - new_mask.shape[1])
+            for old, new in zip(self._cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat(
+                    [_pad_left(old.keys, grow_old, 2), _pad_left(new.keys[index], grow_new, 2)]
+                )
+                old.values = torch.cat(
+                    [_pad_left(old.values, grow_old, 2), _pad_left(new.values[index], grow_new, 2)]
+                )
+            self._mask = torch.cat(
+                [_pad_left(self._mask, grow_old, 1), _pad_left(new_mask, grow_new, 1)]
+            )
+        self._rows += [joining[i] for i in keep]
+        self._positions = torch.cat([self._positions, lengths[index]])
+        self._next = torch.cat(
+            [self._next, torch.tensor([first[i] for i in keep], device=self._device)]
+        )
+
+    def _step(self) -> None:
+        """One token for every running row; the rows that end leave the batch."""
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
+        out = self._model(
+            input_ids=self._next[:, None],
+            attention_mask=self._mask,
+            position_ids=self._positions[:, None],
+            use_cache=True,
+            **{self._cache_arg: self._cache},
+        )
+        self._positions = self._positions + 1
+        tokens = self._pick(self._rows, out.logits[:, -1, :])
+        self._next = torch.tensor(tokens, device=self._device)
+        keep = [i for i, row in enumerate(self._rows) if not self._record(row, tokens[i])]
+        if len(keep) < len(self._rows):
+            self._drop(keep)
+
+    def _drop(self, keep: list[int]) -> None:
+        """Let the ended rows go, and cut the columns no remaining row uses."""
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._reset_batch()
+            return
+        index = torch.tensor(keep, device=self._device)
+        self._mask = self._mask[index]
+        used = self._mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+        self._positions, self._next = self._positions[index], self._next[index]
+
+    def _reset_batch(self) -> None:
+        self._cache = None
+        self._mask = self._mask[:0, :0]
+        self._positions, self._next = self._positions[:0], self._next[:0]
+
+    def _pick(self, rows: Sequence[_Row], logits: torch.Tensor) -> list[int]:
+        """Each row's next token under its own sampling (greedy rows: the likeliest)."""
+        if self._processors:
+            logits = logits.clone()
+            for i, row in enumerate(rows):
+                for processor in self._processors:
+                    logits[i] = processor(row.job.prompt, row.generated, logits[i])
+        chosen = logits.argmax(dim=-1)
+        sampled = [i for i, row in enumerate(rows) if not row.job.sampling.greedy]
+        if sampled:
+            chosen[sampled] = _sample(logits[sampled], [rows[i].job for i in sampled])
+        picked: list[int] = chosen.tolist()
+        return picked
+
+    def _record(self, row: _Row, token: int) -> bool:
+        """Add ``token`` to ``row``; when the row has ended, answer it and say so."""
+        row.generated.append(token)
+        job = row.job
+        if job.abandoned.is_set():  # cancelled: the answer is thrown away, stop computing it
+            row.finish = Finish.LENGTH
+        elif token in self._eos:
+            row.finish = Finish.EOS
+        elif job.stop and self._stopped(job, row.generated):
+            row.finish = Finish.STOP
+        elif len(row.generated) >= job.max_tokens:
+            row.finish = Finish.LENGTH
+        if row.finish is None:
+            return False
+        if not row.future.done():
+            result = Generated(row.generated, row.finish, row.cache_read, row.cache_write)
+            row.future.set_result(result)
+        return True
+
+    def _stopped(self, job: Job, generated: list[int]) -> bool:
+        # enough trailing tokens to hold the longest stop sequence (a token is >= 1 byte)
+        tail = generated[-(4 * max(len(s) for s in job.stop) + 4) :]
+        text = self._tokenizer.decode(tail, skip_special_tokens=True)
+        return any(s in text for s in job.stop)
+
+
+def _cache_of(output: Any) -> Any:
+    """The cache a forward pass returns (``cache``, or ``past_key_values`` before 5.2x)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _sample(logits: torch.Tensor, jobs: Sequence[Job]) -> torch.Tensor:
+    """One token per row, drawn under each job's temperature, top_k and top_p."""
+    device = logits.device
+    temperature = torch.tensor([j.sampling.temperature for j in jobs], device=device)
+    scores, order = (logits.float() / temperature[:, None]).sort(dim=-1, descending=True)
+    rank = torch.arange(scores.shape[1], device=device)[None, :]
+    top_k = torch.tensor([j.sampling.top_k or scores.shape[1] for j in jobs], device=device)
+    scores = scores.masked_fill(rank >= top_k[:, None], float("-inf"))
+    top_p = torch.tensor([j.sampling.top_p or 1.0 for j in jobs], device=device)
+    probs = scores.softmax(dim=-1)
+    beyond = probs.cumsum(dim=-1) - probs > top_p[:, None]  # the first token always stays
+    probs = probs.masked_fill(beyond, 0.0)
+    drawn = torch.multinomial(probs, 1)
+    return order.gather(1, drawn)[:, 0]
 
 
 class TransformersGenerator:
-    """The engine of ``kind = "transformers"``: the model, and the batcher feeding it."""
+    """The engine of ``kind = "transformers"``: the model, and the thread that runs it."""
 
     def __init__(
         self,
@@ -174,30 +509,47 @@ class TransformersGenerator:
         device: str | None,
         max_batch: int,
         share_prefixes: bool = True,
+        prefix_cache_tokens: int = 32_768,
         threads: int | None = None,
+        logits_processors: Sequence[LogitsProcessor] = (),
+        model: Any = None,
     ) -> None:
-        self._share = share_prefixes
-        self._threads = threads
         self._model_path = model_path
         self._tokenizer = tokenizer
         self._device = pick_device(device)
-        self._max_batch = max_batch
-        self._batcher: PaddedBatcher[Generated] | None = None
-        self.model: Any = None  # once started; the embeddings engine shares it
+        self._threads = threads
+        self._options: dict[str, Any] = {
+            "max_batch": max_batch,
+            "share_prefixes": share_prefixes,
+            "prefix_cache_tokens": prefix_cache_tokens,
+            "logits_processors": logits_processors,
+        }
+        # the model: already loaded (bench/gpu_local.py), else loaded by start; the
+        # embeddings engine shares it
+        self.model: Any = model
+        self.batcher: ContinuousBatcher | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self.model = model = await asyncio.to_thread(self._load)
-        run_batch = PaddedGenerate(model, self._tokenizer, self._device, share=self._share)
-        self._batcher = PaddedBatcher(run_batch, self._max_batch, by_prefix=self._share)
-        self._batcher.start()
+        if self.model is None:
+            self.model = await asyncio.to_thread(self._load)
+        self.batcher = ContinuousBatcher(self.model, self._tokenizer, self._device, **self._options)
+        self._thread = threading.Thread(target=self.batcher.run, name="transformers-engine")
+        self._thread.start()
 
     def _load(self) -> Any:
         return load_model(AutoModelForCausalLM, self._model_path, self._device, self._threads)
 
     async def generate(self, job: Job) -> Generated:
-        assert self._batcher is not None, "start() first"
-        return await self._batcher.generate(job)
+        assert self.batcher is not None, "start() first"
+        future = self.batcher.submit(job)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            job.abandoned.set()  # waiting: it is skipped; running: its row ends at the next step
+            raise
 
     async def close(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.close()
+        if self.batcher is not None and self._thread is not None:
+            self.batcher.close()
+            await asyncio.to_thread(self._thread.join)

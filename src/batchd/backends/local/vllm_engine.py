@@ -3,8 +3,12 @@
 vLLM batches whatever is in flight by itself, so this engine only hands each job over and
 awaits its final output. The backend keeps about twice ``max_num_seqs`` requests in flight
 (``max_concurrency``, see the README), as vLLM's own ``run-batch`` does, so the engine's
-waiting queue never runs dry. vllm is imported only when this engine is built
-(``batchd[vllm]``, GPU machines).
+waiting queue never runs dry. The claims feed it in prefix-key order (``batchd/prefix.py``),
+so that the requests sharing a prefix arrive together and vLLM's prefix cache (on) holds
+that prefix while they run; the prompt tokens it found cached come back as
+``cache_read``. With ``priority_scheduling``, each job's ``priority`` goes to vLLM's
+priority scheduler (lower first), for lanes to use. vllm is imported only when this engine
+is built (``batchd[vllm]``, GPU machines).
 """
 
 from __future__ import annotations
@@ -41,38 +45,65 @@ def sampling_params(job: Job) -> dict[str, Any]:
     return params
 
 
+def engine_args(model_path: str, max_num_seqs: int, priority: bool) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.engine.arg_utils.AsyncEngineArgs``."""
+    args: dict[str, Any] = {
+        "model": model_path,
+        "max_num_seqs": max_num_seqs,
+        "enable_prefix_caching": True,
+    }
+    if priority:
+        args["scheduling_policy"] = "priority"
+    return args
+
+
+def cached_tokens(output: Any, prompt: int) -> int:
+    """The prompt tokens vLLM took from its prefix cache (``num_cached_tokens``), at most
+    all but one (vLLM computes a fully cached prompt's last token again)."""
+    cached = getattr(output, "num_cached_tokens", None)
+    return min(cached, prompt - 1) if isinstance(cached, int) and cached > 0 else 0
+
+
 class VllmGenerator:
-    def __init__(self, model_path: str, tokenizer: _Tokenizer, *, max_num_seqs: int) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: _Tokenizer,
+        *,
+        max_num_seqs: int,
+        priority_scheduling: bool = False,
+    ) -> None:
         self._model_path = model_path
         self._tokenizer = tokenizer
         self._max_num_seqs = max_num_seqs
+        self._priority = priority_scheduling
         self._engine: Any = None
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=self._model_path,
-            max_num_seqs=self._max_num_seqs,
-            enable_prefix_caching=True,
-        )
+        args = AsyncEngineArgs(**engine_args(self._model_path, self._max_num_seqs, self._priority))
         self._engine = AsyncLLM.from_engine_args(args)
 
     async def generate(self, job: Job) -> Generated:
         from vllm import SamplingParams, TokensPrompt
 
         final = None
+        extra = {"priority": job.priority} if self._priority else {}
         async for output in self._engine.generate(
             TokensPrompt(prompt_token_ids=job.prompt),
             SamplingParams(**sampling_params(job)),
             request_id=uuid.uuid4().hex,
+            **extra,
         ):
             final = output
         assert final is not None, "vLLM ended a request without an output"
         completion = final.outputs[0]
         return Generated(
-            list(completion.token_ids), finish_of(completion.finish_reason, completion.stop_reason)
+            list(completion.token_ids),
+            finish_of(completion.finish_reason, completion.stop_reason),
+            cache_read=cached_tokens(final, len(job.prompt)),
         )
 
     async def close(self) -> None:

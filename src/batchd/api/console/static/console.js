@@ -47,7 +47,9 @@ async function api(path, options = {}) {
 }
 
 function showOnly(id) {
-  for (const section of ["login", "list", "detail"]) $(section).hidden = section !== id;
+  for (const section of ["login", "list", "detail", "usage-page", "webhooks-page"]) {
+    $(section).hidden = section !== id;
+  }
 }
 
 function showLogin(message) {
@@ -220,8 +222,180 @@ async function loadBatch(id) {
   $("cancel").disabled = batch.processing_status !== "in_progress";
   $("download").disabled = !ended || Boolean(batch.archived_at);
   await loadErrors(batch.id, counts);
+  await loadBatchUsage(batch.id);
   await loadResults(batch.id);
   return !ended;
+}
+
+// -- usage and cost -------------------------------------------------------------------
+
+const number = (n) => Number(n).toLocaleString("en-US");
+
+function money(cost) {
+  return cost ? `${cost.batch.toFixed(4)} ${cost.currency}` : "—";
+}
+
+function interactiveMoney(cost) {
+  return cost ? `${cost.interactive.toFixed(4)} ${cost.currency}` : "—";
+}
+
+async function loadBatchUsage(id) {
+  const usage = await (await api(`${API}/${encodeURIComponent(id)}/usage`)).json();
+  const rows = [
+    ["input tokens", number(usage.input_tokens)],
+    ["output tokens", number(usage.output_tokens)],
+    ["cache-read tokens", number(usage.cache_read_input_tokens)],
+    ["cost (batch)", money(usage.cost)],
+    ["same tokens interactively", interactiveMoney(usage.cost)],
+    ...usage.models
+      .filter((m) => m.model)
+      .map((m) => [`model ${m.model}`, `${number(m.requests)} requests · ${number(m.input_tokens)} in · ${number(m.output_tokens)} out · ${money(m.cost)}`]),
+  ];
+  $("usage").replaceChildren(...factRows(rows));
+  $("usage-note").textContent = usage.cost ? "" : "(no prices configured)";
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, text = "") {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  if (text) node.textContent = text;
+  return node;
+}
+
+// Tokens per day as stacked bars (input under output), drawn here: no outside script.
+function chart(days) {
+  const width = 900;
+  const height = 240;
+  const left = 60;
+  const bottom = 24;
+  const top = 10;
+  const max = Math.max(1, ...days.map((d) => d.input + d.output));
+  const step = (width - left) / Math.max(days.length, 1);
+  const scale = (height - bottom - top) / max;
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "tokens per day" });
+  root.append(svg("line", { class: "axis", x1: left, y1: height - bottom, x2: width, y2: height - bottom }));
+  root.append(svg("text", { x: 4, y: top + 10 }, number(max)));
+  root.append(svg("text", { x: 4, y: height - bottom }, "0"));
+  days.forEach((d, i) => {
+    const w = Math.min(step * 0.7, 48);
+    const x = left + i * step + (step - w) / 2;
+    const inputHeight = d.input * scale;
+    const outputHeight = d.output * scale;
+    const base = height - bottom;
+    const title = `${d.day}: ${number(d.input)} input, ${number(d.output)} output tokens, ${d.cost}`;
+    const bar = svg("g", { "data-day": d.day });
+    bar.append(svg("title", {}, title));
+    bar.append(svg("rect", { class: "input", x, y: base - inputHeight, width: w, height: inputHeight }));
+    bar.append(svg("rect", { class: "output", x, y: base - inputHeight - outputHeight, width: w, height: outputHeight }));
+    bar.append(svg("text", { x: x + w / 2, y: height - 6, "text-anchor": "middle" }, d.day.slice(5)));
+    root.append(bar);
+  });
+  return root;
+}
+
+function sumInto(groups, key, row) {
+  const group = groups.get(key) || { requests: 0, input: 0, output: 0, cacheRead: 0, batch: 0, interactive: 0, currency: "" };
+  group.requests += Object.values(row.requests).reduce((a, b) => a + b, 0);
+  group.input += row.input_tokens;
+  group.output += row.output_tokens;
+  group.cacheRead += row.cache_read_input_tokens;
+  if (row.cost) {
+    group.batch += row.cost.batch;
+    group.interactive += row.cost.interactive;
+    group.currency = row.cost.currency;
+  }
+  groups.set(key, group);
+}
+
+async function loadUsage() {
+  const usage = await (await api("/console/api/usage")).json();
+  showOnly("usage-page");
+  document.title = "Usage · batchd";
+  const byDay = new Map();
+  const byWorkspace = new Map();
+  for (const row of usage.data) {
+    sumInto(byDay, row.day, row);
+    sumInto(byWorkspace, row.workspace, row);
+  }
+  const priced = (g) => (usage.currency ? `${g.batch.toFixed(4)} ${usage.currency}` : "—");
+  const days = [...byDay.entries()].map(([day, g]) => ({ day, input: g.input, output: g.output, cost: priced(g) }));
+  $("usage-chart").replaceChildren(chart(days));
+  $("usage-legend").textContent = "blue: input tokens · green: output tokens";
+  $("usage-workspaces").replaceChildren(
+    ...[...byWorkspace.entries()].map(([workspace, g]) =>
+      el(
+        "tr",
+        { "data-workspace": workspace },
+        el("td", { text: workspace }),
+        ...[g.requests, g.input, g.output, g.cacheRead].map((n) => el("td", { class: "num", text: number(n) })),
+        el("td", { class: "num", text: priced(g) }),
+        el("td", { class: "num", text: usage.currency ? `${g.interactive.toFixed(4)} ${usage.currency}` : "—" }),
+      ),
+    ),
+  );
+  $("usage-days").replaceChildren(
+    ...usage.data.map((row) =>
+      el(
+        "tr",
+        {},
+        ...[row.day, row.workspace, row.model || "(never ran)"].map((t) => el("td", { text: t })),
+        el("td", { class: "num", text: number(Object.values(row.requests).reduce((a, b) => a + b, 0)) }),
+        el("td", { class: "num", text: number(row.input_tokens) }),
+        el("td", { class: "num", text: number(row.output_tokens) }),
+        el("td", { class: "num", text: money(row.cost) }),
+      ),
+    ),
+  );
+  $("usage-empty").hidden = usage.data.length > 0;
+  return false;
+}
+
+// -- webhooks -------------------------------------------------------------------------
+
+async function loadWebhooks() {
+  const endpoints = (await (await api("/v1/webhooks")).json()).data;
+  showOnly("webhooks-page");
+  document.title = "Webhooks · batchd";
+  const cards = [];
+  for (const endpoint of endpoints) {
+    const path = `/v1/webhooks/${encodeURIComponent(endpoint.id)}/deliveries?limit=10`;
+    const deliveries = (await (await api(path)).json()).data;
+    const state = endpoint.disabled_at ? `disabled: ${endpoint.disabled_reason}` : "active";
+    cards.push(
+      el(
+        "div",
+        { class: "endpoint", "data-endpoint": endpoint.id },
+        el("h2", { text: `${endpoint.url}` }),
+        el("p", { class: "hint", text: `${endpoint.id} · ${endpoint.events.join(", ")} · ${state}` }),
+        el(
+          "table",
+          {},
+          el("thead", {}, el("tr", {}, ...["Event", "webhook-id", "State", "Attempts", "Created", "Last answer"].map((h) => el("th", { text: h })))),
+          el(
+            "tbody",
+            {},
+            ...deliveries.map((d) =>
+              el(
+                "tr",
+                {},
+                el("td", { text: d.event_type }),
+                el("td", { text: d.webhook_id }),
+                el("td", { class: d.state, text: d.state }),
+                el("td", { text: String(d.attempts) }),
+                el("td", { text: when(d.created_at) }),
+                el("td", { text: d.last_error || (d.last_status ? `HTTP ${d.last_status}` : "—") }),
+              ),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+  $("endpoints").replaceChildren(...cards);
+  $("no-endpoints").hidden = endpoints.length > 0;
+  return false; // refreshed every few seconds, not every second
 }
 
 // -- one batch's results: paged, filtered, found by custom_id, one opened ---------------
@@ -334,10 +508,19 @@ function batchIdFromPath() {
   return match ? decodeURIComponent(match[1]) : null;
 }
 
+function pageLoader() {
+  const id = batchIdFromPath();
+  if (id) return () => loadBatch(id);
+  if (location.pathname === "/console/usage") return loadUsage;
+  if (location.pathname === "/console/webhooks") return loadWebhooks;
+  return null;
+}
+
 async function refresh() {
   const id = batchIdFromPath();
+  const loader = pageLoader();
   try {
-    const running = id ? await loadBatch(id) : await loadList();
+    const running = loader ? await loader() : await loadList();
     problem("");
     const keyed = sessionStorage.getItem(KEY) !== null;
     $("forget").hidden = !keyed;
