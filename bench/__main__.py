@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.postgres import find_bin
 
-from bench import local, openai, postgres, scenarios, vllm
+from bench import local, openai, pacing, postgres, scenarios, vllm
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -51,6 +51,15 @@ SIZES: dict[str, dict[str, Any]] = {
         },
         "openai_file": (200, 1),  # lines, MiB
         "openai_embeddings": 500,
+        "pacing": {
+            "capped": 48,
+            "rpm": 60,
+            "rpm_budget": 1200,
+            "queueing": 64,
+            "fleet": 30,
+            "fleet_budget": 1200,
+            "interactive": 3,
+        },
         "repeat": 1,
     },
     "default": {
@@ -79,6 +88,15 @@ SIZES: dict[str, dict[str, Any]] = {
         },
         "openai_file": (50_000, 200),
         "openai_embeddings": 100_000,
+        "pacing": {
+            "capped": 1_600,
+            "rpm": 1_500,
+            "rpm_budget": 3_000,
+            "queueing": 1_600,
+            "fleet": 600,
+            "fleet_budget": 1_200,
+            "interactive": 100,
+        },
         "repeat": 3,
     },
     "full": {
@@ -107,6 +125,15 @@ SIZES: dict[str, dict[str, Any]] = {
         },
         "openai_file": (50_000, 200),
         "openai_embeddings": 100_000,
+        "pacing": {
+            "capped": 3_200,
+            "rpm": 3_000,
+            "rpm_budget": 3_000,
+            "queueing": 3_200,
+            "fleet": 1_200,
+            "fleet_budget": 1_200,
+            "interactive": 300,
+        },
         "repeat": 3,
     },
 }
@@ -128,6 +155,7 @@ def plan(
         "pg_engine": lambda: postgres.engine(size["engine"], repeat, workdir, databases),
         "pg_results": lambda: postgres.results(size["results"], repeat, workdir, databases),
         "local": lambda: local.local(size["local"], repeat, workdir),
+        "pacing": lambda: pacing.pacing(size["pacing"], workdir, databases),
         "vllm": lambda: vllm.vllm(size["local"], repeat, workdir),
         "openai_ingest": lambda: openai.ingest(
             size["openai_file"][0], size["openai_file"][1], repeat, workdir
@@ -147,6 +175,7 @@ NAMES = [
     "pg_engine",
     "pg_results",
     "local",
+    "pacing",
     "vllm",
     "openai_ingest",
     "openai_embeddings",

@@ -117,3 +117,42 @@ def test_a_bad_retry_body_is_a_400(start_server: StartServer, body: bytes) -> No
         )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_retry_keeps_the_priority_and_completion_window_of_the_batch_it_retries(
+    start_server: StartServer,
+) -> None:
+    schedule_headers = {"batchd-priority": "high", "batchd-completion-window": "2h"}
+    with serve_upstream(faults=_fails_once) as upstream:
+        server = start_server(backends=[upstream_backend(upstream)])
+        with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+            requests = [mock_request(f"r{i}", f"r{i}", model="claude-1") for i in range(8)]
+            first = client.messages.batches.create(
+                requests=requests, extra_headers=schedule_headers
+            )
+            wait_ended(client, first.id)
+            retry = _retry(client, first.id)
+            wait_ended(client, retry.id)
+            schedule = client.get(f"/v1/messages/batches/{retry.id}/schedule", cast_to=object)
+    assert isinstance(schedule, dict)
+    assert (schedule["priority"], schedule["completion_window"]) == ("high", "2h")
+    assert (retry.expires_at - retry.created_at).total_seconds() == 2 * 3600
+
+
+def test_an_idempotency_key_sent_again_with_another_priority_is_refused(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    key = {"Idempotency-Key": "lanes-and-keys"}
+    with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+        requests = [mock_request("a")]
+        first = client.messages.batches.create(requests=requests, extra_headers=key)
+        again = client.messages.batches.create(requests=requests, extra_headers=key)
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client.messages.batches.create(
+                requests=requests, extra_headers=key | {"batchd-priority": "high"}
+            )
+        listed = client.messages.batches.list().data
+    assert again.id == first.id
+    assert [b.id for b in listed] == [first.id]
+    assert "Idempotency-Key" in body_of(refused.value)["error"]["message"]

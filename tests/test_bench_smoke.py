@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bench.__main__ import NAMES
 
 from tests.support.postgres import find_bin
@@ -16,6 +17,7 @@ from tests.support.postgres import find_bin
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.timeout(330)  # the bench's own run may take its 300 s (subprocess timeout)
 def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run(

@@ -295,3 +295,22 @@ def test_submit_runs_a_vllm_run_batch_file_through_the_openai_face(
     assert results[1]["response"]["body"]["data"][0]["object"] == "embedding"
     assert "as 2 batches" in done.stderr
     assert "3 succeeded, 0 failed" in done.stderr
+
+
+def test_submit_with_a_priority_and_window_and_show_them(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    infile = _write(tmp_path / "in.jsonl", mock_request("q0", "question"))
+    done = batchd(
+        "submit", str(infile), "--priority", "high", "--completion-window", "2h", url=server.url
+    )
+    assert done.returncode == 0, done.stderr
+    batch_id = done.stdout.split()[0]
+    shown = json.loads(batchd("batches", "show", batch_id, "--json", url=server.url).stdout)
+    assert shown["batchd_schedule"]["priority"] == "high"
+    assert shown["batchd_schedule"]["completion_window"] == "2h"
+    table = batchd("batches", "show", batch_id, url=server.url).stdout
+    assert re.search(r"priority\s+high", table)
+    refused = batchd("submit", str(infile), "--completion-window", "9d", url=server.url)
+    assert refused.returncode == 1
+    assert "from 1h to 7d" in refused.stderr

@@ -241,7 +241,8 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("GET", "/v1/usage"): (leaks_nothing, True),
     ("GET", "/console/api/usage"): (leaks_nothing, True),
     ("POST", "/v1/messages/batch_estimate"): (estimate_leaks_nothing, True),
-    # batchd's own: retry, details, the console's results
+    # batchd's own: the schedule, retry, details, the console's results
+    ("GET", "/v1/messages/batches/{batch_id}/schedule"): (refused_as_unknown, True),
     ("POST", "/v1/messages/batches/{batch_id}/retry"): (refused_as_unknown, True),
     ("GET", "/v1/messages/batches/{batch_id}/details"): (refused_as_unknown, True),
     ("GET", "/console/api/batches/{batch_id}/results"): (refused_as_unknown, True),

@@ -7,7 +7,16 @@ import time
 
 import pytest
 
-from batchd.backends.pacing import Pacer, TokenBucket
+from batchd.backends.pacing import (
+    LATENCY_TARGET,
+    PROBE_WINDOWS,
+    SLOW_START_FROM,
+    Call,
+    Lane,
+    LimitSource,
+    Pacer,
+    TokenBucket,
+)
 from batchd.config import BackendConfig
 from batchd.metrics import Metrics
 
@@ -166,3 +175,110 @@ async def test_takers_are_served_in_order_and_charges_never_sink_below_a_bucket(
     assert not second.done()
     bucket.adjust(-1)
     await asyncio.wait_for(second, timeout=5)
+
+
+def _call(pacer: Pacer, level: int) -> Call:
+    return Call(seq=1, level=level, started=0.0)
+
+
+def test_a_remote_upstream_starts_low_and_doubles_per_round_trip() -> None:
+    pacer = _pacer(kind="anthropic", base_url="http://u", max_concurrency=256)
+    assert (pacer.limit, pacer.source) == (SLOW_START_FROM, LimitSource.SLOW_START)
+    for _ in range(SLOW_START_FROM):
+        pacer.succeeded(latency=0.1)
+    assert pacer.limit == 2 * SLOW_START_FROM
+
+
+def test_a_429_lowers_the_limit_to_what_the_upstream_admitted() -> None:
+    pacer = _pacer(max_concurrency=64)
+    pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=41))
+    assert (pacer.limit, pacer.source) == (40, LimitSource.CONGESTION)
+    pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=17))
+    assert pacer.limit == 32  # the same round trip: by half at most
+
+
+def test_above_a_refused_concurrency_the_limit_grows_only_every_few_windows() -> None:
+    pacer = _pacer(max_concurrency=64)
+    pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=41))  # 40 admitted
+    for _ in range(40 * (PROBE_WINDOWS - 1)):
+        pacer.succeeded(latency=0.1)
+    assert pacer.limit == 40
+    for _ in range(40):
+        pacer.succeeded(latency=0.1)
+    assert (pacer.limit, pacer.source) == (41, LimitSource.GROWTH)
+
+
+def test_latency_that_climbs_with_the_calls_in_flight_cuts_the_limit() -> None:
+    pacer = _pacer(max_concurrency=64, initial_concurrency=8)
+    for _ in range(8):
+        pacer.succeeded(latency=0.1, call=_call(pacer, level=8))  # the baseline
+    for _ in range(8):  # more calls later, each twice as slow: they queue upstream
+        pacer.succeeded(latency=0.2, call=_call(pacer, level=9))
+    assert pacer.source == LimitSource.LATENCY
+    assert pacer.limit == int(9 * LATENCY_TARGET / 2)
+
+
+def test_slower_answers_at_the_same_concurrency_move_nothing() -> None:
+    pacer = _pacer(max_concurrency=64, initial_concurrency=8)
+    for latency in (0.1, 0.3):  # e.g. a busy CPU here, not a queue upstream
+        for _ in range(8):
+            pacer.succeeded(latency=latency, call=_call(pacer, level=8))
+    assert (pacer.limit, pacer.source) == (10, LimitSource.GROWTH)  # both windows grew it
+
+
+async def test_a_refused_call_retries_once_a_later_call_gets_through() -> None:
+    clock = Clock()
+    pacer = _pacer(clock)
+    waiting = asyncio.create_task(pacer.wait_to_retry(60.0, "rate_limit_error"))
+    await asyncio.sleep(0)
+    pacer.succeeded(0.1, Call(seq=1, level=1, started=clock.now - 1))  # started before
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    clock.now += 1
+    pacer.succeeded(0.1, Call(seq=2, level=1, started=clock.now))  # started after the 429
+    await asyncio.wait_for(waiting, timeout=5)
+
+
+async def test_synchronous_calls_take_at_most_their_share_while_batch_work_waits() -> None:
+    pacer = _pacer(max_concurrency=4, adaptive_concurrency=False, interactive_share=0.5)
+    pacer.batch_backlog = True
+    calls = [asyncio.create_task(pacer.acquire(lane=Lane.INTERACTIVE)) for _ in range(4)]
+    await asyncio.sleep(0)
+    assert sum(c.done() for c in calls) == 2  # half of the limit
+    assert pacer.free_for_batch() == 2  # the other half is the batch's
+    pacer.batch_backlog = False  # no batch work left: the calls take the rest
+    await asyncio.sleep(0)
+    assert all(c.done() for c in calls)
+
+
+async def test_flex_calls_go_after_interactive_and_before_batch_retries() -> None:
+    pacer = _pacer(max_concurrency=1, adaptive_concurrency=False)
+    busy = pacer.take()
+    order: list[str] = []
+
+    async def wait(lane: Lane) -> None:
+        slot = await pacer.acquire(lane=lane)
+        order.append(lane.value)
+        slot.release()
+
+    tasks = [asyncio.create_task(wait(lane)) for lane in (Lane.BATCH, Lane.FLEX, Lane.INTERACTIVE)]
+    await asyncio.sleep(0)
+    busy.release()
+    await asyncio.gather(*tasks)
+    assert order == ["interactive", "flex", "batch"]
+
+
+def test_published_budgets_follow_the_headers() -> None:
+    pacer = _pacer()
+    call = pacer.call_started()
+    pacer.observe_headers(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "42",
+            "x-ratelimit-reset-requests": "1m0s",
+        },
+        call,
+    )
+    pacer.call_ended(call)
+    budget = pacer.status().budgets["requests"]
+    assert (budget["limit"], budget["remaining"], budget["per_minute"]) == (600, 42, 600)

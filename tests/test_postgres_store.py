@@ -122,3 +122,10 @@ async def test_claims_start_at_the_watermark_in_the_queue_index(url: str) -> Non
     assert "Index Scan using requests_queued" in plan, plan
     # the scan starts at the watermark, (prefix key, id), not before it
     assert "(ROW(prefix_key, id) > " in plan, plan
+
+
+async def test_workers_drawing_at_once_share_one_budget(open_worker: OpenStore) -> None:
+    workers = [await open_worker() for _ in range(4)]
+    draws = [w.draw_budget("b/requests", 1.0, 20.0, 8.0, T0) for w in workers for _ in range(3)]
+    granted = await asyncio.gather(*draws)
+    assert sum(granted) == 20.0  # the whole bucket, and not a unit more

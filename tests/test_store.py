@@ -91,16 +91,16 @@ async def test_a_backlog_check_sees_the_workspace_and_a_refusal_stores_nothing(
     claim = await store.claim("b", [first.seq], "w1", 1, T0 + 30)
     await store.record("w1", [_ok(claim.requests[0])], T0)
     await store.create_batch("msgbatch_other", "other", T0, T0 + 60, _queued(5))
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, int]] = []
 
-    def refuse(unfinished: int, queued: int) -> None:
-        seen.append((unfinished, queued))
+    def refuse(unfinished: int, queued: int, tokens: int) -> None:
+        seen.append((unfinished, queued, tokens))
         raise RuntimeError("over quota")
 
     with pytest.raises(RuntimeError):
         await store.create_batch("msgbatch_b", "ws", T0, T0 + 60, _queued(2), refuse)
 
-    assert seen == [(1, 2)]  # one unfinished batch of "ws", two of its requests not final
+    assert seen == [(1, 2, 0)]  # one unfinished batch of "ws", two of its requests not final
     assert await store.get_batch("ws", "msgbatch_b") is None
     listed = await store.list_batches("ws", 10, None, None)
     assert listed is not None
@@ -469,3 +469,14 @@ async def test_a_new_sqlite_database_and_its_wal_are_private(tmp_path: Path) -> 
     finally:
         await store.close()
     assert modes == {"p.db": 0o600, "p.db-wal": 0o600, "p.db-shm": 0o600}
+
+
+async def test_a_shared_budget_grants_what_it_holds_and_refills_at_its_rate(
+    store: Store,
+) -> None:
+    draw = store.draw_budget
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0) == 15.0  # full on first use
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0) == 5.0
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0) == 0.0
+    assert await draw("b/requests", 10.0, 20.0, 15.0, T0 + 1) == 10.0  # a second's refill
+    assert await draw("b/tokens", 10.0, 20.0, 1.0, T0) == 1.0  # another budget, its own

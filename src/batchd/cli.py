@@ -430,6 +430,16 @@ _interval_option = click.option("--interval", type=float, default=1.0, hidden=Tr
     show_default=True,
     help="Split into batches of at most this many requests",
 )
+@click.option(
+    "--priority",
+    type=click.Choice(["low", "normal", "high"]),
+    help="batchd's own: served before lower priorities (header batchd-priority)",
+)
+@click.option(
+    "--completion-window",
+    metavar="WINDOW",
+    help="batchd's own: the deadline, 1h to 7d (e.g. 1h, 12h, 3d); default 24h",
+)
 @_interval_option
 @_client_command
 def submit(
@@ -442,6 +452,8 @@ def submit(
     out: Path | None,
     only: tuple[str, ...],
     max_batch_requests: int,
+    priority: str | None,
+    completion_window: str | None,
     interval: float,
 ) -> None:
     """Submit a JSONL file of requests as batches.
@@ -461,6 +473,14 @@ def submit(
         max_batch_requests=max_batch_requests,
         wait=wait,
         waiting=commands.Waiting(out, only, interval),
+        headers={
+            name: value
+            for name, value in (
+                ("batchd-priority", priority),
+                ("batchd-completion-window", completion_window),
+            )
+            if value is not None
+        },
     )
 
 

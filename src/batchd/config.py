@@ -41,12 +41,20 @@ class BackendConfig(BaseModel):
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=list)
     upstream_model: str | None = None  # openai: the model name sent upstream, if different
+    # openai: send each call's priority as vLLM's `priority` field (lower first: interactive
+    # 0, flex 1, batches 2-4 by their priority); for vLLM run with --scheduling-policy priority.
+    send_priority: bool = False
     max_concurrency: int = Field(default=64, ge=1, le=100_000)
-    # Adaptive concurrency: start at initial_concurrency (default max_concurrency), halve on
-    # 429/529/timeouts, grow by one per window of successes, within [min, max].
+    # Adaptive concurrency (backends/pacing.py): start at initial_concurrency (default
+    # max_concurrency; anthropic and openai kinds without one start low and double per round
+    # trip), lower on 429/529/timeouts and rising latency, grow per window of successes,
+    # within [min, max].
     min_concurrency: int = Field(default=1, ge=1)
     initial_concurrency: int | None = Field(default=None, ge=1)
     adaptive_concurrency: bool = True
+    # While batch work waits, interactive and flex calls take at most this share of the
+    # limit ahead of it (they still go first for that share); the rest keeps batches moving.
+    interactive_share: float = Field(default=0.75, gt=0, le=1)
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     # The longest one upstream call may take (anthropic, openai), else a retryable
@@ -202,6 +210,8 @@ class Settings(BaseSettings):
     # one key may have in progress at once.
     max_unfinished_batches_per_workspace: int | None = Field(default=None, ge=1)
     max_queued_requests_per_workspace: int | None = Field(default=None, ge=1)
+    # ... and the input tokens of those requests (estimated on create: 4 characters a token)
+    max_queued_input_tokens_per_workspace: int | None = Field(default=None, ge=1)
     max_concurrent_calls_per_key: int | None = Field(default=None, ge=1)
 
     # PostgreSQL: give up connecting, and waiting for one statement's answer, after this

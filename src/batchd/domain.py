@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
-from enum import Enum, StrEnum
+from enum import Enum, IntEnum, StrEnum
 from typing import Any, overload
 
 import msgspec
@@ -59,6 +59,14 @@ class FileRole(StrEnum):
     ERROR = "error"  # a batch's failed (and unfinished) lines, rendered from its requests
 
 
+class Priority(IntEnum):
+    """A batch's priority (batchd's own, ``batchd-priority`` on create): higher goes first."""
+
+    LOW = -1
+    NORMAL = 0
+    HIGH = 1
+
+
 class ProcessingStatus(StrEnum):
     IN_PROGRESS = "in_progress"
     CANCELING = "canceling"
@@ -98,6 +106,7 @@ class Batch:
     expires_at: float
     ended_at: float | None
     cancel_initiated_at: float | None
+    priority: int = 0  # batchd's own: Priority
     retry_of: str | None = None  # the batch this one retries (POST .../retry), if any
     reused: int = 0  # answers reused instead of calling the upstream (reuse_answers)
     dialect: BatchDialect = BatchDialect.ANTHROPIC  # the face the batch was created on
@@ -117,11 +126,32 @@ class Batch:
             expires_at=row["expires_at"],
             ended_at=row["ended_at"],
             cancel_initiated_at=row["cancel_initiated_at"],
+            priority=row["priority"],
             retry_of=row["retry_of"],
             reused=row["reused"],
             dialect=BatchDialect(row["dialect"]),
             dialect_fields=row["dialect_fields"],
         )
+
+    def projected_end(self, now: float) -> float | None:
+        """When the batch ends at the rate it has finished requests so far; None before it
+        has finished one (or once it has ended)."""
+        counts = self.counts
+        done = counts.total - counts.processing
+        if self.processing_status is ProcessingStatus.ENDED or done == 0 or now <= self.created_at:
+            return None
+        rate = done / (now - self.created_at)
+        return now + counts.processing / rate
+
+    def at_risk(self, now: float) -> bool:
+        """Will it miss its deadline at the current rate? Before any request has finished,
+        once half of its window has passed."""
+        if self.processing_status is ProcessingStatus.ENDED:
+            return False
+        projected = self.projected_end(now)
+        if projected is None:
+            return now - self.created_at > (self.expires_at - self.created_at) / 2
+        return projected > self.expires_at
 
     def archived_at(self, retention: float, now: float) -> float | None:
         """Results are kept ``retention`` seconds after creation, then archived."""

@@ -25,6 +25,19 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.limit_source = Gauge(
+            "batchd_backend_limit_source",
+            "1 for the signal that set a backend's current concurrency limit (slow_start, "
+            "growth, congestion, latency, configured), 0 for the others",
+            ["backend", "source"],
+            registry=r,
+        )
+        self.budget_remaining = Gauge(
+            "batchd_backend_budget_remaining",
+            "What an upstream's rate-limit headers last said is left of its budget",
+            ["backend", "budget"],
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             "batchd_upstream_latency_seconds",
             "Time of one upstream call, failed or not",

@@ -30,6 +30,7 @@ from batchd.api import create_app
 from batchd.api.bodies import BodyBudget
 from batchd.api.deps import Services
 from batchd.api.serving import serving_options
+from batchd.backends.fleet import shared_buckets
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import BackendRunner, build_runners
@@ -93,7 +94,10 @@ async def open_runtime(settings: Settings, clock: Clock = time.time) -> AsyncIte
         policy = RetryPolicy(
             settings.max_retries, settings.retry_base_seconds, settings.retry_max_seconds
         )
-        runners = build_runners(backends, configs, policy, metrics)
+        buckets = None
+        if store.driver.dialect == "postgresql":  # several workers: one budget for them all
+            buckets = shared_buckets(store.draw_budget)
+        runners = build_runners(backends, configs, policy, metrics, buckets)
         yield Runtime(settings, store, configs, runners, metrics, clock)
 
 
@@ -140,6 +144,7 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         # the workspace's quotas
         settings.max_unfinished_batches_per_workspace,
         settings.max_queued_requests_per_workspace,
+        settings.max_queued_input_tokens_per_workspace,
     )
     on_created = _on_created(runtime.metrics, engine)
     return Services(

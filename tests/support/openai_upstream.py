@@ -8,6 +8,8 @@ the last user message:
 * otherwise it echoes the key, cut before the first ``stop`` string it contains (finishing
   ``stop`` with vLLM's ``stop_reason`` naming the string) or to ``max_tokens`` words
   (finishing ``length``);
+* with a ``budget`` (tests/support/budget.py, OpenAI's ``x-ratelimit-*`` headers) every
+  answer publishes it, and a call over it is a 429 with ``retry-after``;
 * a key listed in ``errors`` is answered with that HTTP status and an OpenAI error body;
 * a *fault rule* (``faults``, as in ``tests.support.upstream``) may answer a call with an
   HTTP status in an OpenAI error body (``Fault.status``, its headers) or not at all until
@@ -39,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.support.budget import RequestBudget
 from tests.support.server import serve_app
 from tests.support.upstream import FaultRule, until_disconnected
 
@@ -151,8 +154,10 @@ class FakeOpenAI:
         tokenize: bool = True,
         prefix: str = "",
         faults: FaultRule | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.api_key = api_key
+        self.budget = budget
         self.errors = dict(errors or {})
         self.faults = faults
         self._attempts: Counter[str] = Counter()
@@ -216,7 +221,13 @@ class FakeOpenAI:
         if key in self.errors:
             status, message = self.errors[key]
             return JSONResponse(error_body(status, message), status_code=status)
-        return JSONResponse(completion_for(body, key))
+        headers: dict[str, str] = {}
+        if self.budget is not None:
+            admitted, headers = self.budget.take()
+            if not admitted:
+                refusal = error_body(429, "Rate limit reached for requests")
+                return JSONResponse(refusal, status_code=429, headers=headers)
+        return JSONResponse(completion_for(body, key), headers=headers)
 
     async def _embeddings(self, request: Request) -> JSONResponse:
         body, refused = await self._record(request)

@@ -23,6 +23,13 @@ With ``capacity=C`` it admits at most C calls at once and answers 429 above that
 real server at its limit does; ``levels_at_admission`` tells how many it held as calls came.
 ``hold()`` keeps the calls it admits waiting until ``release(n)`` lets n of them answer, so
 that a test can step a backend through its work without racing the clock.
+
+Modes that stand for real upstreams' limits: ``capacity_retry_after=S`` adds
+``retry-after: S`` to the capacity 429s (LiteLLM does, for a concurrency limit);
+``budget=RequestBudget(...)`` (tests/support/budget.py) keeps a requests-per-minute budget
+and publishes it in every answer's headers; ``knee=K`` never refuses but answers more
+slowly once more than K calls are in progress (``latency * active / K``), as a model
+server that queues does.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.support.budget import RequestBudget
 from tests.support.server import serve_app
 
 
@@ -226,11 +234,18 @@ class FakeUpstream:
         faults: FaultRule | None = None,
         api_key: str | None = None,
         capacity: int | None = None,
+        capacity_retry_after: float | None = None,
+        budget: RequestBudget | None = None,
+        knee: int | None = None,
     ) -> None:
         self.latency = latency
         self.faults = faults
         self.api_key = api_key
         self.capacity = capacity
+        self.capacity_retry_after = capacity_retry_after
+        self.budget = budget
+        self.knee = knee
+        self.admitted = 0  # calls answered with a Message
         self.rejected = 0  # calls refused with 429 for being over capacity
         self.active = 0
         self.peak = 0  # the most calls it ever held at once
@@ -299,6 +314,15 @@ class FakeUpstream:
         with self._lock:
             return list(self._keys_sent)
 
+    def busy(self) -> tuple[float, float]:
+        """Call-seconds served (the calls in progress integrated over time) and the seconds
+        from the first admitted call to the last answer."""
+        with self._lock:
+            changes = list(self._changes)
+        served = sum((b[0] - a[0]) * a[1] for a, b in pairwise(changes))
+        started = next((t for t, level in changes if level > 0), changes[-1][0])
+        return served, changes[-1][0] - started
+
     def levels_at_admission(self) -> list[int]:
         """The calls in progress just after each admitted call arrived (itself included)."""
         with self._lock:
@@ -315,8 +339,38 @@ class FakeUpstream:
             self._changes.append((time.monotonic(), self.active))
             return True
 
+    def _fault_for(self, key: str, attempt: int) -> tuple[Fault | None, dict[str, str]]:
+        """The fault rule's verdict, else the budget's; and the budget's headers."""
+        fault = self.faults(key, attempt) if self.faults else None
+        if fault is not None or self.budget is None:
+            return fault, {}
+        admitted, headers = self.budget.take()
+        if admitted:
+            return None, headers
+        return Fault("status", 429, "rate_limit_error", "over budget", headers), headers
+
+    def _over_capacity(self) -> Fault:
+        fault = rate_limited(message="over capacity")
+        if self.capacity_retry_after is None:
+            return fault
+        return Fault(
+            "status",
+            429,
+            "rate_limit_error",
+            fault.message,
+            {"retry-after": f"{self.capacity_retry_after:g}"},
+        )
+
+    def _latency_now(self) -> float:
+        """The latency of a call admitted now: longer past the knee, as calls queue."""
+        if self.knee is None:
+            return self.latency
+        with self._lock:
+            return self.latency * max(1.0, self.active / self.knee)
+
     def _leave(self) -> None:
         with self._lock:
+            self.admitted += 1
             self.active -= 1
             self._changes.append((time.monotonic(), self.active))
 
@@ -341,16 +395,16 @@ class FakeUpstream:
             self._arrivals.append(key)
         if self.api_key is not None and sent_key != self.api_key:
             return _error(unauthorized())
-        fault = self.faults(key, attempt) if self.faults else None
+        fault, headers = self._fault_for(key, attempt)
         if fault is None and not self._enter():
-            return _error(rate_limited(message="over capacity"))
+            return _error(self._over_capacity())
         if fault is None:
             try:
                 await self._pass_gate()
-                await asyncio.sleep(self.latency)
+                await asyncio.sleep(self._latency_now())
             finally:
                 self._leave()
-            return JSONResponse(message_for(params, key))
+            return JSONResponse(message_for(params, key), headers=headers)
         if fault.kind == "hang":
             await until_disconnected(request)
             with self._lock:
@@ -396,9 +450,13 @@ def serve_upstream(
     faults: FaultRule | None = None,
     api_key: str | None = None,
     capacity: int | None = None,
+    **modes: Any,
 ) -> Iterator[FakeUpstream]:
-    """A FakeUpstream served on a loopback port until the block exits; ``.url`` is set."""
-    upstream = FakeUpstream(latency=latency, faults=faults, api_key=api_key, capacity=capacity)
+    """A FakeUpstream served on a loopback port until the block exits; ``.url`` is set.
+    ``modes``: ``capacity_retry_after``, ``budget``, ``knee`` (see the module's docstring)."""
+    upstream = FakeUpstream(
+        latency=latency, faults=faults, api_key=api_key, capacity=capacity, **modes
+    )
     with serve_app(upstream.app) as running:
         upstream.url = running.url
         yield upstream

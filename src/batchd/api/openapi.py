@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 
 from batchd.schemas.batches import (
     BatchDetails,
+    BatchSchedule,
     CreateBatchRequest,
     DeletedMessageBatch,
     MessageBatch,
@@ -91,6 +92,7 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("post", f"{_BATCH}/cancel"): (MessageBatch, (400, 404, 415, 503)),
     ("delete", _BATCH): (DeletedMessageBatch, (400, 404, 503)),
     ("get", f"{_BATCH}/results"): (_JSONL, (400, 404, 503)),
+    ("get", f"{_BATCH}/schedule"): (BatchSchedule, (404, 503)),
     # batchd's own (README "Beyond the hosted API")
     ("post", f"{_BATCH}/retry"): (MessageBatch, (400, 404, 408, 413, 415, 429, 503)),
     ("get", f"{_BATCH}/details"): (BatchDetails, (404, 503)),

@@ -7,9 +7,15 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Protocol, runtime_checkable
 
 from batchd.validation import Params
+
+# The priority of the upstream call in progress, lower first (vLLM's convention): 0 for an
+# interactive call, 1 for flex, 2-4 for batch work of high, normal and low priority. Set by
+# backends/runner.py; an upstream that schedules by priority is sent it (send_priority).
+CALL_PRIORITY: ContextVar[int] = ContextVar("call_priority", default=3)
 
 
 class Backend(Protocol):

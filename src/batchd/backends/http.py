@@ -24,11 +24,12 @@ results and logs, so the key is cut out of every non-2xx body here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -37,6 +38,12 @@ import httptools
 
 from batchd.config import BackendConfig
 from batchd.errors import UpstreamError
+
+# Who wants to see the headers of the answers of the current call (the pacer reads the
+# upstream's rate-limit headers): set by backends/runner.py around each upstream call.
+ANSWER_HEADERS: contextvars.ContextVar[Callable[[Mapping[str, str]], None] | None] = (
+    contextvars.ContextVar("answer_headers", default=None)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +382,8 @@ class UpstreamHttp:
                 f"upstream connection failed: {exc.__class__.__name__}: {exc}",
                 upstream_status=502,
             ) from None
+        if (observe := ANSWER_HEADERS.get()) is not None:
+            observe(answer.headers)
         return _redacted(answer, self._secrets) if answer.status >= 300 else answer
 
     async def _exchange(

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from batchd.backends.base import CALL_PRIORITY, OPENAI_CHAT
 from batchd.backends.estimate import estimate_input_tokens
 from batchd.backends.http import UpstreamHttp
 from batchd.backends.openai_translate import (
@@ -58,6 +59,7 @@ class OpenAIBackend:
         self.max_concurrency = config.max_concurrency
         self.max_retries = config.max_retries
         self._model = config.upstream_model
+        self._send_priority = config.send_priority
         self._api_base = api_base(config.base_url)
         self._chat_url = f"{self._api_base}/chat/completions"
         self._tokenize_url = f"{server_root(config.base_url)}/tokenize"
@@ -86,6 +88,8 @@ class OpenAIBackend:
         if b"application/pdf" in raw:  # read in a child process, under limits
             request = await self._pdfs.inline_pdfs(request)
         body = chat_request(request, model=self._model or params.model)
+        if self._send_priority:  # vLLM --scheduling-policy priority: lower goes first
+            body["priority"] = CALL_PRIORITY.get()
         data = msgspec.json.encode(body)
         answer = await self._http.post(self._chat_url, data, max_tokens=params.max_tokens)
         if answer.status >= 300:
@@ -97,8 +101,13 @@ class OpenAIBackend:
     async def call_openai(self, endpoint: str, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
         if endpoint not in NATIVE_ENDPOINTS:
             raise InvalidRequest(f"{endpoint} is not forwarded to OpenAI-compatible backends")
+        sent = dict(body)
         if self._model:
-            raw = msgspec.json.encode({**body, "model": self._model})
+            sent["model"] = self._model
+        if self._send_priority and endpoint == OPENAI_CHAT:  # lower goes first (vLLM)
+            sent["priority"] = CALL_PRIORITY.get()
+        if sent != body:
+            raw = msgspec.json.encode(sent)
         url = self._api_base + endpoint.removeprefix("/v1")
         answer = await self._http.post(url, raw)
         if answer.status >= 300:

@@ -1,14 +1,36 @@
 """Admission control for one backend: how many calls may be in flight, and how fast.
 
-``Pacer`` holds an adaptive concurrency limit (additive increase, multiplicative decrease):
-each success grows the limit by one per window of successes, each 429/529/timeout halves it
-(at most once per round trip), always within ``[min_concurrency, max_concurrency]``. So a
-batch settles at what the upstream really admits, without being told.
+``Pacer`` holds an adaptive concurrency limit within ``[min_concurrency, max_concurrency]``,
+moved by what the upstream shows (``limit_source`` says which signal moved it last):
+
+* **slow start** (remote upstreams without an ``initial_concurrency``): the limit starts at
+  ``SLOW_START_FROM`` and grows by one per success (doubling per round trip) until the first
+  sign of congestion;
+* **congestion** (429, 529, timeouts): the limit falls to the concurrency the upstream
+  admitted (the calls in flight when the refused call started, itself excluded), but by at
+  most half per round trip; where no such figure is known it halves (AIMD's decrease);
+* **growth**: one more per window of successes (a window is ``limit`` successes), and above
+  the concurrency an upstream last refused only one per ``PROBE_WINDOWS`` windows, so that a
+  probe past a known capacity costs one refused call now and then, not a steady stream;
+* **latency** (upstreams that queue instead of refusing, as vLLM does): per window, the mean
+  latency against the lowest seen (a Vegas / gradient rule): above ``LATENCY_HOLD`` times it
+  the limit stops growing, above ``LATENCY_CUT`` it is cut to where the latency would be
+  ``LATENCY_TARGET`` times it.
+
+Budgets: token buckets for the configured ``requests_per_minute`` / ``tokens_per_minute``,
+and one per budget the upstream publishes in its answers' headers (``ratelimits.py``), kept
+in step with the remaining figure of each answer.
 
 A call holds a ``Slot`` while it talks to the upstream. Slots freed go first to waiting
-interactive calls, then to batch requests waiting to retry, and only then to new batch work
-(the engine asks ``free_for_batch`` before it claims). Optional token buckets keep requests
-and tokens per minute under a budget.
+synchronous calls, interactive then flex (``Lane``), while they hold less than
+``interactive_share`` of the limit or no batch work waits; then to batch requests waiting to
+retry, and only then to new batch work (the engine asks ``free_for_batch`` before it claims).
+
+A request refused for congestion waits its delay (the upstream's ``retry-after``, else the
+backoff), but no longer than until a call of the same backend that started after the refusal
+succeeds: then the upstream admits calls again (a ``retry-after`` on a concurrency limit, as
+LiteLLM sends, is no clock), and the request retries through the retry queue, under the
+lowered limit. So one refused call never idles a backend whose other calls get through.
 """
 
 from __future__ import annotations
@@ -18,15 +40,43 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 
+from batchd.backends.ratelimits import BudgetName, read_limits
 from batchd.config import BackendConfig
 from batchd.metrics import Metrics
 
 CONGESTION = frozenset({"rate_limit_error", "overloaded_error", "timeout_error"})
+REMOTE_KINDS = frozenset({"anthropic", "openai"})
 _MIN_COOLDOWN = 0.05  # seconds between two decreases, before any latency is known
 _BUCKET_SECONDS = 10.0  # a budget bucket holds this many seconds' worth of its rate
+_PUBLISHED_WINDOW = 60.0  # seconds: Anthropic's and OpenAI's published budgets are per minute
+SLOW_START_FROM = 8
+PROBE_WINDOWS = 16
+LATENCY_HOLD = 1.15
+LATENCY_CUT = 1.4
+LATENCY_TARGET = 1.2
+_BASELINE_DRIFT = 1.002  # per window: the lowest latency is slowly forgotten
+
+
+class Lane(StrEnum):
+    """Who a call is for, in the order free slots are handed out."""
+
+    INTERACTIVE = "interactive"  # POST /v1/messages: a caller waits
+    FLEX = "flex"  # a synchronous call that may wait for capacity (batchd-service-tier: flex)
+    BATCH = "batch"
+
+
+class LimitSource(StrEnum):
+    """The signal that set a backend's current concurrency limit."""
+
+    CONFIGURED = "configured"  # fixed (adaptive_concurrency = false) or where it started
+    SLOW_START = "slow_start"
+    GROWTH = "growth"
+    CONGESTION = "congestion"  # a 429, 529 or timeout
+    LATENCY = "latency"
 
 
 class TokenBucket:
@@ -79,6 +129,14 @@ class TokenBucket:
             self._notify()
         return charge
 
+    def sync(self, level: float) -> None:
+        """Set the level to what the upstream says is left (its published budget)."""
+        self._refill()
+        rose = level > self._level
+        self._level = max(-self.capacity, min(self.capacity, level))
+        if rose:
+            self._notify()
+
     def adjust(self, amount: float) -> None:
         """Charge ``amount`` more (or refund, when negative) once the true cost is known;
         a waiter looks at the new level at once."""
@@ -93,17 +151,27 @@ class Slot:
     """The right to have one call in flight; release is idempotent."""
 
     pacer: Pacer
+    lane: Lane = Lane.BATCH
     held: bool = True
 
     def release(self) -> None:
         if self.held:
             self.held = False
-            self.pacer._released()
+            self.pacer._released(self.lane)
 
-    async def reacquire(self, *, interactive: bool) -> None:
+    async def reacquire(self) -> None:
         if not self.held:
-            await self.pacer._wait_for_slot(interactive=interactive)
+            await self.pacer._wait_for_slot(self.lane)
             self.held = True
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One upstream call as it started: the pacer reads its level and order afterwards."""
+
+    seq: int  # calls this pacer started before it, plus one
+    level: int  # calls in flight as it started, itself included
+    started: float
 
 
 @dataclass
@@ -115,6 +183,9 @@ class BackendStatus:
     waiting: int
     retries: int = 0
     last_error: dict[str, object] | None = None
+    limit_source: str = LimitSource.CONFIGURED.value
+    # Budgets the upstream publishes: limit, what batchd counts as left, per minute.
+    budgets: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Pacer:
@@ -124,33 +195,65 @@ class Pacer:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        buckets: Callable[[str, float, float], TokenBucket] | None = None,
     ) -> None:
+        """``buckets(name, rate, capacity)`` makes the configured budgets' buckets (shared
+        by a fleet: backends/fleet.py); by default each is this process's own."""
         self.name = config.name
+        self._make_bucket = buckets
         self.adaptive = config.adaptive_concurrency
         self.min_limit = config.min_concurrency
         self.max_limit = config.max_concurrency
-        self._limit = float(config.initial_concurrency or config.max_concurrency)
+        self.interactive_share = config.interactive_share
+        self._slow_start = (
+            self.adaptive and config.initial_concurrency is None and config.kind in REMOTE_KINDS
+        )
+        start = config.initial_concurrency or config.max_concurrency
+        if self._slow_start:
+            start = max(self.min_limit, min(self.max_limit, SLOW_START_FROM))
+        self._limit = float(start)
+        self.source = LimitSource.SLOW_START if self._slow_start else LimitSource.CONFIGURED
+        self._shown_source: LimitSource | None = None
         self.in_flight = 0
-        self._interactive: deque[asyncio.Future[None]] = deque()
-        self._retrying: deque[asyncio.Future[None]] = deque()
+        self._sync_in_flight = 0  # slots held by interactive and flex calls
+        self._queues: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
         self._listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._last_decrease = -math.inf
+        self._episode_limit = self._limit  # the limit before the current congestion episode
+        self._ceiling = 0  # the most calls the upstream was last found to admit
         self._latency: float | None = None  # smoothed latency of successful calls
         self._successes = 0  # since the limit last moved
+        self._window: list[tuple[float, int]] = []  # (latency, level) of its successes
+        self._window_size = max(1, self.limit)  # successes that close the current window
+        self._baseline: float | None = None  # the lowest window mean latency, slowly forgotten
+        self._baseline_level = 0.0  # the mean calls in flight in that window
+        self._calls = 0
+        self._open: set[int] = set()  # calls started and not yet answered
+        self._retry_waiters: list[tuple[float, asyncio.Future[None]]] = []
+        self._backlog = False
         self.retries = 0
         self.last_error: dict[str, object] | None = None
         self._in_flight_gauge = metrics.in_flight.labels(self.name)
         self._limit_gauge = metrics.concurrency_limit.labels(self.name)
-        self.requests = self._bucket(config.requests_per_minute)
-        self.tokens = self._bucket(config.tokens_per_minute)
+        self._source_gauges = {
+            s: metrics.limit_source.labels(self.name, s.value) for s in LimitSource
+        }
+        self._metrics = metrics
+        self.requests = self._bucket("requests", config.requests_per_minute)
+        self.tokens = self._bucket("tokens", config.tokens_per_minute)
+        self.published: dict[BudgetName, TokenBucket] = {}
+        self._synced: dict[BudgetName, int] = {}  # the newest call whose answer set each budget
         self._publish()
 
-    def _bucket(self, per_minute: float | None) -> TokenBucket | None:
+    def _bucket(self, budget: str, per_minute: float | None) -> TokenBucket | None:
         if per_minute is None:
             return None
         rate = per_minute / 60
-        return TokenBucket(rate, max(1.0, rate * _BUCKET_SECONDS), self._clock)
+        capacity = max(1.0, rate * _BUCKET_SECONDS)
+        if self._make_bucket is not None:
+            return self._make_bucket(f"{self.name}/{budget}", rate, capacity)
+        return TokenBucket(rate, capacity, self._clock)
 
     # -- slots -----------------------------------------------------------------------------
 
@@ -160,14 +263,42 @@ class Pacer:
 
     @property
     def waiting(self) -> int:
-        return len(self._interactive) + len(self._retrying)
+        return sum(len(q) for q in self._queues.values())
+
+    @property
+    def batch_backlog(self) -> bool:
+        """True while the engine has batch work for this backend that waits for slots."""
+        return self._backlog
+
+    @batch_backlog.setter
+    def batch_backlog(self, value: bool) -> None:
+        if value != self._backlog:
+            self._backlog = value
+            if not value:
+                self._grant()  # synchronous calls held back for the batch may go now
 
     def on_free(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever batch work may be admitted again."""
         self._listeners.append(listener)
 
+    def _sync_room(self) -> int:
+        """How many more synchronous calls may take slots ahead of batch work."""
+        if not self._backlog:
+            return self.limit
+        share = max(1, int(self.interactive_share * self.limit))
+        return max(0, share - self._sync_in_flight)
+
+    def _ahead(self, lane: Lane) -> int:
+        """Waiters that a free slot would go to before a call of ``lane``."""
+        sync = len(self._queues[Lane.INTERACTIVE])
+        if lane is not Lane.INTERACTIVE:
+            sync += len(self._queues[Lane.FLEX])
+        if lane is not Lane.BATCH:
+            return sync
+        return min(sync, self._sync_room()) + len(self._queues[Lane.BATCH])
+
     def free_for_batch(self) -> int:
-        return max(0, self.limit - self.in_flight - self.waiting)
+        return max(0, self.limit - self.in_flight - self._ahead(Lane.BATCH))
 
     def take(self) -> Slot:
         """A slot for new batch work, counted at once (the engine checked free_for_batch)."""
@@ -175,73 +306,228 @@ class Pacer:
         self._publish()
         return Slot(self)
 
-    async def acquire(self, *, interactive: bool) -> Slot:
-        await self._wait_for_slot(interactive=interactive)
-        return Slot(self)
+    async def acquire(self, *, interactive: bool = False, lane: Lane | None = None) -> Slot:
+        """A slot for a call of ``lane`` (default: interactive, or a batch retry)."""
+        lane = lane or (Lane.INTERACTIVE if interactive else Lane.BATCH)
+        await self._wait_for_slot(lane)
+        return Slot(self, lane)
 
-    async def _wait_for_slot(self, *, interactive: bool) -> None:
-        if self.in_flight < self.limit and not self.waiting:
-            self.in_flight += 1
+    async def _wait_for_slot(self, lane: Lane) -> None:
+        sync = lane is not Lane.BATCH
+        if (
+            self.in_flight < self.limit
+            and not self._ahead(lane)
+            and (not sync or self._sync_room() > 0)
+        ):
+            self._count_in(lane)
             self._publish()
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._interactive if interactive else self._retrying
+        queue = self._queues[lane]
         queue.append(granted)
         try:
             await granted
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():
-                self._released()  # granted just as we were cancelled: give it back
+                self._released(lane)  # granted just as we were cancelled: give it back
             else:
                 queue.remove(granted)
             raise
 
-    def _released(self) -> None:
+    def _count_in(self, lane: Lane) -> None:
+        self.in_flight += 1
+        if lane is not Lane.BATCH:
+            self._sync_in_flight += 1
+
+    def _released(self, lane: Lane = Lane.BATCH) -> None:
         self.in_flight -= 1
+        if lane is not Lane.BATCH:
+            self._sync_in_flight -= 1
         self._grant()
 
     def _grant(self) -> None:
-        """Hand free slots to waiters, interactive first; then tell the batch side."""
-        for queue in (self._interactive, self._retrying):
+        """Hand free slots to waiters, synchronous calls first (within their share while
+        batch work waits), then batch retries; then tell the batch side."""
+        for lane in Lane:
+            queue = self._queues[lane]
             while queue and self.in_flight < self.limit:
+                if lane is not Lane.BATCH and self._sync_room() <= 0:
+                    break
                 waiter = queue.popleft()
                 if not waiter.done():
-                    self.in_flight += 1
+                    self._count_in(lane)
                     waiter.set_result(None)
         self._publish()
         if self.free_for_batch() > 0:
             for listener in self._listeners:
                 listener()
 
+    # -- budgets -----------------------------------------------------------------------------
+
+    def call_started(self) -> Call:
+        """Note the start of an upstream call (its slot held, its budgets taken)."""
+        self._calls += 1
+        self._open.add(self._calls)
+        return Call(self._calls, self.in_flight, self._clock())
+
+    def call_ended(self, call: Call) -> None:
+        self._open.discard(call.seq)
+
+    async def admit(self, tokens: float) -> list[tuple[TokenBucket, float]]:
+        """Wait for every request and token budget; the token charges, to settle later."""
+        for bucket in (self.requests, self.published.get("requests")):
+            if bucket is not None:
+                await bucket.take(1)
+        charged = []
+        for bucket in (self.tokens, self.published.get("tokens")):
+            if bucket is not None:
+                charged.append((bucket, await bucket.take(tokens)))
+        return charged
+
+    def observe_headers(self, headers: Mapping[str, str], call: Call) -> None:
+        """Keep the published budgets in step with what an answer says is left."""
+        for name, budget in read_limits(headers, time.time()).items():
+            bucket = self.published.get(name)
+            if bucket is None or bucket.capacity != budget.limit:
+                rate = budget.limit / _PUBLISHED_WINDOW
+                bucket = TokenBucket(rate, budget.limit, self._clock)
+                self.published[name] = bucket
+            if call.seq <= self._synced.get(name, 0):
+                continue  # an answer older than the one the bucket was set from
+            self._synced[name] = call.seq
+            if name == "requests":
+                # Calls started since, and those started before still unanswered (this one
+                # may have overtaken them), may not be counted upstream yet: count them spent.
+                older = sum(1 for seq in self._open if seq < call.seq)
+                bucket.sync(budget.remaining - (self._calls - call.seq) - older)
+            else:
+                bucket.sync(min(bucket.level, budget.remaining))
+            self._metrics.budget_remaining.labels(self.name, name).set(budget.remaining)
+
     # -- adapting ----------------------------------------------------------------------------
 
-    def succeeded(self, latency: float) -> None:
+    def succeeded(self, latency: float, call: Call | None = None) -> None:
         self._latency = latency if self._latency is None else 0.8 * self._latency + 0.2 * latency
-        if not self.adaptive or self._limit >= self.max_limit:
+        if call is not None:
+            self._wake_retries(call.started)
+        if not self.adaptive:
             return
-        self._successes += 1
-        if self._successes >= self.limit:  # a whole window went through: one more
-            self._successes = 0
+        self._window.append((latency, call.level if call is not None else self.in_flight))
+        if self._slow_start and self._limit < self.max_limit:
             self._limit += 1
             self._grant()
+        if len(self._window) < self._window_size:
+            return
+        window, self._window = self._window, []
+        self._window_size = max(1, self.limit)
+        mean = sum(latency for latency, _ in window) / len(window)
+        level = sum(level for _, level in window) / len(window)
+        if self._latency_moved(mean, level) or self._slow_start:
+            return
+        self._successes += 1
+        needed = PROBE_WINDOWS if self._limit >= self._ceiling > 0 else 1
+        if self._successes >= needed and self._limit < self.max_limit:
+            self._successes = 0
+            self._limit += 1
+            self.source = LimitSource.GROWTH
+            self._grant()
 
-    def failed(self, error_type: str, message: str) -> None:
+    def _latency_moved(self, mean: float, level: float) -> bool:
+        """Hold or cut the limit where a window's mean latency rose over the baseline; the
+        cut aims at the concurrency (the window's mean level) times the latency it had."""
+        if self._baseline is None or mean < self._baseline:
+            self._baseline, self._baseline_level = mean, level
+            return False
+        ratio = mean / self._baseline
+        self._baseline *= _BASELINE_DRIFT
+        if ratio <= LATENCY_HOLD or level <= self._baseline_level:
+            return False  # no queueing, or not of our making (no more calls than then)
+        self._slow_start = False
+        if ratio > LATENCY_CUT:
+            target = max(1.0, level) * LATENCY_TARGET / ratio
+            self._limit = max(float(self.min_limit), min(self._limit, target))
+            self.source = LimitSource.LATENCY
+            self._successes = 0
+            self._publish()
+        return True
+
+    def failed(self, error_type: str, message: str, call: Call | None = None) -> None:
         self.last_error = {"type": error_type, "message": message, "at": time.time()}
         if not (self.adaptive and error_type in CONGESTION):
             return
         now = self._clock()
         cooldown = max(self._latency or 0.0, _MIN_COOLDOWN)
-        if now - self._last_decrease >= cooldown:
+        if now - self._last_decrease >= cooldown:  # a new episode: at most half of this limit
             self._last_decrease = now
-            self._limit = max(float(self.min_limit), self._limit / 2)
+            self._episode_limit = self._limit
+        floor = max(float(self.min_limit), self._episode_limit / 2)
+        # The calls in flight as the refused one started, itself excluded, were admitted;
+        # unless that is no more than was admitted before (then the cause is not concurrency).
+        admitted = call.level - 1 if call is not None and call.level > self._ceiling else 0
+        lowered = min(self._limit, max(floor, float(admitted)))
+        if lowered < self._limit or self._slow_start:
+            self._limit = lowered
+            self._ceiling = self.limit
+            self._slow_start = False
             self._successes = 0
+            self._window = []
+            self._window_size = max(1, self.limit)
+            self.source = LimitSource.CONGESTION
             self._publish()
 
+    # -- retry waits -------------------------------------------------------------------------
+
+    async def wait_to_retry(self, delay: float, error_type: str) -> None:
+        """Sleep ``delay``; after congestion, only until a call started later succeeds."""
+        if error_type not in CONGESTION:
+            await asyncio.sleep(delay)
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self._clock(), woken)
+        self._retry_waiters.append(entry)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken, delay)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._retry_waiters.remove(entry)
+
+    def _wake_retries(self, started: float) -> None:
+        """A call that started at ``started`` got through: those refused before may retry."""
+        if not self._retry_waiters:
+            return
+        still = []
+        for refused_at, woken in self._retry_waiters:
+            if refused_at < started:
+                if not woken.done():
+                    woken.set_result(None)
+            else:
+                still.append((refused_at, woken))
+        self._retry_waiters = still
+
     def status(self) -> BackendStatus:
+        budgets: dict[str, dict[str, float]] = {
+            name: {
+                "limit": bucket.capacity,
+                "remaining": max(0.0, bucket.level),
+                "per_minute": bucket.rate * _PUBLISHED_WINDOW,
+            }
+            for name, bucket in self.published.items()
+        }
         return BackendStatus(
-            self.limit, self.in_flight, self.waiting, self.retries, self.last_error
+            self.limit,
+            self.in_flight,
+            self.waiting,
+            self.retries,
+            self.last_error,
+            self.source.value,
+            budgets,
         )
 
     def _publish(self) -> None:
         self._in_flight_gauge.set(self.in_flight)
         self._limit_gauge.set(self.limit)
+        if self._shown_source is not self.source:
+            self._shown_source = self.source
+            for source, gauge in self._source_gauges.items():
+                gauge.set(1 if source is self.source else 0)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -20,7 +20,7 @@ import click
 from rich.markup import escape
 
 from batchd.client import openai_batches, results, views
-from batchd.client.errors import Interrupted
+from batchd.client.errors import ApiError, Interrupted
 from batchd.client.http import Batch, BatchdClient
 from batchd.client.inputs import Defaults, chunks, is_openai_file, read_requests
 from batchd.client.progress import describe, tally, wait_for
@@ -75,6 +75,7 @@ def submit(
     max_batch_requests: int,
     wait: bool,
     waiting: Waiting,
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     err = views.console(stderr=True)
     if is_openai_file(path):
@@ -85,7 +86,9 @@ def submit(
         for line in views.generated_ids(requests.generated):
             err.print(line, markup=False, highlight=False)
     created = server.call(
-        lambda client: create_batches(client, requests, max_requests=max_batch_requests)
+        lambda client: create_batches(
+            client, requests, max_requests=max_batch_requests, headers=headers
+        )
     )
     batch_ids = [batch["id"] for batch in created]
     try:
@@ -228,18 +231,27 @@ def list_batches(server: Server, limit: int, *, as_json: bool) -> None:
 
 
 def show(server: Server, batch_id: str, *, as_json: bool) -> None:
-    """A batch with batchd's own details, then its usage and cost."""
+    """A batch with batchd's own details and schedule, then its usage and cost."""
 
-    async def all_of(client: BatchdClient) -> tuple[Batch, dict[str, Any], dict[str, object]]:
+    async def all_of(
+        client: BatchdClient,
+    ) -> tuple[Batch, dict[str, Any], dict[str, object], Batch | None]:
         batch = await client.retrieve(batch_id)
-        return batch, await client.details(batch_id), await client.usage(batch_id)
+        details, usage = await client.details(batch_id), await client.usage(batch_id)
+        try:
+            return batch, details, usage, await client.schedule(batch_id)
+        except ApiError:  # a server without batchd's schedule route
+            return batch, details, usage, None
 
-    batch, details, usage = server.call(all_of)
+    batch, details, usage, schedule = server.call(all_of)
     if as_json:
-        _print_json(batch | {"batchd": details, "usage": usage})
+        own = {"batchd": details, "usage": usage}
+        _print_json(
+            batch | own if schedule is None else batch | own | {"batchd_schedule": schedule}
+        )
         return
     out = views.console()
-    out.print(views.batch_table(batch, details))
+    out.print(views.batch_table(batch, details, schedule))
     out.print(views.usage_table(usage))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
@@ -97,13 +97,17 @@ class BatchdClient:
     # -- the Batches API -----------------------------------------------------------------
 
     async def create(
-        self, encoded_requests: Sequence[bytes], idempotency_key: str | None = None
+        self,
+        encoded_requests: Sequence[bytes],
+        idempotency_key: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> Batch:
-        """Create a batch. With ``idempotency_key``, a create whose connection dropped after
-        it was sent is sent again with the same key (for up to CREATE_RETRY_SECONDS, while
-        the server restarts): the server answers the batch the first one made, if it did."""
+        """Create a batch; ``extra_headers``: batchd's own (batchd-priority, ...). With
+        ``idempotency_key``, a create whose connection dropped after it was sent is sent again
+        with the same key (for up to CREATE_RETRY_SECONDS, while the server restarts): the
+        server answers the batch the first one made, if it did."""
         body = b'{"requests":[' + b",".join(encoded_requests) + b"]}"
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", **(extra_headers or {})}
         if idempotency_key is None:
             batch: Batch = await self._call("POST", BATCHES, data=body, headers=headers)
             return batch
@@ -123,6 +127,11 @@ class BatchdClient:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def schedule(self, batch_id: str) -> Batch:
+        """batchd's own: a batch's priority, deadline and whether it will miss it."""
+        schedule: Batch = await self._call("GET", f"{BATCHES}/{batch_id}/schedule")
+        return schedule
 
     async def retrieve(self, batch_id: str) -> Batch:
         batch: Batch = await self._call("GET", f"{BATCHES}/{batch_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from batchd.client.errors import ClientError
 from batchd.client.http import Batch, BatchdClient
@@ -18,15 +19,18 @@ async def submit(
     *,
     max_requests: int = MAX_REQUESTS,
     max_bytes: int = MAX_BYTES,
+    headers: Mapping[str, str] | None = None,
 ) -> list[Batch]:
-    """Create the batches in input order; a failure names the batches already created.
-    Each create has its own Idempotency-Key, so that one sent again after a dropped
-    connection never makes two batches."""
+    """Create the batches in input order (each with ``headers``: batchd's own priority and
+    completion window); a failure names the batches already created. Each create has its
+    own Idempotency-Key, so that one sent again after a dropped connection never makes two
+    batches."""
     created: list[Batch] = []
     run = uuid.uuid4().hex
     for index, chunk in enumerate(chunks(requests, max_requests, max_bytes)):
         try:
-            created.append(await client.create(chunk, f"batchd-submit-{run}-{index}"))
+            key = f"batchd-submit-{run}-{index}"
+            created.append(await client.create(chunk, key, headers))
         except ClientError as exc:
             if not created:
                 raise

@@ -70,7 +70,11 @@ def batches_table(batches: Sequence[Batch]) -> Table:
     return table
 
 
-def batch_table(batch: Batch, details: dict[str, Any] | None = None) -> Table:
+def batch_table(
+    batch: Batch, details: dict[str, Any] | None = None, schedule: Batch | None = None
+) -> Table:
+    """A batch's facts; with batchd's ``details`` (retries, reused answers) and
+    ``schedule`` (priority and deadline), those too."""
     table = Table(show_header=False, box=None)
     table.add_row(cell("id"), cell(batch["id"]))
     table.add_row(cell("status"), _status(batch))
@@ -85,6 +89,12 @@ def batch_table(batch: Batch, details: dict[str, Any] | None = None) -> Table:
         table.add_row(cell("reused answers"), cell(f"{details['reused_answers']:,}"))
         table.add_row(cell("retry of"), cell(details["retry_of"] or "-"))
         table.add_row(cell("retried by"), cell(" ".join(details["retried_by"]) or "-"))
+    if schedule is not None:
+        table.add_row(cell("priority"), cell(schedule["priority"]))
+        table.add_row(cell("window"), cell(schedule["completion_window"]))
+        table.add_row(cell("projected end"), cell(_when(schedule.get("projected_end_at"))))
+        if schedule["at_risk"]:
+            table.add_row(cell("deadline"), cell("AT RISK: will miss it at the rate so far", "red"))
     return table
 
 

@@ -1,14 +1,16 @@
 """The worker loop: claim -> run -> record, with a heartbeat and a sweeper beside it.
 
-One dispatcher per backend keeps up to ``max_concurrency`` requests in flight, claiming
-from the unfinished batches in turn (round-robin), so that a small batch submitted
-after a huge one is served at once. Several engines (``batchd worker`` processes) may share one
-database: ``SKIP LOCKED`` gives them disjoint rows of the same batch, so N engines serve
-every batch side by side. Results go through one writer that commits them in
-groups, fenced by (owner, attempt): a worker that lost its lease cannot overwrite a
-result. The heartbeat renews this worker's leases; the sweeper returns lost leases to
-the queue, expires batches past their deadline and ends finished batches; the purger
-deletes the requests of batches whose results passed the retention time.
+One dispatcher per backend keeps up to its pacer's limit of requests in flight, claiming
+from the unfinished batches in the order ``engine/order.py`` plans: priority first (with a
+guaranteed share for lower levels), round-robin over workspaces and then their batches,
+earliest deadline first, so that a small batch submitted after a huge one is served at
+once. Several engines (``batchd worker`` processes) may share one database: ``SKIP LOCKED``
+gives them disjoint rows of the same batch, so N engines serve every batch side by side.
+Results go through one writer that commits them in groups, fenced by (owner, attempt): a
+worker that lost its lease cannot overwrite a result. The heartbeat renews this worker's
+leases; the sweeper returns lost leases to the queue, expires batches past their deadline
+and ends finished batches; the purger deletes the requests of batches whose results passed
+the retention time.
 
 While the store is unavailable every loop keeps going: claims, heartbeats and sweeps are
 tried again with a doubling delay (``StoreBackoff``), and finished results wait in memory
@@ -33,6 +35,7 @@ from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
 from batchd.engine.answers import answer_key, reusable, reused_message
+from batchd.engine.order import ClaimPlanner
 from batchd.engine.webhooks import WebhookSender
 from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable, UpstreamError
 from batchd.ids import new_worker_id
@@ -112,7 +115,8 @@ class _Lane:
         self.finished: dict[RequestState, Counter] = {}  # metric children, by final state
         self.has_work = True  # False once a claim round found nothing
         self.exhausted: set[int] = set()  # batches with nothing queued for this backend
-        self.last_seq = 0
+        self.planner = ClaimPlanner()
+        self.priorities: dict[int, int] = {}  # of the batches claimed from, by seq
         self.tasks: set[asyncio.Task[None]] = set()
 
 
@@ -148,6 +152,7 @@ class Engine:
         for lane in self._lanes:
             lane.exhausted.clear()
             lane.has_work = True
+            lane.pacer.batch_backlog = True
             lane.changed.set()
 
     def stop(self) -> None:
@@ -226,6 +231,7 @@ class Engine:
                     continue
                 backoff.succeeded()
                 lane.has_work = claimed > 0
+                lane.pacer.batch_backlog = lane.has_work
             if claimed and lane.pacer.free_for_batch() > 0:
                 continue  # there may be more to claim at once
             try:
@@ -236,34 +242,41 @@ class Engine:
                 lane.has_work = True
 
     async def _claim_round(self, lane: _Lane, free: int) -> int:
-        """Claim up to ``free`` requests, a fair share from each batch in turn."""
+        """Claim up to ``free`` requests, in the order the lane's planner gives; where batches
+        turn out to have nothing queued, plan their slots again among the others."""
         now = self._clock()
-        seqs = [s for s in await self._store.claimable_batches(now) if s not in lane.exhausted]
-        if not seqs:
-            return 0
-        # Start after the batch served last, so that every batch gets its turn.
-        start = next((i for i, s in enumerate(seqs) if s > lane.last_seq), 0)
-        order = seqs[start:] + seqs[:start]
-        share = max(1, min(self._settings.claim_chunk, math.ceil(free / len(order))))
-        claim = await self._store.claim(
-            lane.runner.name,
-            order,
-            self.owner,
-            free,
-            now + self._settings.lease_seconds,
-            share=share,
-        )
-        lane.exhausted.update(claim.exhausted)
-        answers = {}
-        if lane.runner.reuse_answers != "off" and claim.requests:
-            answers = await self._stored_answers(lane.runner, claim.requests)
-        for request in claim.requests:
-            self._start(lane, request, answers.get(request.id))
-        if claim.requests and self._clock() - now > self._settings.lease_seconds / 2:
+        claimable = await self._store.claimable_batches(now)
+        if lane.runner.reuse_answers != "off":  # the workspaces of the answer keys
+            self._workspaces = {b.seq: b.workspace for b in claimable}
+        claimed = 0
+        while claimed < free:
+            batches = [b for b in claimable if b.seq not in lane.exhausted]
+            plan = lane.planner.plan(batches, free - claimed, self._settings.claim_chunk)
+            if not plan:
+                break
+            claim = await self._store.claim(
+                lane.runner.name,
+                list(plan),
+                self.owner,
+                free - claimed,
+                now + self._settings.lease_seconds,
+                share=plan,
+            )
+            lane.exhausted.update(claim.exhausted)
+            lane.priorities.update((b.seq, b.priority) for b in batches)
+            answers = {}
+            if lane.runner.reuse_answers != "off" and claim.requests:
+                answers = await self._stored_answers(lane.runner, claim.requests)
+            for request in claim.requests:
+                self._start(lane, request, answers.get(request.id))
+            claimed += len(claim.requests)
+            if not claim.exhausted:
+                break
+        if claimed and self._clock() - now > self._settings.lease_seconds / 2:
             self._leases_renewed = False  # the claim waited long: its leases are short
-        if claim.requests:
-            lane.last_seq = claim.requests[-1].batch_seq
-        return len(claim.requests)
+        if len(lane.priorities) > 10_000:  # forget batches no longer claimable
+            lane.priorities = {b.seq: b.priority for b in claimable}
+        return claimed
 
     def _start(self, lane: _Lane, request: ClaimedRequest, answer: Answer | None = None) -> None:
         self._held.add(request.id)
@@ -277,7 +290,7 @@ class Engine:
         self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
     ) -> None:
         try:
-            outcome = await self._execute(lane.runner, request, slot, answer)
+            outcome = await self._execute(lane, request, slot, answer)
         finally:
             slot.release()
         finished = lane.finished.get(outcome.state)
@@ -288,11 +301,12 @@ class Engine:
         self._outcomes.put_nowait(outcome)
 
     async def _execute(
-        self, runner: BackendRunner, request: ClaimedRequest, slot: Slot, answer: Answer | None
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
     ) -> Outcome:
         """Run one request; ``answer``: its answer key and stored answer, where its backend
         may reuse one. Its result line is in its batch's dialect (``request.endpoint`` set:
         an OpenAI request, its line in OpenAI's output or error format)."""
+        runner = lane.runner
         lines = _OPENAI_LINES if request.endpoint is not None else _MESSAGES_LINES
         custom_id = request.custom_id
         if request.attempt > self._settings.max_attempts:
@@ -336,7 +350,8 @@ class Engine:
                     answer_key=key,
                     reused=True,
                 )
-            message = await self._call(runner, request, params, slot)
+            priority = lane.priorities.get(request.batch_seq, 0)
+            message = await self._call(runner, request, params, slot, priority)
         except (InvalidRequest, UpstreamError) as exc:
             return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, exc), model=model)
         except Exception:  # one broken request must not take the engine down
@@ -352,10 +367,15 @@ class Engine:
         )
 
     async def _call(
-        self, runner: BackendRunner, request: ClaimedRequest, params: Params, slot: Slot
+        self,
+        runner: BackendRunner,
+        request: ClaimedRequest,
+        params: Params,
+        slot: Slot,
+        priority: int,
     ) -> dict[str, Any]:
         with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
-            return await runner.run(params, request.params, slot, interactive=False)
+            return await runner.run(params, request.params, slot, priority=priority)
 
     @staticmethod
     async def _call_openai(

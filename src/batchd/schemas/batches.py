@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from batchd.domain import Batch, ProcessingStatus, rfc3339
+from batchd.domain import Batch, Priority, ProcessingStatus, rfc3339
+from batchd.schedule import window_name
 from batchd.schemas import Count, Time
 
 CUSTOM_ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
@@ -76,6 +77,18 @@ class MessageBatch(
     results_url: str | None
 
 
+class BatchSchedule(msgspec.Struct, forbid_unknown_fields=True):
+    """batchd's own: a batch's priority and deadline, and whether it will make it
+    (GET /v1/messages/batches/{id}/schedule)."""
+
+    id: BatchId
+    priority: str  # low | normal | high
+    completion_window: str  # 1h .. 7d
+    expires_at: Time
+    projected_end_at: Time | None  # at the rate so far; null before a request has finished
+    at_risk: bool  # will miss expires_at at the rate so far (or nothing done by half-time)
+
+
 class MessageBatchList(msgspec.Struct, forbid_unknown_fields=True):
     data: list[MessageBatch]
     has_more: bool
@@ -122,4 +135,15 @@ def page_to_wire(data: list[MessageBatch], has_more: bool) -> MessageBatchList:
         has_more=has_more,
         first_id=data[0].id if data else None,
         last_id=data[-1].id if data else None,
+    )
+
+
+def schedule_to_wire(batch: Batch, now: float) -> BatchSchedule:
+    return BatchSchedule(
+        id=batch.id,
+        priority=Priority(batch.priority).name.lower(),
+        completion_window=window_name(batch.expires_at - batch.created_at),
+        expires_at=rfc3339(batch.expires_at),
+        projected_end_at=rfc3339(batch.projected_end(now)),
+        at_risk=batch.at_risk(now),
     )

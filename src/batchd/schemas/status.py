@@ -16,6 +16,10 @@ class BackendState(msgspec.Struct, forbid_unknown_fields=True, tag_field="type",
     waiting: int
     retries: int
     last_error: dict[str, Any] | None
+    # batchd's pacing signals: what set ``limit`` last (slow_start, growth, congestion,
+    # latency, configured), and the budgets the upstream publishes in its headers.
+    limit_source: str = "configured"
+    budgets: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
 
 
 class BackendStateList(msgspec.Struct, forbid_unknown_fields=True):

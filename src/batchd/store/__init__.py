@@ -1,6 +1,7 @@
 """Storage: one Store over a dialect's driver. SQL lives here and nowhere else."""
 
 from batchd.store.store import (
+    Claimable,
     DatabaseStats,
     IdempotencyKey,
     IdempotencyMismatch,
@@ -16,6 +17,7 @@ from batchd.store.store import (
 )
 
 __all__ = [
+    "Claimable",
     "DatabaseStats",
     "IdempotencyKey",
     "IdempotencyMismatch",

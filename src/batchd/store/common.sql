@@ -3,10 +3,10 @@
 -- in sqlite.sql and postgres.sql instead, with the same name and meaning in both.
 
 -- name: insert_batch
-INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at, retry_of,
-                     dialect, dialect_fields)
-VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at, :retry_of, :dialect,
-        :dialect_fields)
+INSERT INTO batches (id, workspace, processing_status, total, created_at, expires_at, priority,
+                     input_tokens, retry_of, dialect, dialect_fields)
+VALUES (:id, :workspace, 'in_progress', :total, :created_at, :expires_at, :priority,
+        :input_tokens, :retry_of, :dialect, :dialect_fields)
 RETURNING seq;
 
 -- name: get_batch
@@ -131,10 +131,15 @@ SELECT id, custom_id, state, result FROM requests
 WHERE batch_seq = :seq AND state = 'errored' ORDER BY id LIMIT :limit;
 
 -- name: claimable_batches
--- (the != 'ended' term lets SQLite use the partial index batches_unfinished)
-SELECT seq FROM batches
+-- (the != 'ended' term lets SQLite use the partial index batches_unfinished; the engine
+-- orders them: engine/order.py)
+SELECT seq, workspace, priority, expires_at FROM batches
 WHERE processing_status != 'ended' AND processing_status = 'in_progress' AND expires_at > :now
 ORDER BY seq;
+
+-- name: unfinished_batches
+-- Every workspace's batches not yet ended, for the figures of /metrics (deadlines at risk).
+SELECT * FROM batches WHERE processing_status != 'ended' ORDER BY seq;
 
 -- name: expiring_batches
 SELECT seq FROM batches
@@ -187,10 +192,19 @@ SELECT coalesce(max(version), 0) FROM schema_migrations;
 INSERT INTO schema_migrations (version, applied_at) VALUES (:version, :now);
 
 -- name: workspace_backlog
--- A workspace's unfinished batches and their requests not yet final.
-SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT)
+-- A workspace's unfinished batches, their requests not yet final, and those requests' share
+-- of the input tokens estimated on create.
+SELECT count(*), CAST(coalesce(sum(total - succeeded - errored - canceled - expired), 0) AS BIGINT),
+       CAST(coalesce(sum(input_tokens * (total - succeeded - errored - canceled - expired)
+                         / CASE WHEN total > 0 THEN total ELSE 1 END), 0) AS BIGINT)
 FROM batches WHERE workspace = :workspace AND processing_status != 'ended';
 
+-- name: ensure_budget
+INSERT INTO fleet_budgets (name, level, stamp) VALUES (:name, :level, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: set_budget
+UPDATE fleet_budgets SET level = :level, stamp = :now WHERE name = :name;
 -- name: insert_endpoint
 INSERT INTO webhook_endpoints (id, workspace, url, secret, events, created_at)
 VALUES (:id, :workspace, :url, :secret, :events, :created_at);

@@ -62,6 +62,8 @@ SELECT pg_advisory_xact_lock(hashtext('batchd.quota.' || :workspace));
 CREATE TABLE IF NOT EXISTS schema_migrations
     (version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL);
 
+-- name: lock_budget
+SELECT level, stamp FROM fleet_budgets WHERE name = :name FOR UPDATE;
 -- name: claim_deliveries
 -- Each due delivery to one sender: rows another worker is claiming are skipped. The lease is
 -- the new next_attempt_at: a row whose sender died is due again after it.

@@ -45,6 +45,9 @@ SELECT 1;
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);
 
+-- name: lock_budget
+-- (the store's one writer already holds the database's write lock)
+SELECT level, stamp FROM fleet_budgets WHERE name = :name;
 -- name: claim_deliveries
 -- (the lease is the new next_attempt_at: a row whose sender died is due again after it)
 UPDATE webhook_deliveries

@@ -116,6 +116,16 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimable:
+    """A batch whose queued requests may be claimed: what the engine orders claims by."""
+
+    seq: int
+    workspace: str
+    priority: int
+    deadline: float  # expires_at
+
+
+@dataclass(frozen=True, slots=True)
 class Recorded:
     applied: int  # results written; the others were fenced off (their lease was lost)
     ended: int  # batches these results completed
@@ -158,6 +168,7 @@ class RequestFigures:
 
     by_state: dict[RequestState, int]
     queued_by_backend: dict[str, int]
+    at_risk: int = 0  # unfinished batches that will miss their deadline at the rate so far
     # (workspace, backend, tokens) summed as results were recorded, over all time
     tokens_by_workspace: list[tuple[str, str, TokenUsage]] = field(default_factory=list)
 
@@ -272,18 +283,23 @@ class Store:
         created_at: float,
         expires_at: float,
         requests: Sequence[NewRequest],
-        check_backlog: Callable[[int, int], None] | None = None,
+        check_backlog: Callable[[int, int, int], None] | None = None,
         *,
+        priority: int = 0,
+        input_tokens: int = 0,
         retry_of: str | None = None,
         idempotency: IdempotencyKey | None = None,
         dialect: BatchDialect = BatchDialect.ANTHROPIC,
         dialect_fields: bytes | None = None,
         files: Sequence[NewFile] = (),
     ) -> Batch:
-        """Store a new batch, its requests and (the OpenAI face) its output and error files;
-        with ``idempotency``, the batch its key made within the window instead, if any
+        """Store a batch, its requests and (the OpenAI face) its output and error files;
+        ``check_backlog(unfinished batches, requests not final, their input tokens)`` sees
+        the workspace's backlog first and may refuse. With ``idempotency``, the batch its
+        key made within the window instead, if any
         (IdempotencyMismatch when that create's body was another)."""
         batch = {"id": batch_id, "workspace": workspace, "total": len(requests)}
+        batch |= {"priority": priority, "input_tokens": input_tokens}
         times = {"created_at": created_at, "expires_at": expires_at}
         face = {"dialect": dialect.value, "dialect_fields": dialect_fields}
         async with self.driver.transaction() as tx:
@@ -475,10 +491,18 @@ class Store:
         [totals] = await self.driver.fetch("final_totals")
         by_state = {RequestState.QUEUED: sum(queued.values()), RequestState.RUNNING: running[0]}
         by_state |= {s: int(totals[s.value]) for s in FINAL_STATES}
-        return RequestFigures(by_state, queued, await self.tokens_by_workspace())
+        return RequestFigures(
+            by_state, queued, tokens_by_workspace=await self.tokens_by_workspace()
+        )
 
-    async def claimable_batches(self, now: float) -> list[int]:
-        return [r[0] for r in await self.driver.fetch("claimable_batches", {"now": now})]
+    async def claimable_batches(self, now: float) -> list[Claimable]:
+        """The batches whose queued requests may be claimed now, oldest first."""
+        rows = await self.driver.fetch("claimable_batches", {"now": now}, True)
+        return [Claimable(*row) for row in rows]
+
+    async def unfinished_batches(self) -> list[Batch]:
+        """Every workspace's batches not yet ended (for the figures of /metrics)."""
+        return [Batch.from_row(r) for r in await self.driver.fetch("unfinished_batches")]
 
     async def claim(
         self,
@@ -488,17 +512,21 @@ class Store:
         limit: int,
         lease_until: float,
         *,
-        share: int | None = None,
+        share: int | Mapping[int, int] | None = None,
     ) -> Claim:
         """In one transaction, lease up to ``limit`` queued requests for ``backend``,
-        at most ``share`` from each batch, taking the batches in the order given."""
+        at most ``share`` from each batch (or ``share[seq]`` from batch ``seq``), taking the
+        batches in the order given."""
         claimed: list[ClaimedRequest] = []
         exhausted: list[int] = []
         async with self.driver.transaction(durable=False) as tx:
             for seq in batch_seqs:
-                want = min(share or limit, limit - len(claimed))
+                mine = share.get(seq, 0) if isinstance(share, Mapping) else share or limit
+                want = min(mine, limit - len(claimed))
                 if want <= 0:
-                    break
+                    if len(claimed) >= limit:
+                        break
+                    continue
                 # From the watermark on; when that finds too few, look again from the start.
                 params = {"backend": backend, "seq": seq, "owner": owner, "until": lease_until}
                 mark = self._marks.get((backend, seq), _START)
@@ -658,6 +686,22 @@ class Store:
         """(workspace, backend, tokens) over all time, for /metrics."""
         rows = await self.driver.fetch("tokens_by_workspace")
         return [(r["workspace"], r["backend"], _tokens(r)) for r in rows]
+
+    async def draw_budget(
+        self, name: str, rate: float, capacity: float, want: float, now: float
+    ) -> float:
+        """Take up to ``want`` from the shared token bucket ``name`` (``rate`` a second, at
+        most ``capacity``, full when first used); what was granted, 0 when it is empty."""
+        async with self.driver.transaction(durable=False) as tx:
+            await tx.execute("ensure_budget", {"name": name, "level": capacity, "now": now})
+            [[level, stamp]] = await tx.fetch("lock_budget", {"name": name})
+            # A draw that read the clock before another one's, and waited for the row
+            # meanwhile, refills nothing: the refill since ``stamp`` is counted once.
+            level = min(capacity, level + max(0.0, now - stamp) * rate)
+            granted = max(0.0, min(want, level))
+            since = max(stamp, now)
+            await tx.execute("set_budget", {"name": name, "level": level - granted, "now": since})
+            return float(granted)
 
     # -- files of the OpenAI face -------------------------------------------------------------
 

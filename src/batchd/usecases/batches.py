@@ -13,18 +13,21 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from batchd.backends.estimate import tokens_of_length
 from batchd.backends.router import Router
 from batchd.domain import (
     Batch,
     BatchDialect,
     CancelOutcome,
     DeleteOutcome,
+    Priority,
     ProcessingStatus,
     RequestState,
 )
 from batchd.errors import ErrorType, InvalidRequest, NotFound, RateLimited
 from batchd.ids import new_batch_id
 from batchd.prefix import prefix_key
+from batchd.schedule import Schedule
 from batchd.schemas.results import canceled_line, errored_line, expired_line
 from batchd.store import IdempotencyKey, NewRequest, Store
 from batchd.store.store import ResultRecord
@@ -47,13 +50,17 @@ class BatchLimits:
     # final, counting the batch being created.
     max_unfinished_batches: int | None = None
     max_queued_requests: int | None = None
+    max_queued_input_tokens: int | None = None  # estimated on create (estimate.py)
 
-    def backlog_check(self, new_requests: int) -> Callable[[int, int], None] | None:
+    def backlog_check(
+        self, new_requests: int, new_tokens: int = 0
+    ) -> Callable[[int, int, int], None] | None:
         """What the store checks a workspace's backlog with before it stores a new batch."""
-        if self.max_unfinished_batches is None and self.max_queued_requests is None:
+        quotas = (self.max_unfinished_batches, self.max_queued_requests)
+        if quotas == (None, None) and self.max_queued_input_tokens is None:
             return None
 
-        def check(unfinished: int, queued: int) -> None:
+        def check(unfinished: int, queued: int, tokens: int) -> None:
             batches = self.max_unfinished_batches
             if batches is not None and unfinished + 1 > batches:
                 raise RateLimited(
@@ -67,6 +74,13 @@ class BatchLimits:
                     f"this workspace has {queued} requests waiting and this batch adds "
                     f"{new_requests}: at most {requests} at once "
                     "(max_queued_requests_per_workspace); retry once some have finished"
+                )
+            most = self.max_queued_input_tokens
+            if most is not None and tokens + new_tokens > most:
+                raise RateLimited(
+                    f"this workspace has about {tokens} input tokens waiting and this batch "
+                    f"adds about {new_tokens}: at most {most} at once "
+                    "(max_queued_input_tokens_per_workspace); retry once some have finished"
                 )
 
         return check
@@ -92,31 +106,43 @@ class BatchService:
         self._on_created = on_created
 
     async def create(
-        self, workspace: str, body: bytes | bytearray, idempotency_key: str | None = None
+        self,
+        workspace: str,
+        body: bytes | bytearray,
+        schedule: Schedule | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
-        """A new batch; with ``idempotency_key``, the batch the same key and body made within
-        IDEMPOTENCY_WINDOW if there is one (400 if that key came with another body)."""
+        """A new batch; ``schedule`` is batchd's own priority and completion window. With
+        ``idempotency_key``, the batch the same key and body made within IDEMPOTENCY_WINDOW
+        if there is one (400 if that key came with another body or schedule)."""
+        schedule = schedule or Schedule()
         idempotency = None
         if idempotency_key is not None:
             _check_idempotency_key(idempotency_key)
             idempotency = IdempotencyKey(
                 idempotency_key,
-                hashlib.sha256(body).digest(),
+                _create_digest(body, schedule),
                 self._clock() - IDEMPOTENCY_WINDOW,
             )
         items = parse_create_body(body, max_requests=self._limits.max_requests)
-        return await self._store_new(workspace, self._prepare(items), idempotency=idempotency)
+        rows = self._prepare(items)
+        return await self._store_new(workspace, rows, schedule, idempotency=idempotency)
 
-    async def _store_new(self, workspace: str, rows: list[NewRequest], **options: Any) -> Batch:
+    async def _store_new(
+        self, workspace: str, rows: list[NewRequest], schedule: Schedule, **options: Any
+    ) -> Batch:
         now = self._clock()
-        queued = sum(row.state is RequestState.QUEUED for row in rows)
+        queued = [row for row in rows if row.state is RequestState.QUEUED]
+        tokens = sum(tokens_of_length(len(row.params)) for row in queued)
         batch = await self._store.create_batch(
             new_batch_id(),
             workspace,
             now,
-            now + self._limits.ttl_seconds,
+            now + (schedule.window or self._limits.ttl_seconds),
             rows,
-            self._limits.backlog_check(queued),
+            self._limits.backlog_check(len(queued), tokens),
+            priority=int(schedule.priority),
+            input_tokens=tokens,
             **options,
         )
         self._on_created()
@@ -143,7 +169,9 @@ class BatchService:
                 f"message batch {batch_id!r} has no request whose result is {named}: "
                 "nothing to retry"
             )
-        return await self._store_new(workspace, self._prepare(items), retry_of=batch.id)
+        # The retry keeps the original's priority and completion window (batchd's own).
+        schedule = Schedule(Priority(batch.priority), batch.expires_at - batch.created_at)
+        return await self._store_new(workspace, self._prepare(items), schedule, retry_of=batch.id)
 
     def _prepare(self, items: list[BatchItem]) -> list[NewRequest]:
         """Check each request's params now; a bad one is stored already errored."""
@@ -248,6 +276,15 @@ def _check_idempotency_key(key: str) -> None:
         raise InvalidRequest(
             f"Idempotency-Key: give 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
         )
+
+
+def _create_digest(body: bytes | bytearray, schedule: Schedule) -> bytes:
+    """What an Idempotency-Key stands for: the body, and batchd's own schedule headers where
+    they ask for other than the defaults (so a key's digest without them is the body's)."""
+    digest = hashlib.sha256(body)
+    if schedule != Schedule():
+        digest.update(f"\n{int(schedule.priority)} {schedule.window}".encode())
+    return digest.digest()
 
 
 async def _jsonl(pages: AsyncIterator[list[ResultRecord]]) -> AsyncIterator[bytes]:

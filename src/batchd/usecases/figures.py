@@ -36,6 +36,11 @@ class FiguresCollector(Collector):
         for backend, count in sorted(queued.items()):
             depth.add_metric([backend], count)
         yield depth
+        yield GaugeMetricFamily(
+            "batchd_batches_at_risk",
+            "Unfinished batches that will miss their deadline at the rate they have run so far",
+            value=self._figures.at_risk,
+        )
         tokens = CounterMetricFamily(
             "batchd_workspace_tokens",
             "Tokens of recorded batch results by workspace, backend and kind",

@@ -7,7 +7,7 @@ it has ended); ``/metrics`` reads the figures the database holds at scrape time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -157,5 +157,11 @@ class Overview:
             raise NotFound(f"no result for custom_id {custom_id!r} in {batch_id!r} (yet)")
         return {"custom_id": record[1], "result": _result_of(record)}
 
-    async def figures(self) -> RequestFigures:
-        return await self._store.request_figures()
+    async def figures(self, now: float | None = None) -> RequestFigures:
+        """The database's figures; with ``now``, the batches at risk of missing their
+        deadline too."""
+        figures = await self._store.request_figures()
+        if now is None:
+            return figures
+        unfinished = await self._store.unfinished_batches()
+        return replace(figures, at_risk=sum(batch.at_risk(now) for batch in unfinished))

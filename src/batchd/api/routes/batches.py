@@ -18,12 +18,14 @@ from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 from batchd.domain import Batch
 from batchd.errors import InvalidRequest
+from batchd.schedule import PRIORITY_HEADER, WINDOW_HEADER, parse_schedule
 from batchd.schemas.batches import (
     BatchDetails,
     DeletedMessageBatch,
     MessageBatch,
     batch_to_wire,
     page_to_wire,
+    schedule_to_wire,
 )
 from batchd.validation import parse_retry_body
 
@@ -45,10 +47,12 @@ def _wire(request: Request, services: ServicesDep, batch: Batch) -> MessageBatch
 @router.post("")
 async def create_batch(request: Request, services: ServicesDep, caller: CallerDep) -> JSON:
     settings = services.settings
+    headers = request.headers
+    schedule = parse_schedule(headers.get(PRIORITY_HEADER), headers.get(WINDOW_HEADER))
     with services.bodies.upload(caller), services.bodies.holding(caller) as held:
         body = await read_body(request, settings, held, settings.max_body_bytes)
-        key = request.headers.get("idempotency-key")
-        batch = await services.batches.create(caller.workspace, body, key)
+        key = headers.get("idempotency-key")
+        batch = await services.batches.create(caller.workspace, body, schedule, key)
     if settings.fault_kill_after_create:  # tests only: the answer of a committed create lost
         os.kill(os.getpid(), signal.SIGKILL)
     return JSON(_wire(request, services, batch))
@@ -85,6 +89,13 @@ async def retrieve_batch(
 ) -> JSON:
     batch = await services.batches.get(workspace, batch_id)
     return JSON(_wire(request, services, batch))
+
+
+@router.get("/{batch_id}/schedule")
+async def batch_schedule(batch_id: str, services: ServicesDep, workspace: WorkspaceDep) -> JSON:
+    """batchd's own: the batch's priority and deadline, and whether it will miss it."""
+    batch = await services.batches.get(workspace, batch_id)
+    return JSON(schedule_to_wire(batch, services.clock()))
 
 
 @router.post("/{batch_id}/cancel")

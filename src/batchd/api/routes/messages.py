@@ -13,9 +13,26 @@ from batchd.api.bodies import tenant
 from batchd.api.deps import CallerDep, ServicesDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
+from batchd.backends.pacing import Lane
 from batchd.backends.pdf import owned_by
+from batchd.errors import InvalidRequest
 
 router = APIRouter(tags=["messages"])
+
+TIER_HEADER = "batchd-service-tier"  # batchd's own: "flex" waits for capacity
+_TIERS = {"flex": Lane.FLEX, "auto": Lane.INTERACTIVE, "standard": Lane.INTERACTIVE}
+
+
+def lane_of(request: Request) -> Lane:
+    """The lane the ``batchd-service-tier`` header asks for (default: interactive)."""
+    tier = request.headers.get(TIER_HEADER)
+    if tier is None:
+        return Lane.INTERACTIVE
+    if tier.strip().lower() not in _TIERS:
+        raise InvalidRequest(
+            f"{TIER_HEADER}: {tier!r} is not a tier; use one of {', '.join(_TIERS)}"
+        )
+    return _TIERS[tier.strip().lower()]
 
 
 @router.post("/v1/messages", response_model=None)
@@ -26,9 +43,10 @@ async def create_message(
 ) -> JSON | StreamingResponse:
     settings = services.settings
     bodies = services.bodies
+    lane = lane_of(request)
     with bodies.calling(caller), bodies.holding(caller) as held, owned_by(tenant(caller)):
         body = await read_body(request, settings, held, settings.max_message_body_bytes)
-        params, message = await services.messages.create(bytes(body))
+        params, message = await services.messages.create(bytes(body), lane)
     if params.stream:
         return StreamingResponse(sse_events(message), media_type="text/event-stream")
     return JSON(message)

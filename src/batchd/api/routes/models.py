@@ -47,6 +47,8 @@ async def backend_status(services: ServicesDep, _operator: OperatorDep) -> JSON:
                 status.waiting,
                 status.retries,
                 status.last_error,
+                status.limit_source,
+                status.budgets,
             )
         )
     return JSON(BackendStateList(states))

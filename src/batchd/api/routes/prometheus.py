@@ -20,7 +20,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/metrics", include_in_schema=False)
 async def scrape(services: ServicesDep, _operator: OperatorDep) -> Response:
-    figures = await services.overview.figures()
+    figures = await services.overview.figures(services.clock())
     backends = [config.name for config in backend_configs(services.settings)]
     body = exposition(services.metrics.registry, figures, backends)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -201,6 +201,26 @@ async function loadErrors(id, counts) {
   $("no-errors").hidden = errors.length > 0;
 }
 
+// batchd's own: priority, completion window and whether the deadline is at risk.
+async function scheduleRows(id, ended) {
+  let schedule;
+  try {
+    schedule = await (await api(`${API}/${encodeURIComponent(id)}/schedule`)).json();
+  } catch (error) {
+    if (error instanceof AuthError) throw error;
+    return []; // a server without the route: nothing to add
+  }
+  const rows = [
+    ["priority", schedule.priority],
+    ["window", schedule.completion_window],
+  ];
+  if (!ended) {
+    rows.push(["projected end", when(schedule.projected_end_at)]);
+    rows.push(["deadline", schedule.at_risk ? "AT RISK at the rate so far" : "on track"]);
+  }
+  return rows;
+}
+
 async function loadBatch(id) {
   const openai = isOpenAI(id);
   const batch = openai
@@ -231,6 +251,7 @@ async function loadBatch(id) {
       ["archived", when(batch.archived_at)],
       ["retry of", batchLink(details.retry_of)],
       ["retried by", batchLinks(details.retried_by)],
+      ...(await scheduleRows(batch.id, ended)),
     ]),
   );
   $("counts").replaceChildren(
