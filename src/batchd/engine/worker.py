@@ -582,11 +582,8 @@ def usage_of(message: dict[str, Any]) -> TokenUsage:
     usage = message.get("usage")
     if not isinstance(usage, dict):
         return TokenUsage()
-
-    def figure(name: str) -> int:
-        value = usage.get(name)
-        return value if isinstance(value, int) and value > 0 else 0
-
     return TokenUsage(
-        figure("input_tokens"), figure("output_tokens"), figure("cache_read_input_tokens")
+        _count(usage.get("input_tokens")),
+        _count(usage.get("output_tokens")),
+        _count(usage.get("cache_read_input_tokens")),
     )
