@@ -18,6 +18,7 @@ from typing import Any, Literal
 import anthropic
 import openai
 import pytest
+import standardwebhooks
 from openai.types import Batch, CreateEmbeddingResponse, FileDeleted, FileObject
 from openai.types.chat import ChatCompletion
 
@@ -26,6 +27,7 @@ from tests.support.clock import ManualClock
 from tests.support.invariants import pg_count_mismatches
 from tests.support.keys import make_keys
 from tests.support.postgres import PostgresServer
+from tests.support.receiver import serve_receiver
 from tests.support.server import RunningServer, make_settings, serve_batchd
 from tests.support.upstream import FakeUpstream
 
@@ -529,3 +531,51 @@ def test_a_chat_line_naming_a_forbidden_url_is_refused_in_the_error_file(
     assert line["custom_id"] == "ssrf"
     assert line["response"]["status_code"] == 400
     assert "169.254.169.254" in line["response"]["body"]["error"]["message"]
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+
+def test_batches_deliver_openai_webhook_events_with_the_batch_object(
+    start_server: StartServer,
+) -> None:
+    """An OpenAI-face batch sends OpenAI's event for how it ended, its batch object as
+    ``data``, signed per Standard Webhooks; a message batch still sends its own events."""
+    server = start_server(backends=[SLOW_BACKEND], webhook_allow_private_urls=True)
+    with (
+        serve_receiver() as receiver,
+        sdk(server) as client,
+        anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0) as claude,
+    ):
+        endpoint = claude.post("/v1/webhooks", body={"url": receiver.url}, cast_to=object)
+        assert isinstance(endpoint, dict)
+        assert {"batch.completed", "batch.cancelled", "batch.failed"} <= set(endpoint["events"])
+        completed = run_batch(client, [chat_line("a"), chat_line("b")])
+        failed = run_batch(client, b"\n")
+        file = upload(client, [chat_line(f"r{i}", model="slow-1") for i in range(20)])
+        running = client.batches.create(
+            input_file_id=file.id, endpoint=CHAT, completion_window="24h"
+        )
+        client.batches.cancel(running.id)
+        cancelled = wait_done(client, running.id)
+        message_batch = claude.messages.batches.create(requests=[mock_request("m")])
+        received = receiver.wait_for(4)
+    events = {p["data"]["id"]: p for p in (r.verify(endpoint["secret"]) for r in received)}
+    assert len(received) == len(events) == 4  # one event per batch, each once
+    assert (completed.status, failed.status, cancelled.status) == (
+        "completed",
+        "failed",
+        "cancelled",
+    )
+    for batch, event in [
+        (completed, "batch.completed"),
+        (failed, "batch.failed"),
+        (cancelled, "batch.cancelled"),
+    ]:
+        assert events[batch.id]["type"] == event
+        assert Batch.model_validate(events[batch.id]["data"]) == batch
+    assert events[message_batch.id]["type"] == "message_batch.ended"
+    assert events[message_batch.id]["data"]["type"] == "message_batch"
+    assert events[message_batch.id]["data"]["request_counts"]["succeeded"] == 1
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        received[0].verify("whsec_" + "A" * 32)

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import msgspec
+import openai
 import pytest
 import standardwebhooks
 
+from batchd.backends.base import OPENAI_CHAT
 from batchd.domain import (
+    BatchDialect,
     ClaimedRequest,
     DeliveryState,
     Outcome,
@@ -22,6 +26,7 @@ from batchd.domain import (
 )
 from batchd.engine.webhooks import WebhookSender, WebhookSettings
 from batchd.errors import InvalidRequest
+from batchd.schemas.openai import BatchFields
 from batchd.schemas.results import succeeded_line
 from batchd.store import NewRequest, Store, open_store
 from batchd.usecases.webhooks import WebhookService
@@ -32,6 +37,7 @@ from tests.support.process import run_batchd
 from tests.support.receiver import Receiver, serve_receiver
 
 T0 = 1_800_000_000.0
+OPENAI = BatchDialect.OPENAI
 HOUR = 3600.0
 
 
@@ -94,6 +100,27 @@ async def test_cancel_and_expiry_write_their_events(store: Store) -> None:
         "message_batch.ended",
         "message_batch.expired",
     ]
+
+
+async def test_an_openai_batch_sends_one_openai_event_when_it_ends(store: Store) -> None:
+    """No event when its cancel is accepted or its deadline passes: the end tells it."""
+    endpoint, _ = await _service(store).create("ws", "http://127.0.0.1:9/", [])
+    queued = [NewRequest("r", "b", b"{}", RequestState.QUEUED)]
+    fields = msgspec.json.encode(BatchFields(OPENAI_CHAT, "file-in", "24h", "f-out", "f-err"))
+    for batch_id, expires_at in [("batch_c", T0 + HOUR), ("batch_e", T0 + 10)]:
+        await store.create_batch(
+            batch_id, "ws", T0, expires_at, queued, dialect=OPENAI, dialect_fields=fields
+        )
+    await store.cancel_batch("ws", "batch_c", T0 + 1, OPENAI)
+    assert await store.webhooks.list_deliveries(endpoint.id, 10) == []
+    await store.sweep(T0 + 11)  # expires batch_e, ends both
+    claimed = await store.webhooks.claim("s1", 10, T0 + 12, T0 + 60)
+    events = {e["data"]["id"]: e for e in (json.loads(d.payload) for d in claimed)}
+    assert {i: e["type"] for i, e in events.items()} == {
+        "batch_c": "batch.cancelled",
+        "batch_e": "batch.expired",
+    }
+    assert openai.types.Batch.model_validate(events["batch_e"]["data"]).status == "expired"
 
 
 async def test_an_endpoint_gets_only_the_events_it_asked_for(store: Store) -> None:
@@ -244,6 +271,10 @@ def test_a_server_signs_and_delivers_each_workspace_its_own_events(
             "message_batch.ended",
             "message_batch.canceled",
             "message_batch.expired",
+            "batch.completed",
+            "batch.failed",
+            "batch.cancelled",
+            "batch.expired",
         ]
         listed = _get(a, "/v1/webhooks")
         assert [e["id"] for e in listed["data"]] == [created["id"]]

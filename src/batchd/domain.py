@@ -272,10 +272,21 @@ class WebhookEvent(StrEnum):
     BATCH_ENDED = "message_batch.ended"  # with the final request counts
     BATCH_CANCELED = "message_batch.canceled"  # a cancel was accepted
     BATCH_EXPIRED = "message_batch.expired"  # the batch passed its deadline unfinished
+    # an OpenAI-face batch ended, named by its final status (OpenAI's event names)
+    OPENAI_BATCH_COMPLETED = "batch.completed"
+    OPENAI_BATCH_FAILED = "batch.failed"  # its input file was refused at create
+    OPENAI_BATCH_CANCELLED = "batch.cancelled"
+    OPENAI_BATCH_EXPIRED = "batch.expired"
     TEST = "webhook.test"  # `batchd webhooks test`: to one endpoint only
 
 
 BATCH_EVENTS = (WebhookEvent.BATCH_ENDED, WebhookEvent.BATCH_CANCELED, WebhookEvent.BATCH_EXPIRED)
+OPENAI_BATCH_EVENTS = (
+    WebhookEvent.OPENAI_BATCH_COMPLETED,
+    WebhookEvent.OPENAI_BATCH_FAILED,
+    WebhookEvent.OPENAI_BATCH_CANCELLED,
+    WebhookEvent.OPENAI_BATCH_EXPIRED,
+)
 
 
 class DeliveryState(StrEnum):

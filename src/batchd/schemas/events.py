@@ -1,7 +1,6 @@
 """Webhook event payloads (batchd's own): what a receiver's ``POST`` body holds.
 
-Every event has the same envelope, whatever kind of batch it is about, so that the
-OpenAI-face batches can send theirs (``batch.completed``, ...) in it later::
+Every event has the same envelope, whatever kind of batch it is about::
 
     {"id": "msg_...", "type": "message_batch.ended", "timestamp": "2026-...Z",
      "data": {...the object the event is about...}}
@@ -9,7 +8,10 @@ OpenAI-face batches can send theirs (``batch.completed``, ...) in it later::
 ``id`` is the ``webhook-id`` header too: the same on every attempt, a receiver's
 idempotency key. For the message batch events ``data`` is the batch as the Batches API
 shows it (``type: "message_batch"``, its final ``request_counts`` for ``ended``), but for
-``results_url`` and ``archived_at``, which depend on where and when it is read.
+``results_url`` and ``archived_at``, which depend on where and when it is read. An
+OpenAI-face batch sends OpenAI's events instead (``batch.completed``, ``batch.failed``,
+``batch.cancelled``, ``batch.expired``) with its OpenAI batch object as ``data``
+(``batchd.schemas.openai_batch``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,15 @@ import msgspec
 from batchd.domain import Delivery, WebhookEndpoint, rfc3339
 from batchd.errors import InvalidRequest
 
-EventType = Literal["message_batch.ended", "message_batch.canceled", "message_batch.expired"]
+EventType = Literal[
+    "message_batch.ended",
+    "message_batch.canceled",
+    "message_batch.expired",
+    "batch.completed",
+    "batch.failed",
+    "batch.cancelled",
+    "batch.expired",
+]
 
 
 class CreateWebhookEndpoint(msgspec.Struct, forbid_unknown_fields=True):

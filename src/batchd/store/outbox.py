@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batchd.domain import Batch, WebhookEvent
+import msgspec
+
+from batchd.domain import Batch, BatchDialect, WebhookEvent
 from batchd.ids import new_webhook_id
 from batchd.schemas.events import batch_data, event_payload
+from batchd.schemas.openai_batch import batch_to_wire, openai_status, with_fields
 
 if TYPE_CHECKING:
     from batchd.store.store import Tx
@@ -44,9 +47,30 @@ async def enqueue(
     return webhook_id
 
 
+_OPENAI_ENDS = {
+    "completed": WebhookEvent.OPENAI_BATCH_COMPLETED,
+    "failed": WebhookEvent.OPENAI_BATCH_FAILED,
+    "cancelled": WebhookEvent.OPENAI_BATCH_CANCELLED,
+    "expired": WebhookEvent.OPENAI_BATCH_EXPIRED,
+}
+
+
 async def emit_batch_event(tx: Tx, event: WebhookEvent, batch: Batch, now: float) -> int:
-    """The event of a message batch, to its workspace's endpoints; how many were queued."""
+    """The event of a batch, to its workspace's endpoints; how many were queued.
+
+    A message batch sends ``event`` with the batch as ``data``. An OpenAI-face batch sends
+    OpenAI's events instead, with its OpenAI batch object as ``data``: one when it ends,
+    named by its final status (``batch.completed``, ``batch.failed``, ``batch.cancelled``,
+    ``batch.expired``); an accepted cancel and a passed deadline are told by that one.
+    """
+    found = None
+    if batch.dialect is BatchDialect.OPENAI:
+        if event is not WebhookEvent.BATCH_ENDED:
+            return 0
+        found = with_fields(batch)
+        event = _OPENAI_ENDS[openai_status(found)]
     endpoints = await subscribers(tx, batch.workspace, event)
     if endpoints:
-        await enqueue(tx, endpoints, event, batch_data(batch), now)
+        data = batch_data(batch) if found is None else msgspec.to_builtins(batch_to_wire(found))
+        await enqueue(tx, endpoints, event, data, now)
     return len(endpoints)

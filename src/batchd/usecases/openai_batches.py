@@ -6,60 +6,34 @@ results in OpenAI's output format. The input file is validated inside the create
 (``validating`` is passed before it answers): a bad file gives a batch that has ``failed``
 with ``errors`` naming each bad line, nothing run; a good one is ``in_progress`` at once.
 
-OpenAI's status is read from the engine's (``openai_status``): ``in_progress``,
-``cancelling`` while a cancel waits for the requests in flight, then ``cancelled``;
-``expired`` when the window closed on unfinished requests; else ``completed``. Results are
-ready when the batch ends, so ``finalizing`` is passed at that moment.
+The batch object and its status are built in ``batchd.schemas.openai_batch``, which the
+webhook outbox uses too.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from batchd.backends.base import OPENAI_CHAT
 from batchd.backends.router import Router
-from batchd.domain import (
-    Batch,
-    BatchDialect,
-    CancelOutcome,
-    FileRole,
-    ProcessingStatus,
-    RequestState,
-)
+from batchd.domain import BatchDialect, CancelOutcome, FileRole, RequestState
 from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import new_file_id, new_openai_batch_id
 from batchd.openai_input import InputReader, InputRequest
-from batchd.schemas.openai import (
-    BatchErrors,
-    BatchFields,
-    BatchObject,
-    BatchStatus,
-    CreateBatch,
-    RequestCounts,
-    refused_line,
-)
+from batchd.schemas.openai import BatchFields, CreateBatch, refused_line
+from batchd.schemas.openai_batch import OpenAIBatch, openai_status, with_fields
 from batchd.store import NewFile, NewRequest, Store
 from batchd.usecases.batches import BatchLimits
 from batchd.usecases.files import FILE_EXPIRY_SECONDS
 from batchd.usecases.files import not_found as file_not_found
 
 _create_decoder = msgspec.json.Decoder(CreateBatch)
-_fields_decoder = msgspec.json.Decoder(BatchFields)
 _body_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
 _URL_KEY = re.compile(rb'"url"')  # searched in the body's buffer, not copied
-
-
-@dataclass(frozen=True, slots=True)
-class OpenAIBatch:
-    """A batch of the OpenAI face: the engine's batch and the face's own fields."""
-
-    batch: Batch
-    fields: BatchFields
 
 
 def _not_found(batch_id: str) -> NotFound:
@@ -168,7 +142,7 @@ class OpenAIBatchService:
         batch = await self._store.get_batch(workspace, batch_id)
         if batch is None or batch.dialect is not BatchDialect.OPENAI:
             raise _not_found(batch_id)
-        return _with_fields(batch)
+        return with_fields(batch)
 
     async def list(
         self, workspace: str, limit: int, after: str | None
@@ -179,7 +153,7 @@ class OpenAIBatchService:
         if page is None:
             raise _not_found(after or "")
         batches, has_more = page
-        return [_with_fields(b) for b in batches], has_more
+        return [with_fields(b) for b in batches], has_more
 
     async def cancel(self, workspace: str, batch_id: str) -> OpenAIBatch:
         found = await self._store.cancel_batch(
@@ -189,62 +163,9 @@ class OpenAIBatchService:
             raise _not_found(batch_id)
         batch, outcome = found
         if outcome is CancelOutcome.ALREADY_ENDED:
-            status = openai_status(_with_fields(batch))
+            status = openai_status(with_fields(batch))
             if status not in ("cancelled", "cancelling"):
                 raise InvalidRequest(
                     f"Cannot cancel a batch with status '{status}'.", code="batch_not_cancellable"
                 )
-        return _with_fields(batch)
-
-
-def _with_fields(batch: Batch) -> OpenAIBatch:
-    assert batch.dialect_fields is not None
-    return OpenAIBatch(batch, _fields_decoder.decode(batch.dialect_fields))
-
-
-def openai_status(found: OpenAIBatch) -> BatchStatus:
-    batch = found.batch
-    if found.fields.errors:
-        return "failed"
-    if batch.processing_status is ProcessingStatus.IN_PROGRESS:
-        return "in_progress"
-    if batch.processing_status is ProcessingStatus.CANCELING:
-        return "cancelling"
-    if batch.cancel_initiated_at is not None:
-        return "cancelled"
-    return "expired" if batch.counts.expired else "completed"
-
-
-def batch_to_wire(found: OpenAIBatch) -> BatchObject:
-    batch, fields = found.batch, found.fields
-    status = openai_status(found)
-    created, ended = int(batch.created_at), _int(batch.ended_at)
-    counts = batch.counts
-    failed = counts.errored + counts.canceled + counts.expired
-    is_ = status.__eq__
-    return BatchObject(
-        id=batch.id,
-        endpoint=fields.endpoint,
-        input_file_id=fields.input_file_id,
-        completion_window=fields.completion_window,
-        status=status,
-        created_at=created,
-        in_progress_at=None if is_("failed") else created,
-        finalizing_at=ended if status in ("completed", "expired") else None,
-        completed_at=ended if is_("completed") else None,
-        failed_at=created if is_("failed") else None,
-        expired_at=ended if is_("expired") else None,
-        expires_at=int(batch.expires_at),
-        cancelling_at=_int(batch.cancel_initiated_at),
-        cancelled_at=ended if is_("cancelled") else None,
-        output_file_id=fields.output_file_id if ended and counts.succeeded else None,
-        error_file_id=fields.error_file_id if ended and failed else None,
-        errors=BatchErrors(fields.errors) if fields.errors else None,
-        request_counts=RequestCounts(counts.total, counts.succeeded, counts.errored),
-        metadata=fields.metadata,
-        model=fields.model,
-    )
-
-
-def _int(ts: float | None) -> int | None:
-    return None if ts is None else int(ts)
+        return with_fields(batch)

@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from batchd.backends.media import UrlPolicy
-from batchd.domain import BATCH_EVENTS, Delivery, WebhookEndpoint
+from batchd.domain import BATCH_EVENTS, OPENAI_BATCH_EVENTS, Delivery, WebhookEndpoint
 from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import new_endpoint_id, new_webhook_secret
 from batchd.store import Store
 
-EVENT_TYPES = tuple(e.value for e in BATCH_EVENTS)
+EVENT_TYPES = tuple(e.value for e in (*BATCH_EVENTS, *OPENAI_BATCH_EVENTS))
 MAX_URL_CHARS = 2048
 _PUBLIC = UrlPolicy()
 

@@ -10,7 +10,7 @@ from batchd.api.deps import CallerDep, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
 from batchd.api.routes.body import read_body
 from batchd.schemas.openai import BatchPage
-from batchd.usecases.openai_batches import batch_to_wire
+from batchd.schemas.openai_batch import batch_to_wire
 
 router = APIRouter(prefix="/v1/batches", tags=["batches (OpenAI)"])
 
