@@ -6,7 +6,7 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anthropic
 import msgspec
@@ -28,8 +28,9 @@ from batchd.engine.webhooks import WebhookSender, WebhookSettings
 from batchd.errors import InvalidRequest
 from batchd.schemas.openai import BatchFields
 from batchd.schemas.results import succeeded_line
+from batchd.schemas.webhooks import EventType
 from batchd.store import NewRequest, Store, open_store
-from batchd.usecases.webhooks import WebhookService
+from batchd.usecases.webhooks import EVENT_TYPES, WebhookService
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.clock import ManualClock
 from tests.support.keys import make_keys
@@ -267,15 +268,7 @@ def test_a_server_signs_and_delivers_each_workspace_its_own_events(
     ):
         created = _post(a, "/v1/webhooks", {"url": receiver.url})
         assert created["secret"].startswith("whsec_")
-        assert created["events"] == [
-            "message_batch.ended",
-            "message_batch.canceled",
-            "message_batch.expired",
-            "batch.completed",
-            "batch.failed",
-            "batch.cancelled",
-            "batch.expired",
-        ]
+        assert created["events"] == list(EVENT_TYPES) == list(get_args(EventType))  # all
         listed = _get(a, "/v1/webhooks")
         assert [e["id"] for e in listed["data"]] == [created["id"]]
         assert "secret" not in json.dumps(listed) or listed["data"][0]["secret"] is None
