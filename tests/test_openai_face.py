@@ -8,7 +8,9 @@ checked instead, ``ChatCompletion`` and ``CreateEmbeddingResponse``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anthropic
+import httpx2 as httpx
 import openai
 import pytest
 import standardwebhooks
@@ -579,3 +582,132 @@ def test_batches_deliver_openai_webhook_events_with_the_batch_object(
     assert events[message_batch.id]["data"]["request_counts"]["succeeded"] == 1
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         received[0].verify("whsec_" + "A" * 32)
+
+
+# --- batchd's own: Idempotency-Key on a create, output lines while a batch runs ------------
+
+
+def test_two_creates_with_one_idempotency_key_make_one_batch(oai: openai.OpenAI) -> None:
+    file = upload(oai, [chat_line("a"), chat_line("b")])
+    key = {"Idempotency-Key": "create-once"}
+    first = oai.batches.create(
+        input_file_id=file.id, endpoint=CHAT, completion_window="24h", extra_headers=key
+    )
+    again = oai.batches.create(
+        input_file_id=file.id, endpoint=CHAT, completion_window="24h", extra_headers=key
+    )
+
+    assert again.id == first.id
+    assert [b.id for b in oai.batches.list()] == [first.id]
+    other = oai.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    assert other.id != first.id
+
+
+def test_one_idempotency_key_with_another_body_is_refused(oai: openai.OpenAI) -> None:
+    file = upload(oai, [chat_line("a")])
+    key = {"Idempotency-Key": "create-once"}
+    first = oai.batches.create(
+        input_file_id=file.id, endpoint=CHAT, completion_window="24h", extra_headers=key
+    )
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.batches.create(
+            input_file_id=file.id,
+            endpoint=CHAT,
+            completion_window="24h",
+            metadata={"other": "body"},
+            extra_headers=key,
+        )
+
+    assert refused.value.type == "invalid_request_error"
+    assert "different request body" in refused.value.message
+    assert [b.id for b in oai.batches.list()] == [first.id]
+
+
+def test_the_idempotency_key_of_the_other_face_is_not_this_ones(start_server: StartServer) -> None:
+    """The faces' digests differ, so a key one face used refuses the other's body."""
+    server = start_server()
+    with sdk(server) as client:
+        file = upload(client, [chat_line("a")])
+        key = {"Idempotency-Key": "shared"}
+        client.batches.create(
+            input_file_id=file.id, endpoint=CHAT, completion_window="24h", extra_headers=key
+        )
+    claude = anthropic.Anthropic(base_url=server.url, api_key="sk-test", max_retries=0)
+    with claude, pytest.raises(anthropic.BadRequestError):
+        claude.messages.batches.create(requests=[mock_request("a")], extra_headers=key)
+
+
+def partial_output(
+    client: openai.OpenAI, batch_id: str, after: str | None = None
+) -> httpx.Response:
+    params = {"partial": "true"} | ({} if after is None else {"after": after})
+    response = client.get(
+        f"/batches/{batch_id}/output", cast_to=httpx.Response, options={"params": params}
+    )
+    assert response.status_code == 200
+    return response
+
+
+def completed_at_least(client: openai.OpenAI, batch_id: str, n: int) -> bool:
+    return completed(client, batch_id) >= n
+
+
+def test_output_lines_while_the_batch_runs(start_server: StartServer, held: FakeUpstream) -> None:
+    """``GET /v1/batches/{id}/output?partial=true`` (batchd's own): a growing prefix of the
+    lines recorded, read on from a cursor without repeats, and in the end the output and
+    error files' lines."""
+    backend = {
+        "name": "upstream",
+        "kind": "anthropic",
+        "base_url": held.url,
+        "models": ["claude-*"],
+        "max_concurrency": 1,
+        "adaptive_concurrency": False,
+    }
+    with sdk(start_server(backends=[backend])) as client:
+        file = upload(client, [chat_line(f"r{i}", model="claude-held") for i in range(6)])
+        batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+        read: list[str] = []
+        snapshots: list[list[str]] = []
+        cursor: str | None = None
+        for released, done in ((0, 0), (2, 2), (1, 3), (None, 6)):
+            if released != 0:
+                held.release(released)
+                reached = functools.partial(completed_at_least, client, batch.id, done)
+                wait_until(reached, "requests not done")
+            step = partial_output(client, batch.id, cursor)
+            cursor = step.headers["batchd-results-cursor"]
+            read += step.text.splitlines()
+            snapshots.append(partial_output(client, batch.id).text.splitlines())
+        ended = wait_done(client, batch.id)
+        final = client.files.content(ended.output_file_id or "").text.splitlines()
+        if ended.error_file_id:
+            final += client.files.content(ended.error_file_id).text.splitlines()
+        last = partial_output(client, batch.id, cursor)
+
+    assert ended.status == "completed"
+    for before, after in itertools.pairwise(snapshots):
+        assert after[: len(before)] == before
+    assert len(snapshots[1]) >= 2
+    assert read == snapshots[-1]
+    assert len(read) == len(set(read)) == 6
+    assert set(read) == set(final)
+    assert last.text == ""
+    assert last.headers["batchd-results-cursor"] == cursor
+
+
+def test_output_lines_need_partial_and_a_cursor_of_the_batch(oai: openai.OpenAI) -> None:
+    batch = run_batch(oai, [chat_line("a")])
+    cursor = partial_output(oai, batch.id).headers["batchd-results-cursor"]
+    for params in ({}, {"partial": "true", "after": str(int(cursor) + 1)}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            oai.get(
+                f"/batches/{batch.id}/output", cast_to=httpx.Response, options={"params": params}
+            )
+        assert refused.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError):
+        oai.get(
+            "/batches/batch_nope/output",
+            cast_to=httpx.Response,
+            options={"params": {"partial": "true"}},
+        )

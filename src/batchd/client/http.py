@@ -60,9 +60,15 @@ class BatchdClient:
     ) -> None:
         await self._session.close()
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Any route: its JSON answer (the OpenAI face's files and batches)."""
-        return await self._call(method, path, **kwargs)
+    async def call(
+        self, method: str, path: str, idempotency_key: str | None = None, **kwargs: Any
+    ) -> Any:
+        """Any route: its JSON answer (the OpenAI face's files and batches); with
+        ``idempotency_key``, sent again as ``create`` sends one."""
+        if idempotency_key is None:
+            return await self._call(method, path, **kwargs)
+        headers = {**kwargs.pop("headers", {}), "idempotency-key": idempotency_key}
+        return await self._idempotent(method, path, headers=headers, **kwargs)
 
     async def content(self, path: str) -> bytes:
         async with self._request("GET", path) as response:
@@ -112,12 +118,16 @@ class BatchdClient:
             batch: Batch = await self._call("POST", BATCHES, data=body, headers=headers)
             return batch
         headers["idempotency-key"] = idempotency_key
+        batch = await self._idempotent("POST", BATCHES, data=body, headers=headers)
+        return batch
+
+    async def _idempotent(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A call with an Idempotency-Key header, sent again while its connection drops."""
         deadline: float | None = None  # set once a sent create lost its connection
         delay = 0.25
         while True:
             try:
-                batch = await self._call("POST", BATCHES, data=body, headers=headers)
-                return batch
+                return await self._call(method, path, **kwargs)
             except ServerUnreachable as exc:
                 refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError)
                 if deadline is None and refused:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +67,18 @@ def read_openai_file(path: Path) -> OpenAIFile:
 
 
 async def create(client: BatchdClient, found: OpenAIFile, name: str) -> list[dict[str, Any]]:
-    """Upload the lines of each endpoint and create its batch."""
+    """Upload the lines of each endpoint and create its batch (each create with its own
+    Idempotency-Key, so that one sent again after a dropped connection makes one batch)."""
     created = []
+    run = uuid.uuid4().hex
     for endpoint, lines in found.by_endpoint.items():
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field("file", io.BytesIO(b"\n".join(lines) + b"\n"), filename=name)
         file = await client.call("POST", "/v1/files", data=form)
         body = {"input_file_id": file["id"], "endpoint": endpoint, "completion_window": "24h"}
-        created.append(await client.call("POST", "/v1/batches", json=body))
+        key = f"batchd-submit-{run}-{endpoint}"
+        created.append(await client.call("POST", "/v1/batches", key, json=body))
     return created
 
 

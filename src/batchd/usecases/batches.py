@@ -116,14 +116,7 @@ class BatchService:
         ``idempotency_key``, the batch the same key and body made within IDEMPOTENCY_WINDOW
         if there is one (400 if that key came with another body or schedule)."""
         schedule = schedule or Schedule()
-        idempotency = None
-        if idempotency_key is not None:
-            _check_idempotency_key(idempotency_key)
-            idempotency = IdempotencyKey(
-                idempotency_key,
-                _create_digest(body, schedule),
-                self._clock() - IDEMPOTENCY_WINDOW,
-            )
+        idempotency = idempotency_claim(idempotency_key, body, self._clock(), schedule)
         items = parse_create_body(body, max_requests=self._limits.max_requests)
         rows = self._prepare(items)
         return await self._store_new(workspace, rows, schedule, idempotency=idempotency)
@@ -259,16 +252,34 @@ class BatchService:
         batch = await self.get(workspace, batch_id)
         if batch.archived_at(self._limits.retention_seconds, self._clock()) is not None:
             raise InvalidRequest(f"the results of message batch {batch_id!r} have been archived")
-        upto = await self._store.results_mark(batch.seq)
-        if after is not None and after > upto:
-            raise InvalidRequest(f"after: {after} is not a results cursor of this batch")
-        pages = self._store.iter_recorded(
-            batch.seq, -1 if after is None else after, upto, RESULTS_PAGE
-        )
+        upto, pages = await recorded_pages(self._store, batch.seq, after)
         return upto, _jsonl(pages)
 
     def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
         return _jsonl(self._store.iter_results(seq, RESULTS_PAGE))
+
+
+async def recorded_pages(
+    store: Store, batch_seq: int, after: int | None
+) -> tuple[int, AsyncIterator[list[ResultRecord]]]:
+    """The cursor of the results recorded so far, and those after the cursor ``after`` (all
+    if None) up to it, in the order they were recorded: a partial read of either face."""
+    upto = await store.results_mark(batch_seq)
+    if after is not None and after > upto:
+        raise InvalidRequest(f"after: {after} is not a results cursor of this batch")
+    return upto, store.iter_recorded(batch_seq, -1 if after is None else after, upto, RESULTS_PAGE)
+
+
+def idempotency_claim(
+    key: str | None, body: bytes | bytearray, now: float, schedule: Schedule, face: bytes = b""
+) -> IdempotencyKey | None:
+    """What a create's Idempotency-Key (None: no header) claims in the store: its body's
+    digest (``face`` tells the OpenAI face's bodies apart), for IDEMPOTENCY_WINDOW."""
+    if key is None:
+        return None
+    _check_idempotency_key(key)
+    digest = _create_digest(body, schedule, face)
+    return IdempotencyKey(key, digest, now - IDEMPOTENCY_WINDOW)
 
 
 def _check_idempotency_key(key: str) -> None:
@@ -278,10 +289,11 @@ def _check_idempotency_key(key: str) -> None:
         )
 
 
-def _create_digest(body: bytes | bytearray, schedule: Schedule) -> bytes:
+def _create_digest(body: bytes | bytearray, schedule: Schedule, face: bytes) -> bytes:
     """What an Idempotency-Key stands for: the body, and batchd's own schedule headers where
     they ask for other than the defaults (so a key's digest without them is the body's)."""
-    digest = hashlib.sha256(body)
+    digest = hashlib.sha256(face)
+    digest.update(body)
     if schedule != Schedule():
         digest.update(f"\n{int(schedule.priority)} {schedule.window}".encode())
     return digest.digest()

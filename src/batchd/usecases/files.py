@@ -167,3 +167,10 @@ def _line(custom_id: str, state: str, result: bytes | None, role: FileRole) -> b
     if state == RequestState.EXPIRED:
         return unrun_line(custom_id, "batch_expired", EXPIRED_MESSAGE) + b"\n"
     return b""
+
+
+def result_line(custom_id: str, state: str, result: bytes | None) -> bytes:
+    """A request's line of the output file, or else of the error file (empty: neither yet)."""
+    return _line(custom_id, state, result, FileRole.OUTPUT) or _line(
+        custom_id, state, result, FileRole.ERROR
+    )

@@ -13,7 +13,7 @@ webhook outbox uses too.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -24,16 +24,19 @@ from batchd.domain import BatchDialect, CancelOutcome, FileRole, RequestState
 from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import new_file_id, new_openai_batch_id
 from batchd.openai_input import InputReader, InputRequest
+from batchd.schedule import Schedule
 from batchd.schemas.openai import BatchFields, CreateBatch, refused_line
 from batchd.schemas.openai_batch import OpenAIBatch, openai_status, with_fields
 from batchd.store import NewFile, NewRequest, Store
-from batchd.usecases.batches import BatchLimits
-from batchd.usecases.files import FILE_EXPIRY_SECONDS
+from batchd.store.store import ResultRecord
+from batchd.usecases.batches import BatchLimits, idempotency_claim, recorded_pages
+from batchd.usecases.files import FILE_EXPIRY_SECONDS, result_line
 from batchd.usecases.files import not_found as file_not_found
 
 _create_decoder = msgspec.json.Decoder(CreateBatch)
 _body_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
 _URL_KEY = re.compile(rb'"url"')  # searched in the body's buffer, not copied
+_FACE = b"openai\n"  # an Idempotency-Key's digest of an OpenAI create starts with it
 
 
 def _not_found(batch_id: str) -> NotFound:
@@ -66,7 +69,14 @@ class OpenAIBatchService:
         self._clock = clock
         self._on_created = on_created
 
-    async def create(self, workspace: str, body: bytes | bytearray) -> OpenAIBatch:
+    async def create(
+        self, workspace: str, body: bytes | bytearray, idempotency_key: str | None = None
+    ) -> OpenAIBatch:
+        """A new batch of the input file's lines; with ``idempotency_key`` (batchd's own),
+        the batch the same key and body made within 24 hours if there is one (400 if that
+        key came with another body), as on the Anthropic face."""
+        now = self._clock()
+        idempotency = idempotency_claim(idempotency_key, body, now, Schedule(), _FACE)
         create = _parse_create(body)
         file = await self._store.get_file(workspace, create.input_file_id)
         if file is None or file.role is not FileRole.UPLOAD:
@@ -76,7 +86,6 @@ class OpenAIBatchService:
             reader.feed(chunk)
         errors = reader.finish()
         models = {r.model for r in reader.requests}
-        now = self._clock()
         fields = BatchFields(
             endpoint=create.endpoint,
             input_file_id=create.input_file_id,
@@ -111,9 +120,11 @@ class OpenAIBatchService:
             dialect=BatchDialect.OPENAI,
             dialect_fields=msgspec.json.encode(fields),
             files=[] if errors else files,
+            idempotency=idempotency,
         )
         self._on_created()
-        return OpenAIBatch(batch, fields)
+        # with_fields: an Idempotency-Key's earlier batch has its own fields
+        return with_fields(batch)
 
     def _row(self, request: InputRequest, endpoint: str) -> NewRequest:
         """A line's request, queued; or already refused (the error file's 400 line) when its
@@ -137,6 +148,16 @@ class OpenAIBatchService:
         return NewRequest(
             request.custom_id, request.backend, request.body, RequestState.QUEUED, endpoint=endpoint
         )
+
+    async def recorded_output(
+        self, workspace: str, batch_id: str, after: int | None
+    ) -> tuple[int, AsyncIterator[bytes]]:
+        """batchd's own: the output and error lines recorded so far (after the cursor
+        ``after``, if given), in any status, in the order they were recorded, and the cursor
+        that reads on from them. The output and error files are written at the end."""
+        found = await self.get(workspace, batch_id)
+        upto, pages = await recorded_pages(self._store, found.batch.seq, after)
+        return upto, _openai_lines(pages)
 
     async def get(self, workspace: str, batch_id: str) -> OpenAIBatch:
         batch = await self._store.get_batch(workspace, batch_id)
@@ -169,3 +190,11 @@ class OpenAIBatchService:
                     f"Cannot cancel a batch with status '{status}'.", code="batch_not_cancellable"
                 )
         return with_fields(batch)
+
+
+async def _openai_lines(pages: AsyncIterator[list[ResultRecord]]) -> AsyncIterator[bytes]:
+    """Each recorded request's line of the output file or of the error file."""
+    async for page in pages:
+        yield b"".join(
+            [result_line(custom_id, state, result) for _, custom_id, state, result in page]
+        )
