@@ -257,6 +257,7 @@ ROUTES: dict[tuple[str, str], tuple[Check, bool]] = {
     ("GET", "/v1/batches"): (openai_list_is_his_own, True),
     ("GET", "/v1/batches/{batch_id}"): (openai_refused_as_unknown, True),
     ("POST", "/v1/batches/{batch_id}/cancel"): (openai_refused_as_unknown, True),
+    ("GET", "/v1/batches/{batch_id}/output"): (openai_refused_as_unknown, True),
     # server-wide, holding no workspace's data
     ("POST", "/v1/messages"): (leaks_nothing, True),
     ("POST", "/v1/messages/count_tokens"): (leaks_nothing, True),

@@ -111,6 +111,8 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("get", "/v1/batches"): (BatchPage, (400, 404, 503)),
     ("get", _OPENAI_BATCH): (BatchObject, (404, 503)),
     ("post", f"{_OPENAI_BATCH}/cancel"): (BatchObject, (400, 404, 415, 503)),
+    # batchd's own: output and error lines recorded so far (_OPENAI_LINES)
+    ("get", f"{_OPENAI_BATCH}/output"): (BatchObject, (400, 404, 503)),
     # batchd's own
     ("post", "/v1/messages/batch_estimate"): (MessageBatchEstimate, (400, 408, 413, 415, 429)),
     ("get", f"{_BATCH}/usage"): (MessageBatchUsage, (404, 503)),
@@ -123,6 +125,7 @@ OPERATIONS: dict[tuple[str, str], tuple[type[msgspec.Struct], tuple[int, ...]]] 
     ("get", f"{_ENDPOINT}/deliveries"): (WebhookDeliveryList, (400, 404, 503)),
 }
 _BYTES = {("get", f"{_FILE}/content")}  # answered as the stored bytes
+_OPENAI_LINES = {("get", f"{_OPENAI_BATCH}/output")}  # lines of OpenAI's output/error files
 _UPLOAD = ("post", "/v1/files")  # multipart/form-data: purpose, file
 PUBLIC = {("get", "/healthz")}
 REQUEST_BODIES: dict[tuple[str, str], type[msgspec.Struct]] = {
@@ -175,6 +178,8 @@ def _responses(method: str, path: str) -> dict[str, Any]:
                 "schema": {"type": "string", "x-jsonl-line": _ref(_JSONL)},
             }
         }
+    elif (method, path) in _OPENAI_LINES:
+        content = {"application/x-jsonl": {"schema": {"type": "string"}}}
     elif (method, path) in _BYTES:
         content = {"application/octet-stream": {"schema": {"type": "string"}}}
     else:

@@ -1,7 +1,7 @@
 """/v1/batches (the OpenAI face): create, list, retrieve, cancel.
 
 batchd's own, beside them: ``Idempotency-Key`` on a create, and ``GET .../{id}/output``
-with ``partial=true``: the output and error lines recorded so far, with a cursor.
+(``?partial=true``): the output and error lines recorded so far, with a cursor.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from batchd.api.deps import CallerDep, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
 from batchd.api.routes.batches import RESULTS_CURSOR
 from batchd.api.routes.body import read_body
-from batchd.errors import InvalidRequest
 from batchd.schemas.openai import BatchPage
 from batchd.schemas.openai_batch import batch_to_wire
 
@@ -60,19 +59,13 @@ async def batch_output(
     batch_id: str,
     services: ServicesDep,
     workspace: WorkspaceDep,
-    partial: bool = False,
     after: Annotated[str | None, Query(pattern="^[0-9]{1,18}$")] = None,
 ) -> StreamingResponse:
-    """batchd's own: with ``partial=true``, the output and error lines recorded so far in
-    any status, after the cursor ``after`` if given, and in the header
-    ``batchd-results-cursor`` the cursor to read on from. The finished output and error
-    files are the batch's ``output_file_id`` and ``error_file_id``."""
-    if not partial:
-        raise InvalidRequest(
-            "partial: give partial=true; a batch's finished output is its output_file_id "
-            "and error_file_id (GET /v1/files/{file_id}/content)"
-        )
+    """batchd's own: the output and error lines recorded so far in any status (a partial
+    read: ``?partial=true`` may say so), after the cursor ``after`` if given, and in the
+    header ``batchd-results-cursor`` the cursor to read on from. The finished output and
+    error files are the batch's ``output_file_id`` and ``error_file_id``."""
     start = None if after is None else int(after)
     cursor, chunks = await services.openai_batches.recorded_output(workspace, batch_id, start)
     headers = {RESULTS_CURSOR: str(cursor)}
-    return StreamingResponse(chunks, media_type="application/jsonl", headers=headers)
+    return StreamingResponse(chunks, media_type="application/x-jsonl", headers=headers)
