@@ -482,11 +482,9 @@ def test_the_face_on_postgresql(postgres: PostgresServer, tmp_path: Path) -> Non
     assert asyncio.run(pg_count_mismatches(url)) == []
 
 
-def test_unrun_requests_expire_into_the_error_file(
-    start_server: StartServer, held: FakeUpstream
-) -> None:
-    clock = ManualClock()
-    backend = {
+def held_backend(held: FakeUpstream) -> dict[str, Any]:
+    """A backend of one call at a time to the held upstream (``claude-*`` models)."""
+    return {
         "name": "upstream",
         "kind": "anthropic",
         "base_url": held.url,
@@ -494,6 +492,13 @@ def test_unrun_requests_expire_into_the_error_file(
         "max_concurrency": 1,
         "adaptive_concurrency": False,
     }
+
+
+def test_unrun_requests_expire_into_the_error_file(
+    start_server: StartServer, held: FakeUpstream
+) -> None:
+    clock = ManualClock()
+    backend = held_backend(held)
     server = start_server(batch_ttl_seconds=3600.0, backends=[backend], clock=clock)
     with sdk(server) as client:
         file = upload(client, [chat_line(f"r{i}", model="claude-expiring") for i in range(10)])
@@ -656,14 +661,7 @@ def test_output_lines_while_the_batch_runs(start_server: StartServer, held: Fake
     """``GET /v1/batches/{id}/output?partial=true`` (batchd's own): a growing prefix of the
     lines recorded, read on from a cursor without repeats, and in the end the output and
     error files' lines."""
-    backend = {
-        "name": "upstream",
-        "kind": "anthropic",
-        "base_url": held.url,
-        "models": ["claude-*"],
-        "max_concurrency": 1,
-        "adaptive_concurrency": False,
-    }
+    backend = held_backend(held)
     with sdk(start_server(backends=[backend])) as client:
         file = upload(client, [chat_line(f"r{i}", model="claude-held") for i in range(6)])
         batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
