@@ -185,6 +185,11 @@ def endless_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     config = json.loads(config_path.read_text())
     config["eos_token_id"] = 1_000_000
     config_path.write_text(json.dumps(config))
+    # a context that holds its million-token calls: the engine refuses calls past it
+    model_config_path = directory / "config.json"
+    model_config = json.loads(model_config_path.read_text())
+    model_config["max_position_embeddings"] = 2_000_000
+    model_config_path.write_text(json.dumps(model_config))
     return directory
 
 
@@ -226,7 +231,7 @@ def _subject(kind: str, stack: ExitStack, request: pytest.FixtureRequest) -> Sub
             # max_tokens past the model's context, allowed here, so the call never ends by itself
             hang_config=_config(kind, model_path=str(endless), max_output_tokens=1_000_000),
             hang_params={"max_tokens": 1_000_000},
-            started=lambda _key: "generating 1 rows" in caplog.text,
+            started=lambda _key: "generating 1 rows" in caplog.text,  # the engine admitted it
         )
     if kind == SERVE:
         server = request.getfixturevalue("transformers_server")

@@ -276,6 +276,7 @@ class ContinuousBatcher:
         ):
             if part:
                 self._prefill([joining[i] for i in part], [reused[i] for i in part])
+        log.debug("admitted %d rows: generating %d rows", len(joining), len(self._rows))
 
     def _prefill(self, joining: list[_Row], reused: list[tuple[int, _KV | None]]) -> None:
         prompts = [row.job.prompt for row in joining]
