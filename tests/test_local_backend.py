@@ -17,6 +17,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from batchd.backends.base import CALL_PRIORITY, OPENAI_CHAT
+from batchd.backends.local.backend import LocalBackend
+from batchd.backends.local.generation import Finish, Generated, Job
 from batchd.config import BackendConfig
 from tests.conftest import StartServer, wait_ended
 from tests.support.tiny_model import build_tiny_model
@@ -279,7 +282,9 @@ SCRIPTED = {"logits_processors": ["tests.support.scripted:scripted"]}
 def scripted(text: str, **extra: Any) -> dict[str, Any]:
     """A request whose answer the scripted logits processor forces to be ``text``."""
     content = f"SCRIPT:{text}"
-    return params(1, messages=[{"role": "user", "content": content}], tools=[LOOKUP], **extra)
+    return params(
+        1, **{"messages": [{"role": "user", "content": content}], "tools": [LOOKUP], **extra}
+    )
 
 
 @pytest.mark.parametrize(
@@ -364,3 +369,67 @@ def test_a_shared_prefix_is_reported_as_cache_reads(connect: Any, reference: Ref
     system_tokens = len(reference.tokenizer(system)["input_ids"])
     reads = [u.cache_read_input_tokens or 0 for u in usages]
     assert sum(r > system_tokens for r in reads) == 11  # computed once, by one request
+
+
+FETCH = {"name": "fetch", "description": "fetch a page", "input_schema": {"type": "object"}}
+LOOKUP_CALL = '<tool_call>{"name": "lookup", "arguments": {"word": "cache"}}</tool_call>'
+
+
+def test_tool_choice_none_leaves_a_tool_call_as_text(connect: Any) -> None:
+    client = connect(tool_call_format="hermes", **SCRIPTED)
+    body = scripted(LOOKUP_CALL, max_tokens=200, tool_choice={"type": "none"})
+    [result] = run_batch(client, [body])
+    assert result.message.stop_reason == "end_turn"
+    assert result.message.content[0].text == LOOKUP_CALL
+
+
+def test_tool_choice_holds_the_model_to_the_tools_it_names(connect: Any) -> None:
+    client = connect(tool_call_format="hermes", **SCRIPTED)
+    tools = [LOOKUP, FETCH]
+    bodies = [
+        # the named tool: read as usual
+        scripted(LOOKUP_CALL, tools=tools, tool_choice={"type": "tool", "name": "lookup"}),
+        # another defined tool than the one named
+        scripted(LOOKUP_CALL, tools=tools, tool_choice={"type": "tool", "name": "fetch"}),
+        # a call required, none written
+        scripted("no call here", tools=tools, tool_choice={"type": "any"}),
+    ]
+    named, other, missing = run_batch(client, [{**b, "max_tokens": 200} for b in bodies])
+    assert named.message.stop_reason == "tool_use"
+    assert [b.name for b in named.message.content if b.type == "tool_use"] == ["lookup"]
+    for result, says in ((other, "not the one tool_choice names"), (missing, "wrote none")):
+        assert result.type == "errored"
+        assert result.error.error.type == "api_error"
+        assert says in result.error.error.message
+
+
+class Recording:
+    """An engine that records the jobs it is given and answers each with one token."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def generate(self, job: Job) -> Generated:
+        self.jobs.append(job)
+        return Generated([5], Finish.LENGTH)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_calls_priority_reaches_the_engine(model_dir: Path) -> None:
+    engine = Recording()
+    config = BackendConfig(
+        name="local", kind="transformers", model_path=str(model_dir), models=[MODEL]
+    )
+    backend = LocalBackend(config, lambda _tokenizer: engine)
+    await backend.start()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    for priority in (0, 4):  # an interactive call, then low-priority batch work
+        CALL_PRIORITY.set(priority)
+        await backend.call_openai(OPENAI_CHAT, body, b"")
+    await backend.close()
+    assert [job.priority for job in engine.jobs] == [0, 4]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from batchd.backends.local.tool_calls import (
@@ -9,9 +11,12 @@ from batchd.backends.local.tool_calls import (
     ParsedTurn,
     ToolCall,
     ToolCallFormat,
+    ToolUse,
     format_of_template,
     parse_tool_calls,
+    tool_use_of,
 )
+from batchd.errors import InvalidRequest
 
 HERMES, LLAMA3, NONE = ToolCallFormat.HERMES, ToolCallFormat.LLAMA3, ToolCallFormat.NONE
 CALL = ToolCall("lookup", {"word": "cache"})
@@ -100,3 +105,45 @@ def test_a_malformed_call_raises(text: str, fmt: ToolCallFormat, match: str) -> 
 )
 def test_format_of_template(template: str | None, expected: ToolCallFormat) -> None:
     assert format_of_template(template) == expected
+
+
+BOTH = frozenset({"lookup", "fetch"})
+
+
+@pytest.mark.parametrize(
+    ("names", "choice", "expected"),
+    [
+        # no tools: calls stay text, whatever the choice
+        ([], None, ToolUse()),
+        ([], {"type": "any"}, ToolUse()),
+        # absent or auto: any defined tool, no call required
+        (["lookup", "fetch"], None, ToolUse(BOTH)),
+        (["lookup", "fetch"], {"type": "auto"}, ToolUse(BOTH)),
+        # any: a call to any of them is required
+        (["lookup", "fetch"], {"type": "any"}, ToolUse(BOTH, required=True)),
+        # tool: that one only, required
+        (
+            ["lookup", "fetch"],
+            {"type": "tool", "name": "fetch"},
+            ToolUse(frozenset({"fetch"}), required=True),
+        ),
+        # none: calls stay text
+        (["lookup", "fetch"], {"type": "none"}, ToolUse()),
+    ],
+)
+def test_tool_use_of(names: list[str], choice: dict[str, Any] | None, expected: ToolUse) -> None:
+    assert tool_use_of(names, choice) == expected
+
+
+@pytest.mark.parametrize(
+    ("choice", "match"),
+    [
+        # a tool the request does not define
+        ({"type": "tool", "name": "delete_all"}, "not one of the request's tools"),
+        # a type the API does not have
+        ({"type": "sometimes"}, "unsupported tool_choice type"),
+    ],
+)
+def test_a_bad_tool_choice_is_an_invalid_request(choice: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidRequest, match=match):
+        tool_use_of(["lookup"], choice)

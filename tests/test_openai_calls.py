@@ -4,6 +4,8 @@ Anthropic-compatible one, and the transformers engines on tiny models built here
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -419,3 +421,35 @@ def test_token_ids_past_the_vocabulary_are_400(connect: Connect, encoder_dir: Pa
     client = connect(local_backend("enc", encoder_dir))
     with pytest.raises(openai.BadRequestError, match="token ids"):
         client.embeddings.create(model="enc", input=[[1, 2, 10**6]])
+
+
+SCRIPT_PROCESSOR = "tests.support.scripted:scripted"  # forces the answer a prompt scripts
+LOOKUP_FUNCTION: ChatCompletionFunctionToolParam = {
+    "type": "function",
+    "function": {"name": "lookup", "parameters": {"type": "object"}},
+}
+
+
+def test_transformers_chat_reads_tool_calls_as_tool_choice_allows(
+    connect: Connect, llama_dir: Path
+) -> None:
+    scripted = {"tool_call_format": "hermes", "logits_processors": [SCRIPT_PROCESSOR]}
+    client = connect({**local_backend("llama", llama_dir), **scripted})
+    call = '<tool_call>{"name": "lookup", "arguments": {"word": "cache"}}</tool_call>'
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": f"SCRIPT:{call}"}]
+    create = functools.partial(
+        client.chat.completions.create,
+        model="llama",
+        messages=messages,
+        tools=[LOOKUP_FUNCTION],
+        max_tokens=200,
+        temperature=0,
+    )
+    called, text = create(), create(tool_choice="none")
+    assert called.choices[0].finish_reason == "tool_calls"
+    [tool_call] = called.choices[0].message.tool_calls or []
+    assert tool_call.type == "function"
+    assert tool_call.function.name == "lookup"
+    assert json.loads(tool_call.function.arguments) == {"word": "cache"}
+    assert text.choices[0].message.content == call
+    assert not text.choices[0].message.tool_calls

@@ -169,3 +169,24 @@ def test_an_abandoned_job_ends_at_the_next_step(running: Any, tiny: tuple[Any, A
     [future] = engine.submit([job])
     result = future.result(timeout=60)
     assert (result.finish, len(result.tokens)) == (Finish.LENGTH, 6)
+
+
+def test_waiting_rows_are_admitted_by_priority(running: Any) -> None:
+    released = threading.Event()
+
+    def hold_first(
+        prompt: Sequence[int], _generated: Sequence[int], scores: torch.Tensor
+    ) -> torch.Tensor:
+        if prompt[0] == 7:  # the first job holds the only row until the others wait
+            released.wait()
+        return scores
+
+    engine = running(max_batch=1, logits_processors=[hold_first])
+    first = Job([7, 8, 9], 2, priority=0)
+    batch = [Job([5, 8, 9 + i], 2, priority=3) for i in range(2)]
+    interactive = Job([5, 8, 20], 2, priority=0)
+    futures = engine.submit([first, *batch, interactive])
+    released.set()
+    for future in futures:
+        future.result(timeout=60)
+    assert engine.ended == [0, 3, 1, 2]

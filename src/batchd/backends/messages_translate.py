@@ -126,7 +126,7 @@ def messages_request(
         params["metadata"] = {"user_id": body["user"]}
     if tools := body.get("tools"):
         params["tools"] = [_custom_tool(tool, f"tools.{i}") for i, tool in enumerate(tools)]
-        if (choice := _tool_choice(body)) is not None:
+        if (choice := tool_choice(body)) is not None:
             params["tool_choice"] = choice
     return params
 
@@ -295,7 +295,8 @@ def _custom_tool(tool: Any, where: str) -> dict[str, Any]:
     return custom
 
 
-def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
+def tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A chat request's ``tool_choice`` (and ``parallel_tool_calls``) in the Messages form."""
     choice = body.get("tool_choice")
     translated: dict[str, Any] | None
     if choice is None:

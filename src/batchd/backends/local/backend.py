@@ -33,17 +33,19 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from batchd.backends.base import OPENAI_CHAT, OPENAI_EMBEDDINGS
+from batchd.backends.base import CALL_PRIORITY, OPENAI_CHAT, OPENAI_EMBEDDINGS
 from batchd.backends.embeddings import embeddings_request, embeddings_response
 from batchd.backends.local.generation import Finish, Generated, Generator, Job, Sampling
 from batchd.backends.local.prompt import chat_messages, chat_tools, template_chat
 from batchd.backends.local.tool_calls import (
     MalformedToolCall,
     ToolCallFormat,
+    ToolUse,
     format_of_template,
     parse_tool_calls,
+    tool_use_of,
 )
-from batchd.backends.messages_translate import check_plain, completion_from_message
+from batchd.backends.messages_translate import check_plain, completion_from_message, tool_choice
 from batchd.config import BackendConfig, context_length
 from batchd.errors import InvalidRequest, UpstreamError
 from batchd.validation import Params
@@ -211,7 +213,8 @@ class LocalBackend:
     ) -> Generated:
         if max_tokens == 0:
             return Generated([], Finish.LENGTH)
-        return await self._generating().generate(Job(prompt, max_tokens, stops, sampling))
+        job = Job(prompt, max_tokens, stops, sampling, priority=CALL_PRIORITY.get())
+        return await self._generating().generate(job)
 
     async def create_message(self, params: Params, raw: bytes) -> dict[str, Any]:  # noqa: ARG002
         self._generating()
@@ -219,9 +222,10 @@ class LocalBackend:
         prompt = self.prompt_tokens(params.system, turns, params.tools)
         self.check_context(len(prompt), params.max_tokens)
         stops = tuple(s for s in params.stop_sequences or () if s)
+        names = [str(tool.get("name")) for tool in params.tools or ()]
+        tools = tool_use_of(names, params.tool_choice)
         generated = await self._generate(prompt, params.max_tokens, stops, sampling_of(params))
-        names = {str(tool.get("name")) for tool in params.tools} if params.tools else None
-        return self._message(params.model, prompt, generated, stops, names)
+        return self._message(params.model, prompt, generated, stops, tools)
 
     def check_context(self, prompt: int, max_tokens: int = 0) -> None:
         """InvalidRequest, naming both figures, when the prompt and ``max_tokens`` do not fit
@@ -256,8 +260,10 @@ class LocalBackend:
         max_tokens = self._output_limit if max_tokens is None else max_tokens
         stop = body.get("stop") or ()
         stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
+        names = [str(tool.get("function", {}).get("name")) for tool in tools or ()]
+        tool_use = tool_use_of(names, tool_choice(body))
         generated = await self._generate(prompt, max_tokens, stops, chat_sampling(body))
-        message = self._message(model, prompt, generated, stops)
+        message = self._message(model, prompt, generated, stops, tool_use)
         return completion_from_message(message, model=model, created=int(time.time()))
 
     async def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -284,17 +290,19 @@ class LocalBackend:
         prompt: list[int],
         generated: Generated,
         stops: Sequence[str],
-        tools: Collection[str] | None = None,
+        tools: ToolUse,
     ) -> dict[str, Any]:
-        """The Message of a generation; with ``tools`` (the names the request defines), the
-        model's tool calls as ``tool_use`` blocks."""
+        """The Message of a generation; with ``tools.names`` (those the request lets the
+        model call), the model's tool calls as ``tool_use`` blocks."""
         # the end-of-turn token is counted but not shown (it need not be a special token)
         shown = generated.tokens[:-1] if generated.finish is Finish.EOS else generated.tokens
         decoded = self._tokenizer.decode(shown, skip_special_tokens=True)
         text, stop_reason, stop_sequence = stop_outcome(decoded, generated.finish, stops)
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
-        if tools and stop_reason != "stop_sequence":
-            content, stop_reason = self._tool_uses(tools, text, stop_reason)
+        if tools.names is not None and stop_reason != "stop_sequence":
+            content, stop_reason = self._tool_uses(tools.names, text, stop_reason)
+        if tools.required and stop_reason not in ("tool_use", "max_tokens"):
+            raise _unreadable("tool_choice requires a tool call and the model wrote none")
         cached = generated.cache_read + generated.cache_write
         return {
             "id": "msg_" + uuid.uuid4().hex[:24],
@@ -322,12 +330,7 @@ class LocalBackend:
         except MalformedToolCall as exc:
             if stop_reason == "max_tokens":
                 return [{"type": "text", "text": text}], stop_reason
-            raise UpstreamError(
-                f"the model wrote a tool call that cannot be read: {exc}",
-                upstream_status=502,
-                error_type="api_error",
-                retryable=False,
-            ) from exc
+            raise _unreadable(f"the model wrote a tool call that cannot be read: {exc}") from exc
         if not turn.calls:
             return [{"type": "text", "text": text}], stop_reason
         content: list[dict[str, Any]] = [{"type": "text", "text": turn.text}] if turn.text else []
@@ -348,6 +351,11 @@ class LocalBackend:
         count = len(self.prompt_tokens(request.get("system"), turns, request.get("tools")))
         self.check_context(count)
         return count
+
+
+def _unreadable(message: str) -> UpstreamError:
+    """The request's ``api_error``: the model's turn does not answer it as asked."""
+    return UpstreamError(message, upstream_status=502, error_type="api_error", retryable=False)
 
 
 def _imported(path: str) -> Any:

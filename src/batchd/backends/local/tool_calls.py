@@ -15,16 +15,23 @@ that is there but cannot be read (broken JSON, no name, arguments that are not a
 a tool the request does not define) raises ``MalformedToolCall``. Only the standard
 library is used, so that any face (the Messages ``tool_use`` blocks, an OpenAI
 ``tool_calls`` list) can build on the same ``ToolCall`` values.
+
+``tool_use_of`` reads a request's ``tool_choice`` (in the Messages form; the OpenAI face's
+is translated to it first): ``none`` leaves the calls as text, ``tool`` lets the model
+call that one tool only, ``any`` and ``tool`` require a call (a local model cannot be
+forced to make one: a turn without a call is the request's error, not a silent text).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from batchd.errors import InvalidRequest
 
 
 class ToolCallFormat(StrEnum):
@@ -41,6 +48,33 @@ class MalformedToolCall(ValueError):
 class ToolCall:
     name: str
     arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """What a request lets its model call: the tool names whose calls are read back (None:
+    calls stay text), and whether the turn must call one."""
+
+    names: frozenset[str] | None = None
+    required: bool = False
+
+
+def tool_use_of(names: Collection[str] | None, choice: Mapping[str, Any] | None) -> ToolUse:
+    """The ``ToolUse`` of a request defining tools ``names`` with ``tool_choice`` ``choice``
+    (Messages form: auto, any, tool with its name, none; absent is auto)."""
+    kind = (choice or {}).get("type", "auto")
+    if not names or kind == "none":
+        return ToolUse()
+    if kind == "auto":
+        return ToolUse(frozenset(names))
+    if kind == "any":
+        return ToolUse(frozenset(names), required=True)
+    name = (choice or {}).get("name")
+    if kind == "tool" and isinstance(name, str) and name in names:
+        return ToolUse(frozenset({name}), required=True)
+    if kind == "tool":
+        raise InvalidRequest(f"tool_choice.name: {name!r} is not one of the request's tools")
+    raise InvalidRequest(f"tool_choice.type: unsupported tool_choice type {kind!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +113,10 @@ def parse_tool_calls(
     if tools is not None:
         for call in parsed.calls:
             if call.name not in tools:
-                raise MalformedToolCall(f"the model called tool {call.name!r}, not defined")
+                raise MalformedToolCall(
+                    f"the model called tool {call.name!r}, not defined (or not the one "
+                    "tool_choice names)"
+                )
     return parsed
 
 

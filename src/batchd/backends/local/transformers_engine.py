@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import inspect
+import itertools
 import logging
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,7 +192,9 @@ class ContinuousBatcher:
         self._pad = tokenizer.pad_token_id
         if self._pad is None:
             self._pad = min(self._eos)
-        self._waiting: deque[_Row] = deque()
+        # waiting rows, by (priority, arrival): an interactive call's before batch work
+        self._waiting: list[tuple[int, int, _Row]] = []
+        self._arrivals = itertools.count()
         self._wake = threading.Condition()
         self._closed = False
         # the running batch: rows, cache (right-aligned), attention mask, next positions
@@ -206,7 +210,7 @@ class ContinuousBatcher:
     def submit(self, job: Job) -> concurrent.futures.Future[Generated]:
         row = _Row(job, concurrent.futures.Future())
         with self._wake:
-            self._waiting.append(row)
+            heapq.heappush(self._waiting, (job.priority, next(self._arrivals), row))
             self._wake.notify()
         return row.future
 
@@ -237,7 +241,7 @@ class ContinuousBatcher:
                     if not row.future.done():
                         row.future.set_exception(exc)
                 self._reset()
-        for row in [*self._rows, *self._waiting]:
+        for row in [*self._rows, *(row for _, _, row in self._waiting)]:
             row.future.cancel()
 
     def _take(self) -> list[_Row]:
@@ -246,7 +250,7 @@ class ContinuousBatcher:
             return []
         joining: list[_Row] = []
         while self._waiting and len(joining) < free:
-            row = self._waiting.popleft()
+            row = heapq.heappop(self._waiting)[2]
             if row.job.abandoned.is_set():
                 row.future.cancel()
             else:
