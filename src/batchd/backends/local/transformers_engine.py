@@ -50,6 +50,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from batchd.backends.local.batching import MIN_SHARED, common_length, prefix_clusters
 from batchd.backends.local.generation import Finish, Generated, Job
+from batchd.backends.local.slots import SlotCache
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +198,16 @@ class ContinuousBatcher:
         self._arrivals = itertools.count()
         self._wake = threading.Condition()
         self._closed = False
-        # the running batch: rows, cache (right-aligned), attention mask, next positions
-        self._rows: list[_Row] = []
-        self._cache: Any = None
-        self._mask = torch.zeros((0, 0), dtype=torch.long, device=device)
-        self._positions = torch.zeros((0,), dtype=torch.long, device=device)
-        self._next = torch.zeros((0,), dtype=torch.long, device=device)
+        # the running batch: a row per slot (None: ended, until refilled or moved), their
+        # keys and values, the position and the input token of each slot's next step
+        self._slots: list[_Row | None] = []
+        self._live = 0
+        self._kv = SlotCache(model.config.get_text_config().num_hidden_layers, max_batch, device)
+        self._positions = torch.zeros((max_batch,), dtype=torch.long, device=device)
+        self._next = torch.zeros((max_batch,), dtype=torch.long, device=device)
+        # a decode step's mask goes to sdpa as it is ([rows, 1, 1, columns]); the library's
+        # mask building per step costs about as much as a small model's attention
+        self._mask_4d = getattr(model.config, "_attn_implementation", None) == "sdpa"
         self.computed_tokens = 0  # prompt tokens that went through the model
 
     # -- the caller's side (any thread) -------------------------------------------------
@@ -224,7 +229,7 @@ class ContinuousBatcher:
     def run(self) -> None:
         while True:
             with self._wake:
-                while not (self._closed or self._waiting or self._rows):
+                while not (self._closed or self._waiting or self._live):
                     self._wake.wait()
                 if self._closed:
                     break
@@ -233,20 +238,21 @@ class ContinuousBatcher:
                 with torch.inference_mode():
                     if joining:
                         self._admit(joining)
-                    if self._rows:
+                    if self._live:
                         self._step()
+                        self._close_holes()
             except Exception as exc:  # the model failed: fail what it held, keep serving
-                log.exception("a local step over %d rows failed", len(self._rows) + len(joining))
-                for row in self._rows + joining:
+                log.exception("a local step over %d rows failed", self._live + len(joining))
+                for row in [*self._running(), *joining]:
                     if not row.future.done():
                         row.future.set_exception(exc)
                 self._reset()
-        for row in [*self._rows, *(row for _, _, row in self._waiting)]:
+        for row in [*self._running(), *(row for _, _, row in self._waiting)]:
             row.future.cancel()
 
     def _take(self) -> list[_Row]:
-        free = self._max_batch - len(self._rows)
-        if not self._waiting or (self._rows and free < self._refill_at):
+        free = self._max_batch - self._live
+        if not self._waiting or (self._live and free < self._refill_at):
             return []
         joining: list[_Row] = []
         while self._waiting and len(joining) < free:
@@ -257,10 +263,12 @@ class ContinuousBatcher:
                 joining.append(row)
         return joining
 
+    def _running(self) -> list[_Row]:
+        return [row for row in self._slots if row is not None]
+
     def _reset(self) -> None:
-        self._rows, self._cache = [], None
-        self._mask = self._mask[:0, :0]
-        self._positions, self._next = self._positions[:0], self._next[:0]
+        self._slots, self._live = [], 0
+        self._kv.move([], [], 0)
         self._prefixes.clear()
 
     def _admit(self, joining: list[_Row]) -> None:
@@ -280,7 +288,7 @@ class ContinuousBatcher:
         ):
             if part:
                 self._prefill([joining[i] for i in part], [reused[i] for i in part])
-        log.debug("admitted %d rows: generating %d rows", len(joining), len(self._rows))
+        log.debug("admitted %d rows: generating %d rows", len(joining), self._live)
 
     def _prefill(self, joining: list[_Row], reused: list[tuple[int, _KV | None]]) -> None:
         prompts = [row.job.prompt for row in joining]
@@ -374,86 +382,96 @@ class ContinuousBatcher:
         lengths: torch.Tensor,
         logits: torch.Tensor,
     ) -> None:
+        """Pick the prefilled rows' first tokens; those still going take free slots (ended
+        rows' first, then new ones), their keys and values copied in."""
         first = self._pick(joining, logits)
         keep = [i for i, row in enumerate(joining) if not self._record(row, first[i])]
         if not keep:
             return
+        holes = [i for i, row in enumerate(self._slots) if row is None]
+        slots = (holes + list(range(len(self._slots), self._max_batch)))[: len(keep)]
+        self._slots += [None] * (max(slots) + 1 - len(self._slots))
+        for slot, i in zip(slots, keep, strict=True):
+            self._slots[slot] = joining[i]
+        self._live += len(keep)
         index = torch.tensor(keep, device=self._device)
-        new_mask = mask[index]
-        if self._cache is None:
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[index], layer.values[index]
-            self._cache, self._mask = cache, new_mask
-        else:
-            grow_old = max(0, new_mask.shape[1] - self._mask.shape[1])
-            grow_new = max(0, self._mask.shape[1] - new_mask.shape[1])
-            for old, new in zip(self._cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat(
-                    [_pad_left(old.keys, grow_old, 2), _pad_left(new.keys[index], grow_new, 2)]
-                )
-                old.values = torch.cat(
-                    [_pad_left(old.values, grow_old, 2), _pad_left(new.values[index], grow_new, 2)]
-                )
-            self._mask = torch.cat(
-                [_pad_left(self._mask, grow_old, 1), _pad_left(new_mask, grow_new, 1)]
-            )
-        self._rows += [joining[i] for i in keep]
-        self._positions = torch.cat([self._positions, lengths[index]])
-        self._next = torch.cat(
-            [self._next, torch.tensor([first[i] for i in keep], device=self._device)]
-        )
+        kv = [(layer.keys[index], layer.values[index]) for layer in cache.layers]
+        self._kv.place(slots, kv, mask[index])
+        at = torch.tensor(slots, device=self._device)
+        self._positions[at] = lengths[index]
+        self._next[at] = torch.tensor([first[i] for i in keep], device=self._device)
 
     def _step(self) -> None:
-        """One token for every running row; the rows that end leave the batch."""
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
+        """One token for every row in use; the rows that end leave their slots."""
+        rows = len(self._slots)
+        mask = self._kv.open_column()
         out = self._model(
-            input_ids=self._next[:, None],
-            attention_mask=self._mask,
-            position_ids=self._positions[:, None],
+            input_ids=self._next[:rows, None],
+            attention_mask=mask[:, None, None, :] if self._mask_4d else mask,
+            position_ids=self._positions[:rows, None],
             use_cache=True,
-            **{self._cache_arg: self._cache},
+            **{self._cache_arg: self._kv.cache},
         )
-        self._positions = self._positions + 1
-        tokens = self._pick(self._rows, out.logits[:, -1, :])
-        self._next = torch.tensor(tokens, device=self._device)
-        keep = [i for i, row in enumerate(self._rows) if not self._record(row, tokens[i])]
-        if len(keep) < len(self._rows):
-            self._drop(keep)
+        self._kv.end += 1
+        self._positions[:rows] += 1
+        chosen = self._choose(self._slots, out.logits[:, -1, :])
+        self._next[:rows] = chosen
+        ended = False
+        for slot, (row, token) in enumerate(zip(self._slots, chosen.tolist(), strict=True)):
+            if row is not None and self._record(row, token):
+                self._slots[slot] = None
+                self._kv.free(slot)
+                self._live -= 1
+                ended = True
+        if ended:
+            self._kv.trim()
 
-    def _drop(self, keep: list[int]) -> None:
-        """Let the ended rows go, and cut the columns no remaining row uses."""
-        self._rows = [self._rows[i] for i in keep]
-        if not keep:
-            self._reset_batch()
+    def _close_holes(self) -> None:
+        """Ended rows' slots that no waiting row takes now: the last rows move into them,
+        so that the steps compute no ended row."""
+        if self._live == len(self._slots) or self._refilling():
             return
-        index = torch.tensor(keep, device=self._device)
-        self._mask = self._mask[index]
-        used = self._mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        self._mask = self._mask[:, start:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
-        self._positions, self._next = self._positions[index], self._next[index]
+        live = self._live
+        holes = [i for i in range(live) if self._slots[i] is None]
+        movers = [i for i in range(live, len(self._slots)) if self._slots[i] is not None]
+        self._kv.move(movers, holes, live)
+        if movers:
+            source = torch.tensor(movers, device=self._device)
+            target = torch.tensor(holes, device=self._device)
+            self._positions[target] = self._positions[source]
+            self._next[target] = self._next[source]
+        for hole, mover in zip(holes, movers, strict=True):
+            self._slots[hole] = self._slots[mover]
+        del self._slots[live:]
 
-    def _reset_batch(self) -> None:
-        self._cache = None
-        self._mask = self._mask[:0, :0]
-        self._positions, self._next = self._positions[:0], self._next[:0]
+    def _refilling(self) -> bool:
+        """Whether the next admission fills free slots (as ``_take`` decides)."""
+        with self._wake:
+            waiting = bool(self._waiting)
+        return waiting and self._max_batch - self._live >= self._refill_at
 
     def _pick(self, rows: Sequence[_Row], logits: torch.Tensor) -> list[int]:
-        """Each row's next token under its own sampling (greedy rows: the likeliest)."""
+        picked: list[int] = self._choose(rows, logits).tolist()
+        return picked
+
+    def _choose(self, rows: Sequence[_Row | None], logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token under its own sampling (greedy rows: the likeliest; an
+        ended row's, None, is never read)."""
         if self._processors:
             logits = logits.clone()
             for i, row in enumerate(rows):
+                if row is None:
+                    continue
                 for processor in self._processors:
                     logits[i] = processor(row.job.prompt, row.generated, logits[i])
         chosen = logits.argmax(dim=-1)
-        sampled = [i for i, row in enumerate(rows) if not row.job.sampling.greedy]
+        sampled = [
+            (i, row.job) for i, row in enumerate(rows) if row and not row.job.sampling.greedy
+        ]
         if sampled:
-            chosen[sampled] = _sample(logits[sampled], [rows[i].job for i in sampled])
-        picked: list[int] = chosen.tolist()
-        return picked
+            at = [i for i, _ in sampled]
+            chosen[at] = _sample(logits[at], [job for _, job in sampled])
+        return chosen
 
     def _record(self, row: _Row, token: int) -> bool:
         """Add ``token`` to ``row``; when the row has ended, answer it and say so."""
