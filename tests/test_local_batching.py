@@ -12,6 +12,7 @@ from batchd.backends.local.batching import (
     MIN_SHARED,
     PaddedBatcher,
     common_length,
+    length_chunks,
     pick_group,
     prefix_clusters,
     shared_prefix,
@@ -196,3 +197,20 @@ async def test_a_failing_batch_fails_its_jobs_only() -> None:
 )
 def test_cpu_threads(configured: int | None, cores: int | None, expected: int) -> None:
     assert cpu_threads(configured, cores) == expected
+
+
+@pytest.mark.parametrize(
+    ("lengths", "pass_tokens", "expected"),
+    [
+        # nothing to prefill
+        ([], 128, []),
+        # like lengths: one pass, shortest first
+        ([90, 88, 92], 128, [[1, 0, 2]]),
+        # a long prompt among short ones: padding the short ones to it costs more than a pass
+        ([10, 500, 12, 11], 128, [[0, 3, 2], [1]]),
+        # passes that cost nothing: each length apart, equal ones together
+        ([30, 10, 20, 10], 0, [[1, 3], [2], [0]]),
+    ],
+)
+def test_length_chunks(lengths: list[int], pass_tokens: int, expected: list[list[int]]) -> None:
+    assert length_chunks(lengths, pass_tokens) == expected

@@ -3,7 +3,8 @@
 Prefixes (pure functions): how long two prompts share, what a group shares, and which
 new rows share a prefix worth computing once (``prefix_clusters``, for the transformers
 engine's prefix cache). A prefix shorter than MIN_SHARED tokens is not worth a pass of
-its own.
+its own. ``length_chunks`` splits new rows into prefill passes of like lengths, so that
+little padding is computed.
 
 Dynamic padded batching (``PaddedBatcher``, the embeddings engine's): jobs arrive one by
 one (one per request in flight); a scheduler task takes a group from those waiting
@@ -33,6 +34,9 @@ RunBatch = Callable[[Sequence[Job]], list[R]]
 
 
 MIN_SHARED = 32  # tokens: a shorter common prefix is not worth a pass of its own
+# a forward pass's fixed cost, in padded prompt tokens (measured on the 2-core CPU, tiny
+# model: about 2 ms a pass against 20 us a prompt token)
+PASS_TOKENS = 128
 
 
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -158,6 +162,25 @@ class PaddedBatcher(Generic[R]):
         for waiting, result in zip(group, results, strict=True):
             if not waiting.future.done():
                 waiting.future.set_result(result)
+
+
+def length_chunks(lengths: Sequence[int], pass_tokens: int = PASS_TOKENS) -> list[list[int]]:
+    """Indexes of ``lengths`` in groups to prefill one pass each, shortest first: the split
+    of the sorted lengths with the least padded tokens (a group costs its size times its
+    longest) plus ``pass_tokens`` a pass."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ordered = [lengths[i] for i in order]
+    # best[j]: the least cost of the first j; cut[j]: where its last group starts
+    best, cut = [0] + [0] * len(ordered), [0] * (len(ordered) + 1)
+    for j in range(1, len(ordered) + 1):
+        best[j], cut[j] = min(
+            (best[i] + (j - i) * ordered[j - 1] + pass_tokens, i) for i in range(j)
+        )
+    groups, j = [], len(ordered)
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def prefix_clusters(prompts: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:

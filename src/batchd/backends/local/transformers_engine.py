@@ -48,7 +48,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from batchd.backends.local.batching import MIN_SHARED, common_length, prefix_clusters
+from batchd.backends.local.batching import (
+    MIN_SHARED,
+    common_length,
+    length_chunks,
+    prefix_clusters,
+)
 from batchd.backends.local.generation import Finish, Generated, Job
 from batchd.backends.local.slots import SlotCache
 
@@ -281,13 +286,16 @@ class ContinuousBatcher:
             self._compute_shared(joining, reused)
         # Rows starting from a cached prefix and rows without are prefilled apart: together,
         # a short own part after a long prefix is padded to the longest whole prompt, and
-        # that padding would stay in the batch's cache, between the row's two parts.
+        # that padding would stay in the batch's cache, between the row's two parts. Each
+        # part goes in passes of like lengths of their own (little padding computed).
         for part in (
             [i for i, (n, _) in enumerate(reused) if n],
             [i for i, (n, _) in enumerate(reused) if not n],
         ):
-            if part:
-                self._prefill([joining[i] for i in part], [reused[i] for i in part])
+            own = [len(prompts[i]) - reused[i][0] for i in part]
+            for chunk in length_chunks(own):
+                rows = [part[c] for c in chunk]
+                self._prefill([joining[i] for i in rows], [reused[i] for i in rows])
         log.debug("admitted %d rows: generating %d rows", len(joining), self._live)
 
     def _prefill(self, joining: list[_Row], reused: list[tuple[int, _KV | None]]) -> None:
