@@ -7,6 +7,7 @@ import functools
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +23,17 @@ PREFIX = list(range(10, 90))  # 80 tokens: long enough to share
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
-    directory = build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-    tokenizer: Any = AutoTokenizer.from_pretrained(directory)
-    model: Any = AutoModelForCausalLM.from_pretrained(directory)
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def tiny(request: pytest.FixtureRequest, tiny_dir: Path) -> tuple[Any, Any]:
+    """The tiny model under each attention: sdpa takes the step's mask as it is, eager
+    has the library build it."""
+    tokenizer: Any = AutoTokenizer.from_pretrained(tiny_dir)
+    auto: Any = AutoModelForCausalLM  # an untyped factory
+    model: Any = auto.from_pretrained(tiny_dir, attn_implementation=request.param)
     return model.eval(), tokenizer
 
 
@@ -190,3 +198,17 @@ def test_waiting_rows_are_admitted_by_priority(running: Any) -> None:
     for future in futures:
         future.result(timeout=60)
     assert engine.ended == [0, 3, 1, 2]
+
+
+def test_long_answers_outgrow_the_columns_and_stay_right(
+    running: Any, tiny: tuple[Any, Any]
+) -> None:
+    engine = running(max_batch=3)
+    # answers longer than the room kept on the right, prompts longer than the rows before
+    jobs = [Job(list(range(20, 26 + 11 * i)), (5, 70, 130)[i % 3], (), GREEDY) for i in range(6)]
+    results = [f.result(timeout=60) for f in engine.submit(jobs)]
+    for job, result in zip(jobs, results, strict=True):
+        expected = reference(tiny[0], job.prompt, job.max_tokens)
+        assert result.tokens == expected[: len(result.tokens)]
+        assert len(result.tokens) == job.max_tokens or result.finish is Finish.EOS
+    assert sum(len(r.tokens) for r in results) > 300  # the answers did run long

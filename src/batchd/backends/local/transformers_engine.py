@@ -116,8 +116,12 @@ class PrefixCache:
         self._entries.move_to_end(found)
         return best, [(k[:, :, :best], v[:, :, :best]) for k, v in self._entries[found]]
 
+    def wants(self, tokens: tuple[int, ...]) -> bool:
+        """Whether ``put`` would keep these tokens (worth cutting their keys and values)."""
+        return MIN_SHARED <= len(tokens) <= self.capacity and tokens not in self._entries
+
     def put(self, tokens: tuple[int, ...], kv: _KV) -> None:
-        if len(tokens) < MIN_SHARED or len(tokens) > self.capacity or tokens in self._entries:
+        if not self.wants(tokens):
             return
         self._entries[tokens] = kv
         self._by_head.setdefault(tokens[:MIN_SHARED], []).append(tokens)
@@ -348,8 +352,8 @@ class ContinuousBatcher:
         row's reused prefix ends where its own padding starts, its own tokens end the row."""
         past_width = width - max(len(p) - n for p, n in zip(prompts, reused, strict=True))
         for row, (prompt, n) in enumerate(zip(prompts, reused, strict=True)):
-            own = len(prompt) - n
-            if own < MIN_SHARED:
+            own, tokens = len(prompt) - n, tuple(prompt)
+            if own < MIN_SHARED or not self._prefixes.wants(tokens):
                 continue
             kv = [
                 (
@@ -358,7 +362,7 @@ class ContinuousBatcher:
                 )
                 for layer in cache.layers
             ]
-            self._prefixes.put(tuple(prompt), kv)
+            self._prefixes.put(tokens, kv)
 
     def _compute_shared(self, joining: list[_Row], reused: list[tuple[int, _KV | None]]) -> None:
         """Rows with nothing cached that share a long prefix among themselves: compute each
