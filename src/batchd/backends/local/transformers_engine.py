@@ -4,14 +4,17 @@ One thread runs the model, step after step, over the rows in flight (up to ``max
 A row that ends (its ``max_tokens``, the end-of-turn token, a stop sequence in its text,
 its caller gone) leaves the batch at once, and waiting jobs take the free rows at the next
 step: one long generation no longer holds the others idle, as it did in the padded groups
-that ``generate`` runs (each row there computes until the longest one ends).
+that ``generate`` runs (each row there computes until the longest one ends). Waiting jobs
+are admitted by ``Job.priority`` (lower first: an interactive call before batch work),
+then in arrival order.
 
-The batch's key/value cache is the library's ``DynamicCache``, its rows aligned on the
-right: every row's last token sits in the last column, shorter rows are padded on the
-left, and the attention mask hides the padding (positions are given per row, so each
-row's answer is that of its unpadded prompt). New rows are prefilled in one forward pass
-of their own and joined to the batch by padding the narrower side; columns that no row
-uses any more are cut off the left.
+The batch's keys and values sit in slots allocated once (``slots.SlotCache``), its rows
+aligned on the right: every row's last token sits in the same column, shorter rows are
+padded on the left, and the attention mask hides the padding (positions are given per
+row, so each row's answer is that of its unpadded prompt). A step writes one column in
+place; an ended row's slot is refilled, or the last rows move into it. New rows are
+prefilled in passes of their own, of like prompt lengths (``batching.length_chunks``),
+and copied into free slots.
 
 Prefixes (``share_prefixes``): a prompt that starts with a prefix kept in the prefix cache
 (``PrefixCache``) takes that prefix's keys and values instead of computing them, and new
