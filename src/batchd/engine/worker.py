@@ -30,11 +30,12 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter
 
+from batchd.backends.base import OPENAI_EMBEDDINGS
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
 from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
-from batchd.engine.answers import answer_key, reusable, reused_message
+from batchd.engine.answers import answer_key, reusable, reused_body, reused_message
 from batchd.engine.order import ClaimPlanner
 from batchd.engine.webhooks import WebhookSender
 from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable, UpstreamError
@@ -51,9 +52,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class _Decoded:
     """A claimed request's params, decoded once: a Messages request's ``params``, or an
-    OpenAI request's ``body`` as it was sent (and its model)."""
+    OpenAI request's ``body`` as it was sent; its model, and whether its answer is the same
+    each time (temperature 0, or an embedding)."""
 
     model: str
+    deterministic: bool
     params: Params | None = None
     body: dict[str, Any] | None = None
 
@@ -70,11 +73,12 @@ class _Prepared:
 
 @dataclass(frozen=True, slots=True)
 class _Dialect:
-    """How the engine decodes a request of one dialect, reads its answer's usage and writes
-    its result line."""
+    """How the engine decodes a request of one dialect, reads its answer's usage, takes an
+    answer from a stored result line (and the model asked for) and writes its result line."""
 
     decode: Callable[[ClaimedRequest], _Decoded]
     usage: Callable[[dict[str, Any]], TokenUsage]
+    reused: Callable[[bytes, str], dict[str, Any]]
     succeeded: Callable[[str, dict[str, Any]], bytes]
     failed: Callable[[str, BatchdError], bytes]
 
@@ -350,9 +354,9 @@ class Engine:
             model = decoded.model
             if stored is not None:
                 self._metrics.answers_reused.labels(runner.name).inc()
-                message = reused_message(stored, model)
-                line = succeeded_line(custom_id, message)
-                usage = usage_of(message)  # counted like any succeeded result's
+                answer = dialect.reused(stored, model)
+                line = dialect.succeeded(custom_id, answer)
+                usage = dialect.usage(answer)  # counted like any succeeded result's
                 return Outcome(
                     request,
                     RequestState.SUCCEEDED,
@@ -413,11 +417,12 @@ class Engine:
             except InvalidRequest:  # params that no longer decode: run (and fail) as usual
                 continue
             key = None
-            if request.endpoint is None:  # OpenAI requests are not reused (yet)
-                assert decoded.params is not None
-                if reusable(runner.reuse_answers, decoded.params):
-                    workspace = workspaces[request.batch_seq]
-                    key = answer_key(workspace, runner.name, request.params)
+            if reusable(runner.reuse_answers, decoded.deterministic):
+                sent = decoded.body
+                if sent is None:  # a Messages request: its params as sent, not as decoded
+                    sent = _body_decoder.decode(request.params)
+                workspace = workspaces[request.batch_seq]
+                key = answer_key(workspace, runner.name, sent, request.endpoint)
             prepared[request.id] = _Prepared(decoded, key)
         keys = [p.key for p in prepared.values() if p.key is not None]
         try:
@@ -566,7 +571,7 @@ class Engine:
 
 def _decode_messages(request: ClaimedRequest) -> _Decoded:
     params = stored_params(request.params)
-    return _Decoded(params.model, params=params)
+    return _Decoded(params.model, params.temperature == 0, params=params)
 
 
 def _decode_openai(request: ClaimedRequest) -> _Decoded:
@@ -576,7 +581,11 @@ def _decode_openai(request: ClaimedRequest) -> _Decoded:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"stored body no longer decodes: {exc}") from None
     model = body.get("model")
-    return _Decoded(model if isinstance(model, str) else "", body=body)
+    temperature = body.get("temperature")
+    deterministic = request.endpoint == OPENAI_EMBEDDINGS or (
+        type(temperature) in (int, float) and temperature == 0
+    )
+    return _Decoded(model if isinstance(model, str) else "", deterministic, body=body)
 
 
 def openai_usage_of(body: dict[str, Any]) -> TokenUsage:
@@ -614,7 +623,14 @@ def usage_of(message: dict[str, Any]) -> TokenUsage:
 _MESSAGES = _Dialect(
     _decode_messages,
     usage_of,
+    reused_message,
     succeeded_line,
     lambda custom_id, exc: errored_line(custom_id, exc.error_type, exc.message),
 )
-_OPENAI = _Dialect(_decode_openai, openai_usage_of, output_line, refused_line)
+_OPENAI = _Dialect(
+    _decode_openai,
+    openai_usage_of,
+    lambda stored, _model: reused_body(stored),  # the model its upstream named, as stored
+    output_line,
+    refused_line,
+)
