@@ -12,6 +12,10 @@ leases; the sweeper returns lost leases to the queue, expires batches past their
 and ends finished batches; the purger deletes the requests of batches whose results passed
 the retention time.
 
+Where a backend reuses answers (``engine/answers.py``), a claim's requests are decoded as they
+are claimed, their stored answers looked up in one query, and identical requests in flight
+here at once call the upstream once (``Engine._coalesced``).
+
 While the store is unavailable every loop keeps going: claims, heartbeats and sweeps are
 tried again with a doubling delay (``StoreBackoff``), and finished results wait in memory
 until they can be written, so that work done during an outage is not done again.
