@@ -284,6 +284,23 @@ def test_cancel_of_a_running_batch_keeps_the_finished_lines(oai: openai.OpenAI) 
     assert {line["error"]["code"] for line in errors.values()} == {"batch_cancelled"}
 
 
+def test_the_lines_of_requests_that_never_ran_keep_their_ids(oai: openai.OpenAI) -> None:
+    """An error file's lines of cancelled requests are rendered on each read: their ids are
+    the same on every download (and in the partial output), one per request."""
+    file = upload(oai, [chat_line(f"r{i}", model="slow-1") for i in range(30)])
+    batch = oai.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    oai.batches.cancel(batch.id)
+    done = wait_done(oai, batch.id)
+
+    first, again = lines_of(oai, done.error_file_id), lines_of(oai, done.error_file_id)
+    partial = [json.loads(line) for line in partial_output(oai, batch.id).text.splitlines()]
+    ids = {custom_id: line["id"] for custom_id, line in first.items()}
+    assert len(ids) > 20
+    assert {custom_id: line["id"] for custom_id, line in again.items()} == ids
+    assert {line["custom_id"]: line["id"] for line in partial if line["error"]} == ids
+    assert len(set(ids.values())) == len(ids)
+
+
 def test_cancel_of_a_completed_batch_is_refused(oai: openai.OpenAI) -> None:
     batch = run_batch(oai, [chat_line("a")])
 

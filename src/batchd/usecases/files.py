@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from batchd.domain import FileRole, RequestState, StoredFile
 from batchd.errors import InvalidRequest, NotFound, RequestTooLarge
-from batchd.ids import new_file_id
+from batchd.ids import new_file_id, unrun_request_id
 from batchd.schemas.openai import (
     CANCELLED_MESSAGE,
     EXPIRED_MESSAGE,
@@ -141,7 +141,10 @@ class FileService:
 
     async def _rendered(self, batch_seq: int, role: FileRole) -> AsyncIterator[bytes]:
         async for page in self._store.iter_results(batch_seq, RESULTS_PAGE):
-            lines = [_line(custom_id, state, result, role) for _, custom_id, state, result in page]
+            lines = [
+                _line(batch_seq, custom_id, state, result, role)
+                for _, custom_id, state, result in page
+            ]
             yield b"".join(line for line in lines if line)
 
     async def _measured(self, file: StoredFile) -> StoredFile:
@@ -156,21 +159,27 @@ class FileService:
         return replace(file, bytes=size, lines=lines)
 
 
-def _line(custom_id: str, state: str, result: bytes | None, role: FileRole) -> bytes:
-    """The line of one request in an output or error file; empty where it has none there."""
+def _line(
+    batch_seq: int, custom_id: str, state: str, result: bytes | None, role: FileRole
+) -> bytes:
+    """The line of one request in an output or error file; empty where it has none there.
+    A stored result line is given as it was recorded; the line of a request that never ran
+    is made here, its id derived from the batch and custom_id (the same on every read)."""
     if role is FileRole.OUTPUT:
         return result + b"\n" if state == RequestState.SUCCEEDED and result is not None else b""
     if state == RequestState.ERRORED and result is not None:
         return result + b"\n"
     if state == RequestState.CANCELED:
-        return unrun_line(custom_id, "batch_cancelled", CANCELLED_MESSAGE) + b"\n"
-    if state == RequestState.EXPIRED:
-        return unrun_line(custom_id, "batch_expired", EXPIRED_MESSAGE) + b"\n"
-    return b""
+        code, message = "batch_cancelled", CANCELLED_MESSAGE
+    elif state == RequestState.EXPIRED:
+        code, message = "batch_expired", EXPIRED_MESSAGE
+    else:
+        return b""
+    return unrun_line(unrun_request_id(batch_seq, custom_id), custom_id, code, message) + b"\n"
 
 
-def result_line(custom_id: str, state: str, result: bytes | None) -> bytes:
+def result_line(batch_seq: int, custom_id: str, state: str, result: bytes | None) -> bytes:
     """A request's line of the output file, or else of the error file (empty: neither yet)."""
-    return _line(custom_id, state, result, FileRole.OUTPUT) or _line(
-        custom_id, state, result, FileRole.ERROR
+    return _line(batch_seq, custom_id, state, result, FileRole.OUTPUT) or _line(
+        batch_seq, custom_id, state, result, FileRole.ERROR
     )

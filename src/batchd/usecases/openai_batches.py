@@ -157,7 +157,7 @@ class OpenAIBatchService:
         that reads on from them. The output and error files are written at the end."""
         found = await self.get(workspace, batch_id)
         upto, pages = await recorded_pages(self._store, found.batch.seq, after)
-        return upto, _openai_lines(pages)
+        return upto, _openai_lines(found.batch.seq, pages)
 
     async def get(self, workspace: str, batch_id: str) -> OpenAIBatch:
         batch = await self._store.get_batch(workspace, batch_id)
@@ -192,9 +192,9 @@ class OpenAIBatchService:
         return with_fields(batch)
 
 
-async def _openai_lines(pages: AsyncIterator[list[ResultRecord]]) -> AsyncIterator[bytes]:
+async def _openai_lines(
+    batch_seq: int, pages: AsyncIterator[list[ResultRecord]]
+) -> AsyncIterator[bytes]:
     """Each recorded request's line of the output file or of the error file."""
     async for page in pages:
-        yield b"".join(
-            [result_line(custom_id, state, result) for _, custom_id, state, result in page]
-        )
+        yield b"".join([result_line(batch_seq, c, state, result) for _, c, state, result in page])
