@@ -534,6 +534,30 @@ def test_unrun_requests_expire_into_the_error_file(
     assert {line["error"]["code"] for line in errors.values()} == {"batch_expired"}
 
 
+def test_a_batchs_estimated_input_tokens_count_against_the_backlog_quota(
+    start_server: StartServer, held: FakeUpstream
+) -> None:
+    """An OpenAI batch's input tokens are estimated on create, as the Messages face's: a
+    running batch's count against max_queued_input_tokens_per_workspace."""
+    server = start_server(
+        backends=[held_backend(held)], max_queued_input_tokens_per_workspace=4_000
+    )
+    lines = [chat_line(f"r{i}", "word " * 1_000, model="claude-held") for i in range(2)]
+    with sdk(server) as client:
+        first = client.batches.create(
+            input_file_id=upload(client, lines).id, endpoint=CHAT, completion_window="24h"
+        )
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.batches.create(
+                input_file_id=upload(client, lines).id, endpoint=CHAT, completion_window="24h"
+            )
+        held.release()
+        assert wait_done(client, first.id).status == "completed"
+
+    assert "max_queued_input_tokens_per_workspace" in refused.value.message
+    assert "adds about 25" in refused.value.message  # two lines of about 5,000 characters
+
+
 def completed(client: openai.OpenAI, batch_id: str) -> int:
     counts = client.batches.retrieve(batch_id).request_counts
     assert counts is not None

@@ -29,7 +29,12 @@ from batchd.schemas.openai import BatchFields, CreateBatch, refused_line
 from batchd.schemas.openai_batch import OpenAIBatch, openai_status, with_fields
 from batchd.store import NewFile, NewRequest, Store
 from batchd.store.store import ResultRecord
-from batchd.usecases.batches import BatchLimits, idempotency_claim, recorded_pages
+from batchd.usecases.batches import (
+    BatchLimits,
+    idempotency_claim,
+    queued_input_tokens,
+    recorded_pages,
+)
 from batchd.usecases.files import FILE_EXPIRY_SECONDS, result_line
 from batchd.usecases.files import not_found as file_not_found
 
@@ -110,13 +115,15 @@ class OpenAIBatchService:
                 (fields.error_file_id, "batch_errors.jsonl", FileRole.ERROR),
             )
         ]
+        queued, tokens = queued_input_tokens(rows)
         batch = await self._store.create_batch(
             new_openai_batch_id(),
             workspace,
             now,
             now + self._limits.ttl_seconds,
             rows,
-            self._limits.backlog_check(len(rows)),
+            self._limits.backlog_check(queued, tokens),
+            input_tokens=tokens,
             dialect=BatchDialect.OPENAI,
             dialect_fields=msgspec.json.encode(fields),
             files=[] if errors else files,
