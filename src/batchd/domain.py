@@ -170,6 +170,10 @@ class ClaimedRequest:
     attempt: int
     endpoint: str | None = None  # an OpenAI request's endpoint; None: a Messages request
 
+    @property
+    def dialect(self) -> BatchDialect:
+        return BatchDialect.ANTHROPIC if self.endpoint is None else BatchDialect.OPENAI
+
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:

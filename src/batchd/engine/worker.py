@@ -33,7 +33,7 @@ from prometheus_client import Counter
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
-from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.domain import BatchDialect, ClaimedRequest, Outcome, RequestState, TokenUsage
 from batchd.engine.answers import answer_key, reusable, reused_message
 from batchd.engine.order import ClaimPlanner
 from batchd.engine.webhooks import WebhookSender
@@ -112,7 +112,8 @@ class _Lane:
         self.pacer = runner.pacer
         self.changed = asyncio.Event()  # a slot freed or new work arrived
         self.pacer.on_free(self.changed.set)
-        self.finished: dict[RequestState, Counter] = {}  # metric children, by final state
+        # metric children, by final state and dialect
+        self.finished: dict[tuple[RequestState, BatchDialect], Counter] = {}
         self.has_work = True  # False once a claim round found nothing
         self.exhausted: set[int] = set()  # batches with nothing queued for this backend
         self.planner = ClaimPlanner()
@@ -293,10 +294,11 @@ class Engine:
             outcome = await self._execute(lane, request, slot, answer)
         finally:
             slot.release()
-        finished = lane.finished.get(outcome.state)
+        key = (outcome.state, request.dialect)
+        finished = lane.finished.get(key)
         if finished is None:
-            finished = self._metrics.requests_finished.labels(lane.runner.name, outcome.state)
-            lane.finished[outcome.state] = finished
+            finished = self._metrics.requests_finished.labels(lane.runner.name, *key)
+            lane.finished[key] = finished
         finished.inc()
         self._outcomes.put_nowait(outcome)
 
@@ -439,7 +441,7 @@ class Engine:
                     await asyncio.sleep(backoff.failed(exc))
             backoff.succeeded()
             self._held.difference_update(o.request.id for o in group)
-            self._metrics.batches_ended.inc(recorded.ended)
+            self._metrics.count_ended(recorded.ended_dialects)
             if recorded.applied < len(group):
                 fenced = len(group) - recorded.applied
                 log.warning("%d results were fenced off (lease lost)", fenced)
@@ -524,7 +526,7 @@ class Engine:
             # its lease is renewed, never run again beside itself.
             await self._renew(now)
         sweep = await self._store.sweep(now)
-        self._metrics.batches_ended.inc(sweep.ended)
+        self._metrics.count_ended(sweep.ended_dialects)
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()

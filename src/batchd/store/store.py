@@ -129,6 +129,7 @@ class Claimable:
 class Recorded:
     applied: int  # results written; the others were fenced off (their lease was lost)
     ended: int  # batches these results completed
+    ended_dialects: tuple[BatchDialect, ...] = field(default=(), compare=False)  # for /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ class Sweep:
     requeued: int  # running requests whose lease had expired, back in the queue
     expired: int  # batches past their deadline whose queued requests became expired
     ended: int  # batches that had nothing left to do and are now ended
+    ended_dialects: tuple[BatchDialect, ...] = field(default=(), compare=False)  # for /metrics
 
 
 class Row(Protocol):  # read by position or column name: sqlite3.Row, asyncpg.Record
@@ -571,7 +573,8 @@ class Store:
         reused = {o.request.id for o in ordered if o.reused}
         tallies: dict[int, _Tally] = {}
         ids: dict[int, list[int]] = {}
-        ended = queued = 0
+        ended: list[BatchDialect] = []
+        queued = 0
         # SQLite has one writer: its marks are taken first and written with the results, in
         # one statement. PostgreSQL takes them after, as every writer locks requests before
         # their batches (the other order would deadlock with the sweeper's requeue).
@@ -594,11 +597,11 @@ class Store:
                 workspace = await _add_counts(tx, seq, tallies[seq].states, reused=n_reused)
                 await tallies[seq].write(tx, seq, workspace, utc_day(now))
                 if await tx.fetch("finalize_batch", {"seq": seq, "now": now}):
-                    ended += 1
                     batch = await _batch_by_seq(tx, seq)
+                    ended.append(batch.dialect)
                     queued += await emit_batch_event(tx, WebhookEvent.BATCH_ENDED, batch, now)
         self.webhooks.wake(queued)
-        return Recorded(len(written), ended)
+        return Recorded(len(written), len(ended), tuple(ended))
 
     async def sweep(self, now: float) -> Sweep:
         """In one transaction: requeue lost leases, expire overdue batches, end finished ones."""
@@ -615,12 +618,13 @@ class Store:
                 await _add_counts(tx, seq, Counter({RequestState.EXPIRED.value: moved}), now)
                 batch = await _batch_by_seq(tx, seq)
                 queued += await emit_batch_event(tx, WebhookEvent.BATCH_EXPIRED, batch, now)
-            ended = [r[0] for r in await tx.fetch("finalize_all", {"now": now})]
-            for seq in ended:
+            ended: list[BatchDialect] = []
+            for [seq] in await tx.fetch("finalize_all", {"now": now}):
                 batch = await _batch_by_seq(tx, seq)
+                ended.append(batch.dialect)
                 queued += await emit_batch_event(tx, WebhookEvent.BATCH_ENDED, batch, now)
         self.webhooks.wake(queued)
-        return Sweep(requeued=requeued, expired=len(expiring), ended=len(ended))
+        return Sweep(requeued, len(expiring), len(ended), tuple(ended))
 
     async def purge(self, cutoff: float, now: float, chunk: int, *, batches: int = 100) -> Purge:
         """Delete the requests of up to ``batches`` ended batches created at or before
