@@ -197,6 +197,8 @@ class Tx(Protocol):  # one transaction of a driver, running the named queries of
     async def bulk_insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None: ...
     async def notify(self) -> None: ...  # wake the waiting workers once this commits
     async def run_script(self, sql: str) -> None: ...
+    # A named query with no statement timeout: waiting for a lock a long migration holds.
+    async def fetch_unbounded(self, query: str) -> list[Row]: ...
 
 
 class Driver(Protocol):  # what a dialect gives the Store; its errors leave as StoreUnavailable
@@ -944,7 +946,10 @@ async def _migrate(driver: Driver, *, apply: bool) -> None:
     migrations = load_migrations(driver.dialect)
     latest = migrations[-1][0]
     async with driver.transaction() as tx:
-        await tx.fetch("migration_lock")
+        if apply:  # another process's migration may hold the lock for as long as it takes
+            await tx.fetch_unbounded("migration_lock")
+        else:
+            await tx.fetch("migration_lock")
         await tx.execute("create_migrations_table")
         [[current]] = await tx.fetch("schema_version")
         if current > latest:
