@@ -4,6 +4,12 @@ An upload's bytes are stored in chunks as they came. A batch's output and error 
 no bytes of their own: their lines are rendered from the batch's requests when read (the
 stored result lines, and a line for each request that never ran), and their size is
 measured the first time they are read after the batch has ended.
+
+A file past its ``expires_at`` is gone, as OpenAI's: 404, not listed, and the engine's
+purger deletes it (an upload's bytes; an output or error file's rows, and the batch's
+requests once its files are all gone). An output or error file lives the batch's
+``output_expires_after`` (30 days by default) from the batch's end, and never longer than
+the batch's results (``results_retention_seconds`` from its creation).
 """
 
 from __future__ import annotations
@@ -104,7 +110,7 @@ class FileService:
     async def find(self, workspace: str, file_id: str) -> StoredFile:
         """A visible file, measured."""
         file = await self._store.get_file(workspace, file_id)
-        if file is None or not file.exists:
+        if file is None or not file.visible(self._clock()):
             raise not_found(file_id)
         return await self._measured(file)
 
@@ -118,7 +124,7 @@ class FileService:
         newest_first: bool,
     ) -> tuple[list[StoredFile], bool]:
         page = await self._store.list_files(
-            workspace, limit, after, purpose=purpose, newest_first=newest_first
+            workspace, limit, after, purpose=purpose, newest_first=newest_first, now=self._clock()
         )
         if page is None:
             raise not_found(after or "")
@@ -126,7 +132,7 @@ class FileService:
         return [await self._measured(f) for f in files], has_more
 
     async def delete(self, workspace: str, file_id: str) -> None:
-        if not await self._store.delete_file(workspace, file_id):
+        if not await self._store.delete_file(workspace, file_id, self._clock()):
             raise not_found(file_id)
 
     async def content(self, workspace: str, file_id: str) -> AsyncIterator[bytes]:

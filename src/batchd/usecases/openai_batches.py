@@ -84,7 +84,7 @@ class OpenAIBatchService:
         idempotency = idempotency_claim(idempotency_key, body, now, Schedule(), _FACE)
         create = _parse_create(body)
         file = await self._store.get_file(workspace, create.input_file_id)
-        if file is None or file.role is not FileRole.UPLOAD:
+        if file is None or file.role is not FileRole.UPLOAD or not file.visible(now):
             raise file_not_found(create.input_file_id)
         reader = InputReader(create.endpoint, self._router.route, self._limits.max_requests)
         async for chunk in self._store.file_chunks(file.seq):
@@ -108,8 +108,9 @@ class OpenAIBatchService:
             if create.output_expires_after is not None
             else FILE_EXPIRY_SECONDS
         )
+        most = now + self._limits.retention_seconds  # they live no longer than the results
         files = [
-            NewFile(file_id, workspace, "batch_output", name, now, now + lifetime, role)
+            NewFile(file_id, workspace, "batch_output", name, now, most, role, None, 0, lifetime)
             for file_id, name, role in (
                 (fields.output_file_id, "batch_output.jsonl", FileRole.OUTPUT),
                 (fields.error_file_id, "batch_errors.jsonl", FileRole.ERROR),
