@@ -579,12 +579,19 @@ def gone(client: openai.OpenAI, file_id: str) -> bool:
     return True
 
 
+def purging_server(
+    start_server: StartServer, tmp_path: Path, **options: Any
+) -> tuple[RunningServer, ManualClock, Path]:
+    """A server on a clock the test moves, whose purger looks every 50 ms, and its database."""
+    clock = ManualClock()
+    server = start_server(clock=clock, purge_interval_seconds=0.05, **options)
+    return server, clock, tmp_path / "batchd.db"
+
+
 def test_an_upload_past_its_expires_at_is_gone_and_its_bytes_deleted(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    clock = ManualClock()
-    server = start_server(clock=clock, purge_interval_seconds=0.05)
-    db = tmp_path / "batchd.db"
+    server, clock, db = purging_server(start_server, tmp_path)
     with sdk(server) as client:
         data = io.BytesIO(jsonl([chat_line("a")]))
         hour = client.files.create(
@@ -611,10 +618,7 @@ def test_output_and_error_files_expire_after_the_batch_ends_and_take_its_results
 ) -> None:
     """``output_expires_after`` counts from the files' creation, the batch's end (not its
     creation); past it both files are gone, and the purger deletes the batch's requests."""
-    clock = ManualClock()
-    backend = held_backend(held)
-    server = start_server(backends=[backend], clock=clock, purge_interval_seconds=0.05)
-    db = tmp_path / "batchd.db"
+    server, clock, db = purging_server(start_server, tmp_path, backends=[held_backend(held)])
     content = [{"type": "text", "text": "what is this?"}, FORBIDDEN_IMAGE]
     refused = chat_line("bad", model="claude-x") | {
         "body": {"model": "claude-x", "messages": [{"role": "user", "content": content}]}
@@ -659,9 +663,7 @@ def test_output_files_live_no_longer_than_the_batchs_results(
 ) -> None:
     """Past retention (``results_retention_seconds`` from the batch's creation) the output
     file is gone with the results, whatever its ``output_expires_after``."""
-    clock = ManualClock()
-    server = start_server(clock=clock, purge_interval_seconds=0.05, results_retention_seconds=5000)
-    db = tmp_path / "batchd.db"
+    server, clock, db = purging_server(start_server, tmp_path, results_retention_seconds=5000)
     with sdk(server) as client:
         done = run_batch(client, [chat_line("a"), chat_line("b")])
         assert done.output_file_id is not None
