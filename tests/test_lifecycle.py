@@ -208,6 +208,24 @@ async def test_sqlite_gives_the_space_of_a_deleted_batch_back(tmp_path: Path) ->
     assert empty.free_bytes == 0
 
 
+async def test_sqlite_gives_the_space_of_an_expired_upload_back(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/s.db")
+    try:
+        chunks = [os.urandom(4 * 1024 * 1024) for _ in range(3)]
+        await store.create_file(_upload("file-big", T0 + 10), chunks)
+        full = await store.stats()
+        purge = await store.purge(T0 - DAY, T0 + 10, chunk=10)
+        empty = await store.stats()
+    finally:
+        await store.close()
+
+    assert purge.files == 1
+    assert purge.reclaimed_bytes > 12_000_000  # the pages of its three 4 MiB chunks
+    assert full.used_bytes > 12_000_000
+    assert empty.used_bytes < 200_000
+    assert empty.free_bytes == 0
+
+
 def test_batchd_migrate_converts_a_file_made_without_incremental_vacuum(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with closing(sqlite3.connect(path)) as db:
