@@ -152,7 +152,7 @@ async def test_a_batchs_files_live_from_its_end_and_take_its_requests_with_them(
     purge = await store.purge(T0 - DAY, T0 + 3700, chunk=2)
 
     assert output is not None
-    assert output.expires_at == T0 + 100 + 3600
+    assert (output.created_at, output.expires_at) == (T0 + 100, T0 + 100 + 3600)
     assert early == Purge(0, 0, 0)
     assert (purge.files, purge.requests, purge.batches) == (2, 5, 1)
     assert await store.get_file("ws", "file-error") is None

@@ -652,7 +652,9 @@ def test_output_and_error_files_expire_after_the_batch_ends_and_take_its_results
 
     assert done.status == "completed"
     assert done.completed_at is not None
-    assert [f.expires_at for f in files] == [done.completed_at + 3600] * 2
+    assert [(f.created_at, f.expires_at) for f in files] == [
+        (done.completed_at, done.completed_at + 3600)
+    ] * 2
     assert rows(db, "SELECT count(*) FROM requests") == 0
     assert rows(db, "SELECT count(*) FROM files WHERE batch_seq IS NOT NULL") == 0
     assert kept.request_counts == done.request_counts  # the batch stays, with its counts

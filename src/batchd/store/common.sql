@@ -335,9 +335,11 @@ VALUES (:id, :workspace, :purpose, :filename, :bytes, :lines, :created_at, :expi
 RETURNING seq;
 
 -- name: start_file_lifetimes
--- A batch has just ended: its output and error files' lifetimes start now (OpenAI anchors
--- output_expires_after at their creation), within the expires_at they had (its retention).
-UPDATE files SET expires_at = CASE WHEN :now + expires_after < expires_at
+-- A batch has just ended: its output and error files are made now, as OpenAI makes them
+-- (output_expires_after counts from their creation), and expire within the expires_at they
+-- had (the batch's retention).
+UPDATE files SET created_at = :now,
+                 expires_at = CASE WHEN :now + expires_after < expires_at
                                    THEN :now + expires_after ELSE expires_at END
 WHERE batch_seq = :seq AND expires_after IS NOT NULL;
 

@@ -7,9 +7,10 @@ measured the first time they are read after the batch has ended.
 
 A file past its ``expires_at`` is gone, as OpenAI's: 404, not listed, and the engine's
 purger deletes it (an upload's bytes; an output or error file's rows, and the batch's
-requests once its files are all gone). An output or error file lives the batch's
-``output_expires_after`` (30 days by default) from the batch's end, and never longer than
-the batch's results (``results_retention_seconds`` from its creation).
+requests once its files are all gone). An output or error file is made (``created_at``)
+when its batch ends and lives the batch's ``output_expires_after`` (30 days by default) from
+then, never longer than the batch's results (``results_retention_seconds`` from its
+creation).
 """
 
 from __future__ import annotations
