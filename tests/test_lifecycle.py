@@ -130,9 +130,12 @@ async def _openai_batch(store: Store, files: list[NewFile]) -> int:
 async def test_files_past_their_expires_at_are_deleted_with_their_bytes(store: Store) -> None:
     await store.create_file(_upload("file-old", T0 + 10), [b"a\n", b"b\n"])
     await store.create_file(_upload("file-new", T0 + 100), [b"c\n"])
+    listed = await store.list_files("ws", 10, None, purpose=None, newest_first=True, now=T0 + 10)
 
     purge = await store.purge(T0 - DAY, T0 + 10, chunk=10)
 
+    assert listed is not None
+    assert [f.id for f in listed[0]] == ["file-new"]  # expired: not listed before it is deleted
     assert purge.files == 1
     assert await store.get_file("ws", "file-old") is None
     kept = await store.get_file("ws", "file-new")
