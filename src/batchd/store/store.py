@@ -340,10 +340,8 @@ class Store:
             # the final ones: refused before they ran
             await _add_counts(tx, seq, Counter(r.state for r in requests), created_at)
             ended = await tx.fetch("finalize_batch", {"seq": seq, "now": created_at})
-            if ended:
-                await tx.execute("start_file_lifetimes", {"seq": seq, "now": created_at})
             await tx.notify()
-            created = await _batch_by_seq(tx, seq)
+            created = await (_ended(tx, seq, created_at) if ended else _batch_by_seq(tx, seq))
             queued = await self._emit_if(tx, bool(ended), WebhookEvent.BATCH_ENDED, created)
         self.webhooks.wake(queued)
         return created
@@ -775,8 +773,9 @@ class Store:
             if anchor is None:
                 return None
             seq = anchor.seq
-        params = {"workspace": workspace, "seq": seq, "purpose": purpose, "limit": limit + 1}
-        params["now"] = now
+        params = {
+            "workspace": workspace, "seq": seq, "purpose": purpose, "limit": limit + 1, "now": now
+        }  # fmt: skip
         query = "list_files_desc" if newest_first else "list_files_asc"
         found = [StoredFile.from_row(r) for r in await self.driver.fetch(query, params)]
         return found[:limit], len(found) > limit
