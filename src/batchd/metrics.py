@@ -77,8 +77,9 @@ class Metrics:
         self.answers_reused = Counter(
             "batchd_answers_reused",
             "Batch requests answered from a stored answer without an upstream call "
-            "(reuse_answers); per batch in `batchd batches show` and the console",
-            ["backend"],
+            "(reuse_answers), by the API their batch was created through; per batch in "
+            "`batchd batches show` and the console",
+            ["backend", "dialect"],
             registry=r,
         )
         self.batches_created = Counter(

@@ -476,10 +476,6 @@ class Store:
         rows = await self.driver.fetch("retries_of", {"workspace": workspace, "id": batch_id})
         return [r[0] for r in rows]
 
-    async def batch_workspace(self, batch_seq: int) -> str:
-        [row] = await self.driver.fetch("get_batch_by_seq", {"seq": batch_seq})
-        return str(row["workspace"])
-
     async def find_answers(self, keys: Sequence[str]) -> dict[str, bytes]:
         """A result line of a request that succeeded with each of these answer keys that one
         did (the others are missing)."""
