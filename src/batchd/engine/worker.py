@@ -552,19 +552,21 @@ class Engine:
             self.wake()
 
     async def _purge(self) -> None:
-        """Delete the requests of ended batches past retention, until none is left."""
+        """Delete the requests of ended batches past retention, and the files past their
+        expires_at, until none is left."""
         assert self._settings.retention is not None
         while not self._stop.is_set():
             now = self._clock()
             purge = await self._store.purge(
                 now - self._settings.retention, now, self._settings.purge_chunk
             )
-            if purge.requests or purge.batches:
+            if purge.requests or purge.batches or purge.files:
                 log.info(
-                    "deleted %d requests of batches past retention (%d batches done, "
-                    "%d bytes given back)",
+                    "deleted %d requests of batches past retention (%d batches done) and "
+                    "%d expired files, %d bytes given back",
                     purge.requests,
                     purge.batches,
+                    purge.files,
                     purge.reclaimed_bytes,
                 )
             if not purge.batches:
