@@ -71,7 +71,7 @@ def test_a_resubmitted_batch_calls_upstream_only_for_what_is_not_deterministic(
     assert all(second[f"r{i}"] != first[f"r{i}"] for i in range(0, 1000, 2))  # new message ids
     assert isinstance(details, dict)
     assert details["reused_answers"] == 500
-    assert 'batchd_answers_reused_total{backend="up"} 500.0' in metrics
+    assert 'batchd_answers_reused_total{backend="up",dialect="anthropic"} 500.0' in metrics
 
 
 def test_a_different_param_is_a_different_answer(start_server: StartServer) -> None:
@@ -168,7 +168,7 @@ def test_a_resubmitted_openai_batch_calls_upstream_only_for_what_is_deterministi
         assert second[f"r{i}"].usage == first[f"r{i}"].usage
         assert second[f"r{i}"].id != first[f"r{i}"].id
         assert second[f"r{i}"].id.startswith("chatcmpl-")
-    assert 'batchd_answers_reused_total{backend="up"} 10.0' in metrics
+    assert 'batchd_answers_reused_total{backend="up",dialect="openai"} 10.0' in metrics
 
 
 def test_an_embeddings_batch_submitted_again_is_answered_from_the_stored_vectors(

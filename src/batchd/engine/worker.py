@@ -38,7 +38,7 @@ from batchd.backends.base import OPENAI_EMBEDDINGS
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
-from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.domain import BatchDialect, ClaimedRequest, Outcome, RequestState, TokenUsage
 from batchd.engine.answers import answer_key, reusable, reused_body, reused_message
 from batchd.engine.order import ClaimPlanner
 from batchd.engine.webhooks import WebhookSender
@@ -138,7 +138,8 @@ class _Lane:
         self.pacer = runner.pacer
         self.changed = asyncio.Event()  # a slot freed or new work arrived
         self.pacer.on_free(self.changed.set)
-        self.finished: dict[RequestState, Counter] = {}  # metric children, by final state
+        # metric children, by final state and dialect
+        self.finished: dict[tuple[RequestState, BatchDialect], Counter] = {}
         self.has_work = True  # False once a claim round found nothing
         self.exhausted: set[int] = set()  # batches with nothing queued for this backend
         self.planner = ClaimPlanner()
@@ -324,10 +325,11 @@ class Engine:
                 outcome = await self._execute(lane, request, slot, prepared)
         finally:
             slot.release()
-        finished = lane.finished.get(outcome.state)
+        key = (outcome.state, request.dialect)
+        finished = lane.finished.get(key)
         if finished is None:
-            finished = self._metrics.requests_finished.labels(lane.runner.name, outcome.state)
-            lane.finished[outcome.state] = finished
+            finished = self._metrics.requests_finished.labels(lane.runner.name, *key)
+            lane.finished[key] = finished
         finished.inc()
         self._outcomes.put_nowait(outcome)
 
@@ -388,7 +390,7 @@ class Engine:
                 decoded, key, stored = prepared.decoded, prepared.key, prepared.stored
             model = decoded.model
             if stored is not None:
-                self._metrics.answers_reused.labels(runner.name).inc()
+                self._metrics.answers_reused.labels(runner.name, request.dialect).inc()
                 answer = dialect.reused(stored, model)
                 line = dialect.succeeded(custom_id, answer)
                 usage = dialect.usage(answer)  # counted like any succeeded result's
@@ -494,7 +496,7 @@ class Engine:
                     await asyncio.sleep(backoff.failed(exc))
             backoff.succeeded()
             self._held.difference_update(o.request.id for o in group)
-            self._metrics.batches_ended.inc(recorded.ended)
+            self._metrics.count_ended(recorded.ended_dialects)
             if recorded.applied < len(group):
                 fenced = len(group) - recorded.applied
                 log.warning("%d results were fenced off (lease lost)", fenced)
@@ -579,25 +581,27 @@ class Engine:
             # its lease is renewed, never run again beside itself.
             await self._renew(now)
         sweep = await self._store.sweep(now)
-        self._metrics.batches_ended.inc(sweep.ended)
+        self._metrics.count_ended(sweep.ended_dialects)
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()
 
     async def _purge(self) -> None:
-        """Delete the requests of ended batches past retention, until none is left."""
+        """Delete the requests of ended batches past retention, and the files past their
+        expires_at, until none is left."""
         assert self._settings.retention is not None
         while not self._stop.is_set():
             now = self._clock()
             purge = await self._store.purge(
                 now - self._settings.retention, now, self._settings.purge_chunk
             )
-            if purge.requests or purge.batches:
+            if purge.requests or purge.batches or purge.files:
                 log.info(
-                    "deleted %d requests of batches past retention (%d batches done, "
-                    "%d bytes given back)",
+                    "deleted %d requests of batches past retention (%d batches done) and "
+                    "%d expired files, %d bytes given back",
                     purge.requests,
                     purge.batches,
+                    purge.files,
                     purge.reclaimed_bytes,
                 )
             if not purge.batches:
