@@ -146,11 +146,12 @@ def test_top_k_one_samples_the_greedy_answer(running: Any) -> None:
     assert greedy.result(timeout=60).tokens == sampled.result(timeout=60).tokens
 
 
-def test_a_failing_step_fails_its_rows_and_the_engine_goes_on(running: Any) -> None:
+@pytest.mark.parametrize("after", [0, 2])  # while prefilling; in a step, with rows running
+def test_a_failing_step_fails_its_rows_and_the_engine_goes_on(running: Any, after: int) -> None:
     def explode(
-        prompt: Sequence[int], _generated: Sequence[int], scores: torch.Tensor
+        prompt: Sequence[int], generated: Sequence[int], scores: torch.Tensor
     ) -> torch.Tensor:
-        if prompt[0] == 7:
+        if prompt[0] == 7 and len(generated) == after:
             raise RuntimeError("the model broke")
         return scores
 

@@ -246,19 +246,20 @@ class ContinuousBatcher:
                 if self._closed:
                     break
                 joining = self._take()
-            try:
-                with torch.inference_mode():
+            # the slots are inference tensors: a reset after a failure writes them too
+            with torch.inference_mode():
+                try:
                     if joining:
                         self._admit(joining)
                     if self._live:
                         self._step()
                         self._close_holes()
-            except Exception as exc:  # the model failed: fail what it held, keep serving
-                log.exception("a local step over %d rows failed", self._live + len(joining))
-                for row in [*self._running(), *joining]:
-                    if not row.future.done():
-                        row.future.set_exception(exc)
-                self._reset()
+                except Exception as exc:  # the model failed: fail what it held, keep serving
+                    log.exception("a local step over %d rows failed", self._live + len(joining))
+                    for row in [*self._running(), *joining]:
+                        if not row.future.done():
+                            row.future.set_exception(exc)
+                    self._reset()
         for row in [*self._running(), *(row for _, _, row in self._waiting)]:
             row.future.cancel()
 
