@@ -241,7 +241,7 @@ def _claim_order(row: Row) -> tuple[str, int]:
     return cast(str, row[4]), cast(int, row[0])
 
 
-FILE_PAGE = 1  # chunks read at once: one, so that reading a file holds one chunk
+FILE_PAGE = 1  # chunks read at once: one, so that reading a file holds two (one read ahead)
 
 
 class Store:
@@ -743,16 +743,20 @@ class Store:
         return found[:limit], len(found) > limit
 
     async def file_chunks(self, file_seq: int) -> AsyncIterator[bytes]:
-        """An upload's bytes, a chunk at a time."""
-        after = 0
-        while True:
+        """An upload's bytes, a chunk at a time; the next one is read while this one is used."""
+
+        def read(after: int) -> asyncio.Future[Rows]:
             params = {"seq": file_seq, "after": after, "limit": FILE_PAGE}
-            rows = await self.driver.fetch("file_chunks_page", params, True)
-            for row in rows:
-                yield bytes(row[1])
-            if len(rows) < FILE_PAGE:
-                return
-            after = rows[-1][0]
+            return asyncio.ensure_future(self.driver.fetch("file_chunks_page", params, True))
+
+        ahead = read(0)
+        try:
+            while rows := await ahead:
+                ahead = read(rows[-1][0])
+                for row in rows:
+                    yield bytes(row[1])
+        finally:
+            ahead.cancel()
 
     async def measure_file(self, file_seq: int, size: int, lines: int) -> None:
         async with self.driver.transaction(durable=False) as tx:
