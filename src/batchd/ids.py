@@ -87,6 +87,13 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
+def renewed_id(old: str) -> str:
+    """A new id for an answer batchd repeats (a reused answer) in another's place: the old
+    id's prefix (``chatcmpl-``, ``resp_``: up to its first ``-`` or ``_``), new characters."""
+    cut = min((i for i in (old.find("-"), old.find("_")) if i >= 0), default=-1)
+    return old[: cut + 1] + secrets.token_hex(12)
+
+
 def new_file_id() -> str:
     return f"file-{_openai_ids.next():032x}"
 

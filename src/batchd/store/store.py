@@ -195,6 +195,8 @@ class Tx(Protocol):  # one transaction of a driver, running the named queries of
     async def bulk_insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None: ...
     async def notify(self) -> None: ...  # wake the waiting workers once this commits
     async def run_script(self, sql: str) -> None: ...
+    # A named query with no statement timeout: waiting for a lock a long migration holds.
+    async def fetch_unbounded(self, query: str) -> list[Row]: ...
 
 
 class Driver(Protocol):  # what a dialect gives the Store; its errors leave as StoreUnavailable
@@ -469,10 +471,6 @@ class Store:
         """The ids of the batches that retry this one, oldest first."""
         rows = await self.driver.fetch("retries_of", {"workspace": workspace, "id": batch_id})
         return [r[0] for r in rows]
-
-    async def batch_workspace(self, batch_seq: int) -> str:
-        [row] = await self.driver.fetch("get_batch_by_seq", {"seq": batch_seq})
-        return str(row["workspace"])
 
     async def find_answers(self, keys: Sequence[str]) -> dict[str, bytes]:
         """A result line of a request that succeeded with each of these answer keys that one
@@ -946,7 +944,10 @@ async def _migrate(driver: Driver, *, apply: bool) -> None:
     migrations = load_migrations(driver.dialect)
     latest = migrations[-1][0]
     async with driver.transaction() as tx:
-        await tx.fetch("migration_lock")
+        if apply:  # another process's migration may hold the lock for as long as it takes
+            await tx.fetch_unbounded("migration_lock")
+        else:
+            await tx.fetch("migration_lock")
         await tx.execute("create_migrations_table")
         [[current]] = await tx.fetch("schema_version")
         if current > latest:
