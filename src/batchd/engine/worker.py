@@ -12,6 +12,10 @@ leases; the sweeper returns lost leases to the queue, expires batches past their
 and ends finished batches; the purger deletes the requests of batches whose results passed
 the retention time.
 
+Where a backend reuses answers (``engine/answers.py``), a claim's requests are decoded as they
+are claimed, their stored answers looked up in one query, and identical requests in flight
+here at once call the upstream once (``Engine._coalesced``).
+
 While the store is unavailable every loop keeps going: claims, heartbeats and sweeps are
 tried again with a doubling delay (``StoreBackoff``), and finished results wait in memory
 until they can be written, so that work done during an outage is not done again.
@@ -24,7 +28,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -34,7 +38,7 @@ from batchd.backends.base import OPENAI_EMBEDDINGS
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
-from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.domain import BatchDialect, ClaimedRequest, Outcome, RequestState, TokenUsage
 from batchd.engine.answers import answer_key, reusable, reused_body, reused_message
 from batchd.engine.order import ClaimPlanner
 from batchd.engine.webhooks import WebhookSender
@@ -134,7 +138,8 @@ class _Lane:
         self.pacer = runner.pacer
         self.changed = asyncio.Event()  # a slot freed or new work arrived
         self.pacer.on_free(self.changed.set)
-        self.finished: dict[RequestState, Counter] = {}  # metric children, by final state
+        # metric children, by final state and dialect
+        self.finished: dict[tuple[RequestState, BatchDialect], Counter] = {}
         self.has_work = True  # False once a claim round found nothing
         self.exhausted: set[int] = set()  # batches with nothing queued for this backend
         self.planner = ClaimPlanner()
@@ -167,6 +172,9 @@ class Engine:
         self._leases_renewed = True
         self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
+        # The answer keys of requests running here, each with its result line once it is
+        # known (None: it failed), for identical requests claimed meanwhile (_coalesced).
+        self._answering: dict[str, asyncio.Future[bytes | None]] = {}
 
     def wake(self) -> None:
         """New work may be queued: every dispatcher looks again."""
@@ -311,15 +319,44 @@ class Engine:
         self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared | None
     ) -> None:
         try:
-            outcome = await self._execute(lane, request, slot, prepared)
+            if prepared is not None and prepared.key is not None and prepared.stored is None:
+                outcome = await self._coalesced(lane, request, slot, prepared)
+            else:
+                outcome = await self._execute(lane, request, slot, prepared)
         finally:
             slot.release()
-        finished = lane.finished.get(outcome.state)
+        key = (outcome.state, request.dialect)
+        finished = lane.finished.get(key)
         if finished is None:
-            finished = self._metrics.requests_finished.labels(lane.runner.name, outcome.state)
-            lane.finished[outcome.state] = finished
+            finished = self._metrics.requests_finished.labels(lane.runner.name, *key)
+            lane.finished[key] = finished
         finished.inc()
         self._outcomes.put_nowait(outcome)
+
+    async def _coalesced(
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared
+    ) -> Outcome:
+        """Run a request that may be answered from another's answer, one of each answer key
+        at a time: while an identical request runs here, wait for its answer (in this slot,
+        as this one's own call would) and take it as a stored one; else run this one, and
+        hand its answer to those waiting. An answer that failed is handed to no one: the
+        next of them runs."""
+        assert prepared.key is not None
+        while (first := self._answering.get(prepared.key)) is not None:
+            stored = await asyncio.shield(first)  # a waiter cancelled cancels only itself
+            if stored is not None:
+                return await self._execute(lane, request, slot, replace(prepared, stored=stored))
+        answered: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._answering[prepared.key] = answered
+        line = None
+        try:
+            outcome = await self._execute(lane, request, slot, prepared)
+            if outcome.state is RequestState.SUCCEEDED:
+                line = outcome.line
+            return outcome
+        finally:
+            del self._answering[prepared.key]
+            answered.set_result(line)
 
     async def _execute(
         self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared | None
@@ -353,7 +390,7 @@ class Engine:
                 decoded, key, stored = prepared.decoded, prepared.key, prepared.stored
             model = decoded.model
             if stored is not None:
-                self._metrics.answers_reused.labels(runner.name).inc()
+                self._metrics.answers_reused.labels(runner.name, request.dialect).inc()
                 answer = dialect.reused(stored, model)
                 line = dialect.succeeded(custom_id, answer)
                 usage = dialect.usage(answer)  # counted like any succeeded result's
@@ -459,7 +496,7 @@ class Engine:
                     await asyncio.sleep(backoff.failed(exc))
             backoff.succeeded()
             self._held.difference_update(o.request.id for o in group)
-            self._metrics.batches_ended.inc(recorded.ended)
+            self._metrics.count_ended(recorded.ended_dialects)
             if recorded.applied < len(group):
                 fenced = len(group) - recorded.applied
                 log.warning("%d results were fenced off (lease lost)", fenced)
@@ -544,25 +581,27 @@ class Engine:
             # its lease is renewed, never run again beside itself.
             await self._renew(now)
         sweep = await self._store.sweep(now)
-        self._metrics.batches_ended.inc(sweep.ended)
+        self._metrics.count_ended(sweep.ended_dialects)
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()
 
     async def _purge(self) -> None:
-        """Delete the requests of ended batches past retention, until none is left."""
+        """Delete the requests of ended batches past retention, and the files past their
+        expires_at, until none is left."""
         assert self._settings.retention is not None
         while not self._stop.is_set():
             now = self._clock()
             purge = await self._store.purge(
                 now - self._settings.retention, now, self._settings.purge_chunk
             )
-            if purge.requests or purge.batches:
+            if purge.requests or purge.batches or purge.files:
                 log.info(
-                    "deleted %d requests of batches past retention (%d batches done, "
-                    "%d bytes given back)",
+                    "deleted %d requests of batches past retention (%d batches done) and "
+                    "%d expired files, %d bytes given back",
                     purge.requests,
                     purge.batches,
+                    purge.files,
                     purge.reclaimed_bytes,
                 )
             if not purge.batches:

@@ -90,7 +90,11 @@ def _not_found(batch_id: str) -> NotFound:
     return NotFound(f"message batch {batch_id!r} not found")
 
 
-class BatchService:
+class BatchServiceBase:
+    """What the batch use cases of both faces (``BatchService``, ``OpenAIBatchService``) work
+    with: the store, the router that checks each request's model, the limits, the clock, and
+    ``on_created``, told of each new batch (the engine's wake-up)."""
+
     def __init__(
         self,
         store: Store,
@@ -105,6 +109,8 @@ class BatchService:
         self._clock = clock
         self._on_created = on_created
 
+
+class BatchService(BatchServiceBase):
     async def create(
         self,
         workspace: str,
@@ -125,15 +131,14 @@ class BatchService:
         self, workspace: str, rows: list[NewRequest], schedule: Schedule, **options: Any
     ) -> Batch:
         now = self._clock()
-        queued = [row for row in rows if row.state is RequestState.QUEUED]
-        tokens = sum(tokens_of_length(len(row.params)) for row in queued)
+        queued, tokens = queued_input_tokens(rows)
         batch = await self._store.create_batch(
             new_batch_id(),
             workspace,
             now,
             now + (schedule.window or self._limits.ttl_seconds),
             rows,
-            self._limits.backlog_check(len(queued), tokens),
+            self._limits.backlog_check(queued, tokens),
             priority=int(schedule.priority),
             input_tokens=tokens,
             **options,
@@ -257,6 +262,14 @@ class BatchService:
 
     def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
         return _jsonl(self._store.iter_results(seq, RESULTS_PAGE))
+
+
+def queued_input_tokens(rows: Sequence[NewRequest]) -> tuple[int, int]:
+    """A new batch's requests that will run (not those refused before they ran) and their
+    input tokens, estimated from their params' length (``tokens_of_length``): what the
+    backlog quota and the batch's ``input_tokens`` count, on either face."""
+    queued = [len(row.params) for row in rows if row.state is RequestState.QUEUED]
+    return len(queued), sum(tokens_of_length(n) for n in queued)
 
 
 async def recorded_pages(
