@@ -12,8 +12,16 @@ import anthropic
 import pytest
 from anthropic.types.messages import MessageBatchSucceededResult
 
+from batchd.backends.local.backend import vllm_backend
 from batchd.backends.local.generation import Finish, Job, Sampling
-from batchd.backends.local.vllm_engine import cached_tokens, engine_args, finish_of, sampling_params
+from batchd.backends.local.vllm_engine import (
+    VllmGenerator,
+    cached_tokens,
+    engine_args,
+    finish_of,
+    sampling_params,
+)
+from batchd.config import BackendConfig
 from tests.conftest import StartServer, wait_ended
 from tests.support.tiny_model import build_tiny_model
 
@@ -117,3 +125,13 @@ def test_a_batch_runs_on_vllm(start_server: StartServer, tmp_path: Path) -> None
     usage = first.result.message.usage
     cached = (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
     assert usage.input_tokens + cached == counted.input_tokens
+
+
+@pytest.mark.parametrize("send_priority", [False, True])
+def test_send_priority_starts_vllm_with_its_priority_scheduler(send_priority: bool) -> None:
+    config = BackendConfig(
+        name="v", kind="vllm", model_path="/m", models=["m"], send_priority=send_priority
+    )
+    generator = vllm_backend(config)._make_generator(SimpleNamespace())  # vllm not imported
+    assert isinstance(generator, VllmGenerator)
+    assert generator.priority_scheduling is send_priority

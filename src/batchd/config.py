@@ -43,6 +43,7 @@ class BackendConfig(BaseModel):
     upstream_model: str | None = None  # openai: the model name sent upstream, if different
     # openai: send each call's priority as vLLM's `priority` field (lower first: interactive
     # 0, flex 1, batches 2-4 by their priority); for vLLM run with --scheduling-policy priority.
+    # vllm: run the in-process engine with vLLM's priority scheduler and the same priorities.
     send_priority: bool = False
     max_concurrency: int = Field(default=64, ge=1, le=100_000)
     # Adaptive concurrency (backends/pacing.py): start at initial_concurrency (default

@@ -407,6 +407,11 @@ def vllm_backend(config: BackendConfig) -> LocalBackend:
         from batchd.backends.local.vllm_engine import VllmGenerator
 
         assert config.model_path
-        return VllmGenerator(config.model_path, tokenizer, max_num_seqs=config.max_batch_size)
+        return VllmGenerator(
+            config.model_path,
+            tokenizer,
+            max_num_seqs=config.max_batch_size,
+            priority_scheduling=config.send_priority,
+        )
 
     return LocalBackend(config, make)

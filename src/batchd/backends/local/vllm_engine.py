@@ -76,21 +76,23 @@ class VllmGenerator:
         self._model_path = model_path
         self._tokenizer = tokenizer
         self._max_num_seqs = max_num_seqs
-        self._priority = priority_scheduling
+        self.priority_scheduling = priority_scheduling
         self._engine: Any = None
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(**engine_args(self._model_path, self._max_num_seqs, self._priority))
+        args = AsyncEngineArgs(
+            **engine_args(self._model_path, self._max_num_seqs, self.priority_scheduling)
+        )
         self._engine = AsyncLLM.from_engine_args(args)
 
     async def generate(self, job: Job) -> Generated:
         from vllm import SamplingParams, TokensPrompt
 
         final = None
-        extra = {"priority": job.priority} if self._priority else {}
+        extra = {"priority": job.priority} if self.priority_scheduling else {}
         async for output in self._engine.generate(
             TokensPrompt(prompt_token_ids=job.prompt),
             SamplingParams(**sampling_params(job)),
