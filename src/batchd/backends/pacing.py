@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -54,10 +55,15 @@ _MIN_COOLDOWN = 0.05  # seconds between two decreases, before any latency is kno
 _BUCKET_SECONDS = 10.0  # a budget bucket holds this many seconds' worth of its rate
 _PUBLISHED_WINDOW = 60.0  # seconds: Anthropic's and OpenAI's published budgets are per minute
 SLOW_START_FROM = 8
+SLOW_START_GAIN = 1.5
 PROBE_WINDOWS = 16
+PROBE_WINDOWS_MAX = 128
+PREFETCH_SHARE = 8
 LATENCY_HOLD = 1.15
 LATENCY_CUT = 1.4
 LATENCY_TARGET = 1.2
+LATENCY_MAX_CUT = 0.75
+LATENCY_LEVEL = 1.1  # ... at this many times the calls in flight of the lowest latency
 _BASELINE_DRIFT = 1.002  # per window: the lowest latency is slowly forgotten
 
 
@@ -222,6 +228,10 @@ class Pacer:
         self._last_decrease = -math.inf
         self._episode_limit = self._limit  # the limit before the current congestion episode
         self._ceiling = 0  # the most calls the upstream was last found to admit
+        self._probe_every = PROBE_WINDOWS  # windows between two probes above the ceiling
+        self._confirmed = 0  # the most calls in flight at the start of a call that succeeded
+        self._decreased_seq = 0  # the calls started before the limit last fell
+        self._past_ceiling = False  # a call started since then above the ceiling got through
         self._latency: float | None = None  # smoothed latency of successful calls
         self._successes = 0  # since the limit last moved
         self._window: list[tuple[float, int]] = []  # (latency, level) of its successes
@@ -300,8 +310,22 @@ class Pacer:
     def free_for_batch(self) -> int:
         return max(0, self.limit - self.in_flight - self._ahead(Lane.BATCH))
 
+    @property
+    def prefetch(self) -> int:
+        """Batch requests claimed ahead of a free slot, waiting in the batch queue, so that a
+        slot freed goes to the next request at once instead of waiting for a claim."""
+        return self.limit // PREFETCH_SHARE
+
+    def room_for_batch(self) -> int:
+        """New batch requests the engine may claim now: the free slots, and up to
+        ``prefetch`` more that wait for the next ones freed."""
+        return max(0, self.free_for_batch() + self.prefetch - len(self._queues[Lane.BATCH]))
+
     def take(self) -> Slot:
-        """A slot for new batch work, counted at once (the engine checked free_for_batch)."""
+        """A slot for new batch work (the engine checked room_for_batch): counted at once
+        where one is free; else a slot to ``reacquire``, in the batch queue."""
+        if self.free_for_batch() <= 0:
+            return Slot(self, held=False)
         self.in_flight += 1
         self._publish()
         return Slot(self)
@@ -358,7 +382,7 @@ class Pacer:
                     self._count_in(lane)
                     waiter.set_result(None)
         self._publish()
-        if self.free_for_batch() > 0:
+        if self.room_for_batch() > 0:
             for listener in self._listeners:
                 listener()
 
@@ -412,20 +436,32 @@ class Pacer:
             self._wake_retries(call.started)
         if not self.adaptive:
             return
-        self._window.append((latency, call.level if call is not None else self.in_flight))
-        if self._slow_start and self._limit < self.max_limit:
+        level = call.level if call is not None else self.in_flight
+        self._window.append((latency, level))
+        self._confirmed = max(self._confirmed, level)
+        if call is not None and call.seq > self._decreased_seq and level > self._ceiling > 0:
+            self._past_ceiling = True  # started above the ceiling since it was found
+        # Slow start: one more per success, but at most SLOW_START_GAIN times the most calls
+        # seen admitted together, so the first refusal finds at most that share too many.
+        cap = min(self.max_limit, max(SLOW_START_FROM, SLOW_START_GAIN * self._confirmed))
+        if self._slow_start and self._limit + 1 <= cap:
             self._limit += 1
             self._grant()
         if len(self._window) < self._window_size:
             return
         window, self._window = self._window, []
         self._window_size = max(1, self.limit)
-        mean = sum(latency for latency, _ in window) / len(window)
-        level = sum(level for _, level in window) / len(window)
-        if self._latency_moved(mean, level) or self._slow_start:
+        # the median: a few calls slowed by something else move it less than a queue does
+        middle = statistics.median(latency for latency, _ in window)
+        crowd = sum(level for _, level in window) / len(window)
+        if self._latency_moved(middle, crowd) or self._slow_start:
             return
         self._successes += 1
-        needed = PROBE_WINDOWS if self._limit >= self._ceiling > 0 else 1
+        if self._past_ceiling:
+            # a whole window without a refusal, calls past the ceiling among it: the upstream
+            # admits more now; the limit grows by one per window again until the next refusal
+            self._ceiling, self._probe_every, self._past_ceiling = 0, PROBE_WINDOWS, False
+        needed = self._probe_every if self._limit >= self._ceiling > 0 else 1
         if self._successes >= needed and self._limit < self.max_limit:
             self._successes = 0
             self._limit += 1
@@ -439,13 +475,19 @@ class Pacer:
             self._baseline, self._baseline_level = mean, level
             return False
         ratio = mean / self._baseline
-        self._baseline *= _BASELINE_DRIFT
-        if ratio <= LATENCY_HOLD or level <= self._baseline_level:
-            return False  # no queueing, or not of our making (no more calls than then)
+        if level < self._baseline_level * LATENCY_LEVEL:
+            # hardly more calls than then: whatever the latency, it is not a queue of ours;
+            # the lowest latency is slowly forgotten (an upstream may get slower for good)
+            self._baseline *= _BASELINE_DRIFT
+            return False
+        if ratio <= LATENCY_HOLD:
+            return False
         self._slow_start = False
         if ratio > LATENCY_CUT:
-            target = max(1.0, level) * LATENCY_TARGET / ratio
-            self._limit = max(float(self.min_limit), min(self._limit, target))
+            # by a quarter at most per window: one window slowed by something else (a busy
+            # CPU here) does not throw away what the upstream admits
+            target = max(1.0, level) * LATENCY_TARGET / ratio, self._limit * LATENCY_MAX_CUT
+            self._limit = max(float(self.min_limit), min(self._limit, max(target)))
             self.source = LimitSource.LATENCY
             self._successes = 0
             self._publish()
@@ -460,14 +502,20 @@ class Pacer:
         if now - self._last_decrease >= cooldown:  # a new episode: at most half of this limit
             self._last_decrease = now
             self._episode_limit = self._limit
-        floor = max(float(self.min_limit), self._episode_limit / 2)
-        # The calls in flight as the refused one started, itself excluded, were admitted;
-        # unless that is no more than was admitted before (then the cause is not concurrency).
-        admitted = call.level - 1 if call is not None and call.level > self._ceiling else 0
-        lowered = min(self._limit, max(floor, float(admitted)))
+        if call is None:  # nothing to go by: halve, once per round trip (AIMD's decrease)
+            lowered = max(self.min_limit, min(self._limit, self._episode_limit / 2))
+        else:
+            # The calls still in flight, this one excluded, were admitted: a refusal comes
+            # back at once, an admitted call later, so once the refusals of a burst are all
+            # back, the limit is what the upstream admitted (never below what runs now).
+            lowered = max(self.min_limit, min(self._limit, self.in_flight - 1))
         if lowered < self._limit or self._slow_start:
+            if self.limit >= self._ceiling > 0 and int(lowered) >= self._ceiling:
+                # a probe refused at the ceiling found before: probe half as often
+                self._probe_every = min(PROBE_WINDOWS_MAX, 2 * self._probe_every)
             self._limit = lowered
             self._ceiling = self.limit
+            self._decreased_seq, self._past_ceiling = self._calls, False
             self._slow_start = False
             self._successes = 0
             self._window = []

@@ -215,7 +215,7 @@ class Engine:
         backoff = StoreBackoff(f"claiming for backend {lane.runner.name}", self._poll_first())
         while not self._stop.is_set():
             lane.changed.clear()
-            free = lane.pacer.free_for_batch()
+            free = lane.pacer.room_for_batch()
             # Claim in groups (1/32 of the limit) rather than one slot at a time, unless the
             # backend is idle: one transaction per freed slot would cost more than the work,
             # and a freed slot idles until its group is full (measured: groups of 1/8 left
@@ -232,7 +232,7 @@ class Engine:
                 backoff.succeeded()
                 lane.has_work = claimed > 0
                 lane.pacer.batch_backlog = lane.has_work
-            if claimed and lane.pacer.free_for_batch() > 0:
+            if claimed and lane.pacer.room_for_batch() > 0:
                 continue  # there may be more to claim at once
             try:
                 async with asyncio.timeout(self._settings.poll_interval):
@@ -290,6 +290,7 @@ class Engine:
         self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
     ) -> None:
         try:
+            await slot.reacquire()  # claimed ahead of a free slot: wait for one
             outcome = await self._execute(lane, request, slot, answer)
         finally:
             slot.release()
