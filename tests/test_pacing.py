@@ -14,6 +14,7 @@ import pytest
 from batchd.backends.pacing import (
     LATENCY_MAX_CUT,
     LATENCY_TARGET,
+    PREFETCH_SHARE,
     PROBE_WINDOWS,
     PROBE_WINDOWS_MAX,
     SLOW_START_FROM,
@@ -115,6 +116,26 @@ async def test_a_freed_slot_goes_to_interactive_then_retrying_then_batch() -> No
     assert (retry.done(), woken) == (True, [])
     interactive.result().release()
     assert (pacer.free_for_batch(), woken) == (1, ["batch"])
+
+
+async def test_batch_work_claimed_ahead_takes_the_next_slot_freed() -> None:
+    pacer = _pacer(max_concurrency=16, adaptive_concurrency=False)
+    busy = [pacer.take() for _ in range(16)]
+    ahead = 16 // PREFETCH_SHARE
+    assert (pacer.free_for_batch(), pacer.room_for_batch()) == (0, ahead)
+    early = [pacer.take() for _ in range(ahead)]  # claimed before any slot is free
+    assert (any(slot.held for slot in early), pacer.in_flight) == (False, 16)
+    waiting = [asyncio.create_task(slot.reacquire()) for slot in early]
+    await asyncio.sleep(0)
+    assert (pacer.room_for_batch(), pacer.waiting) == (0, ahead)
+    busy[0].release()
+    await asyncio.sleep(0)
+    assert (waiting[0].done(), early[0].held, pacer.in_flight) == (True, True, 16)
+    assert pacer.room_for_batch() == 1  # room to claim the next one ahead
+    for task in waiting[1:]:
+        task.cancel()
+    await asyncio.gather(*waiting[1:], return_exceptions=True)
+    assert (pacer.waiting, pacer.in_flight) == (0, 16)
 
 
 async def test_a_cancelled_waiter_leaks_no_slot() -> None:
@@ -219,13 +240,21 @@ def test_a_429_counts_only_the_calls_still_in_flight() -> None:
     pacer = _pacer(max_concurrency=40)
     slots = _hold(pacer, 40)
     calls = [_call(pacer, level=40) for _ in slots]
-    for slot in slots[20:]:  # the other refusals of the burst, back and released
+    for slot in slots[30:]:  # the other refusals of the burst, back and released
         slot.release()
-    pacer.failed("rate_limit_error", "over capacity", calls[19])
-    assert pacer.limit == 19  # the 20 still in flight, the refused one excluded
-    for call in calls[:19]:  # the admitted ones answer: they say nothing of more room
+    pacer.failed("rate_limit_error", "over capacity", calls[29])
+    assert pacer.limit == 29  # the 30 still in flight, the refused one excluded
+    for call in calls[:29]:  # the admitted ones answer: they say nothing of more room
         pacer.succeeded(latency=0.1, call=call)
-    assert pacer.limit == 19
+    assert pacer.limit == 29
+
+
+def test_a_lone_429_halves_the_limit_and_each_one_after_it_takes_one_more() -> None:
+    pacer = _pacer(max_concurrency=16)
+    pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=1))
+    assert pacer.limit == 8  # by half at most per round trip
+    pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=1))
+    assert pacer.limit == 7  # a refusal lowers it by one at least
 
 
 def test_above_a_refused_concurrency_the_limit_grows_only_every_few_windows() -> None:
