@@ -19,6 +19,7 @@ from batchd.backends.pacing import (
     PROBE_WINDOWS_MAX,
     SLOW_START_FROM,
     SLOW_START_GAIN,
+    SYNC_RESERVE_ROUND_TRIPS,
     Call,
     Lane,
     LimitSource,
@@ -136,6 +137,20 @@ async def test_batch_work_claimed_ahead_takes_the_next_slot_freed() -> None:
         task.cancel()
     await asyncio.gather(*waiting[1:], return_exceptions=True)
     assert (pacer.waiting, pacer.in_flight) == (0, 16)
+
+
+async def test_while_synchronous_calls_come_batch_work_leaves_them_a_slot() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, max_concurrency=4, adaptive_concurrency=False)
+    pacer.succeeded(latency=1.0)  # a round trip takes a second
+    assert pacer.free_for_batch() == 4
+    (await pacer.acquire(interactive=True)).release()
+    busy = [pacer.take() for _ in range(pacer.free_for_batch())]
+    assert len(busy) == 3  # one slot kept for the next synchronous call
+    second = await asyncio.wait_for(pacer.acquire(interactive=True), timeout=5)  # no wait
+    second.release()
+    clock.now += SYNC_RESERVE_ROUND_TRIPS * 1.0  # none for a while: batch work may take it
+    assert pacer.free_for_batch() == 1
 
 
 async def test_a_cancelled_waiter_leaks_no_slot() -> None:

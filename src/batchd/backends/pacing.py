@@ -37,7 +37,10 @@ retry, and only then to new batch work. The engine claims new batch work while
 ``room_for_batch``: the free slots and ``limit // PREFETCH_SHARE`` more, whose requests wait
 in the batch queue (``take`` hands them a slot not yet held), so that a slot freed goes to
 the next request at once instead of idling while the engine claims one (measured against an
-upstream of 16 calls of 200 ms: 0.77-0.89 of its capacity used without, 0.99 with).
+upstream of 16 calls of 200 ms: 0.77-0.89 of its capacity used without, 0.99 with). While
+synchronous calls come, batch work leaves one slot of the limit free for them, so that one
+need not wait for a batch call to end (with the batch's calls in step, that wait was up to
+a whole call).
 
 A request refused for congestion waits its delay (the upstream's ``retry-after``, else the
 backoff), but no longer than until a call of the same backend that started after the refusal
@@ -72,6 +75,7 @@ SLOW_START_GAIN = 1.5
 PROBE_WINDOWS = 16
 PROBE_WINDOWS_MAX = 128
 PREFETCH_SHARE = 8
+SYNC_RESERVE_ROUND_TRIPS = 4
 LATENCY_HOLD = 1.15
 LATENCY_CUT = 1.4
 LATENCY_TARGET = 1.2
@@ -235,6 +239,7 @@ class Pacer:
         self._shown_source: LimitSource | None = None
         self.in_flight = 0
         self._sync_in_flight = 0  # slots held by interactive and flex calls
+        self._last_sync = -math.inf  # when a synchronous call last asked for a slot
         self._queues: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
         self._listeners: list[Callable[[], None]] = []
         self._clock = clock
@@ -321,7 +326,14 @@ class Pacer:
         return min(sync, self._sync_room()) + len(self._queues[Lane.BATCH])
 
     def free_for_batch(self) -> int:
-        return max(0, self.limit - self.in_flight - self._ahead(Lane.BATCH))
+        return max(0, self._batch_limit() - self.in_flight - self._ahead(Lane.BATCH))
+
+    def _batch_limit(self) -> int:
+        """The slots batch work may hold: the limit, less one kept free while synchronous
+        calls come (one arrived within the last ``SYNC_RESERVE_ROUND_TRIPS`` round trips), so
+        that the next one need not wait for a batch call to end."""
+        recent = self._clock() - self._last_sync < SYNC_RESERVE_ROUND_TRIPS * (self._latency or 0)
+        return self.limit - 1 if recent and self.limit > 1 else self.limit
 
     @property
     def prefetch(self) -> int:
@@ -351,8 +363,10 @@ class Pacer:
 
     async def _wait_for_slot(self, lane: Lane) -> None:
         sync = lane is not Lane.BATCH
+        if sync:
+            self._last_sync = self._clock()
         if (
-            self.in_flight < self.limit
+            self.in_flight < (self.limit if sync else self._batch_limit())
             and not self._ahead(lane)
             and (not sync or self._sync_room() > 0)
         ):
@@ -387,7 +401,8 @@ class Pacer:
         batch work waits), then batch retries; then tell the batch side."""
         for lane in Lane:
             queue = self._queues[lane]
-            while queue and self.in_flight < self.limit:
+            limit = self._batch_limit() if lane is Lane.BATCH else self.limit
+            while queue and self.in_flight < limit:
                 if lane is not Lane.BATCH and self._sync_room() <= 0:
                     break
                 waiter = queue.popleft()
