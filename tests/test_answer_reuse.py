@@ -1,6 +1,8 @@
 """Answer reuse (batchd's own, a backend's ``reuse_answers``): a request whose canonical params
 match one that already succeeded on that backend in the same workspace is answered from the
-stored result, without an upstream call; "deterministic" does so for temperature 0 only."""
+stored result, without an upstream call; "deterministic" does so for temperature 0 only (and
+embeddings). Both faces: Messages batches through the ``anthropic`` SDK, OpenAI batches through
+the ``openai`` SDK."""
 
 from __future__ import annotations
 
@@ -8,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import openai
 from anthropic.types.messages.batch_create_params import Request
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion
 
 from tests.conftest import StartServer, mock_request, wait_ended
 from tests.support.keys import make_keys
+from tests.support.openai_upstream import FakeOpenAI, serve_openai
 from tests.support.upstream import FakeUpstream, serve_upstream, upstream_backend
+from tests.test_openai_face import EMBEDDINGS, chat_line, lines_of, run_batch, sdk
 
 
 def _backend(upstream: FakeUpstream, reuse: str) -> dict[str, Any]:
@@ -56,7 +63,7 @@ def test_a_resubmitted_batch_calls_upstream_only_for_what_is_not_deterministic(
     assert all(second[f"r{i}"] != first[f"r{i}"] for i in range(0, 1000, 2))  # new message ids
     assert isinstance(details, dict)
     assert details["reused_answers"] == 500
-    assert 'batchd_answers_reused_total{backend="up"} 500.0' in metrics
+    assert 'batchd_answers_reused_total{backend="up",dialect="anthropic"} 500.0' in metrics
 
 
 def test_a_different_param_is_a_different_answer(start_server: StartServer) -> None:
@@ -111,3 +118,85 @@ def test_a_reused_answer_counts_in_usage_as_the_answer_it_repeats(
     assert [m["requests"] for m in second["models"]] == [4]
     for figure in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
         assert second[figure] == first[figure], figure
+
+
+# -- the OpenAI face ------------------------------------------------------------------------
+
+
+def _openai_backend(upstream: FakeOpenAI, reuse: str) -> dict[str, Any]:
+    return {"name": "up", "kind": "openai", "base_url": upstream.url, "models": ["up-*"],
+            "max_concurrency": 64, "reuse_answers": reuse}  # fmt: skip
+
+
+def _chat_lines(n: int, user: str) -> list[dict[str, Any]]:
+    """Even lines at temperature 0, odd ones at 0.7; ``user`` names the caller, not the answer."""
+    return [
+        chat_line(f"r{i}", f"q{i}", model="up-chat", temperature=0 if i % 2 == 0 else 0.7,
+                  user=user)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _completions(client: openai.OpenAI, lines: list[dict[str, Any]]) -> dict[str, ChatCompletion]:
+    batch = run_batch(client, lines)
+    assert batch.request_counts is not None
+    assert batch.request_counts.completed == len(lines)
+    output = lines_of(client, batch.output_file_id)
+    return {k: ChatCompletion.model_validate(v["response"]["body"]) for k, v in output.items()}
+
+
+def test_a_resubmitted_openai_batch_calls_upstream_only_for_what_is_deterministic(
+    start_server: StartServer,
+) -> None:
+    with serve_openai() as upstream:
+        server = start_server(backends=[_openai_backend(upstream, "deterministic")])
+        with sdk(server) as client:
+            first = _completions(client, _chat_lines(20, "u1"))
+            second = _completions(client, _chat_lines(20, "u2"))
+            metrics = client.get(f"{server.url}/metrics", cast_to=str)
+    assert [upstream.calls(f"q{i}") for i in range(20)] == [1, 2] * 10
+    for i in range(0, 20, 2):  # the same answer, under a new id
+        assert second[f"r{i}"].choices == first[f"r{i}"].choices
+        assert second[f"r{i}"].usage == first[f"r{i}"].usage
+        assert second[f"r{i}"].id != first[f"r{i}"].id
+        assert second[f"r{i}"].id.startswith("chatcmpl-")
+    assert 'batchd_answers_reused_total{backend="up",dialect="openai"} 10.0' in metrics
+
+
+def test_an_embeddings_batch_submitted_again_is_answered_from_the_stored_vectors(
+    start_server: StartServer,
+) -> None:
+    lines = [
+        {"custom_id": f"e{i}", "method": "POST", "url": EMBEDDINGS,
+         "body": {"model": "up-embed", "input": f"text {i}"}}
+        for i in range(10)
+    ]  # fmt: skip
+    with serve_openai() as upstream:
+        server = start_server(backends=[_openai_backend(upstream, "deterministic")])
+        with sdk(server) as client:
+            runs = []
+            for _ in range(2):
+                batch = run_batch(client, lines, EMBEDDINGS)
+                output = lines_of(client, batch.output_file_id)
+                runs.append({k: v["response"]["body"] for k, v in output.items()})
+    assert len(upstream.requests("/embeddings")) == 10  # the second run: all reused
+    first, second = runs
+    assert second == first
+    for body in second.values():
+        CreateEmbeddingResponse.model_validate(body)
+
+
+def test_the_two_faces_keep_their_answers_apart(start_server: StartServer) -> None:
+    """A Messages request and an OpenAI chat line with the same JSON params: each face its
+    own answer (the upstream called once for each), each reused on its own face."""
+    with serve_upstream() as upstream:
+        server = start_server(backends=[_backend(upstream, "always")])
+        with anthropic.Anthropic(base_url=server.url, api_key="k") as messages:
+            request = mock_request("r0", "q0", model="claude-1", max_tokens=16)
+            _run(messages, [request])
+        with sdk(server) as client:
+            line = chat_line("r0", "q0", model="claude-1")
+            assert line["body"] == request["params"]
+            runs = [_completions(client, [line]) for _ in range(2)]
+    assert upstream.calls("q0") == 2
+    assert runs[1]["r0"].choices == runs[0]["r0"].choices

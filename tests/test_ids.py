@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 
-from batchd.ids import Minter, batch_id, new_batch_id
+import pytest
+
+from batchd.ids import Minter, batch_id, new_batch_id, renewed_id
 
 MS = 1_000_000  # nanoseconds
 
@@ -33,3 +35,20 @@ def test_batch_ids_have_the_api_shape() -> None:
     minted = new_batch_id()
     assert minted.startswith("msgbatch_")
     assert len(minted) == len("msgbatch_") + 26
+
+
+@pytest.mark.parametrize(
+    ("old", "prefix"),
+    [
+        ("chatcmpl-7f3a9c", "chatcmpl-"),  # a chat completion's
+        ("cmpl-7f3a9c", "cmpl-"),  # a legacy completion's
+        ("resp_67ccd2bed1ec8190", "resp_"),  # a response's (the first separator counts)
+        ("chatcmpl_tool-x", "chatcmpl_"),  # whichever separator comes first
+        ("7f3a9c", ""),  # no prefix: all new characters
+    ],
+)
+def test_a_renewed_id_keeps_the_old_ones_prefix(old: str, prefix: str) -> None:
+    renewed = renewed_id(old)
+    assert renewed.startswith(prefix)
+    assert len(renewed) == len(prefix) + 24
+    assert renewed != renewed_id(old)

@@ -18,11 +18,20 @@ from typing import Protocol
 
 import anthropic
 import asyncpg
+import msgspec
 import pytest
 
-from batchd.domain import ClaimedRequest, DeleteOutcome, Outcome, RequestState
+from batchd.domain import (
+    BatchDialect,
+    ClaimedRequest,
+    DeleteOutcome,
+    FileRole,
+    Outcome,
+    RequestState,
+)
+from batchd.schemas.openai import BatchFields
 from batchd.schemas.results import succeeded_line
-from batchd.store import NewRequest, Purge, Store, open_store
+from batchd.store import NewFile, NewRequest, Purge, Store, open_store
 from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.clock import ManualClock
 from tests.support.cluster import run_batchd
@@ -97,6 +106,75 @@ async def test_requests_past_retention_are_deleted_in_chunks_and_the_batch_stays
     assert (before.purged_batches, after.purged_batches) == (0, 1)
 
 
+def _upload(file_id: str, expires_at: float) -> NewFile:
+    return NewFile(file_id, "ws", "batch", "in.jsonl", T0, expires_at, FileRole.UPLOAD, 3, 1)
+
+
+def _results_files(lifetime: float, most: float) -> list[NewFile]:
+    """An OpenAI batch's output and error files: ``lifetime`` from its end, at most ``most``."""
+    return [
+        NewFile(f"file-{role}", "ws", "batch_output", "x", T0, most, role, None, 0, lifetime)
+        for role in (FileRole.OUTPUT, FileRole.ERROR)
+    ]
+
+
+async def _openai_batch(store: Store, files: list[NewFile]) -> int:
+    fields = BatchFields("/v1/chat/completions", "file-in", "24h", "file-output", "file-error")
+    batch = await store.create_batch(
+        "batch_a", "ws", T0, T0 + DAY, _requests(5),
+        dialect=BatchDialect.OPENAI, dialect_fields=msgspec.json.encode(fields), files=files,
+    )  # fmt: skip
+    return batch.seq
+
+
+async def test_files_past_their_expires_at_are_deleted_with_their_bytes(store: Store) -> None:
+    await store.create_file(_upload("file-old", T0 + 10), [b"a\n", b"b\n"])
+    await store.create_file(_upload("file-new", T0 + 100), [b"c\n"])
+    listed = await store.list_files("ws", 10, None, purpose=None, newest_first=True, now=T0 + 10)
+
+    purge = await store.purge(T0 - DAY, T0 + 10, chunk=10)
+
+    assert listed is not None
+    assert [f.id for f in listed[0]] == ["file-new"]  # expired: not listed before it is deleted
+    assert purge.files == 1
+    assert await store.get_file("ws", "file-old") is None
+    kept = await store.get_file("ws", "file-new")
+    assert kept is not None
+    assert [c async for c in store.file_chunks(kept.seq)] == [b"c\n"]
+    assert await store.purge(T0 - DAY, T0 + 10, chunk=10) == Purge(0, 0, 0)
+
+
+async def test_a_batchs_files_live_from_its_end_and_take_its_requests_with_them(
+    store: Store,
+) -> None:
+    seq = await _openai_batch(store, _results_files(3600, T0 + 29 * DAY))
+    await _finish(store, seq, T0 + 100)
+    output = await store.get_file("ws", "file-output")
+
+    early = await store.purge(T0 - DAY, T0 + 3699, chunk=2)
+    purge = await store.purge(T0 - DAY, T0 + 3700, chunk=2)
+
+    assert output is not None
+    assert (output.created_at, output.expires_at) == (T0 + 100, T0 + 100 + 3600)
+    assert early == Purge(0, 0, 0)
+    assert (purge.files, purge.requests, purge.batches) == (2, 5, 1)
+    assert await store.get_file("ws", "file-error") is None
+    assert [r async for r in store.iter_results(seq, 100)] == []
+
+
+async def test_a_batchs_files_end_no_later_than_its_results(store: Store) -> None:
+    seq = await _openai_batch(store, _results_files(30 * DAY, T0 + DAY))
+    await _finish(store, seq, T0 + 100)
+    output = await store.get_file("ws", "file-output")
+    assert output is not None
+    assert output.expires_at == T0 + DAY
+
+    purge = await store.purge(T0, T0 + 100, chunk=10)  # retention shortened since: purged
+
+    assert (purge.files, purge.requests, purge.batches) == (0, 5, 1)
+    assert await store.get_file("ws", "file-output") is None  # its rows went with the batch
+
+
 async def test_sqlite_gives_the_space_of_deleted_requests_back(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await open_store(f"sqlite:///{path}")
@@ -129,6 +207,24 @@ async def test_sqlite_gives_the_space_of_a_deleted_batch_back(tmp_path: Path) ->
         await store.close()
 
     assert full.used_bytes > 2_000_000
+    assert empty.used_bytes < 200_000
+    assert empty.free_bytes == 0
+
+
+async def test_sqlite_gives_the_space_of_an_expired_upload_back(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/s.db")
+    try:
+        chunks = [os.urandom(4 * 1024 * 1024) for _ in range(3)]
+        await store.create_file(_upload("file-big", T0 + 10), chunks)
+        full = await store.stats()
+        purge = await store.purge(T0 - DAY, T0 + 10, chunk=10)
+        empty = await store.stats()
+    finally:
+        await store.close()
+
+    assert purge.files == 1
+    assert purge.reclaimed_bytes > 12_000_000  # the pages of its three 4 MiB chunks
+    assert full.used_bytes > 12_000_000
     assert empty.used_bytes < 200_000
     assert empty.free_bytes == 0
 

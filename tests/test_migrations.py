@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from contextlib import closing
@@ -11,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from batchd.store import SchemaMismatch, open_store
+from batchd.store import SchemaMismatch, Timeouts, open_store
 from batchd.store.queries import load_migrations
 from tests.support.postgres import PostgresServer
 
@@ -160,3 +161,31 @@ async def test_sqlite_refuses_an_older_schema_when_told_not_to_migrate(tmp_path:
     sqlite3.connect(tmp_path / "empty.db").close()
     with pytest.raises(SchemaMismatch, match="older than this batchd"):
         await open_store(f"sqlite:///{tmp_path}/empty.db", migrate=False)
+
+
+async def test_postgres_migrate_waits_for_another_migration_past_the_statement_timeout(
+    postgres: PostgresServer,
+) -> None:
+    """The statement timeout bounds each statement's answer, not the wait for the migration
+    lock: a second `batchd migrate` waits for the first one, however long it takes."""
+    url = await postgres.new_database(migrated=False)
+    holder = await asyncpg.connect(url)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock(hashtext('batchd.migrate'))")
+        timeouts = Timeouts(connect=5.0, statement=0.5)
+        migrating = asyncio.create_task(open_store(url, migrate=True, timeouts=timeouts))
+        waited = 0.0
+        while not migrating.done() and waited < 4 * timeouts.statement:
+            await asyncio.sleep(0.05)  # the waiter's age, read from the server below
+            waited = await holder.fetchval(
+                "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)"
+                " FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+        assert not migrating.done(), migrating.exception()
+        await holder.execute("COMMIT")  # the first migration ends
+        store = await migrating
+    finally:
+        await holder.close()
+    assert await store.count_active_keys() == 0
+    await store.close()

@@ -12,8 +12,10 @@ import functools
 import io
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -284,6 +286,23 @@ def test_cancel_of_a_running_batch_keeps_the_finished_lines(oai: openai.OpenAI) 
     assert {line["error"]["code"] for line in errors.values()} == {"batch_cancelled"}
 
 
+def test_the_lines_of_requests_that_never_ran_keep_their_ids(oai: openai.OpenAI) -> None:
+    """An error file's lines of cancelled requests are rendered on each read: their ids are
+    the same on every download (and in the partial output), one per request."""
+    file = upload(oai, [chat_line(f"r{i}", model="slow-1") for i in range(30)])
+    batch = oai.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    oai.batches.cancel(batch.id)
+    done = wait_done(oai, batch.id)
+
+    first, again = lines_of(oai, done.error_file_id), lines_of(oai, done.error_file_id)
+    partial = [json.loads(line) for line in partial_output(oai, batch.id).text.splitlines()]
+    ids = {custom_id: line["id"] for custom_id, line in first.items()}
+    assert len(ids) > 20
+    assert {custom_id: line["id"] for custom_id, line in again.items()} == ids
+    assert {line["custom_id"]: line["id"] for line in partial if line["error"]} == ids
+    assert len(set(ids.values())) == len(ids)
+
+
 def test_cancel_of_a_completed_batch_is_refused(oai: openai.OpenAI) -> None:
     batch = run_batch(oai, [chat_line("a")])
 
@@ -515,6 +534,148 @@ def test_unrun_requests_expire_into_the_error_file(
     assert len(output) == 2
     assert sorted(output | errors) == sorted(f"r{i}" for i in range(10))
     assert {line["error"]["code"] for line in errors.values()} == {"batch_expired"}
+
+
+def test_a_batchs_estimated_input_tokens_count_against_the_backlog_quota(
+    start_server: StartServer, held: FakeUpstream
+) -> None:
+    """An OpenAI batch's input tokens are estimated on create, as the Messages face's: a
+    running batch's count against max_queued_input_tokens_per_workspace."""
+    server = start_server(
+        backends=[held_backend(held)], max_queued_input_tokens_per_workspace=4_000
+    )
+    lines = [chat_line(f"r{i}", "word " * 1_000, model="claude-held") for i in range(2)]
+    with sdk(server) as client:
+        first = client.batches.create(
+            input_file_id=upload(client, lines).id, endpoint=CHAT, completion_window="24h"
+        )
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.batches.create(
+                input_file_id=upload(client, lines).id, endpoint=CHAT, completion_window="24h"
+            )
+        held.release()
+        assert wait_done(client, first.id).status == "completed"
+
+    assert "max_queued_input_tokens_per_workspace" in refused.value.message
+    assert "adds about 25" in refused.value.message  # two lines of about 5,000 characters
+
+
+# --- files expire -------------------------------------------------------------------------
+
+FORBIDDEN_IMAGE = {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}
+
+
+def rows(db: Path, sql: str) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        [[n]] = conn.execute(sql).fetchall()
+        return int(n)
+
+
+def gone(client: openai.OpenAI, file_id: str) -> bool:
+    """The file answers 404 to retrieve and content, and delete finds nothing."""
+    for call in (client.files.retrieve, client.files.content, client.files.delete):
+        with pytest.raises(openai.NotFoundError):
+            call(file_id)
+    return True
+
+
+def purging_server(
+    start_server: StartServer, tmp_path: Path, **options: Any
+) -> tuple[RunningServer, ManualClock, Path]:
+    """A server on a clock the test moves, whose purger looks every 50 ms, and its database."""
+    clock = ManualClock()
+    server = start_server(clock=clock, purge_interval_seconds=0.05, **options)
+    return server, clock, tmp_path / "batchd.db"
+
+
+def test_an_upload_past_its_expires_at_is_gone_and_its_bytes_deleted(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server, clock, db = purging_server(start_server, tmp_path)
+    with sdk(server) as client:
+        data = io.BytesIO(jsonl([chat_line("a")]))
+        hour = client.files.create(
+            file=("input.jsonl", data),
+            purpose="batch",
+            expires_after={"anchor": "created_at", "seconds": 3600},
+        )
+        kept = upload(client, [chat_line("b")])  # purpose batch: 30 days
+        clock.advance(3600)
+        assert gone(client, hour.id)
+        with pytest.raises(openai.NotFoundError):
+            client.batches.create(input_file_id=hour.id, endpoint=CHAT, completion_window="24h")
+        listed = [f.id for f in client.files.list()]
+        wait_until(lambda: rows(db, "SELECT count(*) FROM files") == 1, "not deleted")
+
+    assert hour.expires_at == hour.created_at + 3600
+    assert kept.expires_at == kept.created_at + 30 * 24 * 3600
+    assert listed == [kept.id]
+    assert rows(db, "SELECT count(*) FROM file_chunks") == 1  # the kept file's
+
+
+def test_output_and_error_files_expire_after_the_batch_ends_and_take_its_results(
+    start_server: StartServer, held: FakeUpstream, tmp_path: Path
+) -> None:
+    """``output_expires_after`` counts from the files' creation, the batch's end (not its
+    creation); past it both files are gone, and the purger deletes the batch's requests."""
+    server, clock, db = purging_server(start_server, tmp_path, backends=[held_backend(held)])
+    content = [{"type": "text", "text": "what is this?"}, FORBIDDEN_IMAGE]
+    refused = chat_line("bad", model="claude-x") | {
+        "body": {"model": "claude-x", "messages": [{"role": "user", "content": content}]}
+    }
+    with sdk(server) as client:
+        file = upload(client, [chat_line("ok", model="claude-held"), refused])
+        batch = client.batches.create(
+            input_file_id=file.id,
+            endpoint=CHAT,
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 3600},
+        )
+        clock.advance(7200)  # the batch runs longer than its files' lifetime
+        held.release()
+        done = wait_done(client, batch.id)
+        assert done.output_file_id is not None
+        assert done.error_file_id is not None
+        files = [
+            client.files.retrieve(done.output_file_id),
+            client.files.retrieve(done.error_file_id),
+        ]
+        assert list(lines_of(client, done.output_file_id)) == ["ok"]
+        assert list(lines_of(client, done.error_file_id)) == ["bad"]
+        clock.advance(3600)
+        assert gone(client, done.output_file_id)
+        assert gone(client, done.error_file_id)
+        assert list(client.files.list(purpose="batch_output")) == []
+        purged = "SELECT count(*) FROM batches WHERE purged_at IS NOT NULL"
+        wait_until(lambda: rows(db, purged) == 1, "the batch's requests were not deleted")
+        kept = client.batches.retrieve(batch.id)
+
+    assert done.status == "completed"
+    assert done.completed_at is not None
+    assert [(f.created_at, f.expires_at) for f in files] == [
+        (done.completed_at, done.completed_at + 3600)
+    ] * 2
+    assert rows(db, "SELECT count(*) FROM requests") == 0
+    assert rows(db, "SELECT count(*) FROM files WHERE batch_seq IS NOT NULL") == 0
+    assert kept.request_counts == done.request_counts  # the batch stays, with its counts
+
+
+def test_output_files_live_no_longer_than_the_batchs_results(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Past retention (``results_retention_seconds`` from the batch's creation) the output
+    file is gone with the results, whatever its ``output_expires_after``."""
+    server, clock, db = purging_server(start_server, tmp_path, results_retention_seconds=5000)
+    with sdk(server) as client:
+        done = run_batch(client, [chat_line("a"), chat_line("b")])
+        assert done.output_file_id is not None
+        output = client.files.retrieve(done.output_file_id)
+        clock.advance(5000)
+        assert gone(client, done.output_file_id)
+        wait_until(lambda: rows(db, "SELECT count(*) FROM requests") == 0, "not purged")
+
+    assert output.expires_at == done.created_at + 5000
+    assert rows(db, "SELECT count(*) FROM files WHERE batch_seq IS NOT NULL") == 0
 
 
 def completed(client: openai.OpenAI, batch_id: str) -> int:

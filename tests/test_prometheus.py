@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import anthropic
 import httpx2 as httpx
+import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import StartServer, mock_request, wait_ended
+from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 
 SLOW_BACKEND = {
     "name": "slow",
@@ -70,6 +72,43 @@ def test_the_engine_metrics_are_exposed_beside_them(start_server: StartServer) -
     names = {family.name for family in text_string_to_metric_families(response.text)}
     assert {"batchd_backend_in_flight", "batchd_upstream_latency_seconds"} <= names
     assert {"batchd_requests", "batchd_queue_depth"} <= names
+
+
+def test_request_and_batch_counters_say_which_face_the_batch_came_through(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    with anthropic.Anthropic(base_url=server.url, api_key="k") as claude:
+        batch = claude.messages.batches.create(requests=[mock_request(f"r{i}") for i in range(3)])
+        wait_ended(claude, batch.id)
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0) as client:
+        file = client.files.create(file=("in.jsonl", openai_lines(2)), purpose="batch")
+        created = client.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        wait_until(
+            lambda: client.batches.retrieve(created.id).status == "completed",
+            "the OpenAI batch did not complete",
+        )
+    samples = scrape(server.url)
+
+    for dialect, requests in (("anthropic", 3), ("openai", 2)):
+        labels = (("dialect", dialect),)
+        assert samples[("batchd_batches_created_total", labels)] == 1
+        assert samples[("batchd_batches_ended_total", labels)] == 1
+        finished = (("backend", "mock"), ("dialect", dialect), ("state", "succeeded"))
+        assert samples[("batchd_requests_finished_total", finished)] == requests
+
+
+def openai_lines(n: int) -> bytes:
+    body = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    return b"".join(
+        json.dumps(
+            {"custom_id": f"o{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
 
 
 def _key(db: Path, name: str, *flags: str) -> str:

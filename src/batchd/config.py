@@ -79,7 +79,8 @@ class BackendConfig(BaseModel):
     # Answer reuse (batchd's own): a batch request whose canonical params (all but metadata,
     # with the backend it is routed to) match a request that already succeeded here in the
     # same workspace is answered from that result without an upstream call: "deterministic"
-    # for requests with temperature 0 only, "always" for any; "off" calls every time.
+    # for requests with temperature 0 (and OpenAI embeddings) only, "always" for any; "off"
+    # calls every time. Both faces; their answers are kept apart (engine/answers.py).
     reuse_answers: ReuseMode = "off"
     latency_ms: float = Field(default=0.0, ge=0)  # mock only: time each answer takes
     # transformers / vllm: a Hugging Face model directory, run in this process

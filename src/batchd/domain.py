@@ -170,6 +170,10 @@ class ClaimedRequest:
     attempt: int
     endpoint: str | None = None  # an OpenAI request's endpoint; None: a Messages request
 
+    @property
+    def dialect(self) -> BatchDialect:
+        return BatchDialect.ANTHROPIC if self.endpoint is None else BatchDialect.OPENAI
+
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
@@ -208,8 +212,8 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     """A file of the OpenAI face. A batch's output or error file is visible (``exists``)
-    once its batch has ended with at least one line of its kind; its size is measured the
-    first time it is read after that (``bytes`` None until then)."""
+    once its batch has ended with at least one line of its kind, until its ``expires_at``;
+    its size is measured the first time it is read after that (``bytes`` None until then)."""
 
     id: str
     seq: int
@@ -236,6 +240,10 @@ class StoredFile:
             row["bytes"], row["lines"], row["created_at"], row["expires_at"], role,
             row["batch_seq"], exists,
         )  # fmt: skip
+
+    def visible(self, now: float) -> bool:
+        """Shown, and not yet past its expires_at (then it is gone, as OpenAI's files)."""
+        return self.exists and (self.expires_at is None or now < self.expires_at)
 
 
 @dataclass(frozen=True, slots=True)

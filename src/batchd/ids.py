@@ -11,6 +11,7 @@ neighbours (consecutive ids would let a holder of one guess the next).
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 import secrets
 import threading
@@ -87,6 +88,13 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
+def renewed_id(old: str) -> str:
+    """A new id for an answer batchd repeats (a reused answer) in another's place: the old
+    id's prefix (``chatcmpl-``, ``resp_``: up to its first ``-`` or ``_``), new characters."""
+    cut = min((i for i in (old.find("-"), old.find("_")) if i >= 0), default=-1)
+    return old[: cut + 1] + secrets.token_hex(12)
+
+
 def new_file_id() -> str:
     return f"file-{_openai_ids.next():032x}"
 
@@ -99,6 +107,17 @@ def new_batch_request_id() -> str:
     """The ``id`` of one line of an OpenAI batch's output or error file: unique, not secret
     (it names a result its reader already holds), so from the fast generator."""
     return f"batch_req_{_line_ids.getrandbits(128):032x}"
+
+
+def unrun_request_id(batch_seq: int, custom_id: str) -> str:
+    """The ``id`` of the line a request that never ran (expired, cancelled) has in its
+    batch's error file, which is rendered anew on each read: derived from the batch's row
+    (never reused) and the request's custom_id (unique in it), so the same on every read
+    and one per request. Shaped as ``new_batch_request_id``'s."""
+    digest = hashlib.blake2b(
+        b"%d\n%s" % (batch_seq, custom_id.encode()), digest_size=16, person=b"batch_req"
+    )
+    return f"batch_req_{digest.hexdigest()}"
 
 
 def new_request_id() -> str:

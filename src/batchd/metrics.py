@@ -7,7 +7,11 @@ database (requests by state, queue depth) are read by a collector when /metrics 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from batchd.domain import BatchDialect
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -65,18 +69,36 @@ class Metrics:
         )
         self.requests_finished = Counter(
             "batchd_requests_finished",
-            "Batch requests that reached a final state in the engine",
-            ["backend", "state"],
+            "Batch requests that reached a final state in the engine, by the API their batch "
+            "was created through (dialect: anthropic, openai)",
+            ["backend", "state", "dialect"],
             registry=r,
         )
         self.answers_reused = Counter(
             "batchd_answers_reused",
             "Batch requests answered from a stored answer without an upstream call "
-            "(reuse_answers); per batch in `batchd batches show` and the console",
-            ["backend"],
+            "(reuse_answers), by the API their batch was created through; per batch in "
+            "`batchd batches show` and the console",
+            ["backend", "dialect"],
             registry=r,
         )
-        self.batches_created = Counter("batchd_batches_created", "Batches accepted", registry=r)
-        self.batches_ended = Counter(
-            "batchd_batches_ended", "Batches that reached processing_status ended", registry=r
+        self.batches_created = Counter(
+            "batchd_batches_created",
+            "Batches accepted, by the API they were created through",
+            ["dialect"],
+            registry=r,
         )
+        self.batches_ended = Counter(
+            "batchd_batches_ended",
+            "Batches that reached processing_status ended, by the API they were created through",
+            ["dialect"],
+            registry=r,
+        )
+        for dialect in BatchDialect:  # both faces' series exist from the start, at 0
+            self.batches_created.labels(dialect)
+            self.batches_ended.labels(dialect)
+
+    def count_ended(self, dialects: Iterable[BatchDialect]) -> None:
+        """Count the batches that ended, one dialect each."""
+        for dialect in dialects:
+            self.batches_ended.labels(dialect).inc()

@@ -35,6 +35,7 @@ from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import BackendRunner, build_runners
 from batchd.config import BackendConfig, Settings
+from batchd.domain import BatchDialect
 from batchd.engine import Engine, EngineSettings
 from batchd.engine.webhooks import WebhookSender, WebhookSettings
 from batchd.metrics import Metrics
@@ -146,11 +147,18 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         settings.max_queued_requests_per_workspace,
         settings.max_queued_input_tokens_per_workspace,
     )
-    on_created = _on_created(runtime.metrics, engine)
+    metrics = runtime.metrics
+
     return Services(
         settings=settings,
         clock=runtime.clock,
-        batches=BatchService(store, router, limits, runtime.clock, on_created),
+        batches=BatchService(
+            store,
+            router,
+            limits,
+            runtime.clock,
+            _on_created(metrics, engine, BatchDialect.ANTHROPIC),
+        ),
         messages=MessageService(router, runners),
         auth=Authenticator(store, open_mode=await decide_open_mode(store, settings.host)),
         router=router,
@@ -162,7 +170,9 @@ async def build_services(runtime: Runtime, engine: Engine | None) -> Services:
         files=FileService(
             store, FileLimits(settings.max_file_bytes, settings.max_file_lines), runtime.clock
         ),
-        openai_batches=OpenAIBatchService(store, router, limits, runtime.clock, on_created),
+        openai_batches=OpenAIBatchService(
+            store, router, limits, runtime.clock, _on_created(metrics, engine, BatchDialect.OPENAI)
+        ),
         webhooks=WebhookService(
             store, runtime.clock, allow_private_urls=settings.webhook_allow_private_urls
         ),
@@ -177,9 +187,11 @@ def prices_of(settings: Settings) -> Prices:
     return Prices(settings.prices, settings.price_currency)
 
 
-def _on_created(metrics: Metrics, engine: Engine | None) -> Callable[[], None]:
+def _on_created(
+    metrics: Metrics, engine: Engine | None, dialect: BatchDialect
+) -> Callable[[], None]:
     def created() -> None:
-        metrics.batches_created.inc()
+        metrics.batches_created.labels(dialect).inc()
         if engine is not None:
             engine.wake()
 

@@ -2,12 +2,15 @@
 params match a request that already succeeded on the same backend, in the same workspace, is
 answered from that stored result instead of an upstream call.
 
-The canonical params are every key the client sent but ``metadata`` (model, messages,
-system, tools, sampling, ``max_tokens``, stop sequences, and whatever else changes the
-answer), with the backend the model is routed to and the workspace, encoded with sorted
-keys; the store keeps only their 16-byte BLAKE2b digest (in hex) beside the succeeded
-result. The engine looks up the answers of a claim's requests in one query.
-A reused answer is a normal ``succeeded`` result with a new message id.
+The canonical params are every key the client sent but those that name the caller
+(``metadata``; on the OpenAI face also ``user``, ``safety_identifier`` and
+``prompt_cache_key``): model, messages or input, system, tools, sampling, ``max_tokens``,
+stop sequences, and whatever else changes the answer. With the backend the model is routed to
+and the workspace (and an OpenAI request's endpoint, which keeps the two dialects' keys
+apart), they are encoded with sorted keys; the store keeps only their 16-byte BLAKE2b digest
+(in hex) beside the succeeded result. The engine looks up the answers of a claim's requests
+in one query. A reused answer is a normal succeeded result with a new id (a message's; a
+chat completion's), and the usage of the answer it repeats.
 """
 
 from __future__ import annotations
@@ -18,25 +21,29 @@ from typing import Any
 import msgspec
 
 from batchd.config import ReuseMode
-from batchd.ids import new_message_id
-from batchd.validation import Params
+from batchd.ids import new_message_id, renewed_id
 
-_decode_object: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
-
-
-def reusable(mode: ReuseMode, params: Params) -> bool:
-    """Whether a request with these params may be answered from a stored answer."""
-    if mode == "always":
-        return True
-    return mode == "deterministic" and params.temperature == 0
+# The keys of an OpenAI body that name the caller, not the answer (Anthropic's: ``metadata``).
+_OPENAI_CALLER_KEYS = frozenset({"metadata", "user", "safety_identifier", "prompt_cache_key"})
 
 
-def answer_key(workspace: str, backend: str, raw: bytes) -> str:
-    """The digest of a request's canonical params (``raw``: its params as sent), in hex."""
-    params = _decode_object.decode(raw)
-    params.pop("metadata", None)
-    canonical = msgspec.json.encode([workspace, backend, params], order="sorted")
-    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+def reusable(mode: ReuseMode, deterministic: bool) -> bool:
+    """Whether a request may be answered from a stored answer; ``deterministic``: its answer
+    is the same each time (temperature 0, or an embedding)."""
+    return mode == "always" or (mode == "deterministic" and deterministic)
+
+
+def answer_key(workspace: str, backend: str, sent: dict[str, Any], endpoint: str | None) -> str:
+    """The digest of a request's canonical params, in hex: ``sent``, its params as sent
+    (decoded; not changed), and ``endpoint``, an OpenAI request's (None: a Messages one)."""
+    if endpoint is None:
+        params = {k: v for k, v in sent.items() if k != "metadata"}
+        canonical: list[Any] = [workspace, backend, params]
+    else:
+        params = {k: v for k, v in sent.items() if k not in _OPENAI_CALLER_KEYS}
+        canonical = [workspace, backend, params, endpoint]
+    digest = hashlib.blake2b(msgspec.json.encode(canonical, order="sorted"), digest_size=16)
+    return digest.hexdigest()
 
 
 class _Succeeded(msgspec.Struct):
@@ -47,7 +54,16 @@ class _Line(msgspec.Struct):
     result: _Succeeded
 
 
+class _Response(msgspec.Struct):
+    body: dict[str, Any]
+
+
+class _OutputLine(msgspec.Struct):
+    response: _Response
+
+
 _decode_line = msgspec.json.Decoder(_Line).decode
+_decode_output_line = msgspec.json.Decoder(_OutputLine).decode
 
 
 def reused_message(stored: bytes, model: str) -> dict[str, Any]:
@@ -57,3 +73,12 @@ def reused_message(stored: bytes, model: str) -> dict[str, Any]:
     message["id"] = new_message_id()
     message["model"] = model
     return message
+
+
+def reused_body(stored: bytes) -> dict[str, Any]:
+    """The response body of a stored line of an OpenAI output file: the same answer (and
+    usage), under a new id where it has one (a chat completion's; embeddings have none)."""
+    body = _decode_output_line(stored).response.body
+    if isinstance(body.get("id"), str):
+        body["id"] = renewed_id(body["id"])
+    return body

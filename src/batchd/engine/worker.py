@@ -30,11 +30,12 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter
 
+from batchd.backends.base import OPENAI_EMBEDDINGS
 from batchd.backends.pacing import Slot
 from batchd.backends.pdf import owned_by
 from batchd.backends.runner import BackendRunner
-from batchd.domain import ClaimedRequest, Outcome, RequestState, TokenUsage
-from batchd.engine.answers import answer_key, reusable, reused_message
+from batchd.domain import BatchDialect, ClaimedRequest, Outcome, RequestState, TokenUsage
+from batchd.engine.answers import answer_key, reusable, reused_body, reused_message
 from batchd.engine.order import ClaimPlanner
 from batchd.engine.webhooks import WebhookSender
 from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable, UpstreamError
@@ -42,30 +43,51 @@ from batchd.ids import new_worker_id
 from batchd.metrics import Metrics
 from batchd.schemas.openai import output_line, refused_line
 from batchd.schemas.results import errored_line, succeeded_line
-from batchd.store import Store
+from batchd.store import Claimable, Store
 from batchd.validation import Params, stored_params
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class _Lines:
-    """How a dialect writes a request's result line."""
+class _Decoded:
+    """A claimed request's params, decoded once: a Messages request's ``params``, or an
+    OpenAI request's ``body`` as it was sent; its model, and whether its answer is the same
+    each time (temperature 0, or an embedding)."""
 
+    model: str
+    deterministic: bool
+    params: Params | None = None
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A claimed request decoded before it runs (where its backend may reuse answers): its
+    answer key if it may be answered from a stored answer, and that answer if one is stored."""
+
+    decoded: _Decoded
+    key: str | None = None
+    stored: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Dialect:
+    """How the engine decodes a request of one dialect, reads its answer's usage, takes an
+    answer from a stored result line (and the model asked for) and writes its result line."""
+
+    decode: Callable[[ClaimedRequest], _Decoded]
+    usage: Callable[[dict[str, Any]], TokenUsage]
+    reused: Callable[[bytes, str], dict[str, Any]]
     succeeded: Callable[[str, dict[str, Any]], bytes]
     failed: Callable[[str, BatchdError], bytes]
 
 
-_MESSAGES_LINES = _Lines(
-    succeeded_line, lambda custom_id, exc: errored_line(custom_id, exc.error_type, exc.message)
-)
-_OPENAI_LINES = _Lines(output_line, refused_line)
 _body_decoder: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
 
 WRITE_GROUP = 256  # results committed in one transaction at most
 MAX_UNWRITTEN = 4096  # no more claims while this many results wait to be written
 STORE_RETRY_MAX = 2.0  # seconds: the longest wait before trying an unavailable store again
-Answer = tuple[str, bytes | None]  # a request's answer key, and a stored answer for it
 
 
 class StoreBackoff:
@@ -112,7 +134,8 @@ class _Lane:
         self.pacer = runner.pacer
         self.changed = asyncio.Event()  # a slot freed or new work arrived
         self.pacer.on_free(self.changed.set)
-        self.finished: dict[RequestState, Counter] = {}  # metric children, by final state
+        # metric children, by final state and dialect
+        self.finished: dict[tuple[RequestState, BatchDialect], Counter] = {}
         self.has_work = True  # False once a claim round found nothing
         self.exhausted: set[int] = set()  # batches with nothing queued for this backend
         self.planner = ClaimPlanner()
@@ -145,7 +168,6 @@ class Engine:
         self._leases_renewed = True
         self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
-        self._workspaces: dict[int, str] = {}  # batch seq -> workspace, for answer keys
 
     def wake(self) -> None:
         """New work may be queued: every dispatcher looks again."""
@@ -246,8 +268,6 @@ class Engine:
         turn out to have nothing queued, plan their slots again among the others."""
         now = self._clock()
         claimable = await self._store.claimable_batches(now)
-        if lane.runner.reuse_answers != "off":  # the workspaces of the answer keys
-            self._workspaces = {b.seq: b.workspace for b in claimable}
         claimed = 0
         while claimed < free:
             batches = [b for b in claimable if b.seq not in lane.exhausted]
@@ -264,11 +284,11 @@ class Engine:
             )
             lane.exhausted.update(claim.exhausted)
             lane.priorities.update((b.seq, b.priority) for b in batches)
-            answers = {}
+            prepared = {}
             if lane.runner.reuse_answers != "off" and claim.requests:
-                answers = await self._stored_answers(lane.runner, claim.requests)
+                prepared = await self._prepare(lane.runner, claim.requests, batches)
             for request in claim.requests:
-                self._start(lane, request, answers.get(request.id))
+                self._start(lane, request, prepared.get(request.id))
             claimed += len(claim.requests)
             if not claim.exhausted:
                 break
@@ -278,37 +298,41 @@ class Engine:
             lane.priorities = {b.seq: b.priority for b in claimable}
         return claimed
 
-    def _start(self, lane: _Lane, request: ClaimedRequest, answer: Answer | None = None) -> None:
+    def _start(
+        self, lane: _Lane, request: ClaimedRequest, prepared: _Prepared | None = None
+    ) -> None:
         self._held.add(request.id)
-        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take(), answer))
+        task = asyncio.create_task(self._run_one(lane, request, lane.pacer.take(), prepared))
         lane.tasks.add(task)
         task.add_done_callback(lane.tasks.discard)
 
     # -- running -------------------------------------------------------------------------
 
     async def _run_one(
-        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared | None
     ) -> None:
         try:
             await slot.reacquire()  # claimed ahead of a free slot: wait for one
-            outcome = await self._execute(lane, request, slot, answer)
+            outcome = await self._execute(lane, request, slot, prepared)
         finally:
             slot.release()
-        finished = lane.finished.get(outcome.state)
+        key = (outcome.state, request.dialect)
+        finished = lane.finished.get(key)
         if finished is None:
-            finished = self._metrics.requests_finished.labels(lane.runner.name, outcome.state)
-            lane.finished[outcome.state] = finished
+            finished = self._metrics.requests_finished.labels(lane.runner.name, *key)
+            lane.finished[key] = finished
         finished.inc()
         self._outcomes.put_nowait(outcome)
 
     async def _execute(
-        self, lane: _Lane, request: ClaimedRequest, slot: Slot, answer: Answer | None
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared | None
     ) -> Outcome:
-        """Run one request; ``answer``: its answer key and stored answer, where its backend
-        may reuse one. Its result line is in its batch's dialect (``request.endpoint`` set:
-        an OpenAI request, its line in OpenAI's output or error format)."""
+        """Run one request; ``prepared``: it decoded, with its answer key and stored answer,
+        where its backend may reuse one. Its result line is in its batch's dialect
+        (``request.endpoint`` set: an OpenAI request, its line in OpenAI's output or error
+        format)."""
         runner = lane.runner
-        lines = _OPENAI_LINES if request.endpoint is not None else _MESSAGES_LINES
+        dialect = _OPENAI if request.endpoint is not None else _MESSAGES
         custom_id = request.custom_id
         if request.attempt > self._settings.max_attempts:
             log.error(
@@ -322,26 +346,20 @@ class Engine:
                 "the worker running this request stopped each time before it finished"
             )
             return Outcome(
-                request, RequestState.ERRORED, lines.failed(custom_id, BatchdError(reason))
+                request, RequestState.ERRORED, dialect.failed(custom_id, BatchdError(reason))
             )
-        key, stored = answer or (None, None)
         model = ""
         try:
-            if request.endpoint is not None:
-                sent = _openai_body(request)
-                named = sent.get("model")
-                model = named if isinstance(named, str) else ""
-                body = await self._call_openai(runner, request, sent, slot)
-                line = output_line(custom_id, body)
-                usage = openai_usage_of(body)
-                return Outcome(request, RequestState.SUCCEEDED, line, model=model, usage=usage)
-            params = stored_params(request.params)
-            model = params.model
+            if prepared is None:
+                decoded, key, stored = dialect.decode(request), None, None
+            else:
+                decoded, key, stored = prepared.decoded, prepared.key, prepared.stored
+            model = decoded.model
             if stored is not None:
-                self._metrics.answers_reused.labels(runner.name).inc()
-                message = reused_message(stored, model)
-                line = succeeded_line(custom_id, message)
-                usage = usage_of(message)  # counted like any succeeded result's
+                self._metrics.answers_reused.labels(runner.name, request.dialect).inc()
+                answer = dialect.reused(stored, model)
+                line = dialect.succeeded(custom_id, answer)
+                usage = dialect.usage(answer)  # counted like any succeeded result's
                 return Outcome(
                     request,
                     RequestState.SUCCEEDED,
@@ -352,69 +370,73 @@ class Engine:
                     reused=True,
                 )
             priority = lane.priorities.get(request.batch_seq, 0)
-            message = await self._call(runner, request, params, slot, priority)
+            answer = await self._call(runner, request, decoded, slot, priority)
+            line = dialect.succeeded(custom_id, answer)
         except (InvalidRequest, UpstreamError) as exc:
-            return Outcome(request, RequestState.ERRORED, lines.failed(custom_id, exc), model=model)
+            return Outcome(
+                request, RequestState.ERRORED, dialect.failed(custom_id, exc), model=model
+            )
         except Exception:  # one broken request must not take the engine down
             log.exception("request %s of batch %s failed", custom_id, request.batch_seq)
             error = BatchdError("internal error while running the request")
             return Outcome(
-                request, RequestState.ERRORED, lines.failed(custom_id, error), model=model
+                request, RequestState.ERRORED, dialect.failed(custom_id, error), model=model
             )
-        line = succeeded_line(custom_id, message)
-        usage = usage_of(message)
+        usage = dialect.usage(answer)
         return Outcome(
             request, RequestState.SUCCEEDED, line, model=model, usage=usage, answer_key=key
         )
 
+    @staticmethod
     async def _call(
-        self,
         runner: BackendRunner,
         request: ClaimedRequest,
-        params: Params,
+        decoded: _Decoded,
         slot: Slot,
         priority: int,
     ) -> dict[str, Any]:
+        """The upstream's answer to one request, in its dialect."""
         with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
-            return await runner.run(params, request.params, slot, priority=priority)
-
-    @staticmethod
-    async def _call_openai(
-        runner: BackendRunner, request: ClaimedRequest, body: dict[str, Any], slot: Slot
-    ) -> dict[str, Any]:
-        assert request.endpoint is not None
-        with owned_by(f"batch:{request.batch_seq}"):  # the engine knows no key
+            if decoded.params is not None:
+                return await runner.run(decoded.params, request.params, slot, priority=priority)
+            assert request.endpoint is not None
+            assert decoded.body is not None
             return await runner.run_openai(
-                request.endpoint, body, request.params, slot, interactive=False
+                request.endpoint, decoded.body, request.params, slot, priority=priority
             )
 
-    async def _stored_answers(
-        self, runner: BackendRunner, requests: list[ClaimedRequest]
-    ) -> dict[int, tuple[str, bytes | None]]:
-        """For each claimed request whose backend may reuse its answer: its answer key and a
-        stored answer, if any, looked up in one query. None while the store is unavailable:
-        those requests run upstream, and their answers are not kept for reuse."""
-        keys: dict[int, str] = {}
+    async def _prepare(
+        self, runner: BackendRunner, requests: list[ClaimedRequest], batches: list[Claimable]
+    ) -> dict[int, _Prepared]:
+        """Each claimed request decoded (those that decode), with its answer key where it may
+        be answered from a stored answer, and the stored answers, looked up in one query.
+        ``batches``: those claimed from (their workspaces key the answers). While the store
+        is unavailable, no answer is found and none is kept: those requests run upstream."""
+        workspaces = {b.seq: b.workspace for b in batches}
+        prepared: dict[int, _Prepared] = {}
+        for request in requests:
+            try:
+                decoded = (_OPENAI if request.endpoint is not None else _MESSAGES).decode(request)
+            except InvalidRequest:  # params that no longer decode: run (and fail) as usual
+                continue
+            key = None
+            if reusable(runner.reuse_answers, decoded.deterministic):
+                sent = decoded.body
+                if sent is None:  # a Messages request: its params as sent, not as decoded
+                    sent = _body_decoder.decode(request.params)
+                workspace = workspaces[request.batch_seq]
+                key = answer_key(workspace, runner.name, sent, request.endpoint)
+            prepared[request.id] = _Prepared(decoded, key)
+        keys = [p.key for p in prepared.values() if p.key is not None]
         try:
-            for request in requests:
-                if request.endpoint is not None:  # OpenAI requests are not reused (yet)
-                    continue
-                if not reusable(runner.reuse_answers, stored_params(request.params)):
-                    continue
-                workspace = self._workspaces.get(request.batch_seq)
-                if workspace is None:
-                    if len(self._workspaces) > 10_000:
-                        self._workspaces.clear()
-                    workspace = await self._store.batch_workspace(request.batch_seq)
-                    self._workspaces[request.batch_seq] = workspace
-                keys[request.id] = answer_key(workspace, runner.name, request.params)
-            stored = await self._store.find_answers(list(keys.values()))
-        except InvalidRequest:  # params that no longer decode: run (and fail) as usual
-            return {}
+            stored = await self._store.find_answers(keys)
         except StoreUnavailable as exc:
-            log.warning("answer reuse skipped for %d requests: %s", len(requests), exc)
-            return {}
-        return {request_id: (key, stored.get(key)) for request_id, key in keys.items()}
+            log.warning("answer reuse skipped for %d requests: %s", len(keys), exc)
+            return {i: _Prepared(p.decoded) for i, p in prepared.items()}
+        return {
+            i: _Prepared(p.decoded, p.key, stored.get(p.key)) if p.key is not None else p
+            for i, p in prepared.items()
+        }
 
     # -- recording -----------------------------------------------------------------------
 
@@ -440,7 +462,7 @@ class Engine:
                     await asyncio.sleep(backoff.failed(exc))
             backoff.succeeded()
             self._held.difference_update(o.request.id for o in group)
-            self._metrics.batches_ended.inc(recorded.ended)
+            self._metrics.count_ended(recorded.ended_dialects)
             if recorded.applied < len(group):
                 fenced = len(group) - recorded.applied
                 log.warning("%d results were fenced off (lease lost)", fenced)
@@ -525,37 +547,50 @@ class Engine:
             # its lease is renewed, never run again beside itself.
             await self._renew(now)
         sweep = await self._store.sweep(now)
-        self._metrics.batches_ended.inc(sweep.ended)
+        self._metrics.count_ended(sweep.ended_dialects)
         if sweep.requeued:
             log.info("%d requests lost their lease and are queued again", sweep.requeued)
             self.wake()
 
     async def _purge(self) -> None:
-        """Delete the requests of ended batches past retention, until none is left."""
+        """Delete the requests of ended batches past retention, and the files past their
+        expires_at, until none is left."""
         assert self._settings.retention is not None
         while not self._stop.is_set():
             now = self._clock()
             purge = await self._store.purge(
                 now - self._settings.retention, now, self._settings.purge_chunk
             )
-            if purge.requests or purge.batches:
+            if purge.requests or purge.batches or purge.files:
                 log.info(
-                    "deleted %d requests of batches past retention (%d batches done, "
-                    "%d bytes given back)",
+                    "deleted %d requests of batches past retention (%d batches done) and "
+                    "%d expired files, %d bytes given back",
                     purge.requests,
                     purge.batches,
+                    purge.files,
                     purge.reclaimed_bytes,
                 )
             if not purge.batches:
                 return
 
 
-def _openai_body(request: ClaimedRequest) -> dict[str, Any]:
+def _decode_messages(request: ClaimedRequest) -> _Decoded:
+    params = stored_params(request.params)
+    return _Decoded(params.model, params.temperature == 0, params=params)
+
+
+def _decode_openai(request: ClaimedRequest) -> _Decoded:
     """An OpenAI request's stored body, decoded."""
     try:
-        return _body_decoder.decode(request.params)
+        body = _body_decoder.decode(request.params)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"stored body no longer decodes: {exc}") from None
+    model = body.get("model")
+    temperature = body.get("temperature")
+    deterministic = request.endpoint == OPENAI_EMBEDDINGS or (
+        type(temperature) in (int, float) and temperature == 0
+    )
+    return _Decoded(model if isinstance(model, str) else "", deterministic, body=body)
 
 
 def openai_usage_of(body: dict[str, Any]) -> TokenUsage:
@@ -588,3 +623,19 @@ def usage_of(message: dict[str, Any]) -> TokenUsage:
         _count(usage.get("output_tokens")),
         _count(usage.get("cache_read_input_tokens")),
     )
+
+
+_MESSAGES = _Dialect(
+    _decode_messages,
+    usage_of,
+    reused_message,
+    succeeded_line,
+    lambda custom_id, exc: errored_line(custom_id, exc.error_type, exc.message),
+)
+_OPENAI = _Dialect(
+    _decode_openai,
+    openai_usage_of,
+    lambda stored, _model: reused_body(stored),  # the model its upstream named, as stored
+    output_line,
+    refused_line,
+)

@@ -221,10 +221,12 @@ def refused_line(custom_id: str, exc: BatchdError) -> bytes:
     ) + b'"body":%s},"error":null}' % _encode(error_of(exc))
 
 
-def unrun_line(custom_id: str, code: str, message: str) -> bytes:
-    """A line of the error file for a request that never ran (expired, cancelled)."""
+def unrun_line(line_id: str, custom_id: str, code: str, message: str) -> bytes:
+    """A line of the error file for a request that never ran (expired, cancelled); its
+    ``line_id`` is derived from stored data (``ids.unrun_request_id``), not minted, as the
+    line is rendered anew on each read."""
     return b'{"id":"%s","custom_id":%s,"response":null,"error":%s}' % (
-        new_batch_request_id().encode(),
+        line_id.encode(),
         _encode(custom_id),
         _encode({"code": code, "message": message}),
     )

@@ -329,10 +329,32 @@ SELECT state, count(*) AS n FROM requests GROUP BY state ORDER BY state;
 
 -- name: insert_file
 INSERT INTO files (id, workspace, purpose, filename, bytes, lines, created_at, expires_at, role,
-                   batch_seq)
+                   batch_seq, expires_after)
 VALUES (:id, :workspace, :purpose, :filename, :bytes, :lines, :created_at, :expires_at, :role,
-        :batch_seq)
+        :batch_seq, :expires_after)
 RETURNING seq;
+
+-- name: start_file_lifetimes
+-- A batch has just ended: its output and error files are made now, as OpenAI makes them
+-- (output_expires_after counts from their creation), and expire within the expires_at they
+-- had (the batch's retention).
+UPDATE files SET created_at = :now,
+                 expires_at = CASE WHEN :now + expires_after < expires_at
+                                   THEN :now + expires_after ELSE expires_at END
+WHERE batch_seq = :seq AND expires_after IS NOT NULL;
+
+-- name: expired_files
+-- Files past their expires_at, which the purger deletes (by the index files_by_expiry).
+SELECT seq, batch_seq FROM files WHERE expires_at <= :now ORDER BY expires_at LIMIT :limit;
+
+-- name: delete_batch_files
+DELETE FROM files WHERE batch_seq = :seq;
+
+-- name: batch_without_files
+-- An ended OpenAI batch, not yet purged, whose output and error files are all gone.
+SELECT seq FROM batches
+WHERE seq = :seq AND processing_status = 'ended' AND purged_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM files WHERE batch_seq = :seq);
 
 -- name: get_file
 -- (a batch's output and error files come with their batch's status and counts: they are
@@ -344,7 +366,8 @@ WHERE f.id = :id AND f.workspace = :workspace;
 -- name: list_files_desc
 SELECT f.*, b.processing_status, b.succeeded, b.errored + b.canceled + b.expired AS failed
 FROM files f LEFT JOIN batches b ON b.seq = f.batch_seq
-WHERE f.workspace = :workspace AND f.seq < :seq AND f.purpose = coalesce(:purpose, f.purpose)
+WHERE f.workspace = :workspace AND (f.expires_at IS NULL OR f.expires_at > :now)
+  AND f.seq < :seq AND f.purpose = coalesce(:purpose, f.purpose)
   AND (f.role = 'upload' OR (b.processing_status = 'ended' AND CASE f.role
        WHEN 'output' THEN b.succeeded ELSE b.errored + b.canceled + b.expired END > 0))
 ORDER BY f.seq DESC LIMIT :limit;
@@ -352,7 +375,8 @@ ORDER BY f.seq DESC LIMIT :limit;
 -- name: list_files_asc
 SELECT f.*, b.processing_status, b.succeeded, b.errored + b.canceled + b.expired AS failed
 FROM files f LEFT JOIN batches b ON b.seq = f.batch_seq
-WHERE f.workspace = :workspace AND f.seq > :seq AND f.purpose = coalesce(:purpose, f.purpose)
+WHERE f.workspace = :workspace AND (f.expires_at IS NULL OR f.expires_at > :now)
+  AND f.seq > :seq AND f.purpose = coalesce(:purpose, f.purpose)
   AND (f.role = 'upload' OR (b.processing_status = 'ended' AND CASE f.role
        WHEN 'output' THEN b.succeeded ELSE b.errored + b.canceled + b.expired END > 0))
 ORDER BY f.seq ASC LIMIT :limit;

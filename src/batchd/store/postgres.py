@@ -109,6 +109,12 @@ class _Queries:
         await self._run("SET LOCAL statement_timeout = 0", [], fetch=False)
         await self._run(sql, [], fetch=False, seconds=MIGRATION_SECONDS)
 
+    async def fetch_unbounded(self, query: str) -> list[Row]:
+        await self._run("SET LOCAL statement_timeout = 0", [], fetch=False)
+        rows = await self._run(Q[query].sql, [], seconds=MIGRATION_SECONDS)
+        await self._run(f"SET LOCAL statement_timeout = {_ms(self._timeouts.statement)}", [], False)
+        return list(rows)
+
 
 class PostgresDriver:
     dialect: Dialect = "postgresql"

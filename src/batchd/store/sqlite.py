@@ -117,6 +117,9 @@ class _Connection:
     async def notify(self) -> None:
         self.notified = True  # this process's waiting workers, once the transaction commits
 
+    async def fetch_unbounded(self, query: str) -> list[Row]:
+        return await self.fetch(query)  # SQLite's locks wait for the busy timeout
+
     async def run_script(self, sql: str) -> None:
         statement = ""
         for line in sql.splitlines(keepends=True):

@@ -82,6 +82,9 @@ class NewFile:
     role: FileRole
     bytes: int | None = None
     lines: int = 0
+    # an output or error file's lifetime from its batch's end; its expires_at until then is
+    # the most it may live (the batch's results' retention)
+    expires_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ class Claimable:
 class Recorded:
     applied: int  # results written; the others were fenced off (their lease was lost)
     ended: int  # batches these results completed
+    ended_dialects: tuple[BatchDialect, ...] = field(default=(), compare=False)  # for /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,7 @@ class Sweep:
     requeued: int  # running requests whose lease had expired, back in the queue
     expired: int  # batches past their deadline whose queued requests became expired
     ended: int  # batches that had nothing left to do and are now ended
+    ended_dialects: tuple[BatchDialect, ...] = field(default=(), compare=False)  # for /metrics
 
 
 class Row(Protocol):  # read by position or column name: sqlite3.Row, asyncpg.Record
@@ -148,6 +153,7 @@ class Purge:
     requests: int  # requests deleted (params and results)
     batches: int  # batches whose last request went: their rows stay, with their counts
     reclaimed_bytes: int  # given back to the file system (SQLite's incremental vacuum)
+    files: int = 0  # files of the OpenAI face deleted past their expires_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,8 @@ class Tx(Protocol):  # one transaction of a driver, running the named queries of
     async def bulk_insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None: ...
     async def notify(self) -> None: ...  # wake the waiting workers once this commits
     async def run_script(self, sql: str) -> None: ...
+    # A named query with no statement timeout: waiting for a lock a long migration holds.
+    async def fetch_unbounded(self, query: str) -> list[Row]: ...
 
 
 class Driver(Protocol):  # what a dialect gives the Store; its errors leave as StoreUnavailable
@@ -333,7 +341,7 @@ class Store:
             await _add_counts(tx, seq, Counter(r.state for r in requests), created_at)
             ended = await tx.fetch("finalize_batch", {"seq": seq, "now": created_at})
             await tx.notify()
-            created = await _batch_by_seq(tx, seq)
+            created = await (_ended(tx, seq, created_at) if ended else _batch_by_seq(tx, seq))
             queued = await self._emit_if(tx, bool(ended), WebhookEvent.BATCH_ENDED, created)
         self.webhooks.wake(queued)
         return created
@@ -468,10 +476,6 @@ class Store:
         rows = await self.driver.fetch("retries_of", {"workspace": workspace, "id": batch_id})
         return [r[0] for r in rows]
 
-    async def batch_workspace(self, batch_seq: int) -> str:
-        [row] = await self.driver.fetch("get_batch_by_seq", {"seq": batch_seq})
-        return str(row["workspace"])
-
     async def find_answers(self, keys: Sequence[str]) -> dict[str, bytes]:
         """A result line of a request that succeeded with each of these answer keys that one
         did (the others are missing)."""
@@ -571,7 +575,8 @@ class Store:
         reused = {o.request.id for o in ordered if o.reused}
         tallies: dict[int, _Tally] = {}
         ids: dict[int, list[int]] = {}
-        ended = queued = 0
+        ended: list[BatchDialect] = []
+        queued = 0
         # SQLite has one writer: its marks are taken first and written with the results, in
         # one statement. PostgreSQL takes them after, as every writer locks requests before
         # their batches (the other order would deadlock with the sweeper's requeue).
@@ -594,11 +599,11 @@ class Store:
                 workspace = await _add_counts(tx, seq, tallies[seq].states, reused=n_reused)
                 await tallies[seq].write(tx, seq, workspace, utc_day(now))
                 if await tx.fetch("finalize_batch", {"seq": seq, "now": now}):
-                    ended += 1
-                    batch = await _batch_by_seq(tx, seq)
+                    batch = await _ended(tx, seq, now)
+                    ended.append(batch.dialect)
                     queued += await emit_batch_event(tx, WebhookEvent.BATCH_ENDED, batch, now)
         self.webhooks.wake(queued)
-        return Recorded(len(written), ended)
+        return Recorded(len(written), len(ended), tuple(ended))
 
     async def sweep(self, now: float) -> Sweep:
         """In one transaction: requeue lost leases, expire overdue batches, end finished ones."""
@@ -615,30 +620,57 @@ class Store:
                 await _add_counts(tx, seq, Counter({RequestState.EXPIRED.value: moved}), now)
                 batch = await _batch_by_seq(tx, seq)
                 queued += await emit_batch_event(tx, WebhookEvent.BATCH_EXPIRED, batch, now)
-            ended = [r[0] for r in await tx.fetch("finalize_all", {"now": now})]
-            for seq in ended:
-                batch = await _batch_by_seq(tx, seq)
+            ended: list[BatchDialect] = []
+            for [seq] in await tx.fetch("finalize_all", {"now": now}):
+                batch = await _ended(tx, seq, now)
+                ended.append(batch.dialect)
                 queued += await emit_batch_event(tx, WebhookEvent.BATCH_ENDED, batch, now)
         self.webhooks.wake(queued)
-        return Sweep(requeued=requeued, expired=len(expiring), ended=len(ended))
+        return Sweep(requeued, len(expiring), len(ended), tuple(ended))
 
     async def purge(self, cutoff: float, now: float, chunk: int, *, batches: int = 100) -> Purge:
         """Delete the requests of up to ``batches`` ended batches created at or before
         ``cutoff`` (their results are past retention), ``chunk`` rows per transaction so
-        that no lock is held long; each chunk's free pages are given back at once."""
-        seqs = await self.driver.fetch("purgeable_batches", {"cutoff": cutoff, "limit": batches})
-        deleted = purged = reclaimed = 0
-        for [seq] in seqs:
+        that no lock is held long; each chunk's free pages are given back at once.
+
+        Files past their ``expires_at`` are deleted first (an upload with its bytes). An
+        OpenAI batch whose output and error files are then all gone is purged too: its
+        results have no reader left. A purged batch's files go with its requests."""
+        files, emptied, reclaimed = await self._delete_expired_files(now, batches)
+        rows = await self.driver.fetch("purgeable_batches", {"cutoff": cutoff, "limit": batches})
+        deleted = purged = 0
+        for seq in dict.fromkeys([*emptied, *(r[0] for r in rows)]):
             while True:
                 async with self.driver.transaction(durable=False) as tx:
                     n = await tx.execute("delete_request_chunk", {"seq": seq, "limit": chunk})
-                    if n < chunk:
-                        purged += await tx.execute("mark_purged", {"seq": seq, "now": now})
+                    if n < chunk and await tx.execute("mark_purged", {"seq": seq, "now": now}):
+                        purged += 1
+                        await tx.execute("delete_batch_files", {"seq": seq})
                 deleted += n
                 reclaimed += await self.driver.reclaim_space(RECLAIM_PAGES)
                 if n < chunk:
                     break
-        return Purge(requests=deleted, batches=purged, reclaimed_bytes=reclaimed)
+        return Purge(deleted, purged, reclaimed, files)
+
+    async def _delete_expired_files(self, now: float, limit: int) -> tuple[int, list[int], int]:
+        """Delete the files past their expires_at, one a transaction, giving their space back:
+        (files deleted, the ended batches left without files, bytes given back)."""
+        deleted = reclaimed = 0
+        emptied: list[int] = []
+        while True:
+            rows = await self.driver.fetch("expired_files", {"now": now, "limit": limit})
+            for seq, batch_seq in rows:
+                async with self.driver.transaction(durable=False) as tx:
+                    await tx.execute("delete_file_chunks", {"seq": seq})
+                    deleted += await tx.execute("delete_file", {"seq": seq})
+                    if batch_seq is not None:
+                        emptied += [
+                            r[0] for r in await tx.fetch("batch_without_files", {"seq": batch_seq})
+                        ]
+                while freed := await self.driver.reclaim_space(RECLAIM_PAGES):
+                    reclaimed += freed
+            if len(rows) < limit:
+                return deleted, emptied, reclaimed
 
     async def stats(self) -> DatabaseStats:
         batches = await self.driver.fetch("batches_by_status")
@@ -727,15 +759,19 @@ class Store:
         *,
         purpose: str | None,
         newest_first: bool,
+        now: float,
     ) -> tuple[list[StoredFile], bool] | None:
-        """Visible files, by creation; None when the cursor id is unknown here."""
+        """Visible files, by creation (not those past their expires_at at ``now``); None when
+        the cursor id is unknown here."""
         seq = 2**62 if newest_first else 0
         if after_id is not None:
             anchor = await self.get_file(workspace, after_id)
             if anchor is None:
                 return None
             seq = anchor.seq
-        params = {"workspace": workspace, "seq": seq, "purpose": purpose, "limit": limit + 1}
+        params = {
+            "workspace": workspace, "seq": seq, "purpose": purpose, "limit": limit + 1, "now": now
+        }  # fmt: skip
         query = "list_files_desc" if newest_first else "list_files_asc"
         found = [StoredFile.from_row(r) for r in await self.driver.fetch(query, params)]
         return found[:limit], len(found) > limit
@@ -756,10 +792,11 @@ class Store:
         async with self.driver.transaction(durable=False) as tx:
             await tx.execute("measure_file", {"seq": file_seq, "bytes": size, "lines": lines})
 
-    async def delete_file(self, workspace: str, file_id: str) -> bool:
+    async def delete_file(self, workspace: str, file_id: str, now: float) -> bool:
+        """Delete a visible file (False: none, or not visible at ``now``)."""
         async with self.driver.transaction() as tx:
             rows = await tx.fetch("get_file", {"id": file_id, "workspace": workspace})
-            if not rows or not StoredFile.from_row(rows[0]).exists:
+            if not rows or not StoredFile.from_row(rows[0]).visible(now):
                 return False
             await tx.execute("delete_file_chunks", {"seq": rows[0]["seq"]})
             await tx.execute("delete_file", {"seq": rows[0]["seq"]})
@@ -803,7 +840,14 @@ def _file_params(file: NewFile, batch_seq: int | None) -> dict[str, Any]:
         "expires_at": file.expires_at,
         "role": file.role.value,
         "batch_seq": batch_seq,
+        "expires_after": file.expires_after,
     }
+
+
+async def _ended(tx: Tx, seq: int, now: float) -> Batch:
+    """A batch that has just ended, its output and error files' lifetimes started."""
+    await tx.execute("start_file_lifetimes", {"seq": seq, "now": now})
+    return await _batch_by_seq(tx, seq)
 
 
 async def _batch_by_seq(tx: Tx, seq: int) -> Batch:
@@ -940,7 +984,10 @@ async def _migrate(driver: Driver, *, apply: bool) -> None:
     migrations = load_migrations(driver.dialect)
     latest = migrations[-1][0]
     async with driver.transaction() as tx:
-        await tx.fetch("migration_lock")
+        if apply:  # another process's migration may hold the lock for as long as it takes
+            await tx.fetch_unbounded("migration_lock")
+        else:
+            await tx.fetch("migration_lock")
         await tx.execute("create_migrations_table")
         [[current]] = await tx.fetch("schema_version")
         if current > latest:

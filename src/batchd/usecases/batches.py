@@ -125,15 +125,14 @@ class BatchService:
         self, workspace: str, rows: list[NewRequest], schedule: Schedule, **options: Any
     ) -> Batch:
         now = self._clock()
-        queued = [row for row in rows if row.state is RequestState.QUEUED]
-        tokens = sum(tokens_of_length(len(row.params)) for row in queued)
+        queued, tokens = queued_input_tokens(rows)
         batch = await self._store.create_batch(
             new_batch_id(),
             workspace,
             now,
             now + (schedule.window or self._limits.ttl_seconds),
             rows,
-            self._limits.backlog_check(len(queued), tokens),
+            self._limits.backlog_check(queued, tokens),
             priority=int(schedule.priority),
             input_tokens=tokens,
             **options,
@@ -257,6 +256,14 @@ class BatchService:
 
     def _jsonl(self, seq: int) -> AsyncIterator[bytes]:
         return _jsonl(self._store.iter_results(seq, RESULTS_PAGE))
+
+
+def queued_input_tokens(rows: Sequence[NewRequest]) -> tuple[int, int]:
+    """A new batch's requests that will run (not those refused before they ran) and their
+    input tokens, estimated from their params' length (``tokens_of_length``): what the
+    backlog quota and the batch's ``input_tokens`` count, on either face."""
+    queued = [len(row.params) for row in rows if row.state is RequestState.QUEUED]
+    return len(queued), sum(tokens_of_length(n) for n in queued)
 
 
 async def recorded_pages(

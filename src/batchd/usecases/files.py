@@ -4,6 +4,13 @@ An upload's bytes are stored in chunks as they came. A batch's output and error 
 no bytes of their own: their lines are rendered from the batch's requests when read (the
 stored result lines, and a line for each request that never ran), and their size is
 measured the first time they are read after the batch has ended.
+
+A file past its ``expires_at`` is gone, as OpenAI's: 404, not listed, and the engine's
+purger deletes it (an upload's bytes; an output or error file's rows, and the batch's
+requests once its files are all gone). An output or error file is made (``created_at``)
+when its batch ends and lives the batch's ``output_expires_after`` (30 days by default) from
+then, never longer than the batch's results (``results_retention_seconds`` from its
+creation).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import BinaryIO
 
 from batchd.domain import FileRole, RequestState, StoredFile
 from batchd.errors import InvalidRequest, NotFound, RequestTooLarge
-from batchd.ids import new_file_id
+from batchd.ids import new_file_id, unrun_request_id
 from batchd.schemas.openai import (
     CANCELLED_MESSAGE,
     EXPIRED_MESSAGE,
@@ -104,7 +111,7 @@ class FileService:
     async def find(self, workspace: str, file_id: str) -> StoredFile:
         """A visible file, measured."""
         file = await self._store.get_file(workspace, file_id)
-        if file is None or not file.exists:
+        if file is None or not file.visible(self._clock()):
             raise not_found(file_id)
         return await self._measured(file)
 
@@ -118,7 +125,7 @@ class FileService:
         newest_first: bool,
     ) -> tuple[list[StoredFile], bool]:
         page = await self._store.list_files(
-            workspace, limit, after, purpose=purpose, newest_first=newest_first
+            workspace, limit, after, purpose=purpose, newest_first=newest_first, now=self._clock()
         )
         if page is None:
             raise not_found(after or "")
@@ -126,7 +133,7 @@ class FileService:
         return [await self._measured(f) for f in files], has_more
 
     async def delete(self, workspace: str, file_id: str) -> None:
-        if not await self._store.delete_file(workspace, file_id):
+        if not await self._store.delete_file(workspace, file_id, self._clock()):
             raise not_found(file_id)
 
     async def content(self, workspace: str, file_id: str) -> AsyncIterator[bytes]:
@@ -141,7 +148,10 @@ class FileService:
 
     async def _rendered(self, batch_seq: int, role: FileRole) -> AsyncIterator[bytes]:
         async for page in self._store.iter_results(batch_seq, RESULTS_PAGE):
-            lines = [_line(custom_id, state, result, role) for _, custom_id, state, result in page]
+            lines = [
+                _line(batch_seq, custom_id, state, result, role)
+                for _, custom_id, state, result in page
+            ]
             yield b"".join(line for line in lines if line)
 
     async def _measured(self, file: StoredFile) -> StoredFile:
@@ -156,21 +166,27 @@ class FileService:
         return replace(file, bytes=size, lines=lines)
 
 
-def _line(custom_id: str, state: str, result: bytes | None, role: FileRole) -> bytes:
-    """The line of one request in an output or error file; empty where it has none there."""
+def _line(
+    batch_seq: int, custom_id: str, state: str, result: bytes | None, role: FileRole
+) -> bytes:
+    """The line of one request in an output or error file; empty where it has none there.
+    A stored result line is given as it was recorded; the line of a request that never ran
+    is made here, its id derived from the batch and custom_id (the same on every read)."""
     if role is FileRole.OUTPUT:
         return result + b"\n" if state == RequestState.SUCCEEDED and result is not None else b""
     if state == RequestState.ERRORED and result is not None:
         return result + b"\n"
     if state == RequestState.CANCELED:
-        return unrun_line(custom_id, "batch_cancelled", CANCELLED_MESSAGE) + b"\n"
-    if state == RequestState.EXPIRED:
-        return unrun_line(custom_id, "batch_expired", EXPIRED_MESSAGE) + b"\n"
-    return b""
+        code, message = "batch_cancelled", CANCELLED_MESSAGE
+    elif state == RequestState.EXPIRED:
+        code, message = "batch_expired", EXPIRED_MESSAGE
+    else:
+        return b""
+    return unrun_line(unrun_request_id(batch_seq, custom_id), custom_id, code, message) + b"\n"
 
 
-def result_line(custom_id: str, state: str, result: bytes | None) -> bytes:
+def result_line(batch_seq: int, custom_id: str, state: str, result: bytes | None) -> bytes:
     """A request's line of the output file, or else of the error file (empty: neither yet)."""
-    return _line(custom_id, state, result, FileRole.OUTPUT) or _line(
-        custom_id, state, result, FileRole.ERROR
+    return _line(batch_seq, custom_id, state, result, FileRole.OUTPUT) or _line(
+        batch_seq, custom_id, state, result, FileRole.ERROR
     )

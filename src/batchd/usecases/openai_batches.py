@@ -29,7 +29,12 @@ from batchd.schemas.openai import BatchFields, CreateBatch, refused_line
 from batchd.schemas.openai_batch import OpenAIBatch, openai_status, with_fields
 from batchd.store import NewFile, NewRequest, Store
 from batchd.store.store import ResultRecord
-from batchd.usecases.batches import BatchLimits, idempotency_claim, recorded_pages
+from batchd.usecases.batches import (
+    BatchLimits,
+    idempotency_claim,
+    queued_input_tokens,
+    recorded_pages,
+)
 from batchd.usecases.files import FILE_EXPIRY_SECONDS, result_line
 from batchd.usecases.files import not_found as file_not_found
 
@@ -79,7 +84,7 @@ class OpenAIBatchService:
         idempotency = idempotency_claim(idempotency_key, body, now, Schedule(), _FACE)
         create = _parse_create(body)
         file = await self._store.get_file(workspace, create.input_file_id)
-        if file is None or file.role is not FileRole.UPLOAD:
+        if file is None or file.role is not FileRole.UPLOAD or not file.visible(now):
             raise file_not_found(create.input_file_id)
         reader = InputReader(create.endpoint, self._router.route, self._limits.max_requests)
         async for chunk in self._store.file_chunks(file.seq):
@@ -103,20 +108,23 @@ class OpenAIBatchService:
             if create.output_expires_after is not None
             else FILE_EXPIRY_SECONDS
         )
+        most = now + self._limits.retention_seconds  # they live no longer than the results
         files = [
-            NewFile(file_id, workspace, "batch_output", name, now, now + lifetime, role)
+            NewFile(file_id, workspace, "batch_output", name, now, most, role, None, 0, lifetime)
             for file_id, name, role in (
                 (fields.output_file_id, "batch_output.jsonl", FileRole.OUTPUT),
                 (fields.error_file_id, "batch_errors.jsonl", FileRole.ERROR),
             )
         ]
+        queued, tokens = queued_input_tokens(rows)
         batch = await self._store.create_batch(
             new_openai_batch_id(),
             workspace,
             now,
             now + self._limits.ttl_seconds,
             rows,
-            self._limits.backlog_check(len(rows)),
+            self._limits.backlog_check(queued, tokens),
+            input_tokens=tokens,
             dialect=BatchDialect.OPENAI,
             dialect_fields=msgspec.json.encode(fields),
             files=[] if errors else files,
@@ -157,7 +165,7 @@ class OpenAIBatchService:
         that reads on from them. The output and error files are written at the end."""
         found = await self.get(workspace, batch_id)
         upto, pages = await recorded_pages(self._store, found.batch.seq, after)
-        return upto, _openai_lines(pages)
+        return upto, _openai_lines(found.batch.seq, pages)
 
     async def get(self, workspace: str, batch_id: str) -> OpenAIBatch:
         batch = await self._store.get_batch(workspace, batch_id)
@@ -192,9 +200,9 @@ class OpenAIBatchService:
         return with_fields(batch)
 
 
-async def _openai_lines(pages: AsyncIterator[list[ResultRecord]]) -> AsyncIterator[bytes]:
+async def _openai_lines(
+    batch_seq: int, pages: AsyncIterator[list[ResultRecord]]
+) -> AsyncIterator[bytes]:
     """Each recorded request's line of the output file or of the error file."""
     async for page in pages:
-        yield b"".join(
-            [result_line(custom_id, state, result) for _, custom_id, state, result in page]
-        )
+        yield b"".join([result_line(batch_seq, c, state, result) for _, c, state, result in page])
