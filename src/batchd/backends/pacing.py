@@ -71,15 +71,15 @@ _MIN_COOLDOWN = 0.05  # seconds between two decreases, before any latency is kno
 _BUCKET_SECONDS = 10.0  # a budget bucket holds this many seconds' worth of its rate
 _PUBLISHED_WINDOW = 60.0  # seconds: Anthropic's and OpenAI's published budgets are per minute
 SLOW_START_FROM = 8
-SLOW_START_GAIN = 1.5
-PROBE_WINDOWS = 16
-PROBE_WINDOWS_MAX = 128
-PREFETCH_SHARE = 8
-SYNC_RESERVE_ROUND_TRIPS = 4
-LATENCY_HOLD = 1.15
-LATENCY_CUT = 1.4
-LATENCY_TARGET = 1.2
-LATENCY_MAX_CUT = 0.75
+SLOW_START_GAIN = 1.5  # slow start: the limit at most this times the most calls admitted
+PROBE_WINDOWS = 16  # windows between probes past a ceiling, at first ...
+PROBE_WINDOWS_MAX = 128  # ... and at most, doubling per probe refused at the same ceiling
+PREFETCH_SHARE = 8  # batch requests claimed ahead of free slots: this share of the limit
+SYNC_RESERVE_ROUND_TRIPS = 4  # a slot kept for synchronous calls this long after the last
+LATENCY_HOLD = 1.2
+LATENCY_CUT = 1.5
+LATENCY_TARGET = 1.25
+LATENCY_MAX_CUT = 0.75  # a latency cut keeps at least this share of the limit per window
 LATENCY_LEVEL = 1.1  # ... at this many times the calls in flight of the lowest latency
 _BASELINE_DRIFT = 1.002  # per window: the lowest latency is slowly forgotten
 
@@ -254,7 +254,7 @@ class Pacer:
         self._successes = 0  # since the limit last moved
         self._window: list[tuple[float, int]] = []  # (latency, level) of its successes
         self._window_size = max(1, self.limit)  # successes that close the current window
-        self._baseline: float | None = None  # the lowest window mean latency, slowly forgotten
+        self._baseline: float | None = None  # the lowest window median latency, slowly forgotten
         self._baseline_level = 0.0  # the mean calls in flight in that window
         self._calls = 0
         self._open: set[int] = set()  # calls started and not yet answered
@@ -496,13 +496,13 @@ class Pacer:
             self.source = LimitSource.GROWTH
             self._grant()
 
-    def _latency_moved(self, mean: float, level: float) -> bool:
-        """Hold or cut the limit where a window's mean latency rose over the baseline; the
-        cut aims at the concurrency (the window's mean level) times the latency it had."""
-        if self._baseline is None or mean < self._baseline:
-            self._baseline, self._baseline_level = mean, level
+    def _latency_moved(self, latency: float, level: float) -> bool:
+        """Hold or cut the limit where a window's (median) latency rose over the baseline;
+        the cut aims at the concurrency (the window's mean level) times the latency it had."""
+        if self._baseline is None or latency < self._baseline:
+            self._baseline, self._baseline_level = latency, level
             return False
-        ratio = mean / self._baseline
+        ratio = latency / self._baseline
         if level < self._baseline_level * LATENCY_LEVEL:
             # hardly more calls than then: whatever the latency, it is not a queue of ours;
             # the lowest latency is slowly forgotten (an upstream may get slower for good)
