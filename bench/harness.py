@@ -137,12 +137,53 @@ def get_json(url: str, timeout: float = 60) -> dict[str, Any]:
     return answer
 
 
-def wait_ended(url: str, batch_id: str, timeout: float = 600) -> dict[str, Any]:
+def wait_for(url: str, done: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    """Poll the batch at ``url`` until ``done`` holds of it."""
     deadline = time.monotonic() + timeout
     while True:
-        batch = get_json(f"{url}/v1/messages/batches/{batch_id}")
-        if batch["processing_status"] == "ended":
+        batch = get_json(url)
+        if done(batch):
             return batch
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{batch_id} did not end")
+            raise TimeoutError(f"{url} did not end")
         time.sleep(0.02)
+
+
+def wait_ended(url: str, batch_id: str, timeout: float = 600) -> dict[str, Any]:
+    path = f"{url}/v1/messages/batches/{batch_id}"
+    return wait_for(path, lambda batch: batch["processing_status"] == "ended", timeout)
+
+
+def timed_create(server: Process, create: Callable[[], T]) -> tuple[float, float, float, T]:
+    """The seconds ``create`` took on ``server``, the server's peak RSS after it and its
+    idle RSS before (MiB), and what ``create`` answered."""
+    idle = peak_rss_mib(server.pid)
+    started = time.perf_counter()
+    answer = create()
+    took = time.perf_counter() - started
+    return took, peak_rss_mib(server.pid), idle, answer
+
+
+def ingest_figures(
+    took: float, raw: float, rss: float, idle: float, mib: float, noun: str
+) -> dict[str, Any]:
+    """An ingest row's figures: ``noun`` (what was sent: body, file), of ``mib`` MiB, created
+    in ``took`` seconds against the baseline's ``raw``, and the server's memory (MiB)."""
+    return {
+        f"{noun}_mib": round(mib, 1),
+        "batchd_s": round(took, 3),
+        "raw_s": round(raw, 3),
+        "ratio": round(took / raw, 2),
+        "peak_rss_mib": round(rss, 1),
+        f"rss_over_{noun}": round(rss / mib, 2),
+        f"growth_over_{noun}": round((rss - idle) / mib, 2),
+    }
+
+
+def throughput_figures(n: int, took: float, raw: float) -> dict[str, Any]:
+    """A throughput row's figures: ``n`` requests in ``took`` seconds, the baseline's ``raw``."""
+    return {
+        "batchd_req_s": round(n / took),
+        "raw_req_s": round(n / raw),
+        "ratio": round(raw / took, 2),
+    }

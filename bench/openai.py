@@ -25,7 +25,7 @@ import msgspec
 from batchd.backends.mock import mock_embeddings
 from batchd.schemas.openai import output_line
 from bench import harness, workload
-from bench.scenarios import MOCK, Row, _fresh_db, claim_loop
+from bench.scenarios import MOCK, Row, _fresh_db, claim_loop, insert_queued
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 _decode: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
@@ -94,14 +94,8 @@ def create(url: str, file_id: str, endpoint: str) -> dict[str, Any]:
 
 
 def wait_done(url: str, batch_id: str, timeout: float = 900) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = harness.get_json(f"{url}/v1/batches/{batch_id}")
-        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
-            return batch
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{batch_id} did not end")
-        time.sleep(0.02)
+    done = ("completed", "failed", "expired", "cancelled")
+    return harness.wait_for(f"{url}/v1/batches/{batch_id}", lambda b: b["status"] in done, timeout)
 
 
 # -- 1. upload + create ----------------------------------------------------------------------
@@ -125,13 +119,7 @@ def _raw_ingest(data: bytes, path: Path) -> float:
                 rows.append((custom_id, msgspec.json.encode(body)))
         finally:
             gc.enable()
-        db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
-            " VALUES (1, ?, 'mock', ?, 'queued')",
-            rows,
-        )
-        db.execute("COMMIT")
+        insert_queued(db, rows)
         return time.perf_counter() - started
 
 
@@ -140,31 +128,19 @@ def ingest(lines: int, mib: float, repeat: int, workdir: Path) -> list[Row]:
 
     def run() -> tuple[float, float, float]:
         with harness.batchd(workdir / "openai_ingest", engine=False, backends=[MOCK]) as server:
-            idle = harness.peak_rss_mib(server.pid)
-            started = time.perf_counter()
-            file = upload(server.url, data)
-            batch = create(server.url, file["id"], CHAT)
-            took = time.perf_counter() - started
+            url = server.url
+            took, rss, idle, batch = harness.timed_create(
+                server, lambda: create(url, upload(url, data)["id"], CHAT)
+            )
             assert batch["status"] == "in_progress", batch
-            return took, harness.peak_rss_mib(server.pid), idle
+            return took, rss, idle
 
     took, rss, idle = harness.median_of(repeat, run, key=lambda r: r[0])
     raw = harness.median_of(
         repeat, functools.partial(_raw_ingest, data, workdir / "raw.db"), key=float
     )
     file_mib = len(data) / 2**20
-    return [
-        {
-            "lines": lines,
-            "file_mib": round(file_mib, 1),
-            "batchd_s": round(took, 3),
-            "raw_s": round(raw, 3),
-            "ratio": round(took / raw, 2),
-            "peak_rss_mib": round(rss, 1),
-            "rss_over_file": round(rss / file_mib, 2),
-            "growth_over_file": round((rss - idle) / file_mib, 2),
-        }
-    ]
+    return [{"lines": lines} | harness.ingest_figures(took, raw, rss, idle, file_mib, "file")]
 
 
 # -- 2. engine overhead on embeddings ----------------------------------------------------------
@@ -175,13 +151,9 @@ def _raw_loop(data: bytes, path: Path) -> float:
     output line."""
     lines = [msgspec.json.decode(line) for line in data.splitlines()]
     with closing(_fresh_db(path)) as db:
-        db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
-            " VALUES (1, ?, 'mock', ?, 'queued')",
-            [(line["custom_id"], msgspec.json.encode(line["body"])) for line in lines],
+        insert_queued(
+            db, [(line["custom_id"], msgspec.json.encode(line["body"])) for line in lines]
         )
-        db.execute("COMMIT")
         return claim_loop(
             db, lambda custom_id, raw: output_line(custom_id, mock_embeddings(_decode.decode(raw)))
         )
@@ -206,11 +178,4 @@ def embeddings(lines: int, repeat: int, workdir: Path) -> list[Row]:
 
     took = harness.median_of(repeat, run, key=float)
     raw = harness.median_of(repeat, functools.partial(_raw_loop, data, workdir / "raw.db"), float)
-    return [
-        {
-            "inputs": lines,
-            "batchd_req_s": round(lines / took),
-            "raw_req_s": round(lines / raw),
-            "ratio": round(raw / took, 2),
-        }
-    ]
+    return [{"inputs": lines} | harness.throughput_figures(lines, took, raw)]

@@ -14,7 +14,7 @@ import re
 import sqlite3
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,18 @@ def padded_batch_body(mib: int) -> bytes:
     for request in requests:
         request["params"]["metadata"] = {"user_id": "u" * pad}
     return json.dumps({"requests": requests}, separators=(",", ":")).encode()
+
+
+def insert_queued(db: sqlite3.Connection, rows: Iterable[tuple[str, bytes]]) -> None:
+    """Insert (custom_id, params) requests of the baseline's batch, queued for the mock, in
+    one transaction."""
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
+        " VALUES (1, ?, 'mock', ?, 'queued')",
+        rows,
+    )
+    db.execute("COMMIT")
 
 
 def _fresh_db(path: Path) -> sqlite3.Connection:
@@ -148,27 +160,16 @@ def ingest(
             with harness.batchd(
                 workdir / "ingest", engine=False, backends=[MOCK], database=_fresh(store)
             ) as server:
-                idle = harness.peak_rss_mib(server.pid)
-                started = time.perf_counter()
-                harness.post_json(f"{server.url}/v1/messages/batches", body)
-                took = time.perf_counter() - started
-                return took, harness.peak_rss_mib(server.pid), idle
+                url = f"{server.url}/v1/messages/batches"
+                took, rss, idle, _ = harness.timed_create(
+                    server, functools.partial(harness.post_json, url, body)
+                )
+                return took, rss, idle
 
         took, rss, idle = harness.median_of(repeat, run, key=lambda r: r[0])
         raw = harness.median_of(repeat, functools.partial(baseline, body), key=float)
         mib = len(body) / 2**20
-        rows.append(
-            {
-                "requests": n,
-                "body_mib": round(mib, 1),
-                "batchd_s": round(took, 3),
-                "raw_s": round(raw, 3),
-                "ratio": round(took / raw, 2),
-                "peak_rss_mib": round(rss, 1),
-                "rss_over_body": round(rss / mib, 2),
-                "growth_over_body": round((rss - idle) / mib, 2),
-            }
-        )
+        rows.append({"requests": n} | harness.ingest_figures(took, raw, rss, idle, mib, "body"))
     return rows
 
 
@@ -179,13 +180,7 @@ def _raw_loop(body: bytes, path: Path) -> float:
     """Claim -> execute (the same mock answer) -> record, 256 at a time, on the same schema."""
     requests = msgspec.json.decode(body)["requests"]
     with closing(_fresh_db(path)) as db:
-        db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO requests (batch_seq, custom_id, backend, params, state)"
-            " VALUES (1, ?, 'mock', ?, 'queued')",
-            [(r["custom_id"], msgspec.json.encode(r["params"])) for r in requests],
-        )
-        db.execute("COMMIT")
+        insert_queued(db, [(r["custom_id"], msgspec.json.encode(r["params"])) for r in requests])
         return claim_loop(db, mock_line)
 
 
@@ -235,14 +230,7 @@ def engine(
 
         took = harness.median_of(repeat, run, key=float)
         raw = harness.median_of(repeat, functools.partial(baseline, body), float)
-        rows.append(
-            {
-                "requests": n,
-                "batchd_req_s": round(n / took),
-                "raw_req_s": round(n / raw),
-                "ratio": round(raw / took, 2),
-            }
-        )
+        rows.append({"requests": n} | harness.throughput_figures(n, took, raw))
     return rows
 
 

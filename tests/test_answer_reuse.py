@@ -6,6 +6,7 @@ the ``openai`` SDK."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,17 @@ from anthropic.types.messages.batch_create_params import Request
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
-from tests.conftest import StartServer, mock_request, wait_ended
+from tests.conftest import StartServer, mock_request, wait_ended, wait_until
 from tests.support.keys import make_keys
 from tests.support.openai_upstream import FakeOpenAI, serve_openai
-from tests.support.upstream import FakeUpstream, serve_upstream, upstream_backend
+from tests.support.server import RunningServer
+from tests.support.upstream import (
+    FakeUpstream,
+    first_attempts,
+    invalid_request,
+    serve_upstream,
+    upstream_backend,
+)
 from tests.test_openai_face import EMBEDDINGS, chat_line, lines_of, run_batch, sdk
 
 
@@ -200,3 +208,54 @@ def test_the_two_faces_keep_their_answers_apart(start_server: StartServer) -> No
             runs = [_completions(client, [line]) for _ in range(2)]
     assert upstream.calls("q0") == 2
     assert runs[1]["r0"].choices == runs[0]["r0"].choices
+
+
+# -- identical requests in flight together ----------------------------------------------------
+
+
+def _in_flight(client: anthropic.Anthropic) -> int:
+    """The slots of backend ``up`` held now: its requests claimed and not yet finished."""
+    metrics = client.get("/metrics", cast_to=str)
+    [value] = re.findall(r'^batchd_backend_in_flight\{backend="up"\} (\S+)$', metrics, re.M)
+    return int(float(value))
+
+
+def _run_held(
+    upstream: FakeUpstream, server: RunningServer, n: int, running: int
+) -> tuple[int, int, object]:
+    """A batch of ``n`` identical temperature-0 requests, claimed while the upstream holds its
+    calls, released once ``running`` of them are in flight. The batch's (succeeded, errored)
+    counts and its details."""
+    requests = [mock_request(f"r{i}", "same", model="claude-1", temperature=0) for i in range(n)]
+    with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+        batch = client.messages.batches.create(requests=requests)
+        wait_until(lambda: _in_flight(client) == running, "the requests were not all claimed")
+        upstream.release()
+        counts = wait_ended(client, batch.id).request_counts
+        details = client.get(f"/v1/messages/batches/{batch.id}/details", cast_to=object)
+    return counts.succeeded, counts.errored, details
+
+
+def test_identical_requests_in_flight_together_call_the_upstream_once(
+    start_server: StartServer, held: FakeUpstream
+) -> None:
+    server = start_server(backends=[_backend(held, "deterministic")])
+    succeeded, errored, details = _run_held(held, server, 3, running=3)
+    assert held.calls("same") == 1  # the other two waited for its answer
+    assert (succeeded, errored) == (3, 0)
+    assert isinstance(details, dict)
+    assert details["reused_answers"] == 2
+
+
+def test_when_the_first_of_identical_requests_fails_the_next_one_calls(
+    start_server: StartServer,
+) -> None:
+    with serve_upstream(faults=first_attempts(1, invalid_request())) as upstream:
+        upstream.hold()
+        server = start_server(backends=[_backend(upstream, "deterministic")])
+        # the first call fails at once (faults pass the hold): the other two in flight
+        succeeded, errored, details = _run_held(upstream, server, 3, running=2)
+    assert upstream.calls("same") == 2  # the failed first, then one of those waiting
+    assert (succeeded, errored) == (2, 1)
+    assert isinstance(details, dict)
+    assert details["reused_answers"] == 1

@@ -9,8 +9,9 @@ stop sequences, and whatever else changes the answer. With the backend the model
 and the workspace (and an OpenAI request's endpoint, which keeps the two dialects' keys
 apart), they are encoded with sorted keys; the store keeps only their 16-byte BLAKE2b digest
 (in hex) beside the succeeded result. The engine looks up the answers of a claim's requests
-in one query. A reused answer is a normal succeeded result with a new id (a message's; a
-chat completion's), and the usage of the answer it repeats.
+in one query, and runs identical requests that it has in flight once (``Engine._coalesced``).
+A reused answer is a normal succeeded result with a new id (a message's; a chat
+completion's), and the usage of the answer it repeats.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ leases; the sweeper returns lost leases to the queue, expires batches past their
 and ends finished batches; the purger deletes the requests of batches whose results passed
 the retention time.
 
+Where a backend reuses answers (``engine/answers.py``), a claim's requests are decoded as they
+are claimed, their stored answers looked up in one query, and identical requests in flight
+here at once call the upstream once (``Engine._coalesced``).
+
 While the store is unavailable every loop keeps going: claims, heartbeats and sweeps are
 tried again with a doubling delay (``StoreBackoff``), and finished results wait in memory
 until they can be written, so that work done during an outage is not done again.
@@ -24,7 +28,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -168,6 +172,9 @@ class Engine:
         self._leases_renewed = True
         self._renewed_at = -math.inf  # the clock's time at the last renewal of our leases
         self._held: set[int] = set()  # requests claimed and not yet recorded (or fenced off)
+        # The answer keys of requests running here, each with its result line once it is
+        # known (None: it failed), for identical requests claimed meanwhile (_coalesced).
+        self._answering: dict[str, asyncio.Future[bytes | None]] = {}
 
     def wake(self) -> None:
         """New work may be queued: every dispatcher looks again."""
@@ -313,7 +320,10 @@ class Engine:
     ) -> None:
         try:
             await slot.reacquire()  # claimed ahead of a free slot: wait for one
-            outcome = await self._execute(lane, request, slot, prepared)
+            if prepared is not None and prepared.key is not None and prepared.stored is None:
+                outcome = await self._coalesced(lane, request, slot, prepared)
+            else:
+                outcome = await self._execute(lane, request, slot, prepared)
         finally:
             slot.release()
         key = (outcome.state, request.dialect)
@@ -323,6 +333,31 @@ class Engine:
             lane.finished[key] = finished
         finished.inc()
         self._outcomes.put_nowait(outcome)
+
+    async def _coalesced(
+        self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared
+    ) -> Outcome:
+        """Run a request that may be answered from another's answer, one of each answer key
+        at a time: while an identical request runs here, wait for its answer (in this slot,
+        as this one's own call would) and take it as a stored one; else run this one, and
+        hand its answer to those waiting. An answer that failed is handed to no one: the
+        next of them runs."""
+        assert prepared.key is not None
+        while (first := self._answering.get(prepared.key)) is not None:
+            stored = await asyncio.shield(first)  # a waiter cancelled cancels only itself
+            if stored is not None:
+                return await self._execute(lane, request, slot, replace(prepared, stored=stored))
+        answered: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._answering[prepared.key] = answered
+        line = None
+        try:
+            outcome = await self._execute(lane, request, slot, prepared)
+            if outcome.state is RequestState.SUCCEEDED:
+                line = outcome.line
+            return outcome
+        finally:
+            del self._answering[prepared.key]
+            answered.set_result(line)
 
     async def _execute(
         self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared | None

@@ -90,7 +90,11 @@ def _not_found(batch_id: str) -> NotFound:
     return NotFound(f"message batch {batch_id!r} not found")
 
 
-class BatchService:
+class BatchServiceBase:
+    """What the batch use cases of both faces (``BatchService``, ``OpenAIBatchService``) work
+    with: the store, the router that checks each request's model, the limits, the clock, and
+    ``on_created``, told of each new batch (the engine's wake-up)."""
+
     def __init__(
         self,
         store: Store,
@@ -105,6 +109,8 @@ class BatchService:
         self._clock = clock
         self._on_created = on_created
 
+
+class BatchService(BatchServiceBase):
     async def create(
         self,
         workspace: str,

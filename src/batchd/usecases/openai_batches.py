@@ -13,13 +13,12 @@ webhook outbox uses too.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 
 from batchd.backends.base import OPENAI_CHAT
-from batchd.backends.router import Router
 from batchd.domain import BatchDialect, CancelOutcome, FileRole, RequestState
 from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import new_file_id, new_openai_batch_id
@@ -27,10 +26,10 @@ from batchd.openai_input import InputReader, InputRequest
 from batchd.schedule import Schedule
 from batchd.schemas.openai import BatchFields, CreateBatch, refused_line
 from batchd.schemas.openai_batch import OpenAIBatch, openai_status, with_fields
-from batchd.store import NewFile, NewRequest, Store
+from batchd.store import NewFile, NewRequest
 from batchd.store.store import ResultRecord
 from batchd.usecases.batches import (
-    BatchLimits,
+    BatchServiceBase,
     idempotency_claim,
     queued_input_tokens,
     recorded_pages,
@@ -59,21 +58,7 @@ def _parse_create(body: bytes | bytearray) -> CreateBatch:
         raise InvalidRequest("the request body is not valid JSON") from None
 
 
-class OpenAIBatchService:
-    def __init__(
-        self,
-        store: Store,
-        router: Router,
-        limits: BatchLimits,
-        clock: Callable[[], float],
-        on_created: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._store = store
-        self._router = router
-        self._limits = limits
-        self._clock = clock
-        self._on_created = on_created
-
+class OpenAIBatchService(BatchServiceBase):
     async def create(
         self, workspace: str, body: bytes | bytearray, idempotency_key: str | None = None
     ) -> OpenAIBatch:
