@@ -51,3 +51,9 @@ def test_deadlines_close_together_share_round_robin() -> None:
 def test_one_round_spreads_its_slots_and_caps_each_batch() -> None:
     plan = ClaimPlanner().plan([_batch(1), _batch(2), _batch(3)], 300, cap=64)
     assert plan == {1: 64, 2: 64, 3: 64}
+
+
+def test_a_lone_batch_takes_every_slot_up_to_the_cap_and_the_turns_go_on_from_it() -> None:
+    planner = ClaimPlanner()
+    assert planner.plan([_batch(2)], 1024, cap=256) == {2: 256}
+    assert _slots(planner, [_batch(1), _batch(2), _batch(3)], 3) == [3, 1, 2]

@@ -30,6 +30,7 @@ from batchd.store import (
     open_store,
 )
 from batchd.store.queries import load_migrations, load_queries
+from batchd.store.sqlite import SQLiteDriver
 from tests.support.invariants import count_mismatches, pg_count_mismatches
 
 T0 = 1_800_000_000.0
@@ -480,3 +481,21 @@ async def test_a_shared_budget_grants_what_it_holds_and_refills_at_its_rate(
     assert await draw("b/requests", 10.0, 20.0, 15.0, T0) == 0.0
     assert await draw("b/requests", 10.0, 20.0, 15.0, T0 + 1) == 10.0  # a second's refill
     assert await draw("b/tokens", 10.0, 20.0, 1.0, T0) == 1.0  # another budget, its own
+
+
+async def test_a_bulk_write_reaches_the_database_file_after_its_commit(tmp_path: Path) -> None:
+    """Its commit syncs the WAL and answers; a connection of its own copies it afterwards."""
+    store = await open_store(f"sqlite:///{tmp_path}/s.db")
+    driver = store.driver
+    assert isinstance(driver, SQLiteDriver)
+    try:
+        async with driver.transaction() as tx:
+            await tx.run_script("CREATE TABLE blobs (data BLOB);")
+        async with driver.transaction(bulk=True) as tx:
+            await tx.bulk_insert("blobs", ("data",), [(b"x" * 2**20,)] * 8)
+        at_commit = (tmp_path / "s.db").stat().st_size
+        await driver.wal_copied()
+        copied = (tmp_path / "s.db").stat().st_size
+    finally:
+        await store.close()
+    assert at_commit < 2**20 < 8 * 2**20 < copied

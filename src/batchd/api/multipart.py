@@ -115,13 +115,10 @@ class _Parser:
             at = buffer.find(self._delimiter)
             keep = len(self._delimiter) - 1
             if at < 0:
-                if len(buffer) > keep:
-                    self._data(bytes(buffer[: len(buffer) - keep]))
-                    del buffer[: len(buffer) - keep]
+                self._data(len(buffer) - keep)
                 return False
-            self._data(bytes(buffer[:at]))
+            self._data(at)
             self._end_part()
-            del buffer[:at]
             self._state = "preamble"  # finds the delimiter at the start, reads what follows
             return True
         return False  # done: an epilogue is ignored
@@ -153,21 +150,25 @@ class _Parser:
             # %22 is how the SDK's httpx writes a quote in a file name
             self._form.filename = params.get("filename", "upload").replace("%22", '"')
 
-    def _data(self, data: bytes) -> None:
-        if not data:
+    def _data(self, end: int) -> None:
+        """Consume the buffer's first ``end`` bytes, the current part's (the file part's
+        written out from the buffer itself, not copied first)."""
+        if end <= 0:
             return
-        form = self._form
+        form, buffer = self._form, self._buffer
         if not self._is_file:
-            self._value += data
+            self._value += buffer[:end]
             if len(self._value) > MAX_FIELD_BYTES:
                 raise InvalidRequest(f"{self._name}: too long", param=self._name)
-            return
-        form.size += len(data)
-        if form.size > self._max:
-            raise RequestTooLarge(f"file: larger than the limit of {self._max} bytes")
-        form.lines += data.count(b"\n")
-        form._last = data[-1:]
-        form.spool.write(data)
+        else:
+            form.size += end
+            if form.size > self._max:
+                raise RequestTooLarge(f"file: larger than the limit of {self._max} bytes")
+            form.lines += buffer.count(b"\n", 0, end)
+            form._last = bytes(buffer[end - 1 : end])
+            with memoryview(buffer) as view, view[:end] as data:
+                form.spool.write(data)
+        del buffer[:end]
 
     def _end_part(self) -> None:
         if not self._is_file and self._name is not None:

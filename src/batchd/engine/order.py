@@ -56,6 +56,11 @@ class ClaimPlanner:
         fronts = _fronts(batches)
         levels = sorted(fronts, reverse=True)
         workspaces = {level: sorted(fronts[level]) for level in levels}
+        if len(batches) == 1:  # every slot goes to it: no need to hand them out one by one
+            [[level, [workspace]]] = workspaces.items()
+            self._last_workspace[level] = workspace
+            self._last_batch[(level, workspace)] = batches[0].seq
+            return {batches[0].seq: min(free, cap)}
         plan: dict[int, int] = {}
         for _ in range(free):
             level = self._level(levels)

@@ -153,9 +153,11 @@ class PostgresDriver:
         await self._pool.close()
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[_Queries]:
+    async def transaction(
+        self, *, durable: bool = True, bulk: bool = False
+    ) -> AsyncIterator[_Queries]:
         """One transaction on a pooled connection; driver failures become StoreUnavailable."""
-        del durable  # every commit waits for its WAL flush
+        del durable, bulk  # every commit waits for its WAL flush; the server checkpoints
         try:
             wait = self._timeouts.connect + self._timeouts.statement  # for a free connection
             async with self._pool.acquire(timeout=wait) as conn, conn.transaction():

@@ -7,7 +7,10 @@ at most ``BUSY_SECONDS`` for the writes before it in this process and as long fo
 lock. Once a write has failed on the file (locked elsewhere, disk full, I/O), the writes
 after it wait for no lock until one works again: the API answers 503 at once while the
 outage lasts. A transaction that is not durable commits without syncing the WAL; the next
-durable commit syncs its pages too. Driver errors become ``StoreUnavailable`` here.
+durable commit syncs its pages too. A bulk transaction (an upload, a batch's requests) answers
+once its WAL is synced: a connection of its own then copies the WAL into the database file,
+which a commit past ``AUTOCHECKPOINT_PAGES`` would otherwise do before it answers. Driver
+errors become ``StoreUnavailable`` here.
 
 Space: a new file has ``auto_vacuum = INCREMENTAL``, so that the pages freed by deleting
 requests past retention are given back to the file system (``reclaim_space``) instead of
@@ -40,6 +43,7 @@ Q = load_queries("sqlite")
 BUSY_SECONDS = 5.0  # the longest a write waits for a lock held elsewhere
 BUSY_MS = int(BUSY_SECONDS * 1000)
 WAL_LIMIT_BYTES = 32 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
+AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: a commit past this many WAL pages copies them
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 T = TypeVar("T")
 
@@ -53,6 +57,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if not readonly:  # auto_vacuum first: it only takes on a file that has no table yet
         pragmas = ["auto_vacuum = INCREMENTAL", "journal_mode = WAL", "synchronous = FULL"]
         pragmas.append(f"journal_size_limit = {WAL_LIMIT_BYTES}")
+        pragmas.append(f"wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
     for pragma in pragmas:
         db.execute(f"PRAGMA {pragma}")
     return db
@@ -166,9 +171,13 @@ def _backup(source: Path, target: Path) -> None:
 class SQLiteDriver:
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path, writer: _Connection, reader: _Connection) -> None:
+    def __init__(
+        self, path: Path, writer: _Connection, reader: _Connection, checkpointer: _Connection
+    ) -> None:
         self.path = path
-        self._writer, self._reader = writer, reader
+        self._writer, self._reader, self._checkpointer = writer, reader, checkpointer
+        self._checkpoint: asyncio.Task[None] | None = None  # copying the WAL (_copy_wal)
+        self._copy_again = False  # a bulk write committed since the copy began
         self.fetch = reader.fetch
         self._lock = asyncio.Lock()
         self._work = asyncio.Event()  # set when this process queues work
@@ -194,19 +203,26 @@ class SQLiteDriver:
                     "stopped, to convert it",
                     path,
                 )
-            return cls(path, writer, await _Connection.open(path, readonly=True))
+            reader = await _Connection.open(path, readonly=True)
+            return cls(path, writer, reader, await _Connection.open(path, readonly=True))
         except BaseException:
             await writer.close()
             raise
 
     async def close(self) -> None:
+        await self.wal_copied()
+        await self._checkpointer.close()
         await self._reader.close()
         await self._writer.close()
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[_Connection]:
+    async def transaction(
+        self, *, durable: bool = True, bulk: bool = False
+    ) -> AsyncIterator[_Connection]:
         """One write transaction, after the writes before it in this process (waited for at
-        most BUSY_SECONDS); driver failures become StoreUnavailable."""
+        most BUSY_SECONDS); driver failures become StoreUnavailable. A ``bulk`` one answers
+        once its WAL is synced: its pages are copied into the database file afterwards, off
+        the writer (the next transactions need not wait for that copy)."""
         try:
             await asyncio.wait_for(self._lock.acquire(), BUSY_SECONDS)
         except TimeoutError:
@@ -215,7 +231,7 @@ class SQLiteDriver:
         try:
             await tx.call(self._begin, durable)
             yield tx
-            await tx.call(self._end, "COMMIT")
+            await tx.call(self._end, "COMMIT", bulk)
             self._degraded = False
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
@@ -230,6 +246,28 @@ class SQLiteDriver:
             self._lock.release()
         if tx.notified:
             self._work.set()
+        if bulk:
+            self._copy_again = True
+            if self._checkpoint is None:
+                self._checkpoint = asyncio.create_task(self._copy_wal())
+
+    async def wal_copied(self) -> None:
+        """Once the WAL copy that a bulk write started, if any, has ended."""
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+
+    async def _copy_wal(self) -> None:
+        """Copy the WAL's pages into the database file (what the commit of a bulk write left
+        to do), on a connection of its own: the writer and the readers go on meanwhile."""
+        db = self._checkpointer.db
+        try:
+            while self._copy_again:  # and again for a bulk write committed meanwhile
+                self._copy_again = False
+                await self._checkpointer.call(db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        except StoreUnavailable as exc:  # the next commit past AUTOCHECKPOINT_PAGES tries again
+            log.warning("copying the WAL into %s failed: %s", self.path, exc)
+        finally:
+            self._checkpoint = None
 
     def _begin(self, durable: bool) -> None:
         db, self._writer.notified = self._writer.db, False
@@ -240,12 +278,16 @@ class SQLiteDriver:
         db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         db.execute("BEGIN IMMEDIATE")
 
-    def _end(self, verb: str) -> None:
+    def _end(self, verb: str, bulk: bool = False) -> None:
+        db = self._writer.db
         try:
-            self._writer.db.execute(verb)
+            if bulk:  # the commit syncs the WAL only; _copy_wal copies it
+                db.execute("PRAGMA wal_autocheckpoint = 0")
+            db.execute(verb)
         finally:
             with contextlib.suppress(sqlite3.Error):
-                self._writer.db.execute("PRAGMA synchronous = FULL")
+                db.execute("PRAGMA synchronous = FULL")
+                db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
 
     async def wait_for_work(self, seconds: float) -> bool:
         """SQLite has no notifications: only this process's own work is seen at once."""
