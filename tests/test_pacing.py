@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 
 from batchd.backends.pacing import (
+    LATENCY_MAX_CUT,
     LATENCY_TARGET,
+    PREFETCH_SHARE,
     PROBE_WINDOWS,
+    PROBE_WINDOWS_MAX,
     SLOW_START_FROM,
+    SLOW_START_GAIN,
+    SYNC_RESERVE_ROUND_TRIPS,
     Call,
     Lane,
     LimitSource,
     Pacer,
+    Slot,
     TokenBucket,
 )
 from batchd.config import BackendConfig
@@ -109,6 +119,40 @@ async def test_a_freed_slot_goes_to_interactive_then_retrying_then_batch() -> No
     assert (pacer.free_for_batch(), woken) == (1, ["batch"])
 
 
+async def test_batch_work_claimed_ahead_takes_the_next_slot_freed() -> None:
+    pacer = _pacer(max_concurrency=16, adaptive_concurrency=False)
+    busy = [pacer.take() for _ in range(16)]
+    ahead = 16 // PREFETCH_SHARE
+    assert (pacer.free_for_batch(), pacer.room_for_batch()) == (0, ahead)
+    early = [pacer.take() for _ in range(ahead)]  # claimed before any slot is free
+    assert (any(slot.held for slot in early), pacer.in_flight) == (False, 16)
+    waiting = [asyncio.create_task(slot.reacquire()) for slot in early]
+    await asyncio.sleep(0)
+    assert (pacer.room_for_batch(), pacer.waiting) == (0, ahead)
+    busy[0].release()
+    await asyncio.sleep(0)
+    assert (waiting[0].done(), early[0].held, pacer.in_flight) == (True, True, 16)
+    assert pacer.room_for_batch() == 1  # room to claim the next one ahead
+    for task in waiting[1:]:
+        task.cancel()
+    await asyncio.gather(*waiting[1:], return_exceptions=True)
+    assert (pacer.waiting, pacer.in_flight) == (0, 16)
+
+
+async def test_while_synchronous_calls_come_batch_work_leaves_them_a_slot() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, max_concurrency=4, adaptive_concurrency=False)
+    pacer.succeeded(latency=1.0)  # a round trip takes a second
+    assert pacer.free_for_batch() == 4
+    (await pacer.acquire(interactive=True)).release()
+    busy = [pacer.take() for _ in range(pacer.free_for_batch())]
+    assert len(busy) == 3  # one slot kept for the next synchronous call
+    second = await asyncio.wait_for(pacer.acquire(interactive=True), timeout=5)  # no wait
+    second.release()
+    clock.now += SYNC_RESERVE_ROUND_TRIPS * 1.0  # none for a while: batch work may take it
+    assert pacer.free_for_batch() == 1
+
+
 async def test_a_cancelled_waiter_leaks_no_slot() -> None:
     pacer = _pacer(max_concurrency=1, adaptive_concurrency=False)
     slot = pacer.take()
@@ -178,34 +222,216 @@ async def test_takers_are_served_in_order_and_charges_never_sink_below_a_bucket(
 
 
 def _call(pacer: Pacer, level: int) -> Call:
-    return Call(seq=1, level=level, started=0.0)
+    """A call started now, with ``level`` calls in flight."""
+    return Call(seq=pacer.call_started().seq, level=level, started=0.0)
 
 
-def test_a_remote_upstream_starts_low_and_doubles_per_round_trip() -> None:
+def test_a_remote_upstream_starts_low_and_grows_by_half_per_round_trip() -> None:
     pacer = _pacer(kind="anthropic", base_url="http://u", max_concurrency=256)
     assert (pacer.limit, pacer.source) == (SLOW_START_FROM, LimitSource.SLOW_START)
-    for _ in range(SLOW_START_FROM):
-        pacer.succeeded(latency=0.1)
-    assert pacer.limit == 2 * SLOW_START_FROM
+    for _ in range(SLOW_START_FROM):  # one round trip at the starting limit
+        pacer.succeeded(latency=0.1, call=_call(pacer, level=SLOW_START_FROM))
+    assert pacer.limit == int(SLOW_START_GAIN * SLOW_START_FROM)
+    for _ in range(100):  # more successes, but no more calls in flight at once: no growth
+        pacer.succeeded(latency=0.1, call=_call(pacer, level=SLOW_START_FROM))
+    assert pacer.limit == int(SLOW_START_GAIN * SLOW_START_FROM)
+
+
+def _hold(pacer: Pacer, n: int) -> list[Slot]:
+    return [pacer.take() for _ in range(n)]
 
 
 def test_a_429_lowers_the_limit_to_what_the_upstream_admitted() -> None:
     pacer = _pacer(max_concurrency=64)
+    refused = _hold(pacer, 41)[-1]
     pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=41))
     assert (pacer.limit, pacer.source) == (40, LimitSource.CONGESTION)
+    refused.release()
     pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=17))
-    assert pacer.limit == 32  # the same round trip: by half at most
+    assert pacer.limit == 39  # another refusal of the burst: one fewer was admitted
+
+
+def test_a_429_counts_only_the_calls_still_in_flight() -> None:
+    pacer = _pacer(max_concurrency=40)
+    slots = _hold(pacer, 40)
+    calls = [_call(pacer, level=40) for _ in slots]
+    for slot in slots[30:]:  # the other refusals of the burst, back and released
+        slot.release()
+    pacer.failed("rate_limit_error", "over capacity", calls[29])
+    assert pacer.limit == 29  # the 30 still in flight, the refused one excluded
+    for call in calls[:29]:  # the admitted ones answer: they say nothing of more room
+        pacer.succeeded(latency=0.1, call=call)
+    assert pacer.limit == 29
+
+
+def test_a_lone_429_halves_the_limit_and_each_one_after_it_takes_one_more() -> None:
+    pacer = _pacer(max_concurrency=16)
+    pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=1))
+    assert pacer.limit == 8  # by half at most per round trip
+    pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=1))
+    assert pacer.limit == 7  # a refusal lowers it by one at least
 
 
 def test_above_a_refused_concurrency_the_limit_grows_only_every_few_windows() -> None:
     pacer = _pacer(max_concurrency=64)
+    refused = _hold(pacer, 41)[-1]
     pacer.failed("rate_limit_error", "over capacity", _call(pacer, level=41))  # 40 admitted
+    refused.release()
     for _ in range(40 * (PROBE_WINDOWS - 1)):
-        pacer.succeeded(latency=0.1)
+        pacer.succeeded(latency=0.1, call=_call(pacer, level=40))
     assert pacer.limit == 40
     for _ in range(40):
-        pacer.succeeded(latency=0.1)
+        pacer.succeeded(latency=0.1, call=_call(pacer, level=40))
     assert (pacer.limit, pacer.source) == (41, LimitSource.GROWTH)
+
+
+@dataclass
+class Run:
+    """What a simulated run showed: the first burst of refusals (until a call succeeds again)
+    and the refusals after it, the limit at the end and the share of the upstream's capacity
+    used from the first refusal on."""
+
+    overshoot: int = 0
+    probes: int = 0
+    limit: int = 0
+    used: float = 0.0
+    limits: list[int] = field(default_factory=list)  # the limit after each refusal
+    levels: list[tuple[float, int]] = field(default_factory=list)  # (time, calls upstream)
+
+    def mean_level(self, since: float) -> float:
+        """The calls in progress upstream, averaged over time from ``since`` on."""
+        start = self.levels[0][0] + since * (self.levels[-1][0] - self.levels[0][0])
+        kept = [
+            (b - a, level) for (a, level), (b, _) in itertools.pairwise(self.levels) if a >= start
+        ]
+        return sum(span * level for span, level in kept) / sum(span for span, _ in kept)
+
+
+def _simulate(
+    pacer: Pacer,
+    clock: Clock,
+    capacity: Callable[[float], int],
+    n: int,
+    *,
+    latency: Callable[[int], float] = lambda _: 0.2,
+    transit: float = 0.001,
+) -> Run:
+    """Drive ``pacer`` as the engine does, with ``n`` requests against an upstream that
+    admits ``capacity(now)`` calls at once and refuses the rest at once (429), a call taking
+    ``latency(calls in progress)`` seconds, on ``clock``: events in time order, ``transit``
+    seconds each way, no sleeps. A refused request retries once a call started after its
+    refusal succeeds."""
+    events: list[tuple[float, int, str, Call, Slot]] = []
+    sequence = itertools.count()
+    queued, waiting = n, list[float]()  # new requests; refusal times of those to retry
+    ready = 0  # refused requests that may retry now
+    active, run, busy = 0, Run(), 0.0
+    decreased_at: float | None = None  # the first refusal
+    succeeded_after: float | None = None  # the first success after it
+    last = clock.now
+    while queued or ready or waiting or events:
+        while pacer.free_for_batch() > 0 and (ready or queued):
+            if ready:
+                ready -= 1
+            else:
+                queued -= 1
+            slot, call = pacer.take(), pacer.call_started()
+            heapq.heappush(events, (clock.now + transit, next(sequence), "arrive", call, slot))
+        at, _, kind, call, slot = heapq.heappop(events)
+        if decreased_at is not None:
+            busy += active * (at - last)
+        clock.now = last = at
+        if kind == "arrive" and active >= capacity(at):
+            heapq.heappush(events, (at + transit, next(sequence), "refused", call, slot))
+        elif kind == "arrive":
+            active += 1
+            run.levels.append((at, active))
+            heapq.heappush(events, (at + latency(active), next(sequence), "done", call, slot))
+        elif kind == "done":
+            active -= 1
+            run.levels.append((at, active))
+            heapq.heappush(events, (at + transit, next(sequence), "answered", call, slot))
+        elif kind == "answered":
+            pacer.call_ended(call)
+            pacer.succeeded(at - call.started, call)
+            slot.release()
+            if decreased_at is not None:
+                succeeded_after = succeeded_after or at
+            ready += sum(1 for refused in waiting if refused < call.started)
+            waiting = [refused for refused in waiting if refused >= call.started]
+        else:
+            pacer.call_ended(call)
+            pacer.failed("rate_limit_error", "over capacity", call)
+            slot.release()
+            waiting.append(at)
+            run.limits.append(pacer.limit)
+            decreased_at = decreased_at or at
+            if succeeded_after is None:
+                run.overshoot += 1
+            else:
+                run.probes += 1
+    run.limit = pacer.limit
+    if decreased_at is not None:
+        run.used = busy / (capacity(last) * (last - decreased_at))
+    return run
+
+
+def _remote(clock: Clock, max_concurrency: int = 256) -> Pacer:
+    return _pacer(clock, kind="anthropic", base_url="http://u", max_concurrency=max_concurrency)
+
+
+@pytest.mark.parametrize("capacity", [3, 16, 40, 100])
+def test_against_a_concurrency_cap_the_limit_settles_at_the_cap(capacity: int) -> None:
+    clock = Clock()
+    run = _simulate(_remote(clock), clock, lambda _: capacity, 200 * capacity)
+    assert run.limits, "the upstream never refused a call"
+    # the slow start's one overshoot: at most the gain's share past the cap (or its start)
+    assert run.overshoot <= max(SLOW_START_FROM - capacity, (SLOW_START_GAIN - 1) * capacity)
+    assert run.limits[run.overshoot - 1] == capacity  # the burst found the cap, and each
+    assert set(run.limits[run.overshoot :]) == {capacity}  # refusal after it is one probe
+    assert run.limit in (capacity, capacity + 1)
+    assert run.used >= 0.98
+
+
+def test_probes_past_a_cap_found_again_and_again_grow_rarer() -> None:
+    clock = Clock()
+    run = _simulate(_remote(clock), clock, lambda _: 16, 40_000)  # 2,500 windows of 16
+    # probes after 16, 32, 64 and then every 128 windows, one refused call each
+    assert run.probes <= 3 + 2_500 // PROBE_WINDOWS_MAX
+    assert run.probes + run.overshoot <= 0.001 * 40_000
+
+
+@pytest.mark.parametrize("knee", [8, 16, 64])
+def test_against_a_queueing_upstream_the_limit_settles_near_its_knee(knee: int) -> None:
+    clock = Clock()
+    run = _simulate(
+        _remote(clock), clock, lambda _: 10**6, 200 * knee,
+        latency=lambda calls: 0.1 * max(1, calls / knee),  # slower past the knee, no 429
+    )  # fmt: skip
+    assert not run.limits  # never a refusal
+    assert knee <= run.mean_level(since=0.25) <= 1.5 * knee  # full speed, hardly a queue
+    assert knee <= run.limit <= 1.5 * knee
+
+
+def test_one_slow_window_cuts_the_limit_by_a_quarter_at_most() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, max_concurrency=64, initial_concurrency=16)
+    for _ in range(16):
+        pacer.succeeded(latency=0.1, call=_call(pacer, level=16))
+    for _ in range(17):  # more calls in flight, and a busy CPU here slows them five times
+        pacer.succeeded(latency=0.5, call=_call(pacer, level=18))
+    assert pacer.limit == int(17 * LATENCY_MAX_CUT)
+
+
+def test_the_limit_follows_a_cap_that_moves() -> None:
+    clock = Clock()
+    start = clock.now
+    run = _simulate(_remote(clock), clock, lambda at: 24 if at - start < 10 else 12, 4_000)
+    assert run.limit in (12, 13)  # down at once when the cap fell
+    clock = Clock()
+    start = clock.now
+    run = _simulate(_remote(clock), clock, lambda at: 12 if at - start < 10 else 24, 4_000)
+    assert run.limit >= 24  # and up again once it rose: by one per window past a probe
 
 
 def test_latency_that_climbs_with_the_calls_in_flight_cuts_the_limit() -> None:
@@ -215,6 +441,9 @@ def test_latency_that_climbs_with_the_calls_in_flight_cuts_the_limit() -> None:
     for _ in range(8):  # more calls later, each twice as slow: they queue upstream
         pacer.succeeded(latency=0.2, call=_call(pacer, level=9))
     assert pacer.source == LimitSource.LATENCY
+    assert pacer.limit == int(9 * LATENCY_MAX_CUT)  # by a quarter at most per window
+    for _ in range(9):  # another such window: on toward 1.2 times the latency
+        pacer.succeeded(latency=0.2, call=_call(pacer, level=9))
     assert pacer.limit == int(9 * LATENCY_TARGET / 2)
 
 

@@ -4,18 +4,27 @@
 moved by what the upstream shows (``limit_source`` says which signal moved it last):
 
 * **slow start** (remote upstreams without an ``initial_concurrency``): the limit starts at
-  ``SLOW_START_FROM`` and grows by one per success (doubling per round trip) until the first
-  sign of congestion;
-* **congestion** (429, 529, timeouts): the limit falls to the concurrency the upstream
-  admitted (the calls in flight when the refused call started, itself excluded), but by at
-  most half per round trip; where no such figure is known it halves (AIMD's decrease);
-* **growth**: one more per window of successes (a window is ``limit`` successes), and above
-  the concurrency an upstream last refused only one per ``PROBE_WINDOWS`` windows, so that a
-  probe past a known capacity costs one refused call now and then, not a steady stream;
-* **latency** (upstreams that queue instead of refusing, as vLLM does): per window, the mean
-  latency against the lowest seen (a Vegas / gradient rule): above ``LATENCY_HOLD`` times it
-  the limit stops growing, above ``LATENCY_CUT`` it is cut to where the latency would be
-  ``LATENCY_TARGET`` times it.
+  ``SLOW_START_FROM`` and grows by one per success, but to at most ``SLOW_START_GAIN`` times
+  the most calls seen in flight at the start of a call that succeeded (so by half per round
+  trip while the calls fill it), until the first sign of congestion; so the first refusal
+  finds at most half of the upstream's capacity too many calls in flight, never double;
+* **congestion** (429, 529, timeouts): the limit falls to the calls still in flight, the
+  refused one excluded: a refusal comes back at once and an admitted call later, so once a
+  burst of refusals is back this is the concurrency the upstream admitted (a figure that only
+  cuts what is not in use now); with no call to go by it halves (AIMD's decrease);
+* **growth**: one more per window of successes (a window is ``limit`` successes); at or
+  above the concurrency an upstream last refused (the *ceiling*) one per ``PROBE_WINDOWS``
+  windows, twice as rarely after each probe refused at the same ceiling (up to
+  ``PROBE_WINDOWS_MAX``), so a known capacity costs one refused call now and then; a window
+  that got through with calls past the ceiling among it forgets the ceiling (the upstream
+  admits more now): one more per window again;
+* **latency** (upstreams that queue instead of refusing, as vLLM does): per window, the
+  median latency against the lowest seen (a Vegas / gradient rule), at ``LATENCY_LEVEL``
+  times the calls in flight of that lowest window or more: above ``LATENCY_HOLD`` times it
+  the limit stops growing, above ``LATENCY_CUT`` it is cut toward where the latency would be
+  ``LATENCY_TARGET`` times it, by a quarter at most per window (one window slowed by a busy
+  CPU here cannot throw the capacity away). The lowest latency is forgotten slowly, only
+  from windows at fewer calls (where a slower answer is the upstream's, not a queue).
 
 Budgets: token buckets for the configured ``requests_per_minute`` / ``tokens_per_minute``,
 and one per budget the upstream publishes in its answers' headers (``ratelimits.py``), kept
@@ -24,7 +33,14 @@ in step with the remaining figure of each answer.
 A call holds a ``Slot`` while it talks to the upstream. Slots freed go first to waiting
 synchronous calls, interactive then flex (``Lane``), while they hold less than
 ``interactive_share`` of the limit or no batch work waits; then to batch requests waiting to
-retry, and only then to new batch work (the engine asks ``free_for_batch`` before it claims).
+retry, and only then to new batch work. The engine claims new batch work while
+``room_for_batch``: the free slots and ``limit // PREFETCH_SHARE`` more, whose requests wait
+in the batch queue (``take`` hands them a slot not yet held), so that a slot freed goes to
+the next request at once instead of idling while the engine claims one (measured against an
+upstream of 16 calls of 200 ms: 0.77-0.89 of its capacity used without, 0.99 with). While
+synchronous calls come, batch work leaves one slot of the limit free for them, so that one
+need not wait for a batch call to end (with the batch's calls in step, that wait was up to
+a whole call).
 
 A request refused for congestion waits its delay (the upstream's ``retry-after``, else the
 backoff), but no longer than until a call of the same backend that started after the refusal
@@ -38,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -54,10 +71,16 @@ _MIN_COOLDOWN = 0.05  # seconds between two decreases, before any latency is kno
 _BUCKET_SECONDS = 10.0  # a budget bucket holds this many seconds' worth of its rate
 _PUBLISHED_WINDOW = 60.0  # seconds: Anthropic's and OpenAI's published budgets are per minute
 SLOW_START_FROM = 8
-PROBE_WINDOWS = 16
-LATENCY_HOLD = 1.15
-LATENCY_CUT = 1.4
-LATENCY_TARGET = 1.2
+SLOW_START_GAIN = 1.5  # slow start: the limit at most this times the most calls admitted
+PROBE_WINDOWS = 16  # windows between probes past a ceiling, at first ...
+PROBE_WINDOWS_MAX = 128  # ... and at most, doubling per probe refused at the same ceiling
+PREFETCH_SHARE = 8  # batch requests claimed ahead of free slots: this share of the limit
+SYNC_RESERVE_ROUND_TRIPS = 4  # a slot kept for synchronous calls this long after the last
+LATENCY_HOLD = 1.2
+LATENCY_CUT = 1.5
+LATENCY_TARGET = 1.25
+LATENCY_MAX_CUT = 0.75  # a latency cut keeps at least this share of the limit per window
+LATENCY_LEVEL = 1.1  # ... at this many times the calls in flight of the lowest latency
 _BASELINE_DRIFT = 1.002  # per window: the lowest latency is slowly forgotten
 
 
@@ -216,17 +239,22 @@ class Pacer:
         self._shown_source: LimitSource | None = None
         self.in_flight = 0
         self._sync_in_flight = 0  # slots held by interactive and flex calls
+        self._last_sync = -math.inf  # when a synchronous call last asked for a slot
         self._queues: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
         self._listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._last_decrease = -math.inf
         self._episode_limit = self._limit  # the limit before the current congestion episode
         self._ceiling = 0  # the most calls the upstream was last found to admit
+        self._probe_every = PROBE_WINDOWS  # windows between two probes above the ceiling
+        self._confirmed = 0  # the most calls in flight at the start of a call that succeeded
+        self._decreased_seq = 0  # the calls started before the limit last fell
+        self._past_ceiling = False  # a call started since then above the ceiling got through
         self._latency: float | None = None  # smoothed latency of successful calls
         self._successes = 0  # since the limit last moved
         self._window: list[tuple[float, int]] = []  # (latency, level) of its successes
         self._window_size = max(1, self.limit)  # successes that close the current window
-        self._baseline: float | None = None  # the lowest window mean latency, slowly forgotten
+        self._baseline: float | None = None  # the lowest window median latency, slowly forgotten
         self._baseline_level = 0.0  # the mean calls in flight in that window
         self._calls = 0
         self._open: set[int] = set()  # calls started and not yet answered
@@ -298,10 +326,31 @@ class Pacer:
         return min(sync, self._sync_room()) + len(self._queues[Lane.BATCH])
 
     def free_for_batch(self) -> int:
-        return max(0, self.limit - self.in_flight - self._ahead(Lane.BATCH))
+        return max(0, self._batch_limit() - self.in_flight - self._ahead(Lane.BATCH))
+
+    def _batch_limit(self) -> int:
+        """The slots batch work may hold: the limit, less one kept free while synchronous
+        calls come (one arrived within the last ``SYNC_RESERVE_ROUND_TRIPS`` round trips), so
+        that the next one need not wait for a batch call to end."""
+        recent = self._clock() - self._last_sync < SYNC_RESERVE_ROUND_TRIPS * (self._latency or 0)
+        return self.limit - 1 if recent and self.limit > 1 else self.limit
+
+    @property
+    def prefetch(self) -> int:
+        """Batch requests claimed ahead of a free slot, waiting in the batch queue, so that a
+        slot freed goes to the next request at once instead of waiting for a claim."""
+        return self.limit // PREFETCH_SHARE
+
+    def room_for_batch(self) -> int:
+        """New batch requests the engine may claim now: the free slots, and up to
+        ``prefetch`` more that wait for the next ones freed."""
+        return max(0, self.free_for_batch() + self.prefetch - len(self._queues[Lane.BATCH]))
 
     def take(self) -> Slot:
-        """A slot for new batch work, counted at once (the engine checked free_for_batch)."""
+        """A slot for new batch work (the engine checked room_for_batch): counted at once
+        where one is free; else a slot to ``reacquire``, in the batch queue."""
+        if self.free_for_batch() <= 0:
+            return Slot(self, held=False)
         self.in_flight += 1
         self._publish()
         return Slot(self)
@@ -314,8 +363,10 @@ class Pacer:
 
     async def _wait_for_slot(self, lane: Lane) -> None:
         sync = lane is not Lane.BATCH
+        if sync:
+            self._last_sync = self._clock()
         if (
-            self.in_flight < self.limit
+            self.in_flight < (self.limit if sync else self._batch_limit())
             and not self._ahead(lane)
             and (not sync or self._sync_room() > 0)
         ):
@@ -350,7 +401,8 @@ class Pacer:
         batch work waits), then batch retries; then tell the batch side."""
         for lane in Lane:
             queue = self._queues[lane]
-            while queue and self.in_flight < self.limit:
+            limit = self._batch_limit() if lane is Lane.BATCH else self.limit
+            while queue and self.in_flight < limit:
                 if lane is not Lane.BATCH and self._sync_room() <= 0:
                     break
                 waiter = queue.popleft()
@@ -358,7 +410,7 @@ class Pacer:
                     self._count_in(lane)
                     waiter.set_result(None)
         self._publish()
-        if self.free_for_batch() > 0:
+        if self.room_for_batch() > 0:
             for listener in self._listeners:
                 listener()
 
@@ -412,40 +464,58 @@ class Pacer:
             self._wake_retries(call.started)
         if not self.adaptive:
             return
-        self._window.append((latency, call.level if call is not None else self.in_flight))
-        if self._slow_start and self._limit < self.max_limit:
+        level = call.level if call is not None else self.in_flight
+        self._window.append((latency, level))
+        self._confirmed = max(self._confirmed, level)
+        if call is not None and call.seq > self._decreased_seq and level > self._ceiling > 0:
+            self._past_ceiling = True  # started above the ceiling since it was found
+        # Slow start: one more per success, but at most SLOW_START_GAIN times the most calls
+        # seen admitted together, so the first refusal finds at most that share too many.
+        cap = min(self.max_limit, max(SLOW_START_FROM, SLOW_START_GAIN * self._confirmed))
+        if self._slow_start and self._limit + 1 <= cap:
             self._limit += 1
             self._grant()
         if len(self._window) < self._window_size:
             return
         window, self._window = self._window, []
         self._window_size = max(1, self.limit)
-        mean = sum(latency for latency, _ in window) / len(window)
-        level = sum(level for _, level in window) / len(window)
-        if self._latency_moved(mean, level) or self._slow_start:
+        # the median: a few calls slowed by something else move it less than a queue does
+        middle = statistics.median(latency for latency, _ in window)
+        crowd = sum(level for _, level in window) / len(window)
+        if self._latency_moved(middle, crowd) or self._slow_start:
             return
         self._successes += 1
-        needed = PROBE_WINDOWS if self._limit >= self._ceiling > 0 else 1
+        if self._past_ceiling:
+            # a whole window without a refusal, calls past the ceiling among it: the upstream
+            # admits more now; the limit grows by one per window again until the next refusal
+            self._ceiling, self._probe_every, self._past_ceiling = 0, PROBE_WINDOWS, False
+        needed = self._probe_every if self._limit >= self._ceiling > 0 else 1
         if self._successes >= needed and self._limit < self.max_limit:
             self._successes = 0
             self._limit += 1
             self.source = LimitSource.GROWTH
             self._grant()
 
-    def _latency_moved(self, mean: float, level: float) -> bool:
-        """Hold or cut the limit where a window's mean latency rose over the baseline; the
-        cut aims at the concurrency (the window's mean level) times the latency it had."""
-        if self._baseline is None or mean < self._baseline:
-            self._baseline, self._baseline_level = mean, level
+    def _latency_moved(self, latency: float, level: float) -> bool:
+        """Hold or cut the limit where a window's (median) latency rose over the baseline;
+        the cut aims at the concurrency (the window's mean level) times the latency it had."""
+        if self._baseline is None or latency < self._baseline:
+            self._baseline, self._baseline_level = latency, level
             return False
-        ratio = mean / self._baseline
-        self._baseline *= _BASELINE_DRIFT
-        if ratio <= LATENCY_HOLD or level <= self._baseline_level:
-            return False  # no queueing, or not of our making (no more calls than then)
+        ratio = latency / self._baseline
+        if level < self._baseline_level * LATENCY_LEVEL:
+            # hardly more calls than then: whatever the latency, it is not a queue of ours;
+            # the lowest latency is slowly forgotten (an upstream may get slower for good)
+            self._baseline *= _BASELINE_DRIFT
+            return False
+        if ratio <= LATENCY_HOLD:
+            return False
         self._slow_start = False
         if ratio > LATENCY_CUT:
-            target = max(1.0, level) * LATENCY_TARGET / ratio
-            self._limit = max(float(self.min_limit), min(self._limit, target))
+            # by a quarter at most per window: one window slowed by something else (a busy
+            # CPU here) does not throw away what the upstream admits
+            target = max(1.0, level) * LATENCY_TARGET / ratio, self._limit * LATENCY_MAX_CUT
+            self._limit = max(float(self.min_limit), min(self._limit, max(target)))
             self.source = LimitSource.LATENCY
             self._successes = 0
             self._publish()
@@ -460,14 +530,23 @@ class Pacer:
         if now - self._last_decrease >= cooldown:  # a new episode: at most half of this limit
             self._last_decrease = now
             self._episode_limit = self._limit
-        floor = max(float(self.min_limit), self._episode_limit / 2)
-        # The calls in flight as the refused one started, itself excluded, were admitted;
-        # unless that is no more than was admitted before (then the cause is not concurrency).
-        admitted = call.level - 1 if call is not None and call.level > self._ceiling else 0
-        lowered = min(self._limit, max(floor, float(admitted)))
+        floor = self._episode_limit / 2  # at most half per round trip ...
+        if call is None:  # nothing to go by: halve (AIMD's decrease)
+            lowered = min(self._limit, floor)
+        else:
+            # The calls still in flight, this one excluded, were admitted: a refusal comes
+            # back at once, an admitted call later, so once the refusals of a burst are all
+            # back, the limit is what the upstream admitted. ... but one less per refusal
+            # at least (a refused call's slot, given to another call, is refused again).
+            lowered = min(self._limit - 1, max(float(self.in_flight - 1), floor))
+        lowered = max(float(self.min_limit), lowered)
         if lowered < self._limit or self._slow_start:
+            if self.limit >= self._ceiling > 0 and int(lowered) >= self._ceiling:
+                # a probe refused at the ceiling found before: probe half as often
+                self._probe_every = min(PROBE_WINDOWS_MAX, 2 * self._probe_every)
             self._limit = lowered
             self._ceiling = self.limit
+            self._decreased_seq, self._past_ceiling = self._calls, False
             self._slow_start = False
             self._successes = 0
             self._window = []

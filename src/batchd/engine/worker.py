@@ -244,7 +244,7 @@ class Engine:
         backoff = StoreBackoff(f"claiming for backend {lane.runner.name}", self._poll_first())
         while not self._stop.is_set():
             lane.changed.clear()
-            free = lane.pacer.free_for_batch()
+            free = lane.pacer.room_for_batch()
             # Claim in groups (1/32 of the limit) rather than one slot at a time, unless the
             # backend is idle: one transaction per freed slot would cost more than the work,
             # and a freed slot idles until its group is full (measured: groups of 1/8 left
@@ -261,7 +261,7 @@ class Engine:
                 backoff.succeeded()
                 lane.has_work = claimed > 0
                 lane.pacer.batch_backlog = lane.has_work
-            if claimed and lane.pacer.free_for_batch() > 0:
+            if claimed and lane.pacer.room_for_batch() > 0:
                 continue  # there may be more to claim at once
             try:
                 async with asyncio.timeout(self._settings.poll_interval):
@@ -319,6 +319,7 @@ class Engine:
         self, lane: _Lane, request: ClaimedRequest, slot: Slot, prepared: _Prepared | None
     ) -> None:
         try:
+            await slot.reacquire()  # claimed ahead of a free slot: wait for one
             if prepared is not None and prepared.key is not None and prepared.stored is None:
                 outcome = await self._coalesced(lane, request, slot, prepared)
             else:
