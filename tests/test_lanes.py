@@ -47,6 +47,7 @@ def _backend(url: str, slots: int = 1) -> dict[str, object]:
         "models": ["claude-*"],
         "max_concurrency": slots,
         "adaptive_concurrency": False,
+        "interactive_extra_slot": False,  # the limit holds for every call: they all queue
     }
 
 

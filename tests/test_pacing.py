@@ -101,7 +101,8 @@ def test_a_fixed_limit_does_not_adapt() -> None:
 
 
 async def test_a_freed_slot_goes_to_interactive_then_retrying_then_batch() -> None:
-    pacer = _pacer(max_concurrency=2, adaptive_concurrency=False)
+    # the limit holds for every call: the interactive call waits too
+    pacer = _pacer(max_concurrency=2, adaptive_concurrency=False, interactive_extra_slot=False)
     woken: list[str] = []
     pacer.on_free(lambda: woken.append("batch"))
     busy = [pacer.take(), pacer.take()]
@@ -153,8 +154,79 @@ async def test_while_synchronous_calls_come_batch_work_leaves_them_a_slot() -> N
     assert pacer.free_for_batch() == 1
 
 
+async def test_an_interactive_call_finding_batch_work_in_every_slot_takes_one_more() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, max_concurrency=4, adaptive_concurrency=False)
+    pacer.succeeded(latency=1.0)  # a round trip takes a second
+    busy = _hold(pacer, 4)
+    first = await asyncio.wait_for(pacer.acquire(interactive=True), timeout=5)  # no wait
+    assert pacer.in_flight == 5
+    second = asyncio.create_task(pacer.acquire(interactive=True))  # one past the limit at most
+    flex = asyncio.create_task(pacer.acquire(lane=Lane.FLEX))  # flex calls wait for capacity
+    await asyncio.sleep(0)
+    assert (second.done(), flex.done(), pacer.free_for_batch()) == (False, False, 0)
+    busy[0].release()  # back at the limit: no slot is free yet
+    await asyncio.sleep(0)
+    assert (second.done(), pacer.in_flight) == (False, 4)
+    busy[1].release()
+    await asyncio.sleep(0)
+    assert (second.done(), flex.done(), pacer.in_flight) == (True, False, 4)
+    first.release()
+    await asyncio.sleep(0)
+    assert (flex.done(), pacer.free_for_batch()) == (True, 0)
+    second.result().release()
+    flex.result().release()
+    assert pacer.free_for_batch() == 1  # batch work leaves one slot for the next call ...
+    clock.now += SYNC_RESERVE_ROUND_TRIPS * 1.0
+    assert pacer.free_for_batch() == 2  # ... while they come: never past the limit
+
+
+async def _waits(pacer: Pacer, clock: Clock) -> bool:
+    """Whether an interactive call waits while batch work holds every slot of the limit."""
+    clock.now += 60  # no synchronous call for a minute: batch work may take every slot
+    _hold(pacer, pacer.limit - pacer.in_flight)
+    assert pacer.in_flight == pacer.limit
+    call = asyncio.create_task(pacer.acquire(interactive=True))
+    await asyncio.sleep(0)
+    waits = not call.done()
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    if not waits:
+        call.result().release()
+    return waits
+
+
+@pytest.mark.parametrize(
+    ("config", "refused"),
+    [
+        ({"adaptive_concurrency": False}, True),  # a fixed limit, a call refused at it
+        ({}, True),  # an adaptive one, lowered by a refusal
+        ({"interactive_extra_slot": False}, False),  # switched off
+    ],
+)
+async def test_no_interactive_call_goes_past_a_limit_it_may_not_pass(
+    config: dict[str, object], refused: bool
+) -> None:
+    clock = Clock()
+    pacer = _pacer(clock, max_concurrency=2, **config)
+    if refused:
+        pacer.failed("rate_limit_error", "over capacity")  # the limit may be the upstream's
+    assert await _waits(pacer, clock)
+    assert pacer.in_flight == pacer.limit
+
+
+async def test_the_extra_slot_comes_back_once_the_upstream_admits_more_than_it_refused() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, max_concurrency=16)
+    pacer.failed("rate_limit_error", "over capacity")  # the limit falls to 8
+    assert await _waits(pacer, clock)
+    for _ in range(8):  # a window of calls started past those 8 got through
+        pacer.succeeded(latency=0.1, call=_call(pacer, level=9))
+    assert not await _waits(pacer, clock)
+
+
 async def test_a_cancelled_waiter_leaks_no_slot() -> None:
-    pacer = _pacer(max_concurrency=1, adaptive_concurrency=False)
+    pacer = _pacer(max_concurrency=1, adaptive_concurrency=False, interactive_extra_slot=False)
     slot = pacer.take()
     waiter = asyncio.create_task(pacer.acquire(interactive=True))
     await asyncio.sleep(0)

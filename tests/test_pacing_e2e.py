@@ -76,7 +76,9 @@ def test_an_interactive_call_takes_the_first_free_slot_before_the_batch(
 ) -> None:
     with serve_upstream() as upstream:
         upstream.hold()  # every call waits upstream until released
-        backend = _backend(upstream, max_concurrency=4, adaptive_concurrency=False)
+        backend = _backend(
+            upstream, max_concurrency=4, adaptive_concurrency=False, interactive_extra_slot=False
+        )
         server = start_server(backends=[backend])
         with (
             anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0) as client,
@@ -99,6 +101,40 @@ def test_an_interactive_call_takes_the_first_free_slot_before_the_batch(
     assert upstream.arrivals()[4] == "me first"  # not one of the 196 batch requests waiting
     assert upstream.peak == 4  # the limit held for everyone
     assert message.content[0].type == "text"
+
+
+def test_an_interactive_call_finding_the_batch_in_every_slot_takes_one_more(
+    start_server: StartServer,
+) -> None:
+    with serve_upstream() as upstream:
+        upstream.hold()
+        backend = _backend(upstream, max_concurrency=4, adaptive_concurrency=False)
+        server = start_server(backends=[backend])
+        with (
+            anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0) as client,
+            ThreadPoolExecutor(2) as pool,
+        ):
+
+            def ask(text: str) -> Any:
+                return client.messages.create(
+                    model=MODEL, max_tokens=8, messages=[{"role": "user", "content": text}]
+                )
+
+            batch = client.messages.batches.create(requests=_requests(200))
+            wait_until(lambda: upstream.active == 4, "the batch did not fill the backend")
+            first = pool.submit(ask, "me first")
+            wait_until(lambda: upstream.active == 5, "the call waited for a batch call")
+            second = pool.submit(ask, "me second")  # one past the limit at most
+            wait_until(lambda: _backend_status(client)["waiting"] == 1, "the call did not wait")
+            upstream.release(2)  # two calls end: one under the limit, the next slot freed
+            wait_until(lambda: len(upstream.arrivals()) == 6, "the free slot was not taken")
+            upstream.release()
+            answers = first.result(timeout=30), second.result(timeout=30)
+            client.messages.batches.cancel(batch.id)
+            wait_ended(client, batch.id)
+    assert upstream.arrivals()[4:6] == ["me first", "me second"]
+    assert upstream.peak == 5  # one past the limit, and only once
+    assert [answer.content[0].type for answer in answers] == ["text", "text"]
 
 
 def test_backend_status_shows_limit_retries_and_last_error(start_server: StartServer) -> None:

@@ -56,6 +56,11 @@ class BackendConfig(BaseModel):
     # While batch work waits, interactive and flex calls take at most this share of the
     # limit ahead of it (they still go first for that share); the rest keeps batches moving.
     interactive_share: float = Field(default=0.75, gt=0, le=1)
+    # An interactive call that finds batch work in every slot of the limit takes one slot
+    # more instead of waiting for a batch call to end, unless a call was refused for
+    # congestion (the limit may be the upstream's then); false: the limit holds for every
+    # call (where max_concurrency is an upstream's hard cap).
+    interactive_extra_slot: bool = True
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     # The longest one upstream call may take (anthropic, openai), else a retryable

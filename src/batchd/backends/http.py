@@ -342,9 +342,10 @@ class UpstreamHttp:
 
     @classmethod
     def for_backend(cls, config: BackendConfig, headers: Mapping[str, str]) -> UpstreamHttp:
-        """The client of one backend: as many connections as it may have calls at once."""
+        """The client of one backend: as many connections as it may have calls at once
+        (an interactive call's extra slot included: backends/pacing.py)."""
         return cls(
-            max_connections=config.max_concurrency,
+            max_connections=config.max_concurrency + (1 if config.interactive_extra_slot else 0),
             timeout_seconds=config.timeout_seconds,
             headers=headers,
         )

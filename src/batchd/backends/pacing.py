@@ -40,7 +40,12 @@ the next request at once instead of idling while the engine claims one (measured
 upstream of 16 calls of 200 ms: 0.77-0.89 of its capacity used without, 0.99 with). While
 synchronous calls come, batch work leaves one slot of the limit free for them, so that one
 need not wait for a batch call to end (with the batch's calls in step, that wait was up to
-a whole call).
+a whole call). The first interactive call to come finds no slot kept: when batch work holds
+every slot of the limit, it takes one slot more (``interactive_extra_slot``, one past the
+limit at most, and only while no synchronous call holds a slot), unless a call was refused
+for congestion since the upstream last admitted more (the limit may be the upstream's then:
+it waits for the next slot freed). The limit holds for batch work: it takes no slot until
+the calls in flight are under it again.
 
 A request refused for congestion waits its delay (the upstream's ``retry-after``, else the
 backoff), but no longer than until a call of the same backend that started after the refusal
@@ -228,6 +233,7 @@ class Pacer:
         self.min_limit = config.min_concurrency
         self.max_limit = config.max_concurrency
         self.interactive_share = config.interactive_share
+        self.extra_slot = config.interactive_extra_slot
         self._slow_start = (
             self.adaptive and config.initial_concurrency is None and config.kind in REMOTE_KINDS
         )
@@ -246,6 +252,7 @@ class Pacer:
         self._last_decrease = -math.inf
         self._episode_limit = self._limit  # the limit before the current congestion episode
         self._ceiling = 0  # the most calls the upstream was last found to admit
+        self._refused = False  # a call refused for congestion since the upstream admitted more
         self._probe_every = PROBE_WINDOWS  # windows between two probes above the ceiling
         self._confirmed = 0  # the most calls in flight at the start of a call that succeeded
         self._decreased_seq = 0  # the calls started before the limit last fell
@@ -369,7 +376,7 @@ class Pacer:
             self.in_flight < (self.limit if sync else self._batch_limit())
             and not self._ahead(lane)
             and (not sync or self._sync_room() > 0)
-        ):
+        ) or self._extra_slot_for(lane):
             self._count_in(lane)
             self._publish()
             return
@@ -384,6 +391,19 @@ class Pacer:
             else:
                 queue.remove(granted)
             raise
+
+    def _extra_slot_for(self, lane: Lane) -> bool:
+        """Whether a call of ``lane`` may take a slot past the limit: an interactive call
+        that finds batch work in every slot (none over the limit yet, no interactive call
+        waiting), where the limit is not one the upstream refused calls past."""
+        return (
+            lane is Lane.INTERACTIVE
+            and self.extra_slot
+            and not self._refused
+            and self._sync_in_flight == 0
+            and self.in_flight == self.limit
+            and not self._queues[Lane.INTERACTIVE]
+        )
 
     def _count_in(self, lane: Lane) -> None:
         self.in_flight += 1
@@ -489,6 +509,7 @@ class Pacer:
             # a whole window without a refusal, calls past the ceiling among it: the upstream
             # admits more now; the limit grows by one per window again until the next refusal
             self._ceiling, self._probe_every, self._past_ceiling = 0, PROBE_WINDOWS, False
+            self._refused = False
         needed = self._probe_every if self._limit >= self._ceiling > 0 else 1
         if self._successes >= needed and self._limit < self.max_limit:
             self._successes = 0
@@ -523,6 +544,8 @@ class Pacer:
 
     def failed(self, error_type: str, message: str, call: Call | None = None) -> None:
         self.last_error = {"type": error_type, "message": message, "at": time.time()}
+        if error_type in CONGESTION:
+            self._refused = True  # the limit may be the upstream's: no call goes past it
         if not (self.adaptive and error_type in CONGESTION):
             return
         now = self._clock()
