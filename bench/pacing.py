@@ -10,7 +10,9 @@
 * ``fleet``: three `batchd worker` processes on one PostgreSQL sharing one configured
   requests-per-minute budget (no headers): budget used, calls rejected;
 * ``interactive``: a batch saturating a 16-slot backend of 200 ms calls while interactive
-  calls come one after another: their p99 latency against one upstream call.
+  calls come one after another: their p99 latency against one upstream call, over every
+  call, the first (which finds the batch in every slot) included; the slowest and the first
+  call; and the share of the 16 slots the batch's calls kept busy meanwhile.
 
 The fake upstreams run in this process (tests/support/upstream.py), batchd in its own.
 Rows hold numbers only (the smoke test checks that each is positive): ``accepted`` is the
@@ -124,6 +126,7 @@ def interactive(calls: int, latency: float, workdir: Path) -> Row:
                 while upstream.active < 16:  # the batch saturates the backend
                     time.sleep(0.01)
                 took = []
+                answered, began = upstream.admitted, time.perf_counter()
                 for i in range(calls):
                     started = time.perf_counter()
                     client.messages.create(
@@ -131,11 +134,15 @@ def interactive(calls: int, latency: float, workdir: Path) -> Row:
                         messages=[{"role": "user", "content": f"interactive {i}"}],
                     )  # fmt: skip
                     took.append(time.perf_counter() - started)
+                batch_calls = upstream.admitted - answered - calls
+                batch_share = batch_calls * latency / (16 * (time.perf_counter() - began))
                 busy = upstream.active
                 client.messages.batches.cancel(batch["id"])
     p99 = harness.percentile(took, 99)
     return {"interactive_calls": calls, "p99_s": round(p99, 3),
-            "of_one_call": round(p99 / latency, 2), "batch_in_flight": busy}  # fmt: skip
+            "of_one_call": round(p99 / latency, 2), "slowest_s": round(max(took), 3),
+            "first_s": round(took[0], 3), "batch_of_slots": round(batch_share, 3),
+            "batch_in_flight": busy}  # fmt: skip
 
 
 def pacing(size: dict[str, Any], workdir: Path, databases: Databases) -> list[Row]:
