@@ -42,6 +42,11 @@ synchronous calls come, batch work leaves one slot of the limit free for them, s
 need not wait for a batch call to end (with the batch's calls in step, that wait was up to
 a whole call).
 
+With ``fleet_max_concurrency``, the limit is at most that; on PostgreSQL it is also at most
+the slots of it that this process holds (``fleet_cap``, kept by ``backends/fleet.py``), which
+learns from ``fleet_demand`` what the process would use and hears through ``on_demand`` when
+a call has to wait for a slot.
+
 A request refused for congestion waits its delay (the upstream's ``retry-after``, else the
 backoff), but no longer than until a call of the same backend that started after the refusal
 succeeds: then the upstream admits calls again (a ``retry-after`` on a concurrency limit, as
@@ -58,7 +63,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from batchd.backends.ratelimits import BudgetName, read_limits
@@ -82,6 +87,7 @@ LATENCY_TARGET = 1.25
 LATENCY_MAX_CUT = 0.75  # a latency cut keeps at least this share of the limit per window
 LATENCY_LEVEL = 1.1  # ... at this many times the calls in flight of the lowest latency
 _BASELINE_DRIFT = 1.002  # per window: the lowest latency is slowly forgotten
+_NO_CAP = 1 << 62  # the fleet cap of a pacer that shares none (or cannot reach the database)
 
 
 class Lane(StrEnum):
@@ -198,6 +204,16 @@ class Call:
 
 
 @dataclass
+class FleetShare:
+    """This process's share of a backend's ``fleet_max_concurrency`` (backends/fleet.py)."""
+
+    max_concurrency: int
+    slots: int = 0  # held by this process in the database
+    in_use: int = 0  # held by every process together, at this process's last look
+    shared: bool = True  # False while the database cannot be reached: paced alone
+
+
+@dataclass
 class BackendStatus:
     """What an operator sees of one backend."""
 
@@ -209,6 +225,7 @@ class BackendStatus:
     limit_source: str = LimitSource.CONFIGURED.value
     # Budgets the upstream publishes: limit, what batchd counts as left, per minute.
     budgets: dict[str, dict[str, float]] = field(default_factory=dict)
+    fleet: FleetShare | None = None  # on PostgreSQL with fleet_max_concurrency
 
 
 class Pacer:
@@ -226,15 +243,19 @@ class Pacer:
         self._make_bucket = buckets
         self.adaptive = config.adaptive_concurrency
         self.min_limit = config.min_concurrency
-        self.max_limit = config.max_concurrency
+        self.max_limit = min(config.max_concurrency, config.fleet_max_concurrency or _NO_CAP)
         self.interactive_share = config.interactive_share
         self._slow_start = (
             self.adaptive and config.initial_concurrency is None and config.kind in REMOTE_KINDS
         )
-        start = config.initial_concurrency or config.max_concurrency
+        start = min(config.initial_concurrency or config.max_concurrency, self.max_limit)
         if self._slow_start:
             start = max(self.min_limit, min(self.max_limit, SLOW_START_FROM))
         self._limit = float(start)
+        self._cap = _NO_CAP  # the fleet slots this process may fill (backends/fleet.py)
+        self._min_prefetch = 0  # 1 where a fleet cap is shared: a claim asks for slots
+        self.fleet: FleetShare | None = None
+        self.on_demand: Callable[[], None] = lambda: None  # a call waits for a slot
         self.source = LimitSource.SLOW_START if self._slow_start else LimitSource.CONFIGURED
         self._shown_source: LimitSource | None = None
         self.in_flight = 0
@@ -287,7 +308,7 @@ class Pacer:
 
     @property
     def limit(self) -> int:
-        return int(self._limit)
+        return min(int(self._limit), self._cap)
 
     @property
     def waiting(self) -> int:
@@ -339,7 +360,7 @@ class Pacer:
     def prefetch(self) -> int:
         """Batch requests claimed ahead of a free slot, waiting in the batch queue, so that a
         slot freed goes to the next request at once instead of waiting for a claim."""
-        return self.limit // PREFETCH_SHARE
+        return max(self._min_prefetch, self.limit // PREFETCH_SHARE)
 
     def room_for_batch(self) -> int:
         """New batch requests the engine may claim now: the free slots, and up to
@@ -376,6 +397,7 @@ class Pacer:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queues[lane]
         queue.append(granted)
+        self.on_demand()
         try:
             await granted
         except asyncio.CancelledError:
@@ -413,6 +435,31 @@ class Pacer:
         if self.room_for_batch() > 0:
             for listener in self._listeners:
                 listener()
+
+    # -- a fleet's concurrency cap ----------------------------------------------------------
+
+    def share_fleet(self, share: FleetShare, on_demand: Callable[[], None]) -> None:
+        """Take part in a fleet cap: the limit is the slots set by ``set_fleet_cap`` (none
+        until the first), ``on_demand`` is told when a call has to wait for a slot, and a
+        claim may take one request ahead of the slots held (that is how batch work asks)."""
+        self.fleet = share
+        self.on_demand = on_demand
+        self._min_prefetch = 1
+        self.set_fleet_cap(0)
+
+    def set_fleet_cap(self, cap: int | None) -> None:
+        """The fleet slots this process may fill; None: none shared (the local limit)."""
+        rose = (cap if cap is not None else _NO_CAP) > self._cap
+        self._cap = cap if cap is not None else _NO_CAP
+        if rose:
+            self._grant()
+        else:
+            self._publish()
+
+    def fleet_demand(self) -> tuple[int, int]:
+        """(the slots this process would use, its calls in flight): its own limit while
+        calls wait for a slot, else only those in flight."""
+        return (int(self._limit) if self.waiting else self.in_flight), self.in_flight
 
     # -- budgets -----------------------------------------------------------------------------
 
@@ -601,6 +648,7 @@ class Pacer:
             self.last_error,
             self.source.value,
             budgets,
+            replace(self.fleet) if self.fleet is not None else None,
         )
 
     def _publish(self) -> None:
