@@ -12,6 +12,8 @@ from pathlib import Path
 
 import anthropic
 import asyncpg
+import httpx2 as httpx
+import msgspec
 import pytest
 from anthropic.types.messages.batch_create_params import Request
 
@@ -20,11 +22,13 @@ from batchd.backends.pacing import Pacer, Slot
 from batchd.config import BackendConfig
 from batchd.domain import SlotShare, fleet_share
 from batchd.metrics import Metrics
+from batchd.schemas.status import BackendStateList, FleetState
 from batchd.store import Store, Timeouts, open_store
 from tests.conftest import wait_ended, wait_until
 from tests.support.cluster import Cluster, backend_table, run_batchd
 from tests.support.postgres import PostgresServer, ephemeral_postgres
 from tests.support.upstream import FakeUpstream, serve_upstream
+from tests.test_prometheus import scrape
 
 T0 = 1_800_000_000.0
 CAP = 4
@@ -258,6 +262,17 @@ async def _holders(db: str) -> dict[str, int]:
     return {r["holder"]: r["slots"] for r in rows}
 
 
+def _check_visible(url: str) -> None:
+    """The API process (holding none) shows the fleet's slots from the database in /metrics,
+    and its own share in /status/backends."""
+    figures = scrape(url)
+    assert figures["batchd_fleet_slots_held", (("backend", "upstream"),)] == CAP
+    assert figures["batchd_backend_fleet_slots", (("backend", "upstream"),)] == 0
+    states = msgspec.json.decode(httpx.get(f"{url}/status/backends").content, type=BackendStateList)
+    [upstream] = [s for s in states.data if s.name == "upstream"]
+    assert upstream.fleet == FleetState(max_concurrency=CAP, slots=0, in_use=0, shared=True)
+
+
 def test_a_killed_workers_slots_come_back(capped: Callable[[FakeUpstream], Cluster]) -> None:
     """Worker 0 alone takes every slot, its calls held at the upstream; SIGKILLed, its
     calls answered into the void, the two workers started after it can only finish the
@@ -275,6 +290,7 @@ def test_a_killed_workers_slots_come_back(capped: Callable[[FakeUpstream], Clust
                 holders = asyncio.run(_holders(cluster.db))
                 pid = cluster.workers[0].pid
                 assert [s for h, s in holders.items() if h.split(":")[1] == str(pid)] == [CAP]
+                _check_visible(cluster.url)
                 cluster.kill_worker(0)
                 upstream.release()  # the dead worker's calls end before anyone else starts
                 wait_until(lambda: upstream.active == 0, "its calls ended")
