@@ -80,19 +80,23 @@ async def test_workers_looking_at_once_never_hold_more_than_the_cap(
 ) -> None:
     url = await postgres.new_database()
     stores = [await open_store(url) for _ in range(4)]
+
+    async def look(i: int) -> SlotShare:
+        return await stores[i].share_slots(
+            "up", f"w{i}", 5, keep=0, wanted=5, now=T0, until=T0 + 30
+        )
+
     try:
-        looks = [
-            s.share_slots("up", f"w{i}", 5, keep=0, wanted=5, now=T0, until=T0 + 30)
-            for i, s in enumerate(stores)
-            for _ in range(3)
-        ]
-        shares = await asyncio.gather(*looks)
-        held = await stores[0].fleet_slots_held(T0)
+        shares = await asyncio.gather(*(look(i) for i in range(4) for _ in range(3)))
+        at_once = await stores[0].fleet_slots_held(T0)
+        for _ in range(2):  # every holder gives back what is above its share, then takes it
+            settled = [await look(i) for i in range(4)]
     finally:
         for s in stores:
             await s.close()
-    assert held == {"up": 5}  # every slot taken, and not one more
+    assert at_once["up"] <= 5  # one look at a time: two never took the same free slots
     assert max(share.in_use for share in shares) <= 5
+    assert [share.slots for share in settled] == [2, 1, 1, 1]
 
 
 def _pacer(**config: object) -> Pacer:
