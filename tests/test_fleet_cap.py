@@ -255,6 +255,7 @@ def test_three_workers_keep_one_concurrency_cap(
     assert results == {f"r{i}": 1 for i in range(n)}
     assert upstream.peak <= CAP, upstream.peak
     assert upstream.admitted == n
+    assert asyncio.run(_holders(cluster.db)) == {}  # stopped, each gave its slots back
 
 
 async def _holders(db: str) -> dict[str, int]:
