@@ -9,6 +9,9 @@
   throughput against its best (16 / latency) and the mean concurrency against the knee;
 * ``fleet``: three `batchd worker` processes on one PostgreSQL sharing one configured
   requests-per-minute budget (no headers): budget used, calls rejected;
+* ``fleet_cap``: three `batchd worker` processes sharing ``fleet_max_concurrency = 16``
+  (each with ``max_concurrency = 256``) against the upstream of ``capped``: the share of its
+  capacity used and of calls rejected;
 * ``interactive``: a batch saturating a 16-slot backend of 200 ms calls while interactive
   calls come one after another: their p99 latency against one upstream call, over every
   call, the first (which finds the batch in every slot) included; the slowest and the first
@@ -84,35 +87,54 @@ def queueing(n: int, latency: float, workdir: Path) -> Row:
             "concurrency_of_knee": round(statistics.mean(steady) / knee, 2)}  # fmt: skip
 
 
+def _three_workers(
+    n: int, workdir: Path, databases: Databases, upstream: FakeUpstream, **options: Any
+) -> None:
+    """One batch of ``n`` through an API process and three `batchd worker`s on a fresh
+    PostgreSQL database, their backend configured with ``options``."""
+    db = databases.fresh()
+    run_batchd("migrate", "--db", db).check_returncode()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(workdir, db, upstream.url)
+    cluster.config.write_text(backend_table(upstream.url, max_retries=50, **options))
+    try:
+        cluster.start_api()
+        cluster.start_workers(3)
+        time.sleep(1.0)  # the workers are up and listening
+        with anthropic.Anthropic(base_url=cluster.url, api_key="k", max_retries=0) as client:
+            requests: Any = workload.requests(n)
+            batch = client.messages.batches.create(requests=requests)
+            while client.messages.batches.retrieve(batch.id).processing_status != "ended":
+                time.sleep(0.05)
+    finally:
+        cluster.stop()
+
+
 def fleet(n: int, per_minute: float, workdir: Path, databases: Databases) -> Row | None:
     if find_bin() is None:
         return None  # no PostgreSQL server installed
     budget = RequestBudget(per_minute, burst_seconds=10, style="none")
     with serve_upstream(latency=0.05, budget=budget) as up:
-        db = databases.fresh()
-        run_batchd("migrate", "--db", db).check_returncode()
-        (workdir / "fleet").mkdir(parents=True, exist_ok=True)
-        cluster = Cluster(workdir / "fleet", db, up.url)
-        cluster.config.write_text(
-            backend_table(
-                up.url, max_concurrency=64, requests_per_minute=per_minute, max_retries=50
-            )
-        )
-        try:
-            cluster.start_api()
-            cluster.start_workers(3)
-            time.sleep(1.0)  # the workers are up and listening
-            with anthropic.Anthropic(base_url=cluster.url, api_key="k", max_retries=0) as client:
-                requests: Any = workload.requests(n)
-                batch = client.messages.batches.create(requests=requests)
-                while client.messages.batches.retrieve(batch.id).processing_status != "ended":
-                    time.sleep(0.05)
-        finally:
-            cluster.stop()
+        options = {"max_concurrency": 64, "requests_per_minute": per_minute}
+        _three_workers(n, workdir / "fleet", databases, up, **options)
         used = budget.used_share()
     return {"fleet_workers": 3, "fleet_rpm": per_minute, "requests": n,
             "of_budget": round(used, 3),
             "accepted": round(budget.admitted / (budget.admitted + budget.refused), 4)}  # fmt: skip
+
+
+def fleet_cap(n: int, latency: float, workdir: Path, databases: Databases) -> Row | None:
+    if find_bin() is None:
+        return None  # no PostgreSQL server installed
+    with serve_upstream(latency=latency, capacity=16) as up:
+        options = {"max_concurrency": 256, "adaptive_concurrency": True,
+                   "fleet_max_concurrency": 16}  # fmt: skip
+        _three_workers(n, workdir / "fleet_cap", databases, up, **options)
+        served, span = up.busy()
+        rejected, peak = up.rejected, up.peak
+    return {"fleet_cap_workers": 3, "fleet_max_concurrency": 16, "requests": n,
+            "of_capacity": round(served / (16 * span), 3), "peak": peak,
+            "accepted": round(1 - rejected / (n + rejected), 4)}  # fmt: skip
 
 
 def interactive(calls: int, latency: float, workdir: Path) -> Row:
@@ -152,6 +174,7 @@ def pacing(size: dict[str, Any], workdir: Path, databases: Databases) -> list[Ro
         rpm_headers(size["rpm"], size["rpm_budget"], work),
         queueing(size["queueing"], 0.1, work),
         fleet(size["fleet"], size["fleet_budget"], work, databases),
+        fleet_cap(size["fleet_cap"], 0.2, work, databases),
         interactive(size["interactive"], 0.2, work),
     ]
     return [row for row in rows if row is not None]

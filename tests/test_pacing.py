@@ -202,6 +202,7 @@ async def _waits(pacer: Pacer, clock: Clock) -> bool:
         ({"adaptive_concurrency": False}, True),  # a fixed limit, a call refused at it
         ({}, True),  # an adaptive one, lowered by a refusal
         ({"interactive_extra_slot": False}, False),  # switched off
+        ({"fleet_max_concurrency": 2}, False),  # a fleet's cap is a ceiling for every call
     ],
 )
 async def test_no_interactive_call_goes_past_a_limit_it_may_not_pass(

@@ -58,11 +58,15 @@ class BackendConfig(BaseModel):
     interactive_share: float = Field(default=0.75, gt=0, le=1)
     # An interactive call that finds batch work in every slot of the limit takes one slot
     # more instead of waiting for a batch call to end, unless a call was refused for
-    # congestion (the limit may be the upstream's then); false: the limit holds for every
-    # call (where max_concurrency is an upstream's hard cap).
+    # congestion (the limit may be the upstream's then) or fleet_max_concurrency is set;
+    # false: the limit holds for every call (where max_concurrency is an upstream's hard cap).
     interactive_extra_slot: bool = True
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
+    # The calls in flight to this backend from every process together (batchd's own): on
+    # PostgreSQL the processes share it through the database (backends/fleet.py); on SQLite
+    # one process holds it all, so it bounds the limit as max_concurrency does. Off: unset.
+    fleet_max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
     # The longest one upstream call may take (anthropic, openai), else a retryable
     # timeout_error. Unset: 600 s, or 1 s per 10 tokens of the request's max_tokens where
     # that is longer (backends/http.py::call_timeout), so a long output is not cut; set, it
@@ -120,6 +124,10 @@ class BackendConfig(BaseModel):
             raise ValueError(f"backend {self.name!r}: kind {self.kind!r} needs base_url")
         if self.min_concurrency > self.max_concurrency:
             raise ValueError(f"backend {self.name!r}: min_concurrency > max_concurrency")
+        if self.fleet_max_concurrency is not None and (
+            self.min_concurrency > self.fleet_max_concurrency
+        ):
+            raise ValueError(f"backend {self.name!r}: min_concurrency > fleet_max_concurrency")
         if self.initial_concurrency is not None and not (
             self.min_concurrency <= self.initial_concurrency <= self.max_concurrency
         ):

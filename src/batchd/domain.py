@@ -8,6 +8,7 @@ numbers always sum to N; ``processing`` is what is left.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from enum import Enum, IntEnum, StrEnum
@@ -386,3 +387,34 @@ class DailyUsage:
 
 def utc_day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True, slots=True)
+class SlotShare:
+    """One process's share of a backend's fleet_max_concurrency, as its look decided it."""
+
+    slots: int  # held in the database: its calls in flight may not exceed them
+    usable: int  # the slots it may fill now (fewer than held while it gives some back)
+    in_use: int  # held by every process together, its own included
+
+
+def fleet_share(
+    total: int, wanted: int, keep: int, others: Mapping[str, tuple[int, int]], holder: str
+) -> SlotShare:
+    """``holder``'s share of ``total`` slots, where it would use ``wanted`` and must keep
+    ``keep`` (its calls in flight), beside ``others`` (holder: (slots held, slots wanted)).
+
+    Each holder's fair share is ``total`` divided max-min among what every holder wants (one
+    that wants little gets it, the rest is split evenly; ties by holder, so every holder
+    computes the same split); a holder gets its share where the others leave it free, and
+    keeps what is in flight even above it (it fills only its share until that drained)."""
+    wants = sorted([(w, h) for h, (_, w) in others.items()] + [(wanted, holder)])
+    left, share = total, 0
+    for i, (want, name) in enumerate(wants):
+        share = min(want, -(-left // (len(wants) - i)))  # an even split, rounded up
+        if name == holder:
+            break
+        left -= share
+    held = sum(slots for slots, _ in others.values())
+    slots = max(keep, min(share, total - held))
+    return SlotShare(slots, min(slots, share), held + slots)

@@ -36,6 +36,12 @@ class Metrics:
             ["backend", "source"],
             registry=r,
         )
+        self.fleet_slots = Gauge(
+            "batchd_backend_fleet_slots",
+            "Slots of a backend's fleet_max_concurrency this process holds (PostgreSQL)",
+            ["backend"],
+            registry=r,
+        )
         self.budget_remaining = Gauge(
             "batchd_backend_budget_remaining",
             "What an upstream's rate-limit headers last said is left of its budget",

@@ -30,7 +30,7 @@ from batchd.api import create_app
 from batchd.api.bodies import BodyBudget
 from batchd.api.deps import Services
 from batchd.api.serving import serving_options
-from batchd.backends.fleet import shared_buckets
+from batchd.backends.fleet import fleet_slots, shared_buckets
 from batchd.backends.retry import RetryPolicy
 from batchd.backends.router import Router, backend_configs, build_backends
 from batchd.backends.runner import BackendRunner, build_runners
@@ -99,6 +99,12 @@ async def open_runtime(settings: Settings, clock: Clock = time.time) -> AsyncIte
         if store.driver.dialect == "postgresql":  # several workers: one budget for them all
             buckets = shared_buckets(store.draw_budget)
         runners = build_runners(backends, configs, policy, metrics, buckets)
+        if store.driver.dialect == "postgresql":  # one concurrency cap for them all
+            caps = {c.name: c.fleet_max_concurrency for c in configs}
+            pacers = [(r.pacer, caps[name]) for name, r in runners.items()]
+            await stack.enter_async_context(
+                fleet_slots(pacers, store, metrics, settings.lease_seconds, clock)
+            )
         yield Runtime(settings, store, configs, runners, metrics, clock)
 
 

@@ -44,8 +44,13 @@ a whole call). The first interactive call to come finds no slot kept: when batch
 every slot of the limit, it takes one slot more (``interactive_extra_slot``, one past the
 limit at most, and only while no synchronous call holds a slot), unless a call was refused
 for congestion since the upstream last admitted more (the limit may be the upstream's then:
-it waits for the next slot freed). The limit holds for batch work: it takes no slot until
-the calls in flight are under it again.
+it waits for the next slot freed) or a ``fleet_max_concurrency`` is set. The limit holds
+for batch work: it takes no slot until the calls in flight are under it again.
+
+With ``fleet_max_concurrency``, the limit is at most that; on PostgreSQL it is also at most
+the slots of it that this process holds (``fleet_cap``, kept by ``backends/fleet.py``), which
+learns from ``fleet_demand`` what the process would use and hears through ``on_demand`` when
+a call has to wait for a slot.
 
 A request refused for congestion waits its delay (the upstream's ``retry-after``, else the
 backoff), but no longer than until a call of the same backend that started after the refusal
@@ -63,7 +68,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from batchd.backends.ratelimits import BudgetName, read_limits
@@ -87,6 +92,7 @@ LATENCY_TARGET = 1.25
 LATENCY_MAX_CUT = 0.75  # a latency cut keeps at least this share of the limit per window
 LATENCY_LEVEL = 1.1  # ... at this many times the calls in flight of the lowest latency
 _BASELINE_DRIFT = 1.002  # per window: the lowest latency is slowly forgotten
+_NO_CAP = 1 << 62  # the fleet cap of a pacer that shares none (or cannot reach the database)
 
 
 class Lane(StrEnum):
@@ -203,6 +209,16 @@ class Call:
 
 
 @dataclass
+class FleetShare:
+    """This process's share of a backend's ``fleet_max_concurrency`` (backends/fleet.py)."""
+
+    max_concurrency: int
+    slots: int = 0  # held by this process in the database
+    in_use: int = 0  # held by every process together, at this process's last look
+    shared: bool = True  # False while the database cannot be reached: paced alone
+
+
+@dataclass
 class BackendStatus:
     """What an operator sees of one backend."""
 
@@ -214,6 +230,7 @@ class BackendStatus:
     limit_source: str = LimitSource.CONFIGURED.value
     # Budgets the upstream publishes: limit, what batchd counts as left, per minute.
     budgets: dict[str, dict[str, float]] = field(default_factory=dict)
+    fleet: FleetShare | None = None  # on PostgreSQL with fleet_max_concurrency
 
 
 class Pacer:
@@ -231,16 +248,21 @@ class Pacer:
         self._make_bucket = buckets
         self.adaptive = config.adaptive_concurrency
         self.min_limit = config.min_concurrency
-        self.max_limit = config.max_concurrency
+        self.max_limit = min(config.max_concurrency, config.fleet_max_concurrency or _NO_CAP)
         self.interactive_share = config.interactive_share
-        self.extra_slot = config.interactive_extra_slot
+        # a fleet's cap is a ceiling for every call: none goes past it
+        self.extra_slot = config.interactive_extra_slot and config.fleet_max_concurrency is None
         self._slow_start = (
             self.adaptive and config.initial_concurrency is None and config.kind in REMOTE_KINDS
         )
-        start = config.initial_concurrency or config.max_concurrency
+        start = min(config.initial_concurrency or config.max_concurrency, self.max_limit)
         if self._slow_start:
             start = max(self.min_limit, min(self.max_limit, SLOW_START_FROM))
         self._limit = float(start)
+        self._cap = _NO_CAP  # the fleet slots this process may fill (backends/fleet.py)
+        self._min_prefetch = 0  # 1 where a fleet cap is shared: a claim asks for slots
+        self.fleet: FleetShare | None = None
+        self.on_demand: Callable[[], None] = lambda: None  # a call waits for a slot
         self.source = LimitSource.SLOW_START if self._slow_start else LimitSource.CONFIGURED
         self._shown_source: LimitSource | None = None
         self.in_flight = 0
@@ -294,7 +316,7 @@ class Pacer:
 
     @property
     def limit(self) -> int:
-        return int(self._limit)
+        return min(int(self._limit), self._cap)
 
     @property
     def waiting(self) -> int:
@@ -346,7 +368,7 @@ class Pacer:
     def prefetch(self) -> int:
         """Batch requests claimed ahead of a free slot, waiting in the batch queue, so that a
         slot freed goes to the next request at once instead of waiting for a claim."""
-        return self.limit // PREFETCH_SHARE
+        return max(self._min_prefetch, self.limit // PREFETCH_SHARE)
 
     def room_for_batch(self) -> int:
         """New batch requests the engine may claim now: the free slots, and up to
@@ -383,6 +405,7 @@ class Pacer:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queues[lane]
         queue.append(granted)
+        self.on_demand()
         try:
             await granted
         except asyncio.CancelledError:
@@ -433,6 +456,31 @@ class Pacer:
         if self.room_for_batch() > 0:
             for listener in self._listeners:
                 listener()
+
+    # -- a fleet's concurrency cap ----------------------------------------------------------
+
+    def share_fleet(self, share: FleetShare, on_demand: Callable[[], None]) -> None:
+        """Take part in a fleet cap: the limit is the slots set by ``set_fleet_cap`` (none
+        until the first), ``on_demand`` is told when a call has to wait for a slot, and a
+        claim may take one request ahead of the slots held (that is how batch work asks)."""
+        self.fleet = share
+        self.on_demand = on_demand
+        self._min_prefetch = 1
+        self.set_fleet_cap(0)
+
+    def set_fleet_cap(self, cap: int | None) -> None:
+        """The fleet slots this process may fill; None: none shared (the local limit)."""
+        rose = (cap if cap is not None else _NO_CAP) > self._cap
+        self._cap = cap if cap is not None else _NO_CAP
+        if rose:
+            self._grant()
+        else:
+            self._publish()
+
+    def fleet_demand(self) -> tuple[int, int]:
+        """(the slots this process would use, its calls in flight): its own limit while
+        calls wait for a slot, else only those in flight."""
+        return (int(self._limit) if self.waiting else self.in_flight), self.in_flight
 
     # -- budgets -----------------------------------------------------------------------------
 
@@ -624,6 +672,7 @@ class Pacer:
             self.last_error,
             self.source.value,
             budgets,
+            replace(self.fleet) if self.fleet is not None else None,
         )
 
     def _publish(self) -> None:

@@ -7,6 +7,15 @@ from typing import Any, Literal
 import msgspec
 
 
+class FleetState(msgspec.Struct, forbid_unknown_fields=True):
+    """This process's share of a backend's fleet_max_concurrency (``pacing.FleetShare``)."""
+
+    max_concurrency: int
+    slots: int  # held by this process
+    in_use: int  # held by every process together, at this process's last look
+    shared: bool  # False while the database cannot be reached: this process paces alone
+
+
 class BackendState(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="backend"):
     """One backend's pacing as it stands (``backends.pacing.BackendStatus``), by name."""
 
@@ -20,6 +29,8 @@ class BackendState(msgspec.Struct, forbid_unknown_fields=True, tag_field="type",
     # latency, configured), and the budgets the upstream publishes in its headers.
     limit_source: str = "configured"
     budgets: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
+    # batchd's own: on PostgreSQL with fleet_max_concurrency, this process's share of it
+    fleet: FleetState | None = None
 
 
 class BackendStateList(msgspec.Struct, forbid_unknown_fields=True):

@@ -392,3 +392,24 @@ DELETE FROM file_chunks WHERE file_seq = :seq;
 
 -- name: delete_file
 DELETE FROM files WHERE seq = :seq;
+
+-- name: free_lapsed_slots
+-- The slots of holders whose lease lapsed (a process that died) are free again.
+DELETE FROM fleet_slots WHERE backend = :backend AND lease_until < :now;
+
+-- name: fleet_holders
+SELECT holder, slots, wanted FROM fleet_slots WHERE backend = :backend;
+
+-- name: set_slots
+INSERT INTO fleet_slots (backend, holder, slots, wanted, lease_until)
+VALUES (:backend, :holder, :slots, :wanted, :until)
+ON CONFLICT (backend, holder)
+DO UPDATE SET slots = excluded.slots, wanted = excluded.wanted, lease_until = excluded.lease_until;
+
+-- name: drop_slots
+DELETE FROM fleet_slots WHERE backend = :backend AND holder = :holder;
+
+-- name: fleet_slots_held
+-- Per backend, the slots of its fleet_max_concurrency that live leases hold.
+SELECT backend, CAST(sum(slots) AS BIGINT) FROM fleet_slots WHERE lease_until >= :now
+GROUP BY backend;

@@ -97,3 +97,7 @@ WHERE id IN (SELECT id FROM requests WHERE batch_seq = :seq ORDER BY id LIMIT :l
 -- The database's size on disk; the space of deleted rows is reused by later writes once
 -- autovacuum has passed, and is not given back to the file system (VACUUM FULL does that).
 SELECT pg_database_size(current_database()) AS used, CAST(NULL AS BIGINT) AS free;
+
+-- name: lock_fleet_slots
+-- One look at a backend's fleet slots at a time, so that two cannot both take the same free ones.
+SELECT pg_advisory_xact_lock(hashtext('batchd.fleet_slots.' || :backend));

@@ -78,3 +78,7 @@ WHERE id IN (SELECT id FROM requests WHERE batch_seq = :seq ORDER BY id LIMIT :l
 SELECT (p.page_count - f.freelist_count) * s.page_size AS used,
        f.freelist_count * s.page_size AS free
 FROM pragma_page_count() AS p, pragma_page_size() AS s, pragma_freelist_count() AS f;
+
+-- name: lock_fleet_slots
+-- (the store's one writer already holds the database's write lock)
+SELECT 1;

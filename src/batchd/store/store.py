@@ -41,9 +41,11 @@ from batchd.domain import (
     Outcome,
     RawParams,
     RequestState,
+    SlotShare,
     StoredFile,
     TokenUsage,
     WebhookEvent,
+    fleet_share,
     utc_day,
 )
 from batchd.errors import BatchdError, InvalidRequest, StoreUnavailable
@@ -177,6 +179,8 @@ class RequestFigures:
     at_risk: int = 0  # unfinished batches that will miss their deadline at the rate so far
     # (workspace, backend, tokens) summed as results were recorded, over all time
     tokens_by_workspace: list[tuple[str, str, TokenUsage]] = field(default_factory=list)
+    # per backend, the slots of its fleet_max_concurrency that live leases hold
+    fleet_slots: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,6 +740,43 @@ class Store:
             since = max(stamp, now)
             await tx.execute("set_budget", {"name": name, "level": level - granted, "now": since})
             return float(granted)
+
+    async def share_slots(
+        self,
+        backend: str,
+        holder: str,
+        total: int,
+        *,
+        keep: int,
+        wanted: int,
+        now: float,
+        until: float,
+    ) -> SlotShare:
+        """One look at ``holder``'s share of ``backend``'s ``total`` fleet slots
+        (``domain.fleet_share``): lapsed leases are freed first, and what it now holds is
+        leased to it until ``until``; a holder that neither holds nor wants any leaves no row."""
+        params = {"backend": backend, "holder": holder}
+        async with self.driver.transaction(durable=False) as tx:
+            await tx.fetch("lock_fleet_slots", {"backend": backend})
+            await tx.execute("free_lapsed_slots", {"backend": backend, "now": now})
+            rows = await tx.fetch("fleet_holders", {"backend": backend})
+            others = {r[0]: (int(r[1]), int(r[2])) for r in rows if r[0] != holder}
+            share = fleet_share(total, wanted, keep, others, holder)
+            if share.slots or wanted:
+                row = {"slots": share.slots, "wanted": wanted, "until": until}
+                await tx.execute("set_slots", params | row)
+            else:
+                await tx.execute("drop_slots", params)
+            return share
+
+    async def drop_slots(self, backend: str, holder: str) -> None:
+        """Give back every slot ``holder`` holds of ``backend`` (a graceful stop)."""
+        async with self.driver.transaction(durable=False) as tx:
+            await tx.execute("drop_slots", {"backend": backend, "holder": holder})
+
+    async def fleet_slots_held(self, now: float) -> dict[str, int]:
+        """Per backend, the fleet slots that live leases hold (for /metrics)."""
+        return {r[0]: int(r[1]) for r in await self.driver.fetch("fleet_slots_held", {"now": now})}
 
     # -- files of the OpenAI face -------------------------------------------------------------
 

@@ -41,6 +41,16 @@ class FiguresCollector(Collector):
             "Unfinished batches that will miss their deadline at the rate they have run so far",
             value=self._figures.at_risk,
         )
+        if self._figures.fleet_slots:
+            fleet = GaugeMetricFamily(
+                "batchd_fleet_slots_held",
+                "Slots of a backend's fleet_max_concurrency held by every process together "
+                "(live leases in the database)",
+                labels=["backend"],
+            )
+            for backend, slots in sorted(self._figures.fleet_slots.items()):
+                fleet.add_metric([backend], slots)
+            yield fleet
         tokens = CounterMetricFamily(
             "batchd_workspace_tokens",
             "Tokens of recorded batch results by workspace, backend and kind",

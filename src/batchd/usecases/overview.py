@@ -164,4 +164,8 @@ class Overview:
         if now is None:
             return figures
         unfinished = await self._store.unfinished_batches()
-        return replace(figures, at_risk=sum(batch.at_risk(now) for batch in unfinished))
+        return replace(
+            figures,
+            at_risk=sum(batch.at_risk(now) for batch in unfinished),
+            fleet_slots=await self._store.fleet_slots_held(now),
+        )

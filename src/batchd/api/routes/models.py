@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 
 from batchd.api.deps import OperatorDep, ServicesDep, WorkspaceDep
 from batchd.api.responses import JSON
 from batchd.schemas.models import ModelInfo, ModelList
-from batchd.schemas.status import BackendState, BackendStateList, Health
+from batchd.schemas.status import BackendState, BackendStateList, FleetState, Health
 
 router = APIRouter()
 
@@ -49,6 +51,7 @@ async def backend_status(services: ServicesDep, _operator: OperatorDep) -> JSON:
                 status.last_error,
                 status.limit_source,
                 status.budgets,
+                None if status.fleet is None else FleetState(**asdict(status.fleet)),
             )
         )
     return JSON(BackendStateList(states))
