@@ -24,7 +24,8 @@ import msgspec
 from batchd.config import ReuseMode
 from batchd.ids import new_message_id, renewed_id
 
-# The keys of an OpenAI body that name the caller, not the answer (Anthropic's: ``metadata``).
+# The keys that name the caller, not the answer: a Messages request's, an OpenAI body's.
+_MESSAGES_CALLER_KEYS = frozenset({"metadata"})
 _OPENAI_CALLER_KEYS = frozenset({"metadata", "user", "safety_identifier", "prompt_cache_key"})
 
 
@@ -37,12 +38,10 @@ def reusable(mode: ReuseMode, deterministic: bool) -> bool:
 def answer_key(workspace: str, backend: str, sent: dict[str, Any], endpoint: str | None) -> str:
     """The digest of a request's canonical params, in hex: ``sent``, its params as sent
     (decoded; not changed), and ``endpoint``, an OpenAI request's (None: a Messages one)."""
-    if endpoint is None:
-        params = {k: v for k, v in sent.items() if k != "metadata"}
-        canonical: list[Any] = [workspace, backend, params]
-    else:
-        params = {k: v for k, v in sent.items() if k not in _OPENAI_CALLER_KEYS}
-        canonical = [workspace, backend, params, endpoint]
+    caller = _MESSAGES_CALLER_KEYS if endpoint is None else _OPENAI_CALLER_KEYS
+    params = {k: v for k, v in sent.items() if k not in caller}
+    # a Messages key has no endpoint: the keys stored before the OpenAI face still match
+    canonical = [workspace, backend, params] + ([endpoint] if endpoint is not None else [])
     digest = hashlib.blake2b(msgspec.json.encode(canonical, order="sorted"), digest_size=16)
     return digest.hexdigest()
 
