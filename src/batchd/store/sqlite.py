@@ -287,7 +287,9 @@ class SQLiteDriver:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA synchronous = FULL")
-                db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            if bulk:  # the next commits copy the WAL as they did
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
 
     async def wait_for_work(self, seconds: float) -> bool:
         """SQLite has no notifications: only this process's own work is seen at once."""
