@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
 import secrets
 import time
 import urllib.request
@@ -26,6 +27,8 @@ from batchd.backends.mock import mock_embeddings
 from batchd.schemas.openai import output_line
 from bench import harness, workload
 from bench.scenarios import MOCK, Row, _fresh_db, claim_loop, insert_queued
+
+CPU_TICKS_MEASURED = 10  # the CPU figures need this many clock ticks on each side
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 _decode: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
@@ -145,12 +148,15 @@ def ingest(lines: int, mib: float, repeat: int, workdir: Path) -> list[Row]:
     file_mib = len(data) / 2**20
     figures = harness.ingest_figures(took, raw, rss, idle, file_mib, "file")
     # the server's CPU seconds (not the client's) against the script's: less moved by other
-    # work on the machine than the seconds
-    cpu_figures = {
-        "cpu_s": round(cpu, 2),
-        "raw_cpu_s": round(raw_cpu, 2),
-        "cpu_ratio": round(cpu / raw_cpu, 2),
-    }
+    # work on the machine than the seconds; only where both span many clock ticks (a smoke
+    # run's can round to none)
+    cpu_figures = {}
+    if min(cpu, raw_cpu) >= CPU_TICKS_MEASURED / os.sysconf("SC_CLK_TCK"):
+        cpu_figures = {
+            "cpu_s": round(cpu, 2),
+            "raw_cpu_s": round(raw_cpu, 2),
+            "cpu_ratio": round(cpu / raw_cpu, 2),
+        }
     return [{"lines": lines} | figures | cpu_figures]
 
 
